@@ -1,0 +1,20 @@
+"""gptscratch: build, train, understand and run GPT language models from scratch.
+
+The Python API lives in `gptscratch.api` (prepare, train, load, generate, stream, evaluate);
+the same names are available here, imported on first use so `import gptscratch` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["prepare", "load_prepared", "train", "load", "generate", "stream", "evaluate"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from gptscratch import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'gptscratch' has no attribute {name!r}")

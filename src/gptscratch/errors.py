@@ -1,0 +1,16 @@
+"""The one exception type for mistakes a user can fix.
+
+Library code raises `UserError` with a one-line message that names the problem and the fix;
+the CLI turns it into `error: <message>` on stderr and exit code 2, with no traceback.
+Anything else that escapes is a bug in gptscratch and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input: a one-line message that says what was wrong and what to do."""
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise `UserError(message)` unless `ok`: the validation idiom of the config classes."""
+    if not ok:
+        raise UserError(message)

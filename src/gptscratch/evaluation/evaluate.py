@@ -1,0 +1,108 @@
+"""Measuring a model: cross-entropy loss, perplexity and bits per byte.
+
+`estimate_loss` is the trainer's quick look (a fixed number of random batches);
+`evaluate_tokens` walks a whole token sequence in non-overlapping windows of block_size,
+so every token is predicted exactly once (the first token of each window with no context).
+Bits per byte divides the total information by the text's UTF-8 size, which makes models with
+different tokenizers comparable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gptscratch.data.batches import get_batch
+from gptscratch.model.gpt import GPT, lm_loss
+
+AutocastFactory = Callable[[], contextlib.AbstractContextManager[None]]
+
+
+@torch.no_grad()
+def estimate_loss(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    *,
+    batch_size: int,
+    block_size: int,
+    iters: int,
+    seed: int,
+    device: torch.device,
+    autocast: AutocastFactory = contextlib.nullcontext,
+) -> float:
+    """Mean loss over `iters` random batches drawn with a fixed seed (the same batches at every
+    evaluation, so successive evaluations differ only because the model changed)."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    losses = torch.zeros(iters)
+    for i in range(iters):
+        x, y = get_batch(tokens, batch_size, block_size, generator, device)
+        with autocast():
+            logits = model(x)
+        losses[i] = lm_loss(logits, y).item()
+    model.train(was_training)
+    return float(losses.mean())
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float  # mean cross-entropy per token, in nats
+    perplexity: float  # exp(loss)
+    bits_per_byte: float | None  # total bits / UTF-8 bytes of the text
+    tokens: int
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {"loss": self.loss, "perplexity": self.perplexity,
+                "bits_per_byte": self.bits_per_byte, "tokens": self.tokens}
+
+
+@torch.no_grad()
+def evaluate_tokens(
+    model: GPT,
+    tokens: np.ndarray,
+    *,
+    num_bytes: int | None = None,
+    batch_size: int = 16,
+    autocast: AutocastFactory = contextlib.nullcontext,
+) -> EvalResult:
+    """Loss over a whole sequence of token ids.
+
+    Args:
+        model: the GPT (its block_size sets the window).
+        tokens: 1-D array of ids, at least 2 long.
+        num_bytes: UTF-8 size of the text the tokens came from, for bits per byte.
+        batch_size: windows per forward pass.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    T = model.config.block_size
+    data = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+    n_windows = math.ceil((len(data) - 1) / T)
+    total_nats, total_tokens = 0.0, 0
+    for first in range(0, n_windows, batch_size):
+        xs, ys = [], []
+        for w in range(first, min(first + batch_size, n_windows)):
+            start = w * T
+            end = min(start + T, len(data) - 1)
+            xs.append(data[start:end])
+            ys.append(data[start + 1 : end + 1])
+        # The last window may be short: evaluate it on its own rather than padding.
+        if len({len(x) for x in xs}) == 1:
+            pairs = [(torch.stack(xs), torch.stack(ys))]
+        else:
+            pairs = [(x[None], y[None]) for x, y in zip(xs, ys, strict=True)]
+        for x, y in pairs:
+            with autocast():
+                logits = model(x.to(device))
+            n = y.numel()
+            total_nats += lm_loss(logits, y.to(device)).item() * n
+            total_tokens += n
+    loss = total_nats / total_tokens
+    bpb = total_nats / (math.log(2) * num_bytes) if num_bytes else None
+    return EvalResult(loss, math.exp(loss), bpb, total_tokens)

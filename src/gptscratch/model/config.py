@@ -1,0 +1,64 @@
+"""The model's own configuration section: the shape of a GPT, validated when built.
+
+Presets (`gptscratch.training.presets`) return one of these; the CLI overrides single fields
+with `dataclasses.replace`, which re-runs validation. Errors name the field, the value, the rule
+and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from gptscratch.errors import UserError, require
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a GPT. Letters used in the code: B batch, T time, C = n_embd, H = n_head,
+    D = C // H head size, V = vocab_size, L = n_layer."""
+
+    vocab_size: int = 65
+    block_size: int = 256  # longest context the model can see (learned position embeddings)
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2 has
+    # "auto": the fused SDPA kernel, except under bf16 autocast on CPU where the explicit path
+    # trained faster here; "sdpa" or "explicit" force one path.
+    attention: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            require(
+                isinstance(value, int) and value >= 1,
+                f"{name} ({value}) must be a positive integer; try --{name.replace('_', '-')} 1",
+            )
+        if self.n_embd % self.n_head:
+            up = (self.n_embd // self.n_head + 1) * self.n_head
+            raise UserError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"try --n-embd {up} or an --n-head that divides {self.n_embd}"
+            )
+        require(
+            0.0 <= self.dropout < 1.0,
+            f"dropout ({self.dropout}) must be in [0, 1); try --dropout 0.1",
+        )
+        require(
+            self.attention in ("auto", "sdpa", "explicit"),
+            f"attention ({self.attention!r}) must be auto, sdpa or explicit; try --attention auto",
+        )
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,129 @@
+"""The GPT: token ids in, next-token logits out.
+
+Data flow for a batch of token ids idx (B, T):
+  token embedding (B, T, C) + position embedding (T, C)
+  -> N x Block: x = x + attention(LayerNorm(x)); x = x + MLP(LayerNorm(x))   (pre-norm residual)
+  -> final LayerNorm -> LM head (C -> V, sharing its weight with the token embedding)
+  -> logits (B, T, V): for each position, a score for every possible next token.
+The loss (`lm_loss`) is a separate function so generation and training share one forward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptscratch.model.attention import CausalSelfAttention
+from gptscratch.model.config import ModelConfig
+from gptscratch.model.layers import MLP, LayerNorm
+
+
+class Block(nn.Module):
+    """One Transformer block, pre-LayerNorm as in GPT-2: normalise, transform, add back."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The residual stream x carries information straight through; each sub-layer only adds a
+        # correction, which keeps gradients healthy in deep stacks (He et al. 2016).
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, att = self.attn.forward_with_weights(self.ln_1(x))
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), att
+
+
+class GPT(nn.Module):
+    """A decoder-only Transformer language model with GPT-2's architecture and names."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
+                wpe=nn.Embedding(config.block_size, config.n_embd),  # learned positions
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying (Press & Wolf 2017): the output head reuses the token embedding matrix,
+        # so a token's input and output representations are the same vector.
+        self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of each residual branch's last projection by 1/sqrt(2 * L): the
+        # residual stream sums 2 * L branches, and this keeps its variance from growing with L.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; by default without the position embedding (as GPT-2 reports it).
+
+        The token embedding is counted once: it is shared with the LM head.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
+        tok_emb = self.transformer.wte(idx)  # (B, T, C)
+        pos_emb = self.transformer.wpe(pos)  # (T, C), broadcast over B
+        return self.transformer.drop(tok_emb + pos_emb)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx: (B, T) int64 token ids, T <= block_size -> logits (B, T, V)."""
+        x = self._embed(idx)
+        for block in self.transformer.h:
+            x = block(x)
+        return self.lm_head(self.transformer.ln_f(x))
+
+    def forward_with_attention(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Forward through the explicit attention path, returning logits (B, T, V) and one
+        (B, H, T, T) attention-weight tensor per layer."""
+        x = self._embed(idx)
+        maps = []
+        for block in self.transformer.h:
+            x, att = block.forward_with_weights(x)
+            maps.append(att)
+        return self.lm_head(self.transformer.ln_f(x)), maps
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of next-token prediction.
+
+    Args:
+        logits: (B, T, V) scores from `GPT.forward`.
+        targets: (B, T) int64 ids of the true next tokens.
+
+    Returns:
+        A scalar fp32 tensor; exp(loss) is the perplexity.
+    """
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))

@@ -1,0 +1,69 @@
+"""The small building blocks of a Transformer block: GELU, LayerNorm and the MLP.
+
+They sit between the embeddings and the output head: every block normalises its input
+(LayerNorm), mixes information across positions (attention, in `attention.py`) and then
+transforms each position on its own (the MLP below), adding each result back to the residual
+stream. Parameter names (`c_fc`, `c_proj`, `ln_1`...) follow GPT-2's so real weights map 1:1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptscratch.model.config import ModelConfig
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh approximation, as in GPT-2 (Hendrycks & Gimpel 2016).
+
+    GELU(x) = x * Phi(x), where Phi is the standard normal CDF: a smooth ReLU that lets a little
+    negative signal through. GPT-2 used the tanh approximation of Phi, so we do too:
+    0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))).
+    """
+    return 0.5 * x * (1.0 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class GELU(nn.Module):
+    """Module wrapper around our `gelu`, so it shows up in `print(model)`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gelu(x)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's always has one).
+
+    For each position independently: y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias,
+    with mean and variance over the C channels. Unlike BatchNorm it needs no batch statistics,
+    so training and generation (batch of one) behave the same.
+    """
+
+    def __init__(self, n_embd: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n_embd))
+        self.bias = nn.Parameter(torch.zeros(n_embd)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # F.layer_norm computes exactly the formula above in one fused kernel.
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: C -> 4C -> GELU -> C."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))

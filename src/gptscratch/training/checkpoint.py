@@ -1,0 +1,208 @@
+"""Checkpoints as plain data, written atomically.
+
+A checkpoint is a directory:
+  model.safetensors  the weights (tensors only, no pickled code)
+  checkpoint.json    model and training config, step, losses, and a sha256 of every file
+  tokenizer.json     the tokenizer, so sampling needs nothing but this directory
+  state.pt           optimizer, grad scaler, RNG states and data position; loads with
+                     torch.load(weights_only=True)
+A run directory holds `latest/` (resume from here) and `best/` (lowest val loss). Every save
+goes to a temporary directory that is renamed into place, so a crash mid-save leaves the
+previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from gptscratch.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer
+from gptscratch.errors import UserError
+from gptscratch.model.config import ModelConfig
+from gptscratch.model.gpt import GPT
+
+FORMAT_VERSION = 1
+WEIGHTS, META, TOKENIZER, STATE = "model.safetensors", "checkpoint.json", "tokenizer.json", "state.pt"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile (`_orig_mod`) or DDP (`module`) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _swap_into_place(tmp: Path, dest: Path) -> None:
+    """Rename `tmp` to `dest`, replacing an existing `dest` with at most a moment in which only
+    `dest.old` exists (which `resolve_checkpoint` falls back to)."""
+    old = dest.with_name(dest.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dest.exists():
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_checkpoint(
+    dest: Path,
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    meta: dict[str, Any],
+    state: dict[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint directory atomically.
+
+    Args:
+        dest: the directory to create or replace (e.g. run/latest).
+        model: the GPT (wrappers are removed, so no `module.` or `_orig_mod.` prefixes).
+        tokenizer: saved beside the weights.
+        meta: JSON-serialisable facts (model_config, train_config, step, losses...).
+        state: optimizer / scaler / RNG tensors and plain values for exact resume.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        plain = unwrap(model)
+        # save_model (not save_file) copes with the tied embedding / LM head weights.
+        safetensors.torch.save_model(plain, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        save_tokenizer(tokenizer, tmp / TOKENIZER)
+        if state is not None:
+            torch.save(state, tmp / STATE)
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        full = {"format_version": FORMAT_VERSION, **meta, "saved_at": time.time(), "files": files}
+        (tmp / META).write_text(json.dumps(full, indent=2) + "\n")
+        _swap_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def link_checkpoint(src: Path, dest: Path) -> None:
+    """Make `dest` a copy of checkpoint `src` (hard links where possible: files are never
+    modified in place, so sharing them is safe), atomically."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        for f in src.iterdir():
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / f.name)
+        _swap_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_checkpoint(path: Path | str, prefer: str = "best") -> Path:
+    """Turn a run directory or a checkpoint directory into a checkpoint directory.
+
+    A run directory resolves to its `best/` (or `latest/` when prefer="latest" or no best).
+    """
+    path = Path(path)
+    if (path / META).exists():
+        return path
+    order = [prefer, "latest", "best"]
+    for name in order:
+        for candidate in (path / name, path / f"{name}.old"):
+            if (candidate / META).exists():
+                return candidate
+    if not path.exists():
+        raise UserError(f"checkpoint '{path}' not found; give a run directory made by "
+                        "`gptscratch train --out DIR` or one of its checkpoint folders")
+    raise UserError(f"no checkpoint in '{path}' (no {META} in it, its latest/ or best/); "
+                    "train one with `gptscratch train --out DIR` first")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint directory and its metadata."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.meta["model_config"])
+
+    def tokenizer(self) -> Tokenizer:
+        return load_tokenizer(self.path / TOKENIZER)
+
+    def build_model(self, device: torch.device | str = "cpu") -> GPT:
+        """A GPT with this checkpoint's config and weights, in eval mode."""
+        model = GPT(self.model_config)
+        load_weights(self, model)
+        return model.to(device).eval()
+
+    def training_state(self) -> dict[str, Any]:
+        if not (self.path / STATE).exists():
+            raise UserError(f"checkpoint '{self.path}' has no {STATE} (weights only); "
+                            "it can be sampled or fine-tuned but not resumed")
+        state: dict[str, Any] = torch.load(self.path / STATE, map_location="cpu",
+                                           weights_only=True)
+        return state
+
+
+def load_checkpoint(path: Path | str, prefer: str = "best") -> Checkpoint:
+    """Find, read and verify a checkpoint (every file against its recorded sha256)."""
+    ckpt_dir = resolve_checkpoint(path, prefer)
+    try:
+        meta = json.loads((ckpt_dir / META).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"checkpoint '{ckpt_dir}' has an unreadable {META} ({e}); "
+                        "it is corrupted: use another checkpoint or retrain") from None
+    if not isinstance(meta, dict) or "model_config" not in meta or "files" not in meta:
+        raise UserError(f"'{ckpt_dir / META}' is not a gptscratch checkpoint file; "
+                        "point --ckpt at a directory written by gptscratch train")
+    for name, digest in meta["files"].items():
+        f = ckpt_dir / name
+        if not f.exists():
+            raise UserError(f"checkpoint '{ckpt_dir}' is missing {name}; it is incomplete: "
+                            "use another checkpoint or retrain")
+        if _sha256(f) != digest:
+            raise UserError(f"checkpoint file '{f}' is truncated or corrupted (sha256 mismatch); "
+                            "use another checkpoint (e.g. best/ or latest/) or retrain")
+    return Checkpoint(ckpt_dir, meta)
+
+
+def load_weights(ckpt: Checkpoint, model: nn.Module) -> None:
+    """Load the checkpoint's weights into `model`, which must have the same shape."""
+    try:
+        missing, unexpected = safetensors.torch.load_model(
+            unwrap(model), str(ckpt.path / WEIGHTS), strict=False
+        )
+    except safetensors.SafetensorError as e:
+        raise UserError(f"cannot read weights in '{ckpt.path}' ({e}); the file is corrupted: "
+                        "use another checkpoint or retrain") from None
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise UserError(f"checkpoint '{ckpt.path}' does not match the model config ({first}); "
+                        "use the checkpoint's own config or a new --out") from None
+    if missing or unexpected:
+        raise UserError(f"checkpoint '{ckpt.path}' does not match the model (missing "
+                        f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); "
+                        "use the checkpoint's own config or a new --out")

@@ -1,0 +1,249 @@
+"""The training loop: batches in, a better model (and checkpoints) out.
+
+One optimizer step = `grad_accum` micro-batches of (batch_size, block_size) tokens: forward in
+the chosen precision, loss, backward (gradients add up), then clip, AdamW step, zero grads.
+Every `eval_interval` steps the loss on fixed train and val batches is measured and a
+checkpoint saved (`latest/`, and `best/` when val improves). Everything random (batch
+positions, dropout) is drawn from state that the checkpoint records, so `resume=True` continues
+exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptscratch.data.batches import get_batch
+from gptscratch.data.prepare import PreparedData
+from gptscratch.errors import UserError
+from gptscratch.evaluation.evaluate import estimate_loss
+from gptscratch.model.config import ModelConfig
+from gptscratch.model.gpt import GPT, lm_loss
+from gptscratch.training.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
+from gptscratch.training.config import TrainConfig
+from gptscratch.training.device import choose_device, set_cpu_float_mode
+from gptscratch.training.metrics import MetricsLog, format_duration, progress_line
+from gptscratch.training.optimizer import make_optimizer
+from gptscratch.training.precision import choose_precision
+from gptscratch.training.schedule import lr_at
+
+log = logging.getLogger("gptscratch.train")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out_dir: Path
+    step: int
+    train_loss: float
+    val_loss: float
+    best_val_loss: float
+    elapsed: float
+
+
+def total_steps(config: TrainConfig, train_tokens: int, block_size: int) -> int:
+    """Optimizer steps to run: `max_iters`, or enough for `epochs` passes over the data."""
+    if config.epochs is None:
+        return config.max_iters
+    per_step = config.batch_size * config.grad_accum * block_size
+    return max(1, math.ceil(config.epochs * train_tokens / per_step))
+
+
+def check_data_fits(data: PreparedData, block_size: int) -> None:
+    for split, n in (("train", int(data.meta["train_tokens"])), ("val", int(data.meta["val_tokens"]))):
+        if n <= block_size:
+            raise UserError(
+                f"the {split} split has {n} tokens, fewer than one block of {block_size}+1; "
+                f"use a smaller --block-size (e.g. {max(8, n // 4)}) or more text"
+            )
+
+
+def train(
+    data: PreparedData,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    out_dir: Path | str,
+    *,
+    resume: bool = False,
+    stop_at: int | None = None,
+    extra_meta: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train a GPT on prepared data, writing checkpoints and metrics under `out_dir`.
+
+    Args:
+        data: token files and tokenizer from `gptscratch.data.prepare`.
+        model_config: the model shape; its vocab_size must match the tokenizer.
+        config: optimisation, precision, evaluation and checkpoint settings.
+        out_dir: run directory (latest/, best/, metrics.jsonl).
+        resume: continue from `out_dir/latest` (weights, optimizer, RNG and data position).
+        stop_at: stop after this step as if interrupted (a checkpoint is saved); continue later
+            with resume=True. The schedule still follows the full run.
+        extra_meta: JSON facts to store in checkpoints (e.g. the preset name, the data dir).
+    """
+    set_cpu_float_mode()
+    out_dir = Path(out_dir)
+    if model_config.vocab_size != data.tokenizer.vocab_size:
+        raise UserError(f"model vocab_size ({model_config.vocab_size}) differs from the "
+                        f"tokenizer's ({data.tokenizer.vocab_size}); leave --vocab-size unset")
+    check_data_fits(data, model_config.block_size)
+    device = choose_device(config.device)
+    precision = choose_precision(config.dtype, device, model_config.n_embd)
+    log.info("device %s, precision %s (%s)", device, precision.name, precision.reason)
+
+    torch.manual_seed(config.seed)
+    model = GPT(model_config).to(device)
+    optimizer = make_optimizer(model, config, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
+    data_rng = torch.Generator().manual_seed(config.seed)
+    train_tokens, val_tokens = data.train_tokens(), data.val_tokens()
+    max_steps = total_steps(config, len(train_tokens), model_config.block_size)
+    step, best_val, elapsed_before = 0, math.inf, 0.0
+    train_loss = val_loss = math.nan
+    metrics = MetricsLog(out_dir / "metrics.jsonl")
+
+    if resume:
+        ckpt = load_checkpoint(out_dir, prefer="latest")
+        if ckpt.model_config != model_config:
+            raise UserError(f"checkpoint '{ckpt.path}' has model {ckpt.model_config}, but "
+                            f"{model_config} was requested; drop the model overrides or use a "
+                            "new --out")
+        if ckpt.meta.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
+            raise UserError(f"checkpoint '{ckpt.path}' was trained with a different tokenizer "
+                            "than this data's; resume with the same --data")
+        model.load_state_dict(ckpt.build_model(device).state_dict())
+        state = ckpt.training_state()
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        data_rng.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        step = int(ckpt.meta["step"])
+        best_val = float(ckpt.meta.get("best_val_loss", math.inf))
+        elapsed_before = float(ckpt.meta.get("elapsed", 0.0))
+        train_loss, val_loss = float(ckpt.meta["train_loss"]), float(ckpt.meta["val_loss"])
+        metrics.truncate_after(step)
+        log.info("resuming from %s at step %d", ckpt.path, step)
+    elif (out_dir / "latest").exists():
+        raise UserError(f"'{out_dir}' already holds a run; add --resume to continue it or "
+                        "choose a new --out")
+
+    n_params = model.num_params()
+    log.info("model: %s parameters (%.2fM), %d layers, %d heads, %d wide, context %d",
+             f"{n_params:,}", n_params / 1e6, model_config.n_layer, model_config.n_head,
+             model_config.n_embd, model_config.block_size)
+    tokens_per_step = config.batch_size * config.grad_accum * model_config.block_size
+    log.info("training for %d steps of %s tokens%s", max_steps, f"{tokens_per_step:,}",
+             f", at most {format_duration(config.max_time)}" if config.max_time else "")
+    fwd_model: torch.nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
+
+    def evaluate_and_save(rng: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
+        """Measure train/val loss, log them, save `latest/` (and `best/` if val improved)."""
+        nonlocal best_val, saved_step
+        kwargs: dict[str, Any] = dict(
+            batch_size=config.batch_size, block_size=model_config.block_size,
+            iters=config.eval_iters, seed=config.seed + 1, device=device,
+            autocast=precision.autocast)
+        train_loss = estimate_loss(fwd_model, train_tokens, **kwargs)
+        val_loss = estimate_loss(fwd_model, val_tokens, **kwargs)
+        elapsed = elapsed_before + time.perf_counter() - start
+        log.info("eval at step %d: train loss %.4f, val loss %.4f (perplexity %.2f)",
+                 step, train_loss, val_loss, math.exp(val_loss))
+        metrics.write({"step": step, "train_loss": train_loss, "val_loss": val_loss,
+                       "val_perplexity": math.exp(val_loss), "elapsed": elapsed})
+        is_best = val_loss < best_val
+        best_val = min(best_val, val_loss)
+        state: dict[str, Any] = {"optimizer": optimizer.state_dict(),
+                                 "scaler": scaler.state_dict(),
+                                 "data_rng": rng[0], "torch_rng": rng[1]}
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        meta = {"model_config": model_config.to_dict(), "train_config": config.to_dict(),
+                "step": step, "max_steps": max_steps, "train_loss": train_loss,
+                "val_loss": val_loss, "best_val_loss": best_val, "elapsed": elapsed,
+                "tokenizer_kind": data.tokenizer.kind,
+                "tokenizer_fingerprint": data.tokenizer.fingerprint(),
+                "data_dir": str(data.dir.resolve()), "precision": precision.name,
+                **(extra_meta or {})}
+        save_checkpoint(out_dir / "latest", model, data.tokenizer, meta, state)
+        if is_best:
+            link_checkpoint(out_dir / "latest", out_dir / "best")
+        saved_step = step
+        return train_loss, val_loss
+
+    model.train()
+    start = time.perf_counter()
+    saved_step = step if resume else -1
+    running = torch.zeros((), device=device)
+    window_start, window_steps = start, 0
+    # Random state as of the last completed step: what a checkpoint must record so a resumed
+    # run draws the same batches and dropout masks as an uninterrupted one.
+    rng = (data_rng.get_state(), torch.get_rng_state())
+    try:
+        while step < max_steps:
+            elapsed = elapsed_before + time.perf_counter() - start
+            if config.max_time and elapsed >= config.max_time:
+                log.info("time budget of %s reached at step %d",
+                         format_duration(config.max_time), step)
+                break
+            progress = step / max_steps
+            if config.max_time:
+                progress = max(progress, elapsed / config.max_time)
+            lr = lr_at(step, config.learning_rate, config.min_lr, config.warmup_iters, progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for _ in range(config.grad_accum):
+                x, y = get_batch(train_tokens, config.batch_size, model_config.block_size,
+                                 data_rng, device)
+                with precision.autocast():
+                    loss = lm_loss(fwd_model(x), y) / config.grad_accum
+                scaler.scale(loss).backward()
+                running += loss.detach()
+            if config.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            window_steps += 1
+            rng = (data_rng.get_state(), torch.get_rng_state())
+
+            if step % config.log_interval == 0 or step == max_steps:
+                now = time.perf_counter()
+                mean_loss = running.item() / window_steps  # the only host sync of a step
+                tok_s = window_steps * tokens_per_step / (now - window_start)
+                elapsed = elapsed_before + now - start
+                remaining = (max_steps - step) * (now - window_start) / window_steps
+                if config.max_time:
+                    remaining = min(remaining, max(0.0, config.max_time - elapsed))
+                log.info(progress_line(step, max_steps, mean_loss, lr, tok_s, elapsed,
+                                       remaining))
+                metrics.write({"step": step, "loss": mean_loss, "lr": lr,
+                               "tokens_per_s": tok_s, "elapsed": elapsed})
+                running.zero_()
+                window_start, window_steps = time.perf_counter(), 0
+
+            stopping = stop_at is not None and step >= stop_at
+            if step % config.eval_interval == 0 or step == max_steps or stopping:
+                train_loss, val_loss = evaluate_and_save(rng)
+                window_start = time.perf_counter()  # keep evaluation out of tokens/s
+            if stopping:
+                log.info("stopped at step %d as asked; continue with --resume", step)
+                break
+    except KeyboardInterrupt:
+        log.warning("interrupted at step %d; saving a checkpoint (continue with --resume)", step)
+        optimizer.zero_grad(set_to_none=True)
+        evaluate_and_save(rng)
+        raise
+    if saved_step != step:
+        train_loss, val_loss = evaluate_and_save(rng)
+    elapsed = elapsed_before + time.perf_counter() - start
+    log.info("done: step %d, val loss %.4f, best %.4f, checkpoints in %s", step, val_loss,
+             best_val, out_dir)
+    return TrainResult(out_dir, step, train_loss, val_loss, best_val, elapsed)

@@ -1,0 +1,40 @@
+"""AdamW with two parameter groups: weight decay for matrices, none for biases and norms.
+
+Decay pulls weights towards zero, a regulariser that suits the matmul weights and embeddings
+(2-D tensors); biases and LayerNorm gains (1-D) only shift or scale and are left free, as in
+GPT-2 and nanoGPT.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from gptscratch.training.config import TrainConfig
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
+    """Split trainable parameters into a decayed (dim >= 2) and a non-decayed group."""
+    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the two groups; the fused kernel where this PyTorch offers it for the device."""
+    fused_ok = "fused" in inspect.signature(torch.optim.AdamW).parameters and device.type in (
+        "cuda",
+        "cpu",
+    )
+    return torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay),
+        lr=config.learning_rate,
+        betas=(config.beta1, config.beta2),
+        fused=fused_ok or None,
+    )

@@ -1,0 +1,75 @@
+"""Named starting points: plain functions returning a model shape, a tokenizer and a TrainConfig.
+
+Every field can still be overridden on the command line. The vocabulary size is not part of a
+preset: it comes from the tokenizer of the prepared data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gptscratch.errors import UserError
+from gptscratch.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    tokenizer: str
+    model: dict[str, Any]  # ModelConfig fields except vocab_size
+    train: TrainConfig
+
+
+def shakespeare_char() -> Preset:
+    """The main job: a character-level model that trains on 2 CPU cores in under 5 minutes."""
+    return Preset(
+        description="character-level GPT sized for a laptop CPU (~5 minutes on 2 cores)",
+        tokenizer="char",
+        model=dict(block_size=128, n_layer=4, n_head=4, n_embd=256, dropout=0.0, bias=False),
+        train=TrainConfig(
+            batch_size=32, max_iters=3000, max_time=270.0, learning_rate=2e-3, min_lr=2e-4,
+            warmup_iters=100, weight_decay=0.1, beta2=0.99, eval_interval=500, eval_iters=20,
+            log_interval=50,
+        ),
+    )
+
+
+def shakespeare_bpe() -> Preset:
+    """GPT-2's tokenizer on Shakespeare: a small word-piece model (a GPU, or a patient CPU)."""
+    return Preset(
+        description="GPT-2 BPE tokenizer, 6-layer 384-wide model (GPU, or a long CPU run)",
+        tokenizer="gpt2",
+        model=dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.1, bias=False),
+        train=TrainConfig(
+            batch_size=16, grad_accum=2, max_iters=5000, learning_rate=6e-4, min_lr=6e-5,
+            warmup_iters=200, weight_decay=0.1, beta2=0.95, eval_interval=250, eval_iters=40,
+        ),
+    )
+
+
+def gpt2_small() -> Preset:
+    """The 124M-parameter GPT-2 shape, with GPT-2-like optimisation settings, for a GPU."""
+    return Preset(
+        description="the 124M GPT-2 shape (12 layers, 12 heads, 768 wide, 1024 context); GPU",
+        tokenizer="gpt2",
+        model=dict(block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=True),
+        train=TrainConfig(
+            batch_size=12, grad_accum=40, max_iters=600000, learning_rate=6e-4, min_lr=6e-5,
+            warmup_iters=2000, weight_decay=0.1, beta2=0.95, eval_interval=1000, eval_iters=200,
+        ),
+    )
+
+
+PRESETS: dict[str, Callable[[], Preset]] = {
+    "shakespeare-char": shakespeare_char,
+    "shakespeare-bpe": shakespeare_bpe,
+    "gpt2-small": gpt2_small,
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
