@@ -41,17 +41,19 @@ TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def resolve_data(
-    data: str | Path, out_dir: Path, tokenizer: str, prepare_options: dict[str, Any]
+    data: str | Path, out_dir: Path, tokenizer: str | None, default_tokenizer: str,
+    prepare_options: dict[str, Any],
 ) -> PreparedData:
-    """A prepared data directory is used as it is; anything else is raw text, prepared (once)
-    into `out_dir/data`."""
+    """A prepared data directory is used as it is (its tokenizer wins unless another one is
+    asked for explicitly); anything else is raw text, prepared (once) into `out_dir/data`."""
     if is_prepared_dir(data):
         prepared = load_prepared(data)
-        if tokenizer != prepared.tokenizer.kind and not tokenizer.startswith(prepared.tokenizer.kind):
-            raise UserError(f"'{data}' was prepared with the {prepared.tokenizer.kind} tokenizer, "
-                            f"not {tokenizer}; drop --tokenizer or prepare the text again")
+        if tokenizer is not None and tokenizer != prepared.meta["tokenizer"]:
+            raise UserError(f"'{data}' was prepared with the {prepared.meta['tokenizer']} "
+                            f"tokenizer, not {tokenizer}; drop --tokenizer or prepare again")
         return prepared
-    return prepare(str(data), tokenizer, Path(out_dir) / "data", **prepare_options)
+    return prepare(str(data), tokenizer or default_tokenizer, Path(out_dir) / "data",
+                   **prepare_options)
 
 
 def train(
@@ -96,8 +98,8 @@ def train(
     model_fields.update({k: v for k, v in overrides.items() if k in MODEL_FIELDS})
     train_config = dataclasses.replace(
         train_config, **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
-    prepared = resolve_data(data if data is not None else "shakespeare", out,
-                            tokenizer or spec.tokenizer, prepare_options or {})
+    prepared = resolve_data(data if data is not None else "shakespeare", out, tokenizer,
+                            spec.tokenizer, prepare_options or {})
     model_config = ModelConfig(vocab_size=prepared.tokenizer.vocab_size, **model_fields)
     return train_loop(prepared, model_config, train_config, out, resume=resume, stop_at=stop_at,
                       extra_meta={"preset": preset})

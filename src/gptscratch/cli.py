@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="stop after STEP as if interrupted (continue with --resume)")
+    p.add_argument("--sample-tokens", type=int, default=300, metavar="N",
+                   help="print an N-token sample from the trained model at the end (0: none)")
     _add_prepare_flags(p)
     _add_config_flags(p, ModelConfig, {"vocab_size"}, MODEL_HELP)
     _add_config_flags(p, TrainConfig, set(), {})
@@ -137,8 +139,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     fields = api.MODEL_FIELDS | api.TRAIN_FIELDS
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    api.train(args.preset, args.data, args.out, tokenizer=args.tokenizer, resume=args.resume,
-              stop_at=args.stop_at, overrides=overrides, prepare_options=_prepare_options(args))
+    result = api.train(args.preset, args.data, args.out, tokenizer=args.tokenizer,
+                       resume=args.resume, stop_at=args.stop_at, overrides=overrides,
+                       prepare_options=_prepare_options(args))
+    if args.sample_tokens > 0:
+        print(f"--- a sample from {result.out_dir} (val loss {result.best_val_loss:.4f}) ---")
+        for piece in api.stream(result.out_dir, "\n", max_new_tokens=args.sample_tokens, seed=0):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        print(f"\n--- more: gptscratch sample --ckpt {result.out_dir} --prompt TEXT ---")
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
@@ -150,7 +159,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         raise UserError(f"--num-samples ({args.num_samples}) must be >= 1")
     prompt = args.prompt
     if prompt is None:
-        prompt = "\n" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+        piped = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+        prompt = piped or "\n"  # no prompt: start a new line
     if prompt == "":
         raise UserError("the prompt is empty; give --prompt TEXT or pipe text on stdin")
     model, tokenizer, ckpt = api.load(args.ckpt, args.device)

@@ -44,21 +44,29 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), att
 
 
+class Transformer(nn.Module):
+    """The body of the GPT; its attribute names give GPT-2's parameter names
+    (`transformer.wte.weight`, `transformer.h.0.attn.c_attn.weight`, ...)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embedding
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # learned positions
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = LayerNorm(config.n_embd, bias=config.bias)
+
+    def blocks(self) -> list[Block]:
+        return [b for b in self.h if isinstance(b, Block)]
+
+
 class GPT(nn.Module):
     """A decoder-only Transformer language model with GPT-2's architecture and names."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
-                wpe=nn.Embedding(config.block_size, config.n_embd),  # learned positions
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=LayerNorm(config.n_embd, bias=config.bias),
-            )
-        )
+        self.transformer = Transformer(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying (Press & Wolf 2017): the output head reuses the token embedding matrix,
         # so a token's input and output representations are the same vector.
@@ -101,7 +109,7 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """idx: (B, T) int64 token ids, T <= block_size -> logits (B, T, V)."""
         x = self._embed(idx)
-        for block in self.transformer.h:
+        for block in self.transformer.blocks():
             x = block(x)
         return self.lm_head(self.transformer.ln_f(x))
 
@@ -110,7 +118,7 @@ class GPT(nn.Module):
         (B, H, T, T) attention-weight tensor per layer."""
         x = self._embed(idx)
         maps = []
-        for block in self.transformer.h:
+        for block in self.transformer.blocks():
             x, att = block.forward_with_weights(x)
             maps.append(att)
         return self.lm_head(self.transformer.ln_f(x)), maps

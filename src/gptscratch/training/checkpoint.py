@@ -34,7 +34,8 @@ from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
 
 FORMAT_VERSION = 1
-WEIGHTS, META, TOKENIZER, STATE = "model.safetensors", "checkpoint.json", "tokenizer.json", "state.pt"
+WEIGHTS, META = "model.safetensors", "checkpoint.json"
+TOKENIZER, STATE = "tokenizer.json", "state.pt"
 
 
 def _sha256(path: Path) -> str:

@@ -56,7 +56,8 @@ class TrainConfig:
         require(
             self.learning_rate > 0 and 0 <= self.min_lr <= self.learning_rate,
             f"learning rates must satisfy 0 <= min_lr ({self.min_lr}) <= learning_rate "
-            f"({self.learning_rate}) and learning_rate > 0; try --min-lr {self.learning_rate / 10:g}",
+            f"({self.learning_rate}) and learning_rate > 0; "
+            f"try --min-lr {self.learning_rate / 10:g}",
         )
         require(self.weight_decay >= 0, f"weight_decay ({self.weight_decay}) must be >= 0")
         require(

@@ -55,7 +55,8 @@ def total_steps(config: TrainConfig, train_tokens: int, block_size: int) -> int:
 
 
 def check_data_fits(data: PreparedData, block_size: int) -> None:
-    for split, n in (("train", int(data.meta["train_tokens"])), ("val", int(data.meta["val_tokens"]))):
+    for split in ("train", "val"):
+        n = int(data.meta[f"{split}_tokens"])
         if n <= block_size:
             raise UserError(
                 f"the {split} split has {n} tokens, fewer than one block of {block_size}+1; "
@@ -142,6 +143,8 @@ def train(
              f", at most {format_duration(config.max_time)}" if config.max_time else "")
     fwd_model: torch.nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
 
+    saved_step = step if resume else -1
+
     def evaluate_and_save(rng: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
         """Measure train/val loss, log them, save `latest/` (and `best/` if val improved)."""
         nonlocal best_val, saved_step
@@ -178,7 +181,6 @@ def train(
 
     model.train()
     start = time.perf_counter()
-    saved_step = step if resume else -1
     running = torch.zeros((), device=device)
     window_start, window_steps = start, 0
     # Random state as of the last completed step: what a checkpoint must record so a resumed

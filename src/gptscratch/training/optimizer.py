@@ -26,7 +26,9 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, ob
     ]
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(
+    model: nn.Module, config: TrainConfig, device: torch.device
+) -> torch.optim.AdamW:
     """AdamW over the two groups; the fused kernel where this PyTorch offers it for the device."""
     fused_ok = "fused" in inspect.signature(torch.optim.AdamW).parameters and device.type in (
         "cuda",

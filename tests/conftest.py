@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny corpus, tiny prepared data and a tiny trained checkpoint.
+
+Everything runs offline; the Shakespeare cache goes to a per-session temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINYSHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Tiny shapes that train in well under a second per few steps.
+TINY_MODEL = dict(block_size=32, n_layer=2, n_head=2, n_embd=32)
+TINY_TRAIN = dict(batch_size=8, max_iters=20, eval_interval=10, eval_iters=2, log_interval=5,
+                  warmup_iters=2, max_time=0.0, dtype="float32")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the user's real cache untouched; fetch the built-in corpus at most once a session."""
+    if "GPTSCRATCH_TEST_CACHE" in os.environ:
+        os.environ["GPTSCRATCH_CACHE"] = os.environ["GPTSCRATCH_TEST_CACHE"]
+    else:
+        os.environ["GPTSCRATCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """~60 KB of play-script text: the first lines of tinyshakespeare."""
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    text = TINYSHAKESPEARE.read_text(encoding="utf-8")[:60_000]
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
+    """A run directory with a tiny char model trained for 20 steps."""
+    from gptscratch import api
+
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    api.train("shakespeare-char", tiny_corpus, out, overrides={**TINY_MODEL, **TINY_TRAIN})
+    return out

@@ -1,0 +1,173 @@
+"""Every bad input gets one line, `error: ...`, exit code 2, no traceback and no partial files."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY_MODEL
+
+from gptscratch.cli import main
+from gptscratch.training import precision
+
+TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_MODEL.items()] + [
+    "--max-iters=2", "--eval-iters=1", "--dtype=float32", "--max-time=0", "--batch-size=4"]
+
+
+@pytest.fixture(autouse=True)
+def _no_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "Traceback" not in err
+    return last
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 au lait\n".encode("latin-1") * 10)
+    short = tmp_path / "short.txt"
+    short.write_text("To be, or not to be.\n" * 40)
+    return {"empty": empty, "latin1": latin1, "short": short}
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing", "not found"),
+        ("empty", "empty"),
+        ("latin1", "UTF-8"),
+    ],
+)
+def test_bad_text_inputs(case: str, expected: str, files: dict[str, Path], tmp_path: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    source = str(files.get(case, tmp_path / "nope.txt"))
+    out = tmp_path / "prepared"
+    line = run_cli(["prepare", "--data", source, "--out", str(out)], capsys)
+    assert expected in line
+    assert not out.exists() or not any(out.iterdir())
+    run_dir = tmp_path / "run"
+    line = run_cli(["train", "--data", source, "--out", str(run_dir), *TINY_FLAGS], capsys)
+    assert expected in line
+    assert not (run_dir / "latest").exists()
+
+
+def test_corpus_shorter_than_a_block(files: dict[str, Path], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    line = run_cli(["train", "--data", str(files["short"]), "--out", str(tmp_path / "r"),
+                    *TINY_FLAGS, "--block-size=2048"], capsys)
+    assert "fewer than one block" in line and "--block-size" in line
+    assert not (tmp_path / "r" / "latest").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "--preset", "gpt5"], "unknown preset 'gpt5'; choose one of shakespeare-char"),
+        (["prepare", "--tokenizer", "word"], "word"),
+        (["train", "--tokenizer", "bpe:abc"], "bpe"),
+        (["train", "--dtype", "float8"], "unknown dtype 'float8'"),
+        (["train", "--n-embd", "100", "--n-head", "3"],
+         "n_embd (100) must be divisible by n_head (3); try --n-embd 102"),
+        (["train", "--dtype", "float16"], "float16 training needs a CUDA GPU"),
+        (["train", "--device", "cuda"], "no CUDA GPU"),
+    ],
+)
+def test_bad_settings(args: list[str], expected: str, files: dict[str, Path], tmp_path: Path,
+                      capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--data", str(files["short"]) if args[0] == "prepare" else str(files["short"])]
+    out = ["--out", str(tmp_path / "o")]
+    extra = [*TINY_FLAGS, "--block-size=8"] if args[0] == "train" else []
+    line = run_cli([args[0], *base, *out, *extra, *args[1:]], capsys)  # the bad flag comes last
+    assert expected in line
+    assert not (tmp_path / "o" / "latest").exists()
+
+
+def test_bf16_on_a_cpu_without_it(monkeypatch: pytest.MonkeyPatch, files: dict[str, Path],
+                                  tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    line = run_cli(["train", "--data", str(files["short"]), "--out", str(tmp_path / "o"),
+                    *TINY_FLAGS, "--block-size=8", "--dtype", "bfloat16"], capsys)
+    assert "cannot do bfloat16" in line
+
+
+def test_checkpoint_errors(tiny_run: Path, tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    line = run_cli(["sample", "--ckpt", str(tmp_path / "none")], capsys)
+    assert "not found" in line
+    (tmp_path / "emptydir").mkdir()
+    line = run_cli(["eval", "--ckpt", str(tmp_path / "emptydir")], capsys)
+    assert "no checkpoint" in line
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    weights = run / "best" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    line = run_cli(["sample", "--ckpt", str(run / "best")], capsys)
+    assert "truncated or corrupted" in line
+    (run / "latest" / "checkpoint.json").write_text("{not json")
+    line = run_cli(["eval", "--ckpt", str(run / "latest")], capsys)
+    assert "corrupted" in line
+
+
+def test_resume_with_a_different_model(tiny_run: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    line = run_cli(["train", "--out", str(run), "--resume", "--n-layer", "3"], capsys)
+    assert "n_layer=3" in line and "drop the model overrides" in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--temperature", "-0.5"], "temperature (-0.5) must be >= 0"),
+        (["--top-k", "0"], "top_k (0) must be >= 1"),
+        (["--top-p", "0"], "top_p (0.0) must be in (0, 1]"),
+        (["--top-p", "1.5"], "top_p (1.5) must be in (0, 1]"),
+        (["--prompt", "ROMEO€ and ✓"], "'€'"),
+        (["--stop", ""], "stop string is empty"),
+    ],
+)
+def test_bad_sampling_input(flags: list[str], expected: str, tiny_run: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    line = run_cli(["sample", "--ckpt", str(tiny_run), "--max-new-tokens", "5", *flags], capsys)
+    assert expected in line
+
+
+def test_unseen_prompt_characters_are_named(tiny_run: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    line = run_cli(["sample", "--ckpt", str(tiny_run), "--prompt", "naïve €"], capsys)
+    assert "'ï'" in line and "'€'" in line
+    assert capsys.readouterr().out == ""  # nothing printed before the error
+
+
+def test_hub_dataset_offline_fails_fast(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    start = time.perf_counter()
+    line = run_cli(["prepare", "--hf-dataset", "roneneldan/TinyStories", "--out",
+                    str(tmp_path / "o")], capsys)
+    assert time.perf_counter() - start < 5
+    assert "roneneldan/TinyStories" in line
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptscratch", "train", "--preset", "nope", "--out",
+         str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown preset 'nope'; choose one of shakespeare-char, shakespeare-bpe, "
+        "gpt2-small"]

@@ -1,0 +1,226 @@
+"""Preparing token files: layout, meta, the split, reuse, atomicity, and real-corpus speed."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gptscratch.data import prepare as prepare_module
+from gptscratch.data.cache import atomic_file, cache_dir
+from gptscratch.data.prepare import (
+    default_prepared_dir,
+    is_prepared_dir,
+    load_prepared,
+    prepare,
+    split_train_val,
+    token_dtype,
+)
+from gptscratch.errors import UserError
+
+FILES = ["meta.json", "tokenizer.json", "train.bin", "val.bin"]
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.setenv("GPTSCRATCH_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the session, shared by the data test modules: pip runs once."""
+    path = tmp_path_factory.getbasetemp() / "gptscratch-shared-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    lines = [f"Line {i}: The Quick brown fox — naïve café {i * i}." for i in range(400)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_char_prepare_writes_files_and_meta(corpus: Path, tmp_path: Path) -> None:
+    text = corpus.read_text(encoding="utf-8")
+    data = prepare(str(corpus), "char", tmp_path / "out", val_fraction=0.25)
+    assert sorted(p.name for p in data.dir.iterdir()) == FILES
+    meta = json.loads((data.dir / "meta.json").read_text(encoding="utf-8"))
+    assert meta == data.meta
+    assert meta["tokenizer"] == "char" and meta["tokenizer_kind"] == "char"
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == len(set(text))
+    assert meta["tokenizer_fingerprint"] == data.tokenizer.fingerprint()
+    assert meta["train_tokens"] + meta["val_tokens"] == len(text)
+    assert meta["train_bytes"] + meta["val_bytes"] == len(text.encode("utf-8"))
+    assert meta["val_fraction"] == 0.25 and meta["lowercase"] is False
+    assert str(corpus) in meta["source"] and len(meta["source_sha256"]) == 64
+    train, val = data.train_tokens(), data.val_tokens()
+    assert train.dtype == np.uint16 and isinstance(train, np.memmap)
+    assert (data.dir / "train.bin").stat().st_size == 2 * meta["train_tokens"]
+    train_text = data.tokenizer.decode(train.tolist())
+    val_text = data.tokenizer.decode(val.tolist())
+    assert train_text + val_text == text
+    # The cut lands on a line boundary at or just after the exact 75% point.
+    assert train_text.endswith("\n") and val_text.startswith("Line ")
+    exact = int(len(text) * 0.75)
+    assert exact <= len(train_text) <= exact + text[exact:].index("\n") + 1
+    assert meta["val_bytes"] == len(val_text.encode("utf-8"))
+
+
+def test_gpt2_prepare_is_uint16_and_decodes_back(corpus: Path, tmp_path: Path) -> None:
+    data = prepare(str(corpus), "gpt2", tmp_path / "out")
+    assert data.meta["dtype"] == "uint16" and data.meta["vocab_size"] == 50257
+    assert data.meta["eot_id"] == 50256
+    text = corpus.read_text(encoding="utf-8")
+    decoded = data.tokenizer.decode(data.train_tokens().tolist() + data.val_tokens().tolist())
+    assert decoded == text
+
+
+def test_prepare_is_deterministic(corpus: Path, tmp_path: Path) -> None:
+    first = prepare(str(corpus), "bpe:300", tmp_path / "a")
+    second = prepare(str(corpus), "bpe:300", tmp_path / "b")
+    for name in FILES:
+        assert (first.dir / name).read_bytes() == (second.dir / name).read_bytes(), name
+
+
+def test_rerun_reuses_and_changed_options_rewrite(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = prepare(str(corpus), "char", out)
+    stamps = {name: (out / name).stat().st_mtime_ns for name in FILES}
+    time.sleep(0.01)
+    again = prepare(str(corpus), "char", out)
+    assert again.meta == first.meta
+    assert {name: (out / name).stat().st_mtime_ns for name in FILES} == stamps
+
+    lower = prepare(str(corpus), "char", out, lowercase=True)
+    assert lower.meta["lowercase"] is True
+    assert lower.meta["vocab_size"] == len(set(corpus.read_text(encoding="utf-8").lower()))
+    assert lower.tokenizer.decode(lower.val_tokens().tolist()).islower()
+    assert lower.meta["source_sha256"] != first.meta["source_sha256"]
+    assert (out / "train.bin").stat().st_mtime_ns != stamps["train.bin"]
+    assert load_prepared(out).meta == lower.meta
+
+    other = prepare(str(corpus), "gpt2", out, lowercase=True)
+    assert other.meta["tokenizer"] == "gpt2" and load_prepared(out).tokenizer.kind == "gpt2"
+    split = prepare(str(corpus), "gpt2", out, lowercase=True, val_fraction=0.2)
+    assert split.meta["val_tokens"] > other.meta["val_tokens"]
+
+    corpus.write_text(corpus.read_text(encoding="utf-8") + "One more line.\n", encoding="utf-8")
+    changed = prepare(str(corpus), "gpt2", out, lowercase=True, val_fraction=0.2)
+    assert changed.meta["val_tokens"] > split.meta["val_tokens"]
+    assert sorted(p.name for p in out.iterdir()) == FILES  # no temp files left behind
+
+
+def test_load_prepared_checks_the_files(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    prepare(str(corpus), "char", out)
+    assert is_prepared_dir(out) and not is_prepared_dir(tmp_path)
+    data = load_prepared(out)
+    assert data.meta["train_tokens"] == len(data.train_tokens())
+
+    with pytest.raises(UserError, match="not a prepared data folder"):
+        load_prepared(tmp_path)
+    raw = (out / "val.bin").read_bytes()
+    (out / "val.bin").write_bytes(raw[:-2])
+    with pytest.raises(UserError, match=r"val.bin' has \d+ bytes but meta.json expects"):
+        load_prepared(out)
+    (out / "val.bin").unlink()
+    with pytest.raises(UserError, match="val.bin' is missing"):
+        load_prepared(out)
+    (out / "val.bin").write_bytes(raw)
+    load_prepared(out)
+    (out / "meta.json").write_text("{", encoding="utf-8")
+    with pytest.raises(UserError, match="damaged"):
+        load_prepared(out)
+    # A broken folder is rewritten by the next prepare rather than trusted.
+    assert prepare(str(corpus), "char", out).meta["train_tokens"] > 0
+    load_prepared(out)
+
+
+def test_crash_while_writing_leaves_no_meta(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    prepare(str(corpus), "char", out)
+
+    def crash(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_module, "save_tokenizer", crash)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(str(corpus), "gpt2", out)
+    assert not is_prepared_dir(out)
+    assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json", "train.bin", "val.bin"]
+
+
+def test_atomic_file_removes_the_temp_file_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "x.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_split_train_val_and_bad_fractions(tmp_path: Path) -> None:
+    assert split_train_val("aaaa\nbbbb\ncccc\n", 0.5) == ("aaaa\nbbbb\n", "cccc\n")
+    assert split_train_val("aaaa\nbbbb\n", 0.5) == ("aaaa\n", "bbbb\n")  # already a boundary
+    for bad in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(UserError, match="between 0 and 1"):
+            prepare("unused", "char", tmp_path / "out", val_fraction=bad)
+    with pytest.raises(UserError, match="choose one of"):
+        prepare("unused", "word", tmp_path / "out")
+
+
+def test_too_little_text_is_a_user_error(tmp_path: Path) -> None:
+    one_line = tmp_path / "one.txt"
+    one_line.write_text("a single line without a break", encoding="utf-8")
+    with pytest.raises(UserError, match="validation split is empty.*--val-fraction"):
+        prepare(str(one_line), "char", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_token_dtype_choice() -> None:
+    assert token_dtype(80) == np.uint16
+    assert token_dtype(50257) == np.uint16
+    assert token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.uint32
+    assert token_dtype(1_000_000) == np.uint32
+
+
+def test_default_dir_is_in_the_cache(corpus: Path) -> None:
+    path = default_prepared_dir(str(corpus), "bpe:8000")
+    assert path.parent == cache_dir() / "prepared"
+    assert path.name.startswith("corpus.txt-") and path.name.endswith("-bpe8000")
+    assert default_prepared_dir("shakespeare", "gpt2") != default_prepared_dir("other", "gpt2")
+    data = prepare(str(corpus), "char")
+    assert data.dir == default_prepared_dir(str(corpus), "char")
+
+
+def test_shakespeare_gpt2_is_fast(
+    shared_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("GPTSCRATCH_CACHE", str(shared_cache))
+    from gptscratch.data.shakespeare import shakespeare_text
+
+    shakespeare_text()  # fetch outside the timing
+    started = time.perf_counter()
+    data = prepare("shakespeare", "gpt2", tmp_path / "out")
+    seconds = time.perf_counter() - started
+    tokens = data.meta["train_tokens"] + data.meta["val_tokens"]
+    with capfd.disabled():
+        print(f"\nprepare(shakespeare, gpt2): {tokens:,} tokens in {seconds:.2f} s")
+    assert seconds < 30
+    assert capfd.readouterr() == ("", "")  # no progress bar when not on a terminal
+    assert 1_400_000 < tokens < 1_700_000
+    assert data.meta["train_bytes"] / data.meta["train_tokens"] > 3.0

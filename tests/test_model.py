@@ -1,0 +1,124 @@
+"""The GPT against oracles: torch's GELU, the fused attention kernel, causality, init loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptscratch.errors import UserError
+from gptscratch.model.attention import CausalSelfAttention, explicit_attention
+from gptscratch.model.config import ModelConfig
+from gptscratch.model.gpt import GPT, lm_loss
+from gptscratch.model.layers import gelu
+
+
+def tiny(**kw: object) -> ModelConfig:
+    base: dict[str, object] = dict(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32)
+    base.update(kw)
+    return ModelConfig(**base)  # type: ignore[arg-type]
+
+
+def test_gelu_matches_torch_tanh_gelu() -> None:
+    x = torch.linspace(-8, 8, 10001, dtype=torch.float64)
+    assert torch.allclose(gelu(x), F.gelu(x, approximate="tanh"), atol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_attention_paths_agree(bias: bool) -> None:
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(tiny(bias=bias, attention="sdpa")).eval()
+    x = torch.randn(3, 16, 32)
+    fused = attn(x)
+    attn.path = "explicit"
+    explicit = attn(x)
+    with_weights, att = attn.forward_with_weights(x)
+    assert torch.allclose(fused, explicit, atol=1e-6)
+    assert torch.equal(explicit, with_weights)
+    assert att.shape == (3, 4, 16, 16)
+    assert torch.allclose(att.sum(-1), torch.ones(3, 4, 16), atol=1e-6)
+    assert torch.all(att.triu(diagonal=1) == 0)
+
+
+def test_explicit_attention_matches_sdpa_directly() -> None:
+    q, k, v = torch.randn(3, 2, 4, 7, 8).unbind(0)
+    y, _ = explicit_attention(q, k, v)
+    assert torch.allclose(y, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6)
+
+
+def test_auto_path_under_cpu_bf16_autocast_matches_sdpa() -> None:
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(tiny(attention="auto")).eval()
+    x = torch.randn(2, 16, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = attn(x).float()
+        attn.path = "sdpa"
+        fused = attn(x).float()
+    assert torch.allclose(auto, fused, atol=3e-2)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
+def test_causality_later_tokens_do_not_change_earlier_logits(attention: str) -> None:
+    torch.manual_seed(0)
+    model = GPT(tiny(attention=attention)).eval()
+    idx = torch.randint(0, 50, (2, 16))
+    changed = idx.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 50
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    assert torch.allclose(a[:, :10], b[:, :10], atol=1e-6)
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_initial_loss_is_close_to_log_vocab() -> None:
+    torch.manual_seed(0)
+    model = GPT(tiny(vocab_size=500, n_embd=64))
+    idx = torch.randint(0, 500, (4, 16))
+    targets = torch.randint(0, 500, (4, 16))
+    loss = lm_loss(model(idx), targets).item()
+    assert abs(loss - math.log(500)) < 0.1
+
+
+def test_weights_are_tied_and_init_follows_gpt2() -> None:
+    torch.manual_seed(0)
+    model = GPT(tiny(n_layer=8, n_embd=256, n_head=4))
+    assert model.lm_head.weight is model.transformer.wte.weight
+    proj = model.transformer.h[0].attn.c_proj.weight
+    assert abs(proj.std().item() - 0.02 / math.sqrt(16)) < 5e-4
+    assert abs(model.transformer.h[0].mlp.c_fc.weight.std().item() - 0.02) < 5e-4
+    assert all(p.abs().sum() == 0 for n, p in model.named_parameters() if n.endswith(".bias"))
+
+
+def test_no_bias_model_has_no_bias_parameters() -> None:
+    names = [n for n, _ in GPT(tiny(bias=False)).named_parameters()]
+    assert not any(n.endswith("bias") for n in names)
+
+
+def test_overfits_one_batch() -> None:
+    torch.manual_seed(0)
+    model = GPT(tiny())
+    idx = torch.randint(0, 50, (4, 17))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = lm_loss(model(idx[:, :-1]), idx[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert loss.item() < 0.05
+
+
+def test_sequence_longer_than_block_is_rejected() -> None:
+    with pytest.raises(ValueError, match="block_size"):
+        GPT(tiny())(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_config_errors_name_the_fix() -> None:
+    with pytest.raises(UserError, match=r"n_embd \(500\) must be divisible by n_head \(6\); "
+                       r"try --n-embd 504"):
+        ModelConfig(n_embd=500, n_head=6)
+    with pytest.raises(UserError, match="dropout"):
+        ModelConfig(dropout=1.5)
+    with pytest.raises(UserError, match="n_layer"):
+        ModelConfig(n_layer=0)

@@ -1,0 +1,133 @@
+"""Choosing tokens and streaming text: greedy, top-k, top-p, seeds, stop strings, cropping."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptscratch import api
+from gptscratch.errors import UserError
+from gptscratch.model.config import ModelConfig
+from gptscratch.model.generation import generate_tokens, stream_text
+from gptscratch.model.gpt import GPT
+from gptscratch.model.sampling import SamplingConfig, filter_logits, sample_next_token
+
+
+def test_temperature_zero_is_greedy() -> None:
+    logits = torch.randn(5, 30)
+    ids = sample_next_token(logits, SamplingConfig(temperature=0.0))
+    assert torch.equal(ids[:, 0], logits.argmax(-1))
+
+
+def test_top_k_keeps_exactly_k() -> None:
+    logits = torch.randn(3, 100)
+    kept = torch.isfinite(filter_logits(logits, SamplingConfig(temperature=1.0, top_k=7)))
+    assert kept.sum(-1).tolist() == [7, 7, 7]
+    top = logits.topk(7).indices
+    assert kept.gather(1, top).all()
+
+
+def test_top_p_keeps_the_smallest_nucleus() -> None:
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    kept = torch.isfinite(filter_logits(logits, SamplingConfig(temperature=1.0, top_p=0.8)))
+    assert kept.tolist() == [[True, True, False, False]]
+    kept = torch.isfinite(filter_logits(logits, SamplingConfig(temperature=1.0, top_p=0.81)))
+    assert kept.tolist() == [[True, True, True, False]]
+    kept = torch.isfinite(filter_logits(logits, SamplingConfig(temperature=1.0, top_p=0.1)))
+    assert kept.tolist() == [[True, False, False, False]]  # the top token always survives
+
+
+def test_sampling_follows_the_distribution() -> None:
+    logits = torch.tensor([[0.0, 1.0, 2.0]]).repeat(20000, 1)
+    g = torch.Generator().manual_seed(0)
+    ids = sample_next_token(logits, SamplingConfig(temperature=1.0), g)[:, 0]
+    freq = torch.bincount(ids, minlength=3).float() / len(ids)
+    assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.02)
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=-1.0), dict(top_k=0), dict(top_p=0.0),
+                                dict(top_p=1.5)])
+def test_bad_sampling_settings(kw: dict[str, float]) -> None:
+    with pytest.raises(UserError):
+        SamplingConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_same_seed_same_text_and_stream_equals_generate(tiny_run: Path) -> None:
+    a = api.generate(tiny_run, "ROMEO:", max_new_tokens=40, seed=3, temperature=1.0)
+    b = "".join(api.stream(tiny_run, "ROMEO:", max_new_tokens=40, seed=3, temperature=1.0))
+    c = api.generate(tiny_run, "ROMEO:", max_new_tokens=40, seed=4, temperature=1.0)
+    assert a == b and len(a) == 40
+    assert a != c
+
+
+def test_prompt_longer_than_context_is_cropped() -> None:
+    model = GPT(ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
+    idx = torch.randint(0, 10, (1, 30))
+    out = list(generate_tokens(model, idx, 5, SamplingConfig(temperature=0.0)))
+    assert len(out) == 5
+    # Cropping means only the last block_size tokens matter.
+    cropped = list(generate_tokens(model, idx[:, -8:], 5, SamplingConfig(temperature=0.0)))
+    assert [int(t) for t in out] == [int(t) for t in cropped]
+
+
+class Letters:
+    """A fake tokenizer: id i is the i-th string in `pieces`."""
+
+    def __init__(self, pieces: Sequence[str]) -> None:
+        self.pieces = list(pieces)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.pieces.index(c) for c in text]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self.pieces[i] for i in ids)
+
+
+def _forced_model(sequence: Sequence[int], vocab: int) -> GPT:
+    """A GPT whose greedy output is `sequence`: we overwrite its head to follow a script."""
+    model = GPT(ModelConfig(vocab_size=vocab, block_size=64, n_layer=1, n_head=1, n_embd=8))
+    script = list(sequence)
+
+    def forward(idx: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(idx.size(0), idx.size(1), vocab)
+        logits[:, -1, script.pop(0)] = 1.0
+        return logits
+
+    model.forward = forward  # type: ignore[method-assign]
+    return model.eval()
+
+
+def test_stop_string_ends_generation_without_emitting_it() -> None:
+    codec = Letters(["a", "b", "E", "N", "D", "c"])
+    out_ids = [0, 1, 2, 3, 4, 5, 5, 5]  # "abENDccc"
+    model = _forced_model(out_ids, 6)
+    pieces = list(stream_text(model, codec, "a", 8, SamplingConfig(temperature=0.0),
+                              stop=["END"]))
+    assert "".join(pieces) == "ab"
+    assert all("E" not in p for p in pieces)  # the partial stop text was held back
+
+
+def test_incomplete_characters_are_held_back() -> None:
+    codec = Letters(["x", "\ufffd", "é"])
+
+    class Bytes(Letters):
+        def decode(self, ids: Sequence[int]) -> str:
+            # id 1 is half a character; followed by id 2 the pair decodes to "é".
+            text = "".join(self.pieces[i] for i in ids)
+            return text.replace("\ufffdé", "é")
+
+    model = _forced_model([0, 1, 2, 0], 3)
+    pieces = list(stream_text(model, Bytes(codec.pieces), "x", 4,
+                              SamplingConfig(temperature=0.0)))
+    assert "".join(pieces) == "xéx"
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_empty_stop_string_is_rejected() -> None:
+    model = _forced_model([0], 2)
+    with pytest.raises(UserError, match="stop"):
+        list(stream_text(model, Letters(["a", "b"]), "a", 1, SamplingConfig(), stop=[""]))

@@ -1,0 +1,186 @@
+"""Training: exact resume, atomic checkpoints, schedule, precision policy, optimizer groups."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_MODEL, TINY_TRAIN
+
+from gptscratch import api
+from gptscratch.errors import UserError
+from gptscratch.model.config import ModelConfig
+from gptscratch.model.gpt import GPT
+from gptscratch.training import checkpoint as ckpt_mod
+from gptscratch.training.checkpoint import load_checkpoint, save_checkpoint
+from gptscratch.training.config import TrainConfig
+from gptscratch.training.metrics import read_metrics
+from gptscratch.training.optimizer import parameter_groups
+from gptscratch.training.precision import choose_precision
+from gptscratch.training.schedule import lr_at
+
+
+def _losses(run: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+
+
+def test_exact_resume_gives_identical_losses(tmp_path: Path, tiny_corpus: Path) -> None:
+    # Dropout on, so the resumed run must also restore the dropout RNG, not only the batches.
+    over = {**TINY_MODEL, **TINY_TRAIN, "max_iters": 12, "log_interval": 1, "eval_interval": 100,
+            "dropout": 0.1, "grad_accum": 2}
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    api.train("shakespeare-char", tiny_corpus, straight, overrides=over)
+    api.train("shakespeare-char", tiny_corpus, split, overrides=over, stop_at=6)
+    assert [s for s, _ in _losses(split)] == list(range(1, 7))
+    api.train("shakespeare-char", tiny_corpus, split, resume=True)
+    assert _losses(straight) == _losses(split)
+    assert len(_losses(split)) == 12
+    a = load_checkpoint(straight, "latest").build_model().state_dict()
+    b = load_checkpoint(split, "latest").build_model().state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_can_extend_a_finished_run(tmp_path: Path, tiny_corpus: Path) -> None:
+    over = {**TINY_MODEL, **TINY_TRAIN, "max_iters": 4, "eval_interval": 2}
+    api.train("shakespeare-char", tiny_corpus, tmp_path / "r", overrides=over)
+    result = api.train("shakespeare-char", None, tmp_path / "r", resume=True,
+                       overrides={"max_iters": 6})
+    assert result.step == 6
+
+
+def test_training_twice_into_one_directory_needs_resume(tmp_path: Path, tiny_corpus: Path) -> None:
+    over = {**TINY_MODEL, **TINY_TRAIN, "max_iters": 2}
+    api.train("shakespeare-char", tiny_corpus, tmp_path / "r", overrides=over)
+    with pytest.raises(UserError, match="--resume"):
+        api.train("shakespeare-char", tiny_corpus, tmp_path / "r", overrides=over)
+
+
+def test_run_directory_layout(tiny_run: Path) -> None:
+    for name in ("latest", "best"):
+        files = {p.name for p in (tiny_run / name).iterdir()}
+        assert files == {"model.safetensors", "checkpoint.json", "tokenizer.json", "state.pt"}
+    meta = json.loads((tiny_run / "latest" / "checkpoint.json").read_text())
+    assert meta["step"] == 20 and meta["model_config"]["n_layer"] == 2
+    state = torch.load(tiny_run / "latest" / "state.pt", weights_only=True)
+    assert {"optimizer", "scaler", "data_rng", "torch_rng"} <= set(state)
+    records = read_metrics(tiny_run / "metrics.jsonl")
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evals] == [10, 20]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] < math.log(65)
+    assert not list(tiny_run.glob(".*tmp*"))
+
+
+def test_checkpoint_has_no_wrapper_prefixes(tmp_path: Path, tiny_run: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_run / "latest" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and not any(k.startswith(("module.", "_orig_mod.")) for k in keys)
+
+
+def test_crash_mid_save_leaves_previous_checkpoint(tmp_path: Path, tiny_run: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = load_checkpoint(run, "latest")
+    model = before.build_model()
+    with torch.no_grad():
+        model.transformer.wte.weight.add_(1.0)
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", crash)
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint(run / "latest", model, before.tokenizer(), before.meta, {"x": 1})
+    after = load_checkpoint(run, "latest")
+    reloaded = after.build_model()
+    original = before.build_model()
+    assert torch.equal(reloaded.transformer.wte.weight, original.transformer.wte.weight)
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_crash_between_renames_falls_back_to_old(tmp_path: Path, tiny_run: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "latest").rename(run / "latest.old")  # the moment between the two renames
+    assert load_checkpoint(run, "latest").path == run / "latest.old"
+
+
+def test_corrupted_and_truncated_checkpoints_are_refused(tmp_path: Path, tiny_run: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    weights = run / "best" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated or corrupted"):
+        load_checkpoint(run / "best")
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(UserError, match="truncated or corrupted"):
+        load_checkpoint(run / "best")
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor() -> None:
+    lrs = [lr_at(s, 1.0, 0.1, 10, s / 100) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[100] == pytest.approx(0.1)
+    assert lr_at(55, 1.0, 0.1, 10, 0.5) == pytest.approx(0.55)
+
+
+def test_parameter_groups_decay_only_matrices() -> None:
+    model = GPT(ModelConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=16))
+    decay, no_decay = parameter_groups(model, 0.1)
+    assert all(p.dim() >= 2 for p in decay["params"])  # type: ignore[attr-defined]
+    assert all(p.dim() == 1 for p in no_decay["params"])  # type: ignore[attr-defined]
+    n = len(decay["params"]) + len(no_decay["params"])  # type: ignore[arg-type]
+    assert n == len(list(model.parameters()))  # the tied weight is counted once
+
+
+def test_precision_policy() -> None:
+    cpu = torch.device("cpu")
+    assert choose_precision("float32", cpu, 64).dtype == torch.float32
+    assert choose_precision("auto", cpu, 64).dtype == torch.float32  # too small to gain
+    with pytest.raises(UserError, match="float16 training needs a CUDA GPU"):
+        choose_precision("float16", cpu, 64)
+    with pytest.raises(UserError, match="unknown dtype"):
+        choose_precision("float8", cpu, 64)
+
+
+def test_precision_policy_on_cuda_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    p = choose_precision("auto", cuda, 768)
+    assert p.dtype == torch.bfloat16 and not p.needs_scaler
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    p = choose_precision("auto", cuda, 768)
+    assert p.dtype == torch.float16 and p.needs_scaler
+    with pytest.raises(UserError, match="cannot do bfloat16"):
+        choose_precision("bfloat16", cuda, 768)
+
+
+def test_epochs_sets_the_number_of_steps(tmp_path: Path, tiny_corpus: Path) -> None:
+    over = {**TINY_MODEL, **TINY_TRAIN, "epochs": 0.1}
+    result = api.train("shakespeare-char", tiny_corpus, tmp_path / "r", overrides=over)
+    tokens = json.loads((tmp_path / "r" / "data" / "meta.json").read_text())["train_tokens"]
+    assert result.step == math.ceil(0.1 * tokens / (8 * 32))
+
+
+def test_train_config_validation() -> None:
+    with pytest.raises(UserError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(UserError, match="min_lr"):
+        TrainConfig(learning_rate=1e-3, min_lr=1e-2)
+
+
+def test_evaluate_reports_loss_perplexity_and_bits_per_byte(tiny_run: Path,
+                                                            tiny_corpus: Path) -> None:
+    own = api.evaluate(tiny_run)
+    assert own.perplexity == pytest.approx(math.exp(own.loss))
+    assert own.bits_per_byte == pytest.approx(own.loss / math.log(2), rel=1e-3)  # 1 byte/char
+    other = api.evaluate(tiny_run, tiny_corpus)
+    assert other.tokens == len(tiny_corpus.read_text()) - 1
