@@ -184,3 +184,21 @@ def test_evaluate_reports_loss_perplexity_and_bits_per_byte(tiny_run: Path,
     assert own.bits_per_byte == pytest.approx(own.loss / math.log(2), rel=1e-3)  # 1 byte/char
     other = api.evaluate(tiny_run, tiny_corpus)
     assert other.tokens == len(tiny_corpus.read_text()) - 1
+
+
+def test_fp16_grad_scaler_path_trains_and_resumes(tmp_path: Path, tiny_corpus: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA fp16 path (autocast + GradScaler, scaler state in checkpoints), run on CPU."""
+    from gptscratch.training import loop
+    from gptscratch.training.precision import Precision
+
+    fp16 = Precision(torch.float16, "cpu", "test: the CUDA fp16 path on CPU")
+    monkeypatch.setattr(loop, "choose_precision", lambda *args: fp16)
+    over = {**TINY_MODEL, **TINY_TRAIN, "max_iters": 6, "eval_interval": 3}
+    result = api.train("shakespeare-char", tiny_corpus, tmp_path / "r", overrides=over,
+                       stop_at=3)
+    state = load_checkpoint(tmp_path / "r", "latest").training_state()
+    assert state["scaler"]["scale"] > 0  # the scaler ran and its state was saved
+    result = api.train("shakespeare-char", None, tmp_path / "r", resume=True)
+    assert result.step == 6 and math.isfinite(result.val_loss)
+    assert load_checkpoint(tmp_path / "r", "latest").meta["precision"] == "float16"

@@ -25,7 +25,12 @@ from gptscratch.errors import UserError
 from gptscratch.evaluation.evaluate import estimate_loss
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT, lm_loss
-from gptscratch.training.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
+from gptscratch.training.checkpoint import (
+    link_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from gptscratch.training.config import TrainConfig
 from gptscratch.training.device import choose_device, set_cpu_float_mode
 from gptscratch.training.metrics import MetricsLog, format_duration, progress_line
@@ -116,7 +121,7 @@ def train(
         if ckpt.meta.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
             raise UserError(f"checkpoint '{ckpt.path}' was trained with a different tokenizer "
                             "than this data's; resume with the same --data")
-        model.load_state_dict(ckpt.build_model(device).state_dict())
+        load_weights(ckpt, model)
         state = ckpt.training_state()
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
