@@ -195,6 +195,30 @@ def _cmd_eval(args: argparse.Namespace) -> None:
           f"{result.tokens:,} tokens")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of each record, so it keeps working when
+    stderr is swapped (pytest's capture, notebooks) after logging was configured."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def configure_logging(quiet: bool) -> None:
+    """gptscratch's progress and info lines go to stderr as plain lines (stdout carries only
+    results: generated text, evaluation figures)."""
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("gptscratch")
+    logger.handlers = [handler]
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
 COMMANDS = {"prepare": _cmd_prepare, "train": _cmd_train, "sample": _cmd_sample,
             "eval": _cmd_eval}
 
@@ -207,8 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_flush_denormal(True)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+    configure_logging(args.quiet)
     try:
         COMMANDS[args.command](args)
     except UserError as e:
