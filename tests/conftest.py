@@ -5,7 +5,9 @@ Everything runs offline; the Shakespeare cache goes to a per-session temporary d
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,17 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 TINY_MODEL = dict(block_size=32, n_layer=2, n_head=2, n_embd=32)
 TINY_TRAIN = dict(batch_size=8, max_iters=20, eval_interval=10, eval_iters=2, log_interval=5,
                   warmup_iters=2, max_time=0.0, dtype="float32")
+
+
+@pytest.fixture(autouse=True)
+def _reset_cli_logging() -> Iterator[None]:
+    """`cli.main` configures the gptscratch logger for the terminal; undo it after each test so
+    library logs go back to pytest's capture."""
+    yield
+    logger = logging.getLogger("gptscratch")
+    logger.handlers = []
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
 
 
 @pytest.fixture(scope="session", autouse=True)

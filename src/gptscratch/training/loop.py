@@ -95,7 +95,8 @@ def train(
     out_dir = Path(out_dir)
     if model_config.vocab_size != data.tokenizer.vocab_size:
         raise UserError(f"model vocab_size ({model_config.vocab_size}) differs from the "
-                        f"tokenizer's ({data.tokenizer.vocab_size}); leave --vocab-size unset")
+                        f"tokenizer's ({data.tokenizer.vocab_size}); build the config with the "
+                        "tokenizer's vocab_size")
     check_data_fits(data, model_config.block_size)
     device = choose_device(config.device)
     precision = choose_precision(config.dtype, device, model_config.n_embd)
@@ -114,10 +115,13 @@ def train(
 
     if resume:
         ckpt = load_checkpoint(out_dir, prefer="latest")
-        if ckpt.model_config != model_config:
-            raise UserError(f"checkpoint '{ckpt.path}' has model {ckpt.model_config}, but "
-                            f"{model_config} was requested; drop the model overrides or use a "
-                            "new --out")
+        saved, asked = ckpt.model_config.to_dict(), model_config.to_dict()
+        diff = [k for k in saved if saved[k] != asked[k]]
+        if diff:
+            have = ", ".join(f"{k}={saved[k]}" for k in diff)
+            want = ", ".join(f"{k}={asked[k]}" for k in diff)
+            raise UserError(f"checkpoint '{ckpt.path}' has {have} but {want} was requested; "
+                            "drop the model overrides or use a new --out")
         if ckpt.meta.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
             raise UserError(f"checkpoint '{ckpt.path}' was trained with a different tokenizer "
                             "than this data's; resume with the same --data")
