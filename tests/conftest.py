@@ -48,6 +48,22 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the session, shared by the data test modules: pip runs once."""
+    path = tmp_path_factory.getbasetemp() / "gptscratch-shared-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty cache of this test's own."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("GPTSCRATCH_CACHE", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """~60 KB of play-script text: the first lines of tinyshakespeare."""
     path = tmp_path_factory.mktemp("corpus") / "tiny.txt"

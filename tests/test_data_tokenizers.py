@@ -25,21 +25,6 @@ from gptscratch.errors import UserError
 TINY_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"
 
 
-@pytest.fixture(autouse=True)
-def _hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-
-
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache for the session, shared by the data test modules: pip runs once."""
-    path = tmp_path_factory.getbasetemp() / "gptscratch-shared-cache"
-    path.mkdir(exist_ok=True)
-    return path
-
-
 def synthetic_text(n_words: int = 20_000, seed: int = 0) -> str:
     """Many scripts, emoji and every kind of whitespace run, in a reproducible jumble."""
     words = [
