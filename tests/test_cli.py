@@ -50,7 +50,7 @@ def test_train_then_sample_and_eval(tmp_path: Path, tiny_corpus: Path,
     greedy = capsys.readouterr().out
     assert greedy.startswith("JULIET:\n")
 
-    assert main(["eval", "--ckpt", str(run), "--json"]) == 0
+    assert main(["eval", "--ckpt", str(run), "--json", "-q"]) == 0  # -q after the command
     result = json.loads(capsys.readouterr().out)
     assert result["loss"] > 0 and result["perplexity"] > 1 and result["bits_per_byte"] > 0
 

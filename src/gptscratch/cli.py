@@ -77,16 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gptscratch",
         description="Build, train and run GPT language models from scratch.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    # -q also works after the command name (`gptscratch sample -q ...`).
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("prepare", help="tokenize a corpus into train.bin / val.bin")
+    p = sub.add_parser("prepare", parents=[quiet],
+                       help="tokenize a corpus into train.bin / val.bin")
     p.add_argument("--data", default="shakespeare",
                    help="'shakespeare' (built in), a text file, a directory or a glob")
     p.add_argument("--tokenizer", default="char", help="char | gpt2 | bpe:N (default char)")
     p.add_argument("--out", default=None, help="output directory (default: in the cache)")
     _add_prepare_flags(p)
 
-    p = sub.add_parser("train", help="train a GPT (prepares raw text first)")
+    p = sub.add_parser("train", parents=[quiet], help="train a GPT (prepares raw text first)")
     p.add_argument("--preset", default="shakespeare-char",
                    help=f"one of {', '.join(PRESETS)} (default shakespeare-char)")
     p.add_argument("--data", default=None,
@@ -102,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, ModelConfig, {"vocab_size"}, MODEL_HELP)
     _add_config_flags(p, TrainConfig, set(), {})
 
-    p = sub.add_parser("sample", help="generate text from a checkpoint")
+    p = sub.add_parser("sample", parents=[quiet], help="generate text from a checkpoint")
     p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
     p.add_argument("--prompt", default=None, help="text to continue (default: stdin if piped)")
     p.add_argument("--max-new-tokens", type=int, default=500)
@@ -115,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end a sample at this text (repeatable)")
     p.add_argument("--device", default="auto")
 
-    p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a checkpoint")
+    p = sub.add_parser("eval", parents=[quiet],
+                       help="loss, perplexity and bits per byte of a checkpoint")
     p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
     p.add_argument("--data", default=None, help="a text file (default: the run's val split)")
     p.add_argument("--batch-size", type=int, default=16)

@@ -189,7 +189,7 @@ def _go_offline_if_hub_unreachable(timeout: float = 1.0) -> None:
         socket.create_connection((host or "huggingface.co", 443), timeout=timeout).close()
         return
     except OSError as exc:
-        logger.info("Hugging Face Hub unreachable (%s); using offline mode", exc)
+        logger.debug("Hugging Face Hub unreachable (%s); using offline mode", exc)
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     for module_name in ("huggingface_hub.constants", "datasets.config"):

@@ -100,7 +100,6 @@ def train(
     check_data_fits(data, model_config.block_size)
     device = choose_device(config.device)
     precision = choose_precision(config.dtype, device, model_config.n_embd)
-    log.info("device %s, precision %s (%s)", device, precision.name, precision.reason)
 
     torch.manual_seed(config.seed)
     model = GPT(model_config).to(device)
@@ -143,6 +142,7 @@ def train(
         raise UserError(f"'{out_dir}' already holds a run; add --resume to continue it or "
                         "choose a new --out")
 
+    log.info("device %s, precision %s (%s)", device, precision.name, precision.reason)
     n_params = model.num_params()
     log.info("model: %s parameters (%.2fM), %d layers, %d heads, %d wide, context %d",
              f"{n_params:,}", n_params / 1e6, model_config.n_layer, model_config.n_head,
