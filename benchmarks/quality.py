@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from gptscratch import api
+from gptscratch.training.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -68,7 +69,7 @@ def run(name: str, overrides: dict[str, Any], work: Path) -> dict[str, Any]:
     result = api.train("shakespeare-char", CORPUS, out, overrides=overrides)
     wall = time.perf_counter() - start
     full = api.evaluate(out / "latest")
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(out / "metrics.jsonl")
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][1:]
     meta = json.loads((out / "latest" / "checkpoint.json").read_text())
     return {
