@@ -70,7 +70,8 @@ def run(name: str, overrides: dict[str, Any], work: Path) -> dict[str, Any]:
     wall = time.perf_counter() - start
     full = api.evaluate(out / "latest")
     records = read_metrics(out / "metrics.jsonl")
-    speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][1:]
+    speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+    speeds = speeds[1:] or speeds  # the first window includes start-up
     meta = json.loads((out / "latest" / "checkpoint.json").read_text())
     return {
         "name": name, "overrides": overrides, "steps": result.step, "wall_s": round(wall, 1),
@@ -111,7 +112,7 @@ def main() -> None:
           f"{'val (full)':>10} {'val bpb':>8}")
     for r in rows:
         print(f"{r['name']:<22} {r['steps']:>6} {r['train_seconds']:>8} "
-              f"{r['median_tokens_per_s']:>8} {r['precision']:>9} "
+              f"{r['median_tokens_per_s'] or '-':>8} {r['precision']:>9} "
               f"{r['val_loss_full_split']:>10} {r['val_bits_per_byte']:>8}")
     if len(rows) == 2:
         ratio = rows[0]["val_loss_full_split"] / rows[1]["val_loss_full_split"]
