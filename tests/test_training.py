@@ -202,3 +202,15 @@ def test_fp16_grad_scaler_path_trains_and_resumes(tmp_path: Path, tiny_corpus: P
     result = api.train("shakespeare-char", None, tmp_path / "r", resume=True)
     assert result.step == 6 and math.isfinite(result.val_loss)
     assert load_checkpoint(tmp_path / "r", "latest").meta["precision"] == "float16"
+
+
+def test_an_explicit_length_replaces_the_presets_time_budget(tmp_path: Path,
+                                                               tiny_corpus: Path) -> None:
+    over = {**TINY_MODEL, **TINY_TRAIN, "max_iters": 3}
+    del over["max_time"]
+    api.train("shakespeare-char", tiny_corpus, tmp_path / "a", overrides=over)
+    meta = load_checkpoint(tmp_path / "a", "latest").meta
+    assert meta["train_config"]["max_time"] is None and meta["step"] == 3
+    api.train("shakespeare-char", tiny_corpus, tmp_path / "b",
+              overrides={**over, "max_time": 100.0})
+    assert load_checkpoint(tmp_path / "b", "latest").meta["train_config"]["max_time"] == 100.0

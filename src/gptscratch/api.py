@@ -78,7 +78,8 @@ def train(
         resume: continue the run in out_dir from its latest checkpoint. Its saved config is
             the base; only `overrides` change it (e.g. a larger max_iters).
         stop_at: stop after this step as if interrupted.
-        overrides: ModelConfig / TrainConfig fields by name.
+        overrides: ModelConfig / TrainConfig fields by name. Giving max_iters or epochs
+            without max_time drops the preset's time budget.
         prepare_options: passed to `prepare` (val_fraction, lowercase, hf_* options).
     """
     overrides = dict(overrides or {})
@@ -96,6 +97,9 @@ def train(
         if data is None:
             data = ckpt.meta["data_dir"]
     model_fields.update({k: v for k, v in overrides.items() if k in MODEL_FIELDS})
+    if ({"max_iters", "epochs"} & set(overrides)) and "max_time" not in overrides:
+        # An explicit run length replaces the preset's wall-clock budget.
+        overrides["max_time"] = None
     train_config = dataclasses.replace(
         train_config, **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
     prepared = resolve_data(data if data is not None else "shakespeare", out, tokenizer,
