@@ -110,22 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", parents=[quiet], help="generate text from a checkpoint")
     p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
     p.add_argument("--prompt", default=None, help="text to continue (default: stdin if piped)")
-    p.add_argument("--max-new-tokens", type=int, default=500)
+    p.add_argument("--max-new-tokens", type=int, default=500,
+                   help="tokens to generate per sample (default 500)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None,
+                   help="sample only among the K most likely tokens (default: all)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="sample only among the most likely tokens covering P of the "
+                        "probability (default 1.0: all)")
     p.add_argument("--seed", type=int, default=None, help="same seed, same text")
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples to print")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="end a sample at this text (repeatable)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
 
     p = sub.add_parser("eval", parents=[quiet],
                        help="loss, perplexity and bits per byte of a checkpoint")
     p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
     p.add_argument("--data", default=None, help="a text file (default: the run's val split)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
