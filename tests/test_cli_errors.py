@@ -88,7 +88,7 @@ def test_corpus_shorter_than_a_block(files: dict[str, Path], tmp_path: Path,
 )
 def test_bad_settings(args: list[str], expected: str, files: dict[str, Path], tmp_path: Path,
                       capsys: pytest.CaptureFixture[str]) -> None:
-    base = ["--data", str(files["short"]) if args[0] == "prepare" else str(files["short"])]
+    base = ["--data", str(files["short"])]
     out = ["--out", str(tmp_path / "o")]
     extra = [*TINY_FLAGS, "--block-size=8"] if args[0] == "train" else []
     line = run_cli([args[0], *base, *out, *extra, *args[1:]], capsys)  # the bad flag comes last

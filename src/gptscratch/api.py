@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from gptscratch.data.prepare import PreparedData, is_prepared_dir, load_prepared, prepare
+from gptscratch.data.sources import read_text_source
 from gptscratch.errors import UserError
 from gptscratch.evaluation.evaluate import EvalResult, evaluate_tokens
 from gptscratch.model.config import ModelConfig
@@ -91,7 +92,8 @@ def train(
     model_fields = {**spec.model}
     train_config = spec.train
     if resume:
-        ckpt = load_checkpoint(out, prefer="latest")
+        # Only the saved configs are needed here; the trainer verifies the files when it loads.
+        ckpt = load_checkpoint(out, prefer="latest", verify=False)
         model_fields = {k: v for k, v in ckpt.meta["model_config"].items() if k != "vocab_size"}
         train_config = TrainConfig.from_dict(ckpt.meta["train_config"])
         if data is None:
@@ -174,8 +176,6 @@ def evaluate(
                             "checkpoint's; pass a raw text file with --data instead")
         tokens, num_bytes = prepared.val_tokens(), int(prepared.meta["val_bytes"])
     else:
-        from gptscratch.data.sources import read_text_source
-
         text, _ = read_text_source(str(data))
         tokens = tokenizer.encode_array(text)
         num_bytes = len(text.encode("utf-8"))

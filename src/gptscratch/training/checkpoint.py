@@ -168,8 +168,11 @@ class Checkpoint:
         return state
 
 
-def load_checkpoint(path: Path | str, prefer: str = "best") -> Checkpoint:
-    """Find, read and verify a checkpoint (every file against its recorded sha256)."""
+def load_checkpoint(path: Path | str, prefer: str = "best", verify: bool = True) -> Checkpoint:
+    """Find, read and verify a checkpoint (every file against its recorded sha256).
+
+    verify=False reads only the metadata, for a caller that loads (and verifies) it later.
+    """
     ckpt_dir = resolve_checkpoint(path, prefer)
     try:
         meta = json.loads((ckpt_dir / META).read_text())
@@ -179,7 +182,7 @@ def load_checkpoint(path: Path | str, prefer: str = "best") -> Checkpoint:
     if not isinstance(meta, dict) or "model_config" not in meta or "files" not in meta:
         raise UserError(f"'{ckpt_dir / META}' is not a gptscratch checkpoint file; "
                         "point --ckpt at a directory written by gptscratch train")
-    for name, digest in meta["files"].items():
+    for name, digest in meta["files"].items() if verify else ():
         f = ckpt_dir / name
         if not f.exists():
             raise UserError(f"checkpoint '{ckpt_dir}' is missing {name}; it is incomplete: "
