@@ -11,8 +11,10 @@ import torch
 from gptscratch import api
 from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig
-from gptscratch.model.generation import generate_tokens, stream_text
+from gptscratch.model.generation import generate_tokens
 from gptscratch.model.gpt import GPT
+from gptscratch.model.kv_cache import KVCache
+from gptscratch.model.streaming import stream_text
 from gptscratch.model.sampling import SamplingConfig, filter_logits, sample_next_token
 
 
@@ -67,11 +69,14 @@ def test_same_seed_same_text_and_stream_equals_generate(tiny_run: Path) -> None:
 def test_prompt_longer_than_context_is_cropped() -> None:
     model = GPT(ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
     idx = torch.randint(0, 10, (1, 30))
-    out = list(generate_tokens(model, idx, 5, SamplingConfig(temperature=0.0)))
-    assert len(out) == 5
-    # Cropping means only the last block_size tokens matter.
-    cropped = list(generate_tokens(model, idx[:, -8:], 5, SamplingConfig(temperature=0.0)))
-    assert [int(t) for t in out] == [int(t) for t in cropped]
+    for use_cache in (True, False):
+        out = list(generate_tokens(model, idx, 5, SamplingConfig(temperature=0.0),
+                                   use_cache=use_cache))
+        assert len(out) == 5
+        # Cropping means only the last block_size tokens matter.
+        cropped = list(generate_tokens(model, idx[:, -8:], 5, SamplingConfig(temperature=0.0),
+                                       use_cache=use_cache))
+        assert [int(s.ids) for s in out] == [int(s.ids) for s in cropped]
 
 
 class Letters:
@@ -87,18 +92,26 @@ class Letters:
         return "".join(self.pieces[i] for i in ids)
 
 
+class _Scripted(GPT):
+    """A GPT whose greedy output follows a script: its features are one-hot scores of the
+    scripted next token, and its head passes them through."""
+
+    def __init__(self, sequence: Sequence[int], vocab: int) -> None:
+        super().__init__(ModelConfig(vocab_size=vocab, block_size=64, n_layer=1, n_head=1,
+                                     n_embd=8))
+        self.script = list(sequence)
+        self.lm_head = torch.nn.Identity()  # type: ignore[assignment]
+
+    def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        if kv_cache is not None:
+            kv_cache.advance(idx.size(1))
+        h = torch.zeros(idx.size(0), idx.size(1), self.config.vocab_size)
+        h[:, -1, self.script.pop(0)] = 1.0
+        return h
+
+
 def _forced_model(sequence: Sequence[int], vocab: int) -> GPT:
-    """A GPT whose greedy output is `sequence`: we overwrite its head to follow a script."""
-    model = GPT(ModelConfig(vocab_size=vocab, block_size=64, n_layer=1, n_head=1, n_embd=8))
-    script = list(sequence)
-
-    def forward(idx: torch.Tensor) -> torch.Tensor:
-        logits = torch.zeros(idx.size(0), idx.size(1), vocab)
-        logits[:, -1, script.pop(0)] = 1.0
-        return logits
-
-    model.forward = forward  # type: ignore[method-assign]
-    return model.eval()
+    return _Scripted(sequence, vocab).eval()
 
 
 def test_stop_string_ends_generation_without_emitting_it() -> None:

@@ -1,6 +1,7 @@
 """gptscratch: build, train, understand and run GPT language models from scratch.
 
-The Python API lives in `gptscratch.api` (prepare, train, load, generate, stream, evaluate);
+The Python API lives in `gptscratch.api` (prepare, train, load, generate, stream, complete,
+evaluate, ...);
 the same names are available here, imported on first use so `import gptscratch` stays cheap.
 """
 
@@ -9,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["prepare", "load_prepared", "train", "load", "generate", "stream", "evaluate"]
+__all__ = ["prepare", "load_prepared", "train", "load", "generate", "stream", "complete",
+           "stream_chunks", "script_format", "evaluate"]
 
 
 def __getattr__(name: str) -> Any:

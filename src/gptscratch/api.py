@@ -13,29 +13,24 @@ training, and never prints.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from gptscratch.data.prepare import PreparedData, is_prepared_dir, load_prepared, prepare
 from gptscratch.data.sources import read_text_source
 from gptscratch.errors import UserError
 from gptscratch.evaluation.evaluate import EvalResult, evaluate_tokens
+from gptscratch.inference import complete, generate, load, script_format, stream, stream_chunks
 from gptscratch.model.config import ModelConfig
-from gptscratch.model.generation import stream_text
-from gptscratch.model.gpt import GPT
-from gptscratch.model.sampling import SamplingConfig
-from gptscratch.training.checkpoint import Checkpoint, load_checkpoint
+from gptscratch.training.checkpoint import load_checkpoint
 from gptscratch.training.config import TrainConfig
-from gptscratch.training.device import choose_device, set_cpu_float_mode
 from gptscratch.training.loop import TrainResult
 from gptscratch.training.loop import train as train_loop
 from gptscratch.training.precision import choose_precision
 from gptscratch.training.presets import get_preset
 
-__all__ = ["prepare", "load_prepared", "train", "load", "generate", "stream", "evaluate"]
+__all__ = ["prepare", "load_prepared", "train", "load", "generate", "stream", "complete",
+           "stream_chunks", "script_format", "evaluate"]
 
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -109,48 +104,6 @@ def train(
     model_config = ModelConfig(vocab_size=prepared.tokenizer.vocab_size, **model_fields)
     return train_loop(prepared, model_config, train_config, out, resume=resume, stop_at=stop_at,
                       extra_meta={"preset": preset})
-
-
-def load(ckpt: str | Path, device: str = "auto") -> tuple[GPT, Any, Checkpoint]:
-    """Load a checkpoint (a run directory resolves to its best/) for inference.
-
-    Returns:
-        (model in eval mode on the device, tokenizer, checkpoint metadata).
-    """
-    set_cpu_float_mode()
-    checkpoint = load_checkpoint(ckpt)
-    model = checkpoint.build_model(choose_device(device))
-    return model, checkpoint.tokenizer(), checkpoint
-
-
-def stream(
-    ckpt: str | Path | tuple[GPT, Any],
-    prompt: str = "\n",
-    *,
-    max_new_tokens: int = 500,
-    temperature: float = 0.8,
-    top_k: int | None = None,
-    top_p: float = 1.0,
-    stop: Sequence[str] = (),
-    seed: int | None = None,
-    device: str = "auto",
-) -> Iterator[str]:
-    """Yield the continuation of `prompt` piece by piece as it is generated."""
-    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-    model, tokenizer = ckpt if isinstance(ckpt, tuple) else load(ckpt, device)[:2]
-    device_of_model = next(model.parameters()).device
-    generator = torch.Generator(device=device_of_model)
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
-    return stream_text(model, tokenizer, prompt, max_new_tokens, sampling, stop=stop,
-                       generator=generator)
-
-
-def generate(ckpt: str | Path | tuple[GPT, Any], prompt: str = "\n", **kwargs: Any) -> str:
-    """The whole continuation of `prompt` as one string (see `stream` for the options)."""
-    return "".join(stream(ckpt, prompt, **kwargs))
 
 
 def evaluate(

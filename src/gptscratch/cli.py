@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from gptscratch.errors import UserError
@@ -68,6 +68,46 @@ def _prepare_options(args: argparse.Namespace) -> dict[str, Any]:
                 hf_text_column=args.hf_text_column, hf_data_files=args.hf_data_files)
 
 
+def _generation_flags() -> argparse.ArgumentParser:
+    """The flags `sample` and `chat` share."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+    p.add_argument("--max-new-tokens", type=int, default=500,
+                   help="tokens to generate per sample (default 500)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="sample only among the K most likely tokens (default: all)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="sample only among the most likely tokens covering P of the "
+                        "probability (default 1.0: all)")
+    p.add_argument("--min-p", type=float, default=0.0,
+                   help="drop tokens less than MIN_P times as likely as the best (default 0)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 discourages tokens already in the text (default 1.0: none)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="in [-2, 2]: penalise tokens by how often they were generated")
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="in [-2, 2]: penalise tokens once generated")
+    p.add_argument("--beams", type=int, default=1,
+                   help="beam search with N beams (deterministic; default 1: sampling)")
+    p.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam search: > 0 favours longer texts (default 1.0)")
+    p.add_argument("--no-early-stopping", dest="early_stopping", action="store_false",
+                   help="beam search: go on until no running beam can win")
+    p.add_argument("--seed", type=int, default=None, help="same seed, same text")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end a sample at this text, which is not printed (repeatable)")
+    p.add_argument("--speaker", default=None, metavar="NAME",
+                   help="script mode: generate NAME's next speech (plays, screenplays)")
+    p.add_argument("--until-next-speaker", action="store_true",
+                   help="script mode: stop where another speaker's line begins")
+    p.add_argument("--no-cache", dest="use_cache", action="store_false",
+                   help="re-run the whole context for every token (slow; for comparison)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gptscratch.model.config import ModelConfig
     from gptscratch.training.config import TrainConfig
@@ -107,22 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, ModelConfig, {"vocab_size"}, MODEL_HELP)
     _add_config_flags(p, TrainConfig, set(), {})
 
-    p = sub.add_parser("sample", parents=[quiet], help="generate text from a checkpoint")
-    p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+    p = sub.add_parser("sample", parents=[quiet, _generation_flags()],
+                       help="generate text from a checkpoint")
     p.add_argument("--prompt", default=None, help="text to continue (default: stdin if piped)")
-    p.add_argument("--max-new-tokens", type=int, default=500,
-                   help="tokens to generate per sample (default 500)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    p.add_argument("--top-k", type=int, default=None,
-                   help="sample only among the K most likely tokens (default: all)")
-    p.add_argument("--top-p", type=float, default=1.0,
-                   help="sample only among the most likely tokens covering P of the "
-                        "probability (default 1.0: all)")
-    p.add_argument("--seed", type=int, default=None, help="same seed, same text")
-    p.add_argument("--num-samples", type=int, default=1, help="independent samples to print")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="end a sample at this text (repeatable)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--num-samples", type=int, default=1,
+                   help="samples to generate, in one batch (default 1)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per sample: text, token ids, log-probabilities")
+    p.add_argument("--interactive", action="store_true", help="a prompt loop (same as chat)")
+
+    p = sub.add_parser("chat", parents=[quiet, _generation_flags()],
+                       help="a prompt loop: type a prompt, see its continuation stream")
+    p.add_argument("--you", default=None, metavar="NAME",
+                   help="with --speaker: you speak as NAME and the model answers as --speaker, "
+                        "keeping the whole dialogue as context")
 
     p = sub.add_parser("eval", parents=[quiet],
                        help="loss, perplexity and bits per byte of a checkpoint")
@@ -160,11 +198,68 @@ def _cmd_train(args: argparse.Namespace) -> None:
         print(f"\n--- more: gptscratch sample --ckpt {result.out_dir} --prompt TEXT ---")
 
 
-def _cmd_sample(args: argparse.Namespace) -> None:
+def _generation_options(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+             "frequency_penalty", "presence_penalty", "beams", "length_penalty",
+             "early_stopping", "stop", "speaker", "until_next_speaker", "use_cache")
+    return {n: getattr(args, n) for n in names}
+
+
+def _load_for_generation(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    """Check the options, load the checkpoint, and find its speakers if script mode needs them."""
     from gptscratch import api
+    from gptscratch.model.beam_search import BeamConfig
     from gptscratch.model.sampling import SamplingConfig
 
-    SamplingConfig(args.temperature, args.top_k, args.top_p)  # validate before loading
+    options = _generation_options(args)
+    # Validate before the (slow) load.
+    SamplingConfig(args.temperature, args.top_k, args.top_p, args.min_p,
+                   args.repetition_penalty, args.frequency_penalty, args.presence_penalty)
+    BeamConfig(args.beams, args.length_penalty)
+    if any(s == "" for s in args.stop):
+        raise UserError("a stop string is empty; give a non-empty --stop text")
+    if args.max_new_tokens < 0:
+        raise UserError(f"--max-new-tokens ({args.max_new_tokens}) must be >= 0")
+    model, tokenizer, ckpt = api.load(args.ckpt, args.device, args.dtype)
+    logging.getLogger("gptscratch").info("loaded %s (step %s, val loss %.4f)", ckpt.path,
+                                         ckpt.meta.get("step"), ckpt.meta.get("val_loss"))
+    if args.speaker is not None or args.until_next_speaker:
+        options["script"] = api.script_format(ckpt)
+    if args.beams > 1 and args.temperature != 0.8:
+        logging.getLogger("gptscratch").info("beam search is deterministic: --temperature, "
+                                             "--top-k, --top-p and --min-p are not used")
+    return model, tokenizer, options
+
+
+def _print_in_order(chunks: Iterator[Any], rows: int, heading: str) -> None:
+    """Stream rows one after another: the current row prints as it is generated, the others
+    are buffered until their turn."""
+    buffers: dict[int, list[str]] = {}
+    finished: set[int] = set()
+    current = 0
+    sys.stdout.write(heading)
+    for chunk in chunks:
+        buffers.setdefault(chunk.row, []).append(chunk.text)
+        if chunk.completion is not None:
+            finished.add(chunk.row)
+        while True:
+            sys.stdout.write("".join(buffers.pop(current, [])))
+            if current not in finished:
+                break
+            sys.stdout.write("\n")
+            current += 1
+            if current == rows:
+                break
+            sys.stdout.write("-" * 40 + "\n" + heading)
+        sys.stdout.flush()
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    from gptscratch import api
+
+    if args.interactive:
+        args.you = None
+        return _cmd_chat(args)
     if args.num_samples < 1:
         raise UserError(f"--num-samples ({args.num_samples}) must be >= 1")
     prompt = args.prompt
@@ -173,23 +268,82 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         prompt = piped or "\n"  # no prompt: start a new line
     if prompt == "":
         raise UserError("the prompt is empty; give --prompt TEXT or pipe text on stdin")
-    model, tokenizer, ckpt = api.load(args.ckpt, args.device)
-    tokenizer.encode(prompt)  # a prompt the tokenizer cannot encode fails before any output
-    logging.getLogger("gptscratch").info("sampling from %s (step %s, val loss %.4f)", ckpt.path,
-                                         ckpt.meta.get("step"), ckpt.meta.get("val_loss"))
-    for i in range(args.num_samples):
-        seed = None if args.seed is None else args.seed + i
-        pieces = api.stream((model, tokenizer), prompt, max_new_tokens=args.max_new_tokens,
-                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            stop=args.stop, seed=seed)
-        sys.stdout.write(prompt)
-        for piece in pieces:
-            sys.stdout.write(piece)
+    model, tokenizer, options = _load_for_generation(args)
+    chunks = api.stream_chunks(model, tokenizer, prompt, num_samples=args.num_samples,
+                               seed=args.seed, **options)
+    if args.json:
+        for chunk in chunks:
+            if chunk.completion is not None:
+                print(json.dumps(dataclasses.asdict(chunk.completion)), flush=True)
+        return
+    shown = prompt
+    if args.speaker is not None:
+        from gptscratch.model.script import speaker_prompt
+
+        script = options.get("script")
+        name = script.resolve(args.speaker) if script is not None else args.speaker
+        shown = speaker_prompt(prompt, name or args.speaker,
+                               script.style if script is not None else "line")
+    rows = args.num_samples if args.beams == 1 else min(args.num_samples, args.beams)
+    _print_in_order(chunks, rows, shown)
+
+
+def _read_line(prompt: str) -> str | None:
+    """One line from the user: with a prompt and line editing on a terminal, plainly from a
+    pipe. None at the end of input."""
+    if sys.stdin is None:
+        return None
+    if sys.stdin.isatty():
+        try:
+            return input(prompt)
+        except EOFError:
+            return None
+    line = sys.stdin.readline()
+    return line.rstrip("\n") if line else None
+
+
+def _cmd_chat(args: argparse.Namespace) -> None:
+    from gptscratch import api
+    from gptscratch.model.script import add_speech, speaker_prompt
+
+    if args.you is not None and args.speaker is None:
+        raise UserError("--you needs --speaker: the character the model plays")
+    dialogue = args.speaker is not None and args.you is not None
+    if dialogue:
+        args.until_next_speaker = True  # so the corpus's speakers are loaded for the stop rule
+    model, tokenizer, options = _load_for_generation(args)
+    script = options.get("script")
+    style = script.style if script is not None else "line"
+    speaker = (script.resolve(args.speaker) if script is not None and args.speaker else None) \
+        or args.speaker
+    tty = sys.stdin is not None and sys.stdin.isatty()
+    if tty:
+        print("Type a prompt and press Enter; /reset clears the dialogue, /quit (or Ctrl-D) "
+              "ends.", file=sys.stderr)
+    transcript = ""
+    turn = 0
+    while (line := _read_line("> " if tty else "")) is not None:
+        if line.strip() in ("/quit", "/exit"):
+            break
+        if line.strip() == "/reset":
+            transcript = ""
+            continue
+        if not line.strip():
+            continue
+        prompt = add_speech(transcript, args.you, line, style) if dialogue else line
+        seed = None if args.seed is None else args.seed + turn
+        turn += 1
+        if dialogue or speaker is not None:
+            sys.stdout.write(speaker_prompt("", speaker, style))
+        reply = []
+        for chunk in api.stream_chunks(model, tokenizer, prompt, seed=seed, **options):
+            sys.stdout.write(chunk.text)
             sys.stdout.flush()
-        sys.stdout.write("\n")
-        if i + 1 < args.num_samples:
-            sys.stdout.write("-" * 40 + "\n")
+            reply.append(chunk.text)
+        sys.stdout.write("\n\n" if dialogue else "\n")
         sys.stdout.flush()
+        if dialogue:
+            transcript = speaker_prompt(prompt, speaker, style) + "".join(reply).strip() + "\n"
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -230,7 +384,7 @@ def configure_logging(quiet: bool) -> None:
 
 
 COMMANDS = {"prepare": _cmd_prepare, "train": _cmd_train, "sample": _cmd_sample,
-            "eval": _cmd_eval}
+            "chat": _cmd_chat, "eval": _cmd_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,9 @@ Two paths compute the same thing:
 - `F.scaled_dot_product_attention`: PyTorch's fused kernel (flash / memory-efficient
   attention), which never materialises the (T, T) score matrix. Used for training and
   generation by default. A test checks that both agree.
+
+During generation a `LayerCache` (see kv_cache.py) supplies the keys and values of earlier
+tokens, so only the new tokens' q, k and v are computed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptscratch.model.config import ModelConfig
+from gptscratch.model.kv_cache import LayerCache
 
 
 def explicit_attention(
@@ -30,31 +34,36 @@ def explicit_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     dropout_p: float = 0.0,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal scaled dot-product attention, step by step.
 
     Args:
-        q, k, v: (B, H, T, D) queries, keys and values.
+        q: (B, H, T, D) queries of the T newest positions.
+        k, v: (B, H, S, D) keys and values of all S positions (S = T without a cache).
         dropout_p: probability of dropping an attention weight (training only).
+        mask: optional (B, 1, T, S) bool, True where attention is allowed; by default the
+            causal rule, aligned so that the last query is the last key.
 
     Returns:
         y: (B, H, T, D) the weighted sums of values.
-        att: (B, H, T, T) attention weights; row t sums to 1 and is zero after column t.
+        att: (B, H, T, S) attention weights; each row sums to 1 and is zero on the future.
     """
-    T, D = q.size(-2), q.size(-1)
+    T, S, D = q.size(-2), k.size(-2), q.size(-1)
     # 1. Scores: how well each query matches each key. Dividing by sqrt(D) keeps their variance
     #    near 1 whatever the head size, so the softmax does not saturate (Vaswani et al. 2017).
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, T, D) @ (B, H, D, T) -> (B, H, T, T)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, T, D) @ (B, H, D, S) -> (B, H, T, S)
     # 2. Causal mask: position t may only look at positions <= t. Setting the future to -inf
-    #    makes its softmax weight exactly 0.
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    scores = scores.masked_fill(~causal, float("-inf"))
+    #    makes its softmax weight exactly 0. The T queries are the last T of the S positions.
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    scores = scores.masked_fill(~mask, float("-inf"))
     # 3. Softmax over the keys turns scores into weights that sum to 1 along each row.
     att = F.softmax(scores, dim=-1)
     if dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)
     # 4. Each output is the weighted sum of the values.
-    y = att @ v  # (B, H, T, T) @ (B, H, T, D) -> (B, H, T, D)
+    y = att @ v  # (B, H, T, S) @ (B, H, S, D) -> (B, H, T, D)
     return y, att
 
 
@@ -95,14 +104,24 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, H * D)  # (B, H, T, D) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, C) -> (B, T, C)."""
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """x: (B, T, C) -> (B, T, C). With a cache, x holds only the new positions and the
+        keys and values of earlier ones come from the cache."""
         q, k, v = self._split_heads(x)
+        mask = None
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, H, S, D): the cached positions, then the new ones
+            mask = cache.attention_mask(q.size(2))
         dropout_p = self.dropout if self.training else 0.0
         if self.path == "sdpa" or (self.path == "auto" and not _explicit_is_faster(x)):
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            if mask is not None:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            else:
+                # One new query attends to every cached key; otherwise the causal triangle.
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p,
+                                                   is_causal=q.size(2) > 1)
         else:
-            y, _ = explicit_attention(q, k, v, dropout_p)
+            y, _ = explicit_attention(q, k, v, dropout_p, mask)
         return self._merge_heads(y)
 
     def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,111 +1,192 @@
 """Autoregressive generation: feed the model its own predictions, one token at a time.
 
-`generate_tokens` works on ids and yields each new token as it is chosen; `stream_text` wraps
-it for text: it encodes the prompt, decodes as it goes (holding back incomplete UTF-8 and the
-start of a possible stop string) and ends cleanly at a stop string. The CLI and the Python API
-share these two functions.
+`Decoder` holds a batch of rows (prompts of any lengths, left-padded) and produces the next
+token of every row per step. With the KV cache (the default) it prefills the prompts once and
+then feeds one token per row per step; without it, it re-runs the whole context every step, as
+nanoGPT and minGPT do (kept for learning and as the oracle in tests).
+
+The model has learned positions only up to block_size. When a row's context fills the cache,
+generation slides the window: it keeps the most recent `window_keep(block_size)` tokens,
+prefills them into a fresh cache, and goes on. (The uncached path crops to the last block_size
+tokens every step; the two agree token for token until the context first fills.)
+
+Beam search (beam_search.py) and the text layer (streaming.py) are built on `Decoder`; all of
+them pick tokens through `sampling.sample_next_token`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from gptscratch.errors import UserError
 from gptscratch.model.gpt import GPT
-from gptscratch.model.sampling import SamplingConfig, sample_next_token
+from gptscratch.model.kv_cache import KVCache
+from gptscratch.model.sampling import SamplingConfig, TokenCounts, sample_next_token
 
 
-class TextCodec(Protocol):
-    """What generation needs from a tokenizer (see `gptscratch.data.tokenizers`)."""
+def window_keep(block_size: int) -> int:
+    """How many recent tokens survive a slide. Keeping 3/4 of the window means a re-prefill of
+    3/4 block_size tokens every block_size / 4 new tokens: a few per cent of decoding time,
+    while each token still sees at least 3/4 of a full context."""
+    return max(1, block_size - max(1, block_size // 4))
 
-    def encode(self, text: str) -> list[int]: ...
 
-    def decode(self, ids: Sequence[int]) -> str: ...
+def generation_bytes(model: GPT, batch: int, use_cache: bool = True) -> int:
+    """Rough memory a batch of `batch` rows needs on top of the weights: the KV cache, the
+    (B, V) logits with their sampling copies, and one layer's activations for a full window."""
+    c = model.config
+    itemsize = model.transformer.wte.weight.element_size()
+    cache = KVCache.bytes_needed(c.n_layer, batch, c.n_embd, c.block_size, itemsize)
+    logits = 6 * batch * c.vocab_size * 4
+    window = batch * c.block_size * (8 * c.n_embd * itemsize + c.n_head * c.block_size * 4)
+    return (cache if use_cache else 0) + logits + window
 
 
-@torch.no_grad()
+@dataclass
+class Step:
+    """One decoding step for the active rows.
+
+    ids: (B,) int64 chosen tokens.
+    logprobs: (B,) fp32 log-probability of each chosen token under the model's own
+        distribution (before temperature, penalties and filters).
+    rows: (B,) int64 index of each active row in the original batch.
+    """
+
+    ids: torch.Tensor
+    logprobs: torch.Tensor
+    rows: torch.Tensor
+
+
+class Decoder:
+    """Generates tokens for a batch of prompts.
+
+    Args:
+        model: the GPT, in eval mode; its parameter dtype is the compute dtype.
+        prompts: token ids of each row (at least one token each; longer than block_size is
+            fine: only the last block_size tokens are read).
+        use_cache: prefill once and decode with the KV cache (True), or re-run the whole
+            context each step (False).
+    """
+
+    def __init__(self, model: GPT, prompts: Sequence[Sequence[int]],
+                 use_cache: bool = True) -> None:
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        self.model = model
+        self.use_cache = use_cache
+        self.block_size = model.config.block_size
+        device = model.transformer.wte.weight.device
+        # Left padding: every row ends at the same column, so one new column per step serves all.
+        longest = max(len(p) for p in prompts)
+        self.seq = torch.zeros(len(prompts), longest, dtype=torch.long, device=device)  # (B, T)
+        for row, ids in enumerate(prompts):
+            self.seq[row, longest - len(ids):] = torch.tensor(list(ids), dtype=torch.long)
+        self.pad = torch.tensor([longest - len(p) for p in prompts], device=device)  # (B,)
+        self.rows = torch.arange(len(prompts), device=device)
+        self.prompts = [list(p) for p in prompts]
+        # Identical prompts (several samples of one prompt) are prefilled once, then copied.
+        self._shared_prompt = all(p == self.prompts[0] for p in self.prompts)
+        self.cache: KVCache | None = None
+        self.history: TokenCounts | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.seq.size(0)
+
+    def _window(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Columns start: of the sequence, and each row's padding inside them."""
+        return self.seq[:, start:], (self.pad - start).clamp(min=0)
+
+    def _prefill(self, start: int) -> torch.Tensor:
+        """Run the model over the window from column `start`; (B, C) features of its last
+        position, with a fresh cache when caching."""
+        window, pad = self._window(start)
+        if not self.use_cache:
+            if not bool(pad.any()):
+                return self.model.features(window)[:, -1]
+            cache = self.model.new_kv_cache(self.batch, pad)  # masks the padding, then dropped
+            return self.model.features(window, cache)[:, -1]
+        if self._shared_prompt and self.cache is None and self.batch > 1:
+            self._shared_prompt = False
+            self.cache = self.model.new_kv_cache(1, pad[:1])
+            h = self.model.features(window[:1], self.cache)[:, -1]
+            self.cache.reorder(torch.zeros(self.batch, dtype=torch.long, device=h.device))
+            return h.expand(self.batch, -1)
+        self.cache = self.model.new_kv_cache(self.batch, pad)
+        return self.model.features(window, self.cache)[:, -1]
+
+    @torch.inference_mode()
+    def logits(self) -> torch.Tensor:
+        """(B, V) fp32 scores for every active row's next token."""
+        T = self.seq.size(1)
+        if not self.use_cache:
+            h = self._prefill(max(0, T - self.block_size))
+        elif self.cache is None:
+            h = self._prefill(max(0, T - self.block_size))
+        elif self.cache.length == self.block_size:
+            h = self._prefill(T - window_keep(self.block_size))  # slide the window
+        else:
+            h = self.model.features(self.seq[:, -1:], self.cache)[:, -1]
+        return self.model.lm_head(h).float()
+
+    @torch.inference_mode()
+    def append(self, ids: torch.Tensor) -> None:
+        """Add one (B, 1) int64 token per active row."""
+        self.seq = torch.cat([self.seq, ids], dim=1)
+        if self.history is not None:
+            self.history.add(ids)
+
+    @torch.inference_mode()
+    def step(self, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Step:
+        """Choose and append the next token of every active row."""
+        logits = self.logits()
+        if sampling.uses_penalties and self.history is None:
+            self.history = TokenCounts([self._row_tokens(r) for r in range(self.batch)],
+                                       logits.size(-1), logits.device)
+        ids = sample_next_token(logits, sampling, generator, self.history)  # (B, 1)
+        logprobs = F.log_softmax(logits, dim=-1).gather(1, ids)[:, 0]
+        self.append(ids)
+        return Step(ids[:, 0], logprobs, self.rows)
+
+    def _row_tokens(self, row: int) -> list[int]:
+        return self.seq[row, int(self.pad[row]):].tolist()
+
+    @torch.inference_mode()
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only (or repeat, or reorder) the given active rows, (N,) int64 indices into the
+        current batch: finished rows leave the batch, beams follow their parents."""
+        self.seq = self.seq.index_select(0, rows)
+        self.pad = self.pad.index_select(0, rows)
+        self.rows = self.rows.index_select(0, rows)
+        if self.cache is not None:
+            self.cache.reorder(rows)
+        if self.history is not None:
+            self.history.reorder(rows)
+        self._shared_prompt = False
+
+
 def generate_tokens(
     model: GPT,
-    idx: torch.Tensor,
+    prompts: torch.Tensor | Sequence[Sequence[int]],
     max_new_tokens: int,
     sampling: SamplingConfig,
     generator: torch.Generator | None = None,
-) -> Iterator[torch.Tensor]:
-    """Yield (B, 1) new token ids, one step at a time.
+    use_cache: bool = True,
+) -> Iterator[Step]:
+    """Yield one `Step` per new token for every row, `max_new_tokens` times.
 
     Args:
         model: the GPT, in eval mode.
-        idx: (B, T) int64 prompt ids on the model's device; T may exceed block_size.
-        max_new_tokens: how many tokens to generate.
-        sampling: temperature / top-k / top-p.
+        prompts: (B, T) int64 ids, or a list of id lists of different lengths.
+        max_new_tokens: how many tokens to generate per row.
+        sampling: the sampling settings.
         generator: randomness source for reproducible sampling.
+        use_cache: use the KV cache (default) or re-run the whole context each step.
     """
-    block_size = model.config.block_size
+    rows = prompts.tolist() if isinstance(prompts, torch.Tensor) else prompts
+    decoder = Decoder(model, rows, use_cache=use_cache)
     for _ in range(max_new_tokens):
-        # The model has learned positions only up to block_size: when the context is longer,
-        # keep its most recent block_size tokens (the oldest are cropped).
-        context = idx if idx.size(1) <= block_size else idx[:, -block_size:]
-        logits = model(context)[:, -1, :]  # (B, V): scores for the next token only
-        next_id = sample_next_token(logits, sampling, generator)  # (B, 1)
-        idx = torch.cat([idx, next_id], dim=1)
-        yield next_id
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters might be the start of a stop string."""
-    longest = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:n]):
-                longest = max(longest, n)
-                break
-    return longest
-
-
-def stream_text(
-    model: GPT,
-    tokenizer: TextCodec,
-    prompt: str,
-    max_new_tokens: int,
-    sampling: SamplingConfig,
-    *,
-    stop: Sequence[str] = (),
-    generator: torch.Generator | None = None,
-) -> Iterator[str]:
-    """Yield pieces of generated text (the prompt itself is not repeated).
-
-    Generation ends after `max_new_tokens` tokens or at the first stop string, which is not
-    emitted. Joining the pieces gives the whole continuation.
-    """
-    if any(s == "" for s in stop):
-        raise UserError("a stop string is empty; give a non-empty --stop text")
-    if max_new_tokens < 0:
-        raise UserError(f"max_new_tokens ({max_new_tokens}) must be >= 0")
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        raise UserError("the prompt is empty and the tokenizer has no start token; give --prompt")
-    device = next(model.parameters()).device
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    new_ids: list[int] = []
-    emitted = 0  # characters of the decoded continuation already yielded
-    for next_id in generate_tokens(model, idx, max_new_tokens, sampling, generator):
-        new_ids.append(int(next_id.item()))
-        text = tokenizer.decode(new_ids)
-        cut = min((p for p in (text.find(s, max(0, emitted - len(s))) for s in stop) if p >= 0),
-                  default=-1)
-        if cut >= 0:
-            if cut > emitted:
-                yield text[emitted:cut]
-            return
-        # A byte-level BPE token can end in the middle of a UTF-8 character: wait for the rest.
-        safe = len(text.rstrip("\ufffd"))
-        safe -= _held_back(text[:safe], stop)
-        if safe > emitted:
-            yield text[emitted:safe]
-            emitted = safe
-    text = tokenizer.decode(new_ids)
-    if len(text) > emitted:
-        yield text[emitted:]
+        yield decoder.step(sampling, generator)

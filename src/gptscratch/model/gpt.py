@@ -6,6 +6,7 @@ Data flow for a batch of token ids idx (B, T):
   -> final LayerNorm -> LM head (C -> V, sharing its weight with the token embedding)
   -> logits (B, T, V): for each position, a score for every possible next token.
 The loss (`lm_loss`) is a separate function so generation and training share one forward.
+Generation passes a `KVCache` (kv_cache.py) so each step feeds only the new tokens.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 
 from gptscratch.model.attention import CausalSelfAttention
 from gptscratch.model.config import ModelConfig
+from gptscratch.model.kv_cache import KVCache, LayerCache
 from gptscratch.model.layers import MLP, LayerNorm
 
 
@@ -31,10 +33,10 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         # The residual stream x carries information straight through; each sub-layer only adds a
         # correction, which keeps gradients healthy in deep stacks (He et al. 2016).
-        x = x + self.attn(self.ln_1(x))
+        x = x + self.attn(self.ln_1(x), cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -97,21 +99,46 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+    def _embed(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence length {start + T} exceeds block_size "
+                             f"{self.config.block_size}")
         tok_emb = self.transformer.wte(idx)  # (B, T, C)
-        pos_emb = self.transformer.wpe(pos)  # (T, C), broadcast over B
+        if kv_cache is None:
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
+        else:
+            pos = kv_cache.positions(T)  # (B, T): each row counts from its first real token
+        pos_emb = self.transformer.wpe(pos)  # (T, C) broadcast over B, or (B, T, C)
         return self.transformer.drop(tok_emb + pos_emb)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx: (B, T) int64 token ids, T <= block_size -> logits (B, T, V)."""
-        x = self._embed(idx)
-        for block in self.transformer.blocks():
-            x = block(x)
-        return self.lm_head(self.transformer.ln_f(x))
+    def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """The final hidden states, (B, T, C): what the LM head reads. Generation applies the
+        head to the last position only, which saves a (T, C) x (C, V) matmul per step."""
+        x = self._embed(idx, kv_cache)
+        for i, block in enumerate(self.transformer.blocks()):
+            x = block(x, kv_cache.layers[i] if kv_cache is not None else None)
+        if kv_cache is not None:
+            kv_cache.advance(idx.size(1))
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """idx: (B, T) int64 token ids -> logits (B, T, V).
+
+        Without a cache, T <= block_size. With one, idx holds the T tokens that follow the
+        `kv_cache.length` cached ones (length + T <= block_size), and the cache grows by T.
+        """
+        return self.lm_head(self.features(idx, kv_cache))
+
+    def new_kv_cache(self, batch: int, pad: torch.Tensor | None = None,
+                     dtype: torch.dtype | None = None) -> KVCache:
+        """An empty cache for `batch` rows (left-padded by `pad`, (B,) int64, if given), stored
+        in `dtype` (default: the model's parameter dtype)."""
+        c = self.config
+        weight = self.transformer.wte.weight
+        return KVCache(c.n_layer, batch, c.n_head, c.n_embd // c.n_head, c.block_size,
+                       weight.device, dtype or weight.dtype, pad)
 
     def forward_with_attention(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Forward through the explicit attention path, returning logits (B, T, V) and one

@@ -1,0 +1,139 @@
+"""Beam search: keep the N most probable continuations instead of sampling one.
+
+At each step every running beam is extended by every token; the 2N best extensions by total
+log-probability are ranked, extensions that end a hypothesis (an end token, or a stop rule
+on the text) are set aside as finished, and the best N others run on. Hypotheses are compared
+by a length-normalised score, sum(log p) / length ** length_penalty (as in Hugging Face
+`generate`): with length_penalty > 0 longer hypotheses are favoured over short ones, which a
+raw sum of negative log-probabilities would always penalise.
+
+The beams are rows of one `Decoder` batch, so they share the KV cache machinery: after each
+step the cache rows are reordered to follow the surviving beams' parents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gptscratch.errors import require
+from gptscratch.model.generation import Decoder
+from gptscratch.model.gpt import GPT
+from gptscratch.model.sampling import SamplingConfig, TokenCounts, apply_penalties
+
+
+@dataclass(frozen=True)
+class BeamConfig:
+    """num_beams: hypotheses kept per step. length_penalty: exponent of the length
+    normalisation (1.0 = mean log-probability, 0 = plain sum). early_stopping: stop as soon as
+    num_beams hypotheses are finished (True), or only once no running beam can still beat the
+    worst finished one (False)."""
+
+    num_beams: int = 4
+    length_penalty: float = 1.0
+    early_stopping: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.num_beams >= 1,
+                f"beams ({self.num_beams}) must be >= 1; try --beams 4 (1 means no beam search)")
+        require(-10.0 <= self.length_penalty <= 10.0,
+                f"length_penalty ({self.length_penalty}) must be in [-10, 10]; 1.0 is the usual")
+
+
+@dataclass
+class Hypothesis:
+    """A beam: generated token ids, their summed log-probability, and its score."""
+
+    ids: list[int]
+    logprob: float
+    score: float
+    finished: bool
+
+
+def _score(logprob: float, length: int, length_penalty: float) -> float:
+    return logprob / max(length, 1) ** length_penalty
+
+
+@torch.inference_mode()
+def beam_search(
+    model: GPT,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    config: BeamConfig,
+    *,
+    is_finished: Callable[[list[int]], bool] | None = None,
+    sampling: SamplingConfig | None = None,
+    use_cache: bool = True,
+) -> list[Hypothesis]:
+    """The best hypotheses continuing `prompt`, best first (at most num_beams).
+
+    Args:
+        model: the GPT, in eval mode.
+        prompt: the prompt's token ids.
+        max_new_tokens: the longest continuation.
+        config: beams, length penalty, early stopping.
+        is_finished: says whether a continuation (its token ids) has ended, e.g. at an end
+            token or a stop string; by default hypotheses end only at max_new_tokens.
+        sampling: only its repetition / frequency / presence penalties are used (beam search
+            is deterministic: temperature and the filters do not apply).
+    """
+    n = config.num_beams
+    decoder = Decoder(model, [list(prompt)], use_cache=use_cache)
+    beams = [Hypothesis([], 0.0, 0.0, False)]
+    finished: list[Hypothesis] = []
+    for step in range(max_new_tokens):
+        logits = decoder.logits()  # (B, V), one row per running beam
+        if sampling is not None and sampling.uses_penalties:
+            if decoder.history is None:
+                decoder.history = TokenCounts([list(prompt)], logits.size(-1), logits.device)
+            logits = apply_penalties(logits, sampling, decoder.history)
+        logp = F.log_softmax(logits, dim=-1)
+        totals = torch.tensor([b.logprob for b in beams], device=logp.device).unsqueeze(1) + logp
+        V = logp.size(-1)
+        k = min(2 * n, totals.numel())
+        best, flat = torch.topk(totals.flatten(), k)  # the 2N best extensions, best first
+        parents: list[int] = []
+        tokens: list[int] = []
+        running: list[Hypothesis] = []
+        for rank, (total, index) in enumerate(zip(best.tolist(), flat.tolist(), strict=True)):
+            parent, token = divmod(index, V)
+            ids = beams[parent].ids + [token]
+            length = step + 1
+            if is_finished is not None and is_finished(ids):
+                # Only extensions ranked among the N best may finish (as in Hugging Face): a
+                # poor ending must not crowd out better running beams.
+                if rank < n:
+                    finished.append(Hypothesis(ids, total, _score(total, length,
+                                                                  config.length_penalty), True))
+                continue
+            if len(running) < n:
+                running.append(Hypothesis(ids, total, _score(total, length,
+                                                             config.length_penalty), False))
+                parents.append(parent)
+                tokens.append(token)
+        finished = sorted(finished, key=lambda h: -h.score)[:n]
+        if not running or _done(finished, running, config, step + 1, max_new_tokens):
+            beams = running
+            break
+        beams = running
+        device = logp.device
+        decoder.keep(torch.tensor(parents, device=device))
+        decoder.append(torch.tensor(tokens, device=device).unsqueeze(1))
+    return sorted(finished + beams, key=lambda h: -h.score)[:n]
+
+
+def _done(finished: list[Hypothesis], running: list[Hypothesis], config: BeamConfig,
+          length: int, max_new_tokens: int) -> bool:
+    if len(finished) < config.num_beams:
+        return False
+    if config.early_stopping:
+        return True
+    # Could any running beam still beat the worst finished hypothesis? Log-probabilities only
+    # fall as a beam grows, but with a positive length penalty a longer hypothesis divides by
+    # more, so bound it at the longest length it could reach.
+    best_running = max(b.logprob for b in running)
+    bound_length = max_new_tokens if config.length_penalty > 0 else length
+    return _score(best_running, bound_length, config.length_penalty) <= finished[-1].score

@@ -1,0 +1,118 @@
+"""Script mode: plays and screenplays, where each speech is headed by its speaker's name.
+
+Two layouts are recognised, as found in the corpora people train on:
+- "line" (the built-in Shakespeare, tinyshakespeare): a blank line, `ROMEO:` alone on its line,
+  then the speech on the lines below.
+- "inline" (many TV scripts): `ROMEO: speech...` on one line.
+
+`find_script_format` learns the layout and the speakers from a corpus; `speaker_prompt` makes a
+prompt that opens a named speaker's next speech; `NextSpeakerStop` ends generation where
+another speech begins. These are plain text functions: the API feeds them the training text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+# A speaker name: starts with a capital, then up to ~40 name characters ("FIRST CITIZEN",
+# "Lady Capulet", "MR. DARCY"). It never contains a colon.
+_NAME = r"[A-Z][A-Za-z0-9' .,&-]{0,40}"
+_LINE_LABEL = re.compile(rf"(?:^|\n)\n(?P<name>{_NAME}):[ \t]*\n")
+_INLINE_LABEL = re.compile(rf"(?m)^(?P<name>{_NAME}): +\S")
+
+
+@dataclass(frozen=True)
+class ScriptFormat:
+    """A corpus's script layout ("line" or "inline") and speakers (name -> speeches)."""
+
+    style: str
+    speakers: dict[str, int]
+
+    def resolve(self, name: str) -> str | None:
+        """The corpus's spelling of a speaker name (matched ignoring case), or None."""
+        if name in self.speakers:
+            return name
+        folded = {n.casefold(): n for n in self.speakers}
+        return folded.get(name.strip().casefold())
+
+    def examples(self, n: int = 12) -> str:
+        """The most frequent speakers, for error messages."""
+        top = sorted(self.speakers, key=lambda s: -self.speakers[s])[:n]
+        more = len(self.speakers) - len(top)
+        return ", ".join(top) + (f" (and {more:,} more)" if more > 0 else "")
+
+
+def find_script_format(text: str, min_speeches: int = 2) -> ScriptFormat | None:
+    """Find the speakers of a script corpus; None when the text is not a script.
+
+    A name counts as a speaker once it heads at least `min_speeches` speeches, which filters
+    out one-off lines that merely end in a colon.
+    """
+    found = {}
+    for style, pattern in (("line", _LINE_LABEL), ("inline", _INLINE_LABEL)):
+        counts = Counter(m["name"].strip() for m in pattern.finditer(text))
+        found[style] = {n: c for n, c in counts.most_common() if c >= min_speeches}
+    style = max(found, key=lambda s: sum(found[s].values()))
+    if sum(found[style].values()) < 2 * min_speeches:
+        return None
+    return ScriptFormat(style, found[style])
+
+
+def speaker_prompt(prompt: str, name: str, style: str) -> str:
+    """`prompt` followed by the heading of `name`'s next speech, so the model writes it."""
+    base = prompt.rstrip("\n")
+    if style == "inline":
+        return (base + "\n" if base else "") + f"{name}: "
+    return (base + "\n\n" if base else "") + f"{name}:\n"
+
+
+def add_speech(transcript: str, name: str, speech: str, style: str) -> str:
+    """The transcript of a dialogue with one more speech appended (for `gptscratch chat`)."""
+    return speaker_prompt(transcript, name, style) + speech.strip() + "\n"
+
+
+class NextSpeakerStop:
+    """Ends a speech where the next speaker's heading begins.
+
+    Used on the generated continuation of a `speaker_prompt`. `find(text)` returns
+    (cut, safe): cut is where the speech ends (None while no heading has appeared), safe how
+    many characters may be shown now. Text that could still turn into a heading (an unfinished
+    line that starts like a name, and the blank lines before it) is held back, so a heading is
+    never half printed.
+    """
+
+    def __init__(self, script: ScriptFormat | None) -> None:
+        self.style = script.style if script is not None else "line"
+        self.names = set(script.speakers) if script is not None else None
+        # With no known cast, an all-capitals name is the safest sign of a heading.
+        name = r"[A-Z][A-Z0-9' .,&-]{0,40}" if self.names is None else _NAME
+        if self.style == "line":
+            self.pattern = re.compile(rf"(?m)^(?P<name>{name}):[ \t]*\n")
+            self.suffix = ":"
+        else:
+            self.pattern = re.compile(rf"(?m)^(?P<name>{name}): ")
+            self.suffix = ": "
+
+    def _is_name(self, name: str) -> bool:
+        return self.names is None or name.strip() in self.names
+
+    def _could_become_heading(self, line: str) -> bool:
+        line = line.rstrip(" \t") if self.style == "line" else line
+        if self.names is None:
+            return re.fullmatch(r"[A-Z][A-Z0-9' .,&-]{0,40}:?", line) is not None
+        return any((n + self.suffix).startswith(line) for n in self.names)
+
+    def find(self, text: str) -> tuple[int | None, int]:
+        for m in self.pattern.finditer(text):
+            # The speech's own first line is never the next heading (inline: text starts
+            # mid-line, right after "NAME: ").
+            if (m.start() > 0 or self.style == "line") and self._is_name(m["name"]):
+                cut = len(text[: m.start()].rstrip())
+                return cut, cut
+        last_line = text.rfind("\n") + 1
+        hold = last_line if last_line > 0 and self._could_become_heading(text[last_line:]) \
+            else len(text)
+        # Trailing blank lines are shown only once the next line proves to be more speech.
+        return None, len(text[:hold].rstrip())
