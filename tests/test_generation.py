@@ -1,0 +1,154 @@
+"""The KV cache and batched decoding, checked against the uncached model (the oracle)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptscratch.model.config import ModelConfig
+from gptscratch.model.generation import Decoder, generate_tokens, window_keep
+from gptscratch.model.gpt import GPT
+from gptscratch.model.sampling import SamplingConfig
+
+GREEDY = SamplingConfig(temperature=0.0)
+
+SHAPES = [
+    dict(n_layer=1, n_head=1, n_embd=8, block_size=16, bias=False, attention="auto"),
+    dict(n_layer=2, n_head=2, n_embd=16, block_size=24, bias=True, attention="sdpa"),
+    dict(n_layer=3, n_head=4, n_embd=32, block_size=32, bias=False, attention="explicit"),
+    dict(n_layer=2, n_head=3, n_embd=24, block_size=20, bias=True, attention="explicit"),
+]
+
+
+def _model(seed: int = 0, vocab: int = 37, **shape: object) -> GPT:
+    torch.manual_seed(seed)
+    config = ModelConfig(vocab_size=vocab, **{**SHAPES[0], **shape})  # type: ignore[arg-type]
+    model = GPT(config).eval()
+    # GPT-2's init (std 0.02) gives near-uniform scores; a wider init makes every input matter:
+    # tokens, positions and the attention over the context.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3)
+    return model
+
+
+def _ids(steps: list) -> list[list[int]]:
+    """Per-step ids -> per-row token lists."""
+    return torch.stack([s.ids for s in steps], dim=1).tolist()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("prompt_len", [1, 5])
+def test_greedy_with_and_without_cache_is_identical(shape: dict, prompt_len: int) -> None:
+    model = _model(**shape)
+    prompt = torch.randint(0, 37, (2, prompt_len))
+    n = shape["block_size"] - prompt_len  # fills the context exactly
+    cached = _ids(list(generate_tokens(model, prompt, n, GREEDY)))
+    uncached = _ids(list(generate_tokens(model, prompt, n, GREEDY, use_cache=False)))
+    assert cached == uncached
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2])
+def test_cached_logits_equal_the_full_forward(shape: dict) -> None:
+    model = _model(**shape)
+    prompt = torch.randint(0, 37, (3, 4))
+    decoder = Decoder(model, prompt.tolist())
+    for _ in range(shape["block_size"] - 4):
+        logits = decoder.logits()
+        with torch.no_grad():
+            full = model(decoder.seq)[:, -1]
+        torch.testing.assert_close(logits, full, rtol=1e-5, atol=1e-5)
+        decoder.append(logits.argmax(-1, keepdim=True))
+
+
+def test_seeded_sampling_with_and_without_cache_is_identical() -> None:
+    model = _model(n_layer=2, n_head=2, n_embd=16, block_size=24)
+    prompt = torch.randint(0, 37, (3, 3))
+    sampling = SamplingConfig(temperature=1.0, top_k=20, top_p=0.95)
+    runs = []
+    for use_cache in (True, False):
+        g = torch.Generator().manual_seed(7)
+        runs.append(_ids(list(generate_tokens(model, prompt, 20, sampling, g, use_cache))))
+    assert runs[0] == runs[1]
+
+
+def test_generation_slides_past_the_context() -> None:
+    """Past block_size, the cached decoder keeps the newest window_keep tokens and re-prefills:
+    each step equals the model run on exactly that window."""
+    model = _model(n_layer=2, n_head=2, n_embd=16, block_size=12, bias=True)
+    block, keep = 12, window_keep(12)
+    prompt = [3, 1, 4, 1, 5]
+    cached = _ids(list(generate_tokens(model, [prompt], 40, GREEDY)))[0]
+    tokens, start, expected = list(prompt), 0, []
+    for _ in range(40):
+        if len(tokens) - start > block:
+            start = len(tokens) - keep
+        with torch.no_grad():
+            logits = model(torch.tensor([tokens[start:]]))[0, -1]
+        expected.append(int(logits.argmax()))
+        tokens.append(expected[-1])
+    assert cached == expected
+    assert len(cached) == 40
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_batched_prompts_of_different_lengths_match_single_runs(use_cache: bool) -> None:
+    model = _model(n_layer=2, n_head=2, n_embd=16, block_size=16, bias=True)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
+    batched = _ids(list(generate_tokens(model, prompts, 25, GREEDY, use_cache=use_cache)))
+    for row, prompt in enumerate(prompts):
+        alone = _ids(list(generate_tokens(model, [prompt], 25, GREEDY, use_cache=use_cache)))[0]
+        assert batched[row] == alone, f"row {row}"
+
+
+def test_padded_rows_get_their_own_positions_and_logits() -> None:
+    model = _model(n_layer=2, n_head=2, n_embd=16, block_size=16)
+    short, long = [5, 6], [1, 2, 3, 4, 5, 6]
+    decoder = Decoder(model, [short, long])
+    logits = decoder.logits()
+    with torch.no_grad():
+        alone = model(torch.tensor([short]))[0, -1]
+    torch.testing.assert_close(logits[0], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_samples_of_one_prompt_share_a_prefill_and_differ() -> None:
+    model = _model(n_layer=2, n_head=2, n_embd=16, block_size=32)
+    prompt = [[1, 2, 3, 4]] * 4
+    g = torch.Generator().manual_seed(0)
+    rows = _ids(list(generate_tokens(model, prompt, 12, SamplingConfig(temperature=1.5), g)))
+    assert len({tuple(r) for r in rows}) > 1  # independent samples, not copies
+    greedy = _ids(list(generate_tokens(model, prompt, 12, GREEDY)))
+    assert all(r == greedy[0] for r in greedy)
+
+
+def test_step_logprobs_are_the_models_own() -> None:
+    model = _model(n_layer=2, n_head=2, n_embd=16, block_size=32)
+    decoder = Decoder(model, [[1, 2, 3]])
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        with torch.no_grad():
+            expected_logp = F.log_softmax(model(decoder.seq)[0, -1], dim=-1)
+        step = decoder.step(SamplingConfig(temperature=1.0), g)
+        assert step.logprobs[0].item() == pytest.approx(
+            expected_logp[step.ids[0]].item(), abs=1e-5)
+
+
+def test_dropping_finished_rows_keeps_the_others_exact() -> None:
+    model = _model(n_layer=2, n_head=2, n_embd=16, block_size=20)
+    prompts = [[1, 2], [3, 4, 5], [6]]
+    decoder = Decoder(model, prompts)
+    decoder.step(GREEDY)
+    decoder.keep(torch.tensor([0, 2]))  # row 1 finished
+    rest = [decoder.step(GREEDY).ids.tolist() for _ in range(8)]
+    full = _ids(list(generate_tokens(model, prompts, 9, GREEDY)))
+    assert [r[0] for r in rest] == full[0][1:]
+    assert [r[1] for r in rest] == full[2][1:]
+    assert decoder.rows.tolist() == [0, 2]
+
+
+def test_bfloat16_weights_generate() -> None:
+    model = _model(n_layer=2, n_head=2, n_embd=16, block_size=20).to(torch.bfloat16)
+    steps = list(generate_tokens(model, [[1, 2, 3]], 10, GREEDY))
+    assert len(steps) == 10 and steps[0].logprobs.dtype == torch.float32
