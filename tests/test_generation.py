@@ -152,3 +152,17 @@ def test_bfloat16_weights_generate() -> None:
     model = _model(n_layer=2, n_head=2, n_embd=16, block_size=20).to(torch.bfloat16)
     steps = list(generate_tokens(model, [[1, 2, 3]], 10, GREEDY))
     assert len(steps) == 10 and steps[0].logprobs.dtype == torch.float32
+
+
+def test_one_row_bf16_linear_path_matches_f_linear() -> None:
+    from gptscratch.model.linear import Linear
+
+    torch.manual_seed(0)
+    layer = Linear(64, 96).to(torch.bfloat16)
+    x = torch.randn(1, 1, 64, dtype=torch.bfloat16)
+    expected = F.linear(x.float(), layer.weight.float(), layer.bias.float())
+    out = layer(x)
+    assert out.shape == (1, 1, 96) and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
+    batch = torch.randn(3, 5, 64, dtype=torch.bfloat16)  # more rows: the ordinary path
+    torch.testing.assert_close(layer(batch), F.linear(batch, layer.weight, layer.bias))

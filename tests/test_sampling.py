@@ -14,8 +14,8 @@ from gptscratch.model.config import ModelConfig
 from gptscratch.model.generation import generate_tokens
 from gptscratch.model.gpt import GPT
 from gptscratch.model.kv_cache import KVCache
-from gptscratch.model.streaming import stream_text
 from gptscratch.model.sampling import SamplingConfig, filter_logits, sample_next_token
+from gptscratch.model.streaming import stream_text
 
 
 def test_temperature_zero_is_greedy() -> None:

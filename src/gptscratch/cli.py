@@ -104,7 +104,9 @@ def _generation_flags() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", dest="use_cache", action="store_false",
                    help="re-run the whole context for every token (slow; for comparison)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    p.add_argument("--dtype", default="auto",
+                   help="weights for generation: auto (bf16 where faster) | float32 | bfloat16 | "
+                        "float16")
     return p
 
 

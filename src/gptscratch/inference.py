@@ -42,28 +42,30 @@ from gptscratch.model.streaming import (
 )
 from gptscratch.training.checkpoint import Checkpoint, load_checkpoint
 from gptscratch.training.device import choose_device, set_cpu_float_mode
+from gptscratch.training.precision import choose_inference_dtype
 
 log = logging.getLogger("gptscratch")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def load(ckpt: str | Path, device: str = "auto",
-         dtype: str = "float32") -> tuple[GPT, Any, Checkpoint]:
+         dtype: str = "auto") -> tuple[GPT, Any, Checkpoint]:
     """Load a checkpoint (a run directory resolves to its best/) for inference.
 
     Args:
         ckpt: a run directory or a checkpoint directory.
         device: auto | cpu | cuda | cuda:N | mps.
-        dtype: the weights' dtype for inference: float32, bfloat16 or float16.
+        dtype: the weights' dtype for inference: auto (bf16 where it is faster: CUDA, and
+            CPUs with AMX for models at least 512 wide), float32, bfloat16 or float16.
 
     Returns:
         (model in eval mode on the device, tokenizer, checkpoint metadata).
     """
-    require(dtype in DTYPES, f"dtype ({dtype!r}) must be one of {', '.join(DTYPES)}")
     set_cpu_float_mode()
     checkpoint = load_checkpoint(ckpt)
-    model = checkpoint.build_model(choose_device(device)).to(DTYPES[dtype])
+    target = choose_device(device)
+    width = int(checkpoint.meta["model_config"]["n_embd"])
+    weights_dtype, why = choose_inference_dtype(dtype, target, width)
+    model = checkpoint.build_model(target).to(weights_dtype)
+    log.debug("generating in %s (%s)", str(weights_dtype).removeprefix("torch."), why)
     return model, checkpoint.tokenizer(), checkpoint
 
 
@@ -247,7 +249,7 @@ def _resolve(ckpt: str | Path | tuple[GPT, Any], device: str, dtype: str,
 
 
 def stream(ckpt: str | Path | tuple[GPT, Any], prompt: str = "\n", *, device: str = "auto",
-           dtype: str = "float32", **options: Any) -> Iterator[str]:
+           dtype: str = "auto", **options: Any) -> Iterator[str]:
     """Yield the continuation of one prompt piece by piece as it is generated.
 
     Args:
@@ -270,7 +272,7 @@ def generate(ckpt: str | Path | tuple[GPT, Any], prompt: str = "\n", **options: 
 
 
 def complete(ckpt: str | Path | tuple[GPT, Any], prompts: str | Sequence[str] = "\n", *,
-             device: str = "auto", dtype: str = "float32", **options: Any) -> list[Completion]:
+             device: str = "auto", dtype: str = "auto", **options: Any) -> list[Completion]:
     """Generate for one or more prompts in one batch and return every `Completion` (text,
     token ids, per-token log-probabilities, finish reason; the score with beams), row i *
     num_samples + j being sample j of prompt i. Options as for `stream_chunks`."""

@@ -27,6 +27,7 @@ from torch import nn
 
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.kv_cache import LayerCache
+from gptscratch.model.linear import Linear
 
 
 def explicit_attention(
@@ -84,9 +85,9 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.path = config.attention
         # One Linear computes q, k and v for all heads at once: C -> 3C.
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         # Output projection mixes the heads back together: C -> C.
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def _split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -21,6 +21,7 @@ from gptscratch.model.attention import CausalSelfAttention
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.kv_cache import KVCache, LayerCache
 from gptscratch.model.layers import MLP, LayerNorm
+from gptscratch.model.linear import Linear
 
 
 class Block(nn.Module):
@@ -69,7 +70,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = Transformer(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying (Press & Wolf 2017): the output head reuses the token embedding matrix,
         # so a token's input and output representations are the same vector.
         self.lm_head.weight = self.transformer.wte.weight

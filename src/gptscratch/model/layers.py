@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptscratch.model.config import ModelConfig
+from gptscratch.model.linear import Linear
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -59,9 +60,9 @@ class MLP(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
