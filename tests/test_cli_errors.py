@@ -139,12 +139,36 @@ def test_resume_with_a_different_model(tiny_run: Path, tmp_path: Path,
         (["--top-p", "1.5"], "top_p (1.5) must be in (0, 1]"),
         (["--prompt", "ROMEO€ and ✓"], "'€'"),
         (["--stop", ""], "stop string is empty"),
+        (["--beams", "0"], "beams (0) must be >= 1"),
+        (["--repetition-penalty", "0"], "repetition_penalty (0.0) must be in (0, 10]"),
+        (["--frequency-penalty", "3"], "frequency_penalty (3.0) must be in [-2, 2]"),
+        (["--presence-penalty", "-2.5"], "presence_penalty (-2.5) must be in [-2, 2]"),
+        (["--min-p", "1.5"], "min_p (1.5) must be in [0, 1]"),
+        (["--length-penalty", "50", "--beams", "2"], "length_penalty (50.0)"),
+        (["--max-new-tokens", "-1"], "--max-new-tokens (-1) must be >= 0"),
+        (["--num-samples", "2", "--beams", "1", "--seed", "1", "--speaker", "NOBODY"],
+         "speaker 'NOBODY' is not in the training corpus; its speakers include "),
+        (["--num-samples", "3000000000"], "GiB for generation"),
+        (["--num-samples", "3", "--beams", "2"], "num_samples (3) must be <= beams (2)"),
+        (["--dtype", "float16"], "float16 generation on a CPU"),
     ],
 )
 def test_bad_sampling_input(flags: list[str], expected: str, tiny_run: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
     line = run_cli(["sample", "--ckpt", str(tiny_run), "--max-new-tokens", "5", *flags], capsys)
     assert expected in line
+
+
+def test_chat_you_needs_a_speaker(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = run_cli(["chat", "--ckpt", str(tiny_run), "--you", "ROMEO"], capsys)
+    assert "--you needs --speaker" in line
+
+
+def test_unknown_speaker_lists_the_corpus_speakers(tiny_run: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    line = run_cli(["sample", "--ckpt", str(tiny_run), "--speaker", "Hamlet"], capsys)
+    assert "MENENIUS" in line and "First Citizen" in line
+    assert capsys.readouterr().out == ""
 
 
 def test_unseen_prompt_characters_are_named(tiny_run: Path,

@@ -194,8 +194,8 @@ def stream_chunks(
         check_batch_fits(model, beam.num_beams, use_cache)
         return _beam_chunks(model, tokenizer, texts, num_samples, max_new_tokens, beam, rules,
                             sampling, use_cache)
+    check_batch_fits(model, len(texts) * num_samples, use_cache)
     rows = [t for t in texts for _ in range(num_samples)]
-    check_batch_fits(model, len(rows), use_cache)
     generator = torch.Generator(device=model.transformer.wte.weight.device)
     if seed is not None:
         generator.manual_seed(seed)

@@ -48,14 +48,14 @@ def find_script_format(text: str, min_speeches: int = 2) -> ScriptFormat | None:
     """Find the speakers of a script corpus; None when the text is not a script.
 
     A name counts as a speaker once it heads at least `min_speeches` speeches, which filters
-    out one-off lines that merely end in a colon.
+    out one-off lines that merely end in a colon; a script needs two speakers at least.
     """
     found = {}
     for style, pattern in (("line", _LINE_LABEL), ("inline", _INLINE_LABEL)):
         counts = Counter(m["name"].strip() for m in pattern.finditer(text))
         found[style] = {n: c for n, c in counts.most_common() if c >= min_speeches}
     style = max(found, key=lambda s: sum(found[s].values()))
-    if sum(found[style].values()) < 2 * min_speeches:
+    if len(found[style]) < 2:
         return None
     return ScriptFormat(style, found[style])
 

@@ -1,0 +1,145 @@
+"""Script mode: finding speakers, opening a speech, and stopping where the next one begins."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+from test_sampling import Letters
+
+from gptscratch import api
+from gptscratch.errors import UserError
+from gptscratch.model.config import ModelConfig
+from gptscratch.model.gpt import GPT
+from gptscratch.model.kv_cache import KVCache
+from gptscratch.model.sampling import SamplingConfig
+from gptscratch.model.script import (
+    NextSpeakerStop,
+    ScriptFormat,
+    find_script_format,
+    speaker_prompt,
+)
+from gptscratch.model.streaming import stream_text
+
+PLAY = """Romeo and Juliet
+
+ACT I
+
+ROMEO:
+But soft, what light through yonder window breaks?
+
+JULIET:
+O Romeo, Romeo!
+
+ROMEO:
+Shall I hear more?
+
+Enter NURSE
+
+JULIET:
+Anon, good nurse!
+
+NURSE:
+Madam!
+
+NURSE:
+Your mother calls.
+"""
+
+TV = """JERRY: What's the deal with airline food?
+GEORGE: I don't know.
+JERRY: Nobody knows.
+ELAINE: Hello!
+GEORGE: Hi Elaine.
+ELAINE: Bye.
+"""
+
+
+def test_line_style_speakers_are_found() -> None:
+    script = find_script_format(PLAY)
+    assert script is not None and script.style == "line"
+    assert script.speakers == {"ROMEO": 2, "JULIET": 2, "NURSE": 2}
+    assert script.resolve("juliet") == "JULIET" and script.resolve("Hamlet") is None
+
+
+def test_inline_style_speakers_are_found() -> None:
+    script = find_script_format(TV)
+    assert script is not None and script.style == "inline"
+    assert set(script.speakers) == {"JERRY", "GEORGE", "ELAINE"}
+
+
+def test_prose_is_not_a_script() -> None:
+    assert find_script_format("It was a dark and stormy night.\nNote: rain.\n" * 20) is None
+
+
+def test_speaker_prompt_opens_a_speech() -> None:
+    assert speaker_prompt("ROMEO:\nHello.\n", "JULIET", "line") == "ROMEO:\nHello.\n\nJULIET:\n"
+    assert speaker_prompt("\n", "JULIET", "line") == "JULIET:\n"
+    assert speaker_prompt("JERRY: Hi.", "GEORGE", "inline") == "JERRY: Hi.\nGEORGE: "
+
+
+def test_next_heading_cuts_the_speech() -> None:
+    stop = NextSpeakerStop(ScriptFormat("line", {"ROMEO": 3, "JULIET": 3}))
+    text = "Good morrow.\nHow now?\n\nJULIET:\nHi"
+    assert stop.find(text) == (len("Good morrow.\nHow now?"),) * 2
+    # A half-written heading and the blank line before it are held back...
+    assert stop.find("Good morrow.\n\nJUL") == (None, len("Good morrow."))
+    # ...but a line that cannot become a known name is shown.
+    assert stop.find("Good morrow.\nI") == (None, len("Good morrow.\nI"))
+    # With no known cast, any all-capitals heading counts.
+    generic = NextSpeakerStop(None)
+    assert generic.find("Yes.\n\nFIRST LORD:\nNo.")[0] == len("Yes.")
+    assert generic.find("Yes.\nNot a heading:\n")[0] is None
+
+
+def test_inline_heading_cuts_the_speech() -> None:
+    stop = NextSpeakerStop(ScriptFormat("inline", {"JERRY": 3, "GEORGE": 3}))
+    assert stop.find("Nobody knows.\nGEORGE: Right.") == (len("Nobody knows."),) * 2
+    assert stop.find("Nobody knows.\nGEO")[1] == len("Nobody knows.")
+
+
+class _Scripted(GPT):
+    """Greedy output follows a fixed script of token ids (see test_sampling)."""
+
+    def __init__(self, sequence: Sequence[int], vocab: int) -> None:
+        super().__init__(ModelConfig(vocab_size=vocab, block_size=128, n_layer=1, n_head=1,
+                                     n_embd=8))
+        self.script = list(sequence)
+        self.lm_head = torch.nn.Identity()  # type: ignore[assignment]
+
+    def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        if kv_cache is not None:
+            kv_cache.advance(idx.size(1))
+        h = torch.zeros(idx.size(0), idx.size(1), self.config.vocab_size)
+        h[:, -1, self.script.pop(0)] = 1.0
+        return h
+
+
+def test_streamed_speech_never_shows_the_next_heading() -> None:
+    codec = Letters(sorted(set(PLAY + "Hush")))
+    speech = "Anon!\n\nROMEO:\nHush."
+    model = _Scripted(codec.encode(speech), len(codec.pieces)).eval()
+    pieces = list(stream_text(model, codec, "JULIET:\n", len(speech), SamplingConfig(0.0),
+                              rules=[NextSpeakerStop(find_script_format(PLAY))]))
+    assert "".join(pieces) == "Anon!"
+    assert not any("R" in p or "\n" in p for p in pieces)
+
+
+def test_api_script_mode_on_a_trained_model(tiny_run: Path) -> None:
+    script = api.script_format(api.load(tiny_run)[2])
+    assert script is not None and script.style == "line"
+    assert {"First Citizen", "MENENIUS"} <= set(script.speakers)
+    done = api.complete(tiny_run, "\n", speaker="menenius", until_next_speaker=True,
+                        max_new_tokens=150, seed=0, temperature=1.0, num_samples=3)
+    assert len(done) == 3
+    for c in done:
+        assert c.prompt == "MENENIUS:\n"
+        assert all(not line.endswith(":") or line.rstrip(":") not in script.speakers
+                   for line in c.text.splitlines())
+        assert c.finish_reason in ("stop", "length")
+    cached = Path(api.load(tiny_run)[2].meta["data_dir"]) / "script.json"
+    assert cached.exists()
+    with pytest.raises(UserError, match="MENENIUS"):
+        api.generate(tiny_run, "\n", speaker="Hamlet")
