@@ -296,6 +296,8 @@ def _read_line(prompt: str) -> str | None:
     if sys.stdin is None:
         return None
     if sys.stdin.isatty():
+        import readline  # noqa: F401  (importing it gives input() line editing and history)
+
         try:
             return input(prompt)
         except EOFError:
