@@ -1,4 +1,5 @@
-"""Layers only point downward: config -> data, model -> evaluation -> training -> api -> cli."""
+"""Layers only point downward: config -> data, model -> evaluation -> training -> viz -> api
+-> cli."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ ALLOWED = {
     "model": set(),
     "evaluation": {"data", "model"},
     "training": {"data", "model", "evaluation"},
-    "api": {"data", "model", "evaluation", "training"},
-    "cli": {"data", "model", "evaluation", "training", "api"},
+    "viz": {"data", "model", "evaluation", "training"},
+    "api": {"data", "model", "evaluation", "training", "viz"},
+    "cli": {"data", "model", "evaluation", "training", "viz", "api"},
 }
 
 
