@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -206,14 +208,21 @@ batch_norm = (flat - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + 1e
 assert torch.allclose(layer_norm, F.layer_norm(flat, (C,)), atol=1e-4)
 
 fig, axes = plt.subplots(1, 3, figsize=(16, 4))
-axes[0].hist(flat.std(-1), bins=40, alpha=0.6, label="raw")
-axes[0].hist(layer_norm.std(-1), bins=40, alpha=0.6, label="LayerNorm")
-axes[0].hist(batch_norm.std(-1), bins=40, alpha=0.6, label="BatchNorm")
-axes[0].set(title="std of each token's C values", xlabel="std", ylabel="tokens")
-axes[1].hist(flat.mean(0), bins=40, alpha=0.6, label="raw")
-axes[1].hist(layer_norm.mean(0), bins=40, alpha=0.6, label="LayerNorm")
-axes[1].hist(batch_norm.mean(0), bins=40, alpha=0.6, label="BatchNorm")
-axes[1].set(title="mean of each channel over the batch", xlabel="mean", ylabel="channels")
+token_std = {"raw": flat.std(-1), "LayerNorm": layer_norm.std(-1),
+             "BatchNorm": batch_norm.std(-1)}
+channel_mean = {"raw": flat.mean(0), "LayerNorm": layer_norm.mean(0),
+                "BatchNorm": batch_norm.mean(0)}
+for ax, values in ((axes[0], token_std), (axes[1], channel_mean)):
+    # Shared bins, so a distribution squeezed to one value shows as one tall bar.
+    lo = min(v.min().item() for v in values.values())
+    hi = max(v.max().item() for v in values.values())
+    bins = torch.linspace(lo - 0.05, hi + 0.05, 50).tolist()
+    for name, v in values.items():
+        ax.hist(v.tolist(), bins=bins, alpha=0.6, label=name)
+    ax.set_yscale("log")
+axes[0].set(title="std of each token's C values", xlabel="std", ylabel="tokens (log scale)")
+axes[1].set(title="mean of each channel over the batch", xlabel="mean",
+            ylabel="channels (log scale)")
 axes[2].plot(flat.std(0).sort().values, label="raw")
 axes[2].set(title="channel scales of the raw stream (sorted)", xlabel="channel rank",
             ylabel="std over the batch")
@@ -223,25 +232,30 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# LayerNorm gives every token unit scale (left: one spike at 1) but leaves channels with their
-# own means; BatchNorm centres every channel (middle) but leaves tokens at varying scales. The
+# LayerNorm gives every token unit scale (left: one tall bar at 1) but leaves channels with
+# their own means; BatchNorm centres every channel (middle: one tall bar at 0) but leaves
+# tokens at varying scales. The
 # decisive difference: with BatchNorm a token's output depends on **the other sequences in
 # the batch**. Normalise the same first sequence inside two different batches:
 
 # %%
-other = act[8:].reshape(-1, C)
-first = act[0]
-alone_ln = F.layer_norm(first, (C,))
+first = act[0]  # (T, C): one sequence
+batch_a, batch_b = act[:8], torch.cat([act[:1], act[8:15]])  # two batches that both hold it
 
 
 def bn(batch: torch.Tensor) -> torch.Tensor:
-    return (first - batch.mean(0)) / torch.sqrt(batch.var(0, unbiased=False) + 1e-5)
+    """BatchNorm of `first` with the statistics of `batch` (B, T, C)."""
+    stats = batch.reshape(-1, C)
+    return (first - stats.mean(0)) / torch.sqrt(stats.var(0, unbiased=False) + 1e-5)
 
 
-print("LayerNorm: same output whatever the batch (it never looks at the batch):",
-      torch.equal(alone_ln, F.layer_norm(act[0], (C,))))
-print("BatchNorm: output changes with the batch, max |diff| =",
-      (bn(act[:8].reshape(-1, C)) - bn(torch.cat([first, other]))).abs().max().item())
+ln_a = F.layer_norm(batch_a, (C,))[0]
+ln_b = F.layer_norm(batch_b, (C,))[0]
+print("LayerNorm: max |diff| of the sequence's output between the two batches =",
+      (ln_a - ln_b).abs().max().item())
+print("BatchNorm: max |diff| of the sequence's output between the two batches =",
+      (bn(batch_a) - bn(batch_b)).abs().max().item())
+assert torch.equal(ln_a, ln_b)
 
 # %% [markdown]
 # That is why GPTs use LayerNorm: generation runs one sequence at a time, and statistics over

@@ -45,7 +45,7 @@ from gptscratch.viz import logit_lens as viz_logit_lens
 
 __all__ = ["prepare", "load_prepared", "train", "load", "generate", "stream", "evaluate",
            "plot_curves", "plot_attention", "plot_next_token", "plot_embeddings",
-           "plot_logit_lens", "explain", "check_copy"]
+           "plot_logit_lens", "explain", "corpus_index", "check_copy"]
 
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}

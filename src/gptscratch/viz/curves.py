@@ -73,15 +73,15 @@ def plot_curves(runs: Sequence[str | Path], out: str | Path) -> Path:
     ax_speed = fig.add_subplot(grid[1, 1])
     colours = [f"C{i % 10}" for i in range(len(all_curves))]
     for c, colour in zip(all_curves, colours, strict=True):
+        # Colour tells the run, line style the kind of loss (the second legend below).
         if c.loss:
-            ax_loss.plot(*zip(*c.loss, strict=True), color=colour, alpha=0.35, lw=1,
-                         label=f"{c.name}: train (running mean)")
+            ax_loss.plot(*zip(*c.loss, strict=True), color=colour, alpha=0.35, lw=1)
         if c.val_loss:
             ax_loss.plot(*zip(*c.val_loss, strict=True), color=colour, lw=2.2, marker="o",
-                         ms=4, label=f"{c.name}: val")
+                         ms=4, label=c.name)
         if c.train_loss:
             ax_loss.plot(*zip(*c.train_loss, strict=True), color=colour, lw=1.2, ls="--",
-                         marker=".", label=f"{c.name}: train (at eval)")
+                         marker=".")
         if c.lr:
             ax_lr.plot(*zip(*c.lr, strict=True), color=colour, lw=1.8, label=c.name)
         if c.tokens_per_s:
@@ -93,7 +93,14 @@ def plot_curves(runs: Sequence[str | Path], out: str | Path) -> Path:
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     for ax in (ax_loss, ax_lr, ax_speed):
         ax.grid(alpha=0.3)
-    ax_loss.legend(fontsize=9, ncol=max(1, min(3, len(all_curves))), loc="upper right")
+    from matplotlib.lines import Line2D
+
+    kinds = [Line2D([], [], color="grey", lw=2.2, marker="o", ms=4, label="val (held-out text)"),
+             Line2D([], [], color="grey", lw=1.2, ls="--", marker=".", label="train (at eval)"),
+             Line2D([], [], color="grey", lw=1, alpha=0.5, label="train (running mean)")]
+    if len(all_curves) > 1:
+        ax_loss.add_artist(ax_loss.legend(title="run", fontsize=9, loc="upper center"))
+    ax_loss.legend(handles=kinds, fontsize=9, loc="upper right")
     if len(all_curves) > 1:
         ax_lr.legend(fontsize=9)
     names = ", ".join(c.name for c in all_curves)
