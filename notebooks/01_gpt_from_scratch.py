@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -58,7 +60,7 @@ if SMALL:
                                  batch_size=8, warmup_iters=5, dtype="float32")
 else:
     MODEL = dict(block_size=128, n_layer=4, n_head=4, n_embd=256)
-    LOOP_STEPS, TRAIN = 200, dict(max_iters=1500, eval_interval=250, eval_iters=20,
+    LOOP_STEPS, TRAIN = 200, dict(max_iters=1000, eval_interval=250, eval_iters=20,
                                   log_interval=50, batch_size=16, warmup_iters=100)
 
 # %% [markdown]

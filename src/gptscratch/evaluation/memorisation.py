@@ -9,8 +9,10 @@ How the longest span is found, exactly and fast on a 5 MB corpus: a span of leng
 both texts iff some L-character window of the generated text has the same polynomial hash as
 an L-character window of the corpus, and then each hit is confirmed with a real substring
 search, so hash collisions can never produce a wrong answer. "Some window of length L occurs"
-is monotone in L (a shorter prefix of an occurring span occurs too), so an exponential then
-binary search over L needs about 2 log2(L) probes, each a few vector operations on the corpus.
+is monotone in L (a shorter prefix of an occurring span occurs too), so a search over L works:
+each hit is grown to its full length at once, then the only question left is whether any
+longer span occurs, so a copied passage takes two or three probes and original text a binary
+search below 16 characters, each probe a few vector operations on the corpus.
 """
 
 from __future__ import annotations
@@ -117,28 +119,36 @@ class CorpusIndex:
                 return int(start)
         return -1
 
+    def _extend(self, text: str, start: int, length: int) -> tuple[int, int]:
+        """Grow a span of `text` known to occur in the corpus, left and right, as far as its
+        first corpus occurrence keeps matching: (start, length) of the grown span."""
+        offset = self.corpus.find(text[start:start + length])
+        while (start + length < len(text) and offset + length < len(self.corpus)
+               and text[start + length] == self.corpus[offset + length]):
+            length += 1
+        while start > 0 and offset > 0 and text[start - 1] == self.corpus[offset - 1]:
+            start, offset, length = start - 1, offset - 1, length + 1
+        return start, length
+
     def longest_span(self, text: str) -> tuple[int, int]:
         """(start, length) of the longest span of `text` found verbatim in the corpus;
         (-1, 0) when not even one character is."""
         prefix, pows = _prefix_hashes(_codes(text))
-        found: dict[int, int] = {0: -1}
-        lo, hi = 0, len(text) + 1  # a span of length lo occurs; none of length hi does
+        best, lo, hi = -1, 0, len(text) + 1  # a span of length lo occurs; none of length hi
         probe = min(_FIRST_PROBE, len(text))
-        while probe < hi and probe > lo:  # exponential search upwards...
+        while hi - lo > 1:
+            if not lo < probe < hi:
+                probe = (lo + hi) // 2
             start = self._occurring_window(text, prefix, pows, probe)
             if start < 0:
                 hi = probe
-                break
-            lo, found[probe] = probe, start
-            probe *= 2
-        while hi - lo > 1:  # ...then binary search between the last hit and miss
-            mid = (lo + hi) // 2
-            start = self._occurring_window(text, prefix, pows, mid)
-            if start < 0:
-                hi = mid
+                probe = (lo + hi) // 2
             else:
-                lo, found[mid] = mid, start
-        return found[lo], lo
+                # Grow the hit directly (a copied passage is found whole in one probe), then
+                # ask only whether anything longer occurs anywhere.
+                best, lo = self._extend(text, start, probe)
+                probe = lo + 1
+        return best, lo
 
     def ngram_overlap(self, text: str, n: int) -> tuple[int, int]:
         """(found, total): how many of the text's word n-grams occur in the corpus."""

@@ -90,7 +90,11 @@ def plot_curves(runs: Sequence[str | Path], out: str | Path) -> Path:
     style_axes(ax_loss, "Loss (cross-entropy, nats per token; lower is better)", "step", "loss")
     style_axes(ax_lr, "Learning rate", "step", "learning rate")
     style_axes(ax_speed, "Training speed", "step", "thousand tokens / s")
-    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    peaks = [max(v for _, v in c.lr) for c in all_curves if c.lr]
+    if peaks and max(peaks) > 20 * min(peaks):
+        ax_lr.set_yscale("log")  # a learning-rate sweep spans decades
+    else:
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     for ax in (ax_loss, ax_lr, ax_speed):
         ax.grid(alpha=0.3)
     from matplotlib.lines import Line2D
