@@ -167,3 +167,20 @@ def test_viz_cli_errors_leave_no_file(argv: list[str], message: str, tiny_run: P
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_embeddings_show_the_most_frequent_training_tokens(tiny_run: Path) -> None:
+    from collections import Counter
+
+    from gptscratch.data.prepare import load_prepared
+    from gptscratch.training.checkpoint import load_checkpoint
+
+    data_dir = load_checkpoint(tiny_run).meta["data_dir"]
+    prepared = load_prepared(data_dir)
+    text = prepared.tokenizer.decode(np.asarray(prepared.train_tokens()).tolist())
+    counts = Counter(text).most_common()
+    ids = embeddings.frequent_token_ids(data_dir, 5)
+    assert ids is not None
+    shown = [prepared.tokenizer.decode([int(i)]) for i in ids]
+    assert [c for c, _ in counts[:5]] == shown  # ' ', 'e', ... in order of frequency
+    assert embeddings.frequent_token_ids(tiny_run / "no-such-dir", 5) is None
