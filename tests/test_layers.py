@@ -1,5 +1,5 @@
 """Layers only point downward:
-data, model -> evaluation -> training -> inference -> api -> cli."""
+data, model -> evaluation -> training -> inference, viz -> api -> cli."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ ALLOWED = {
     "evaluation": {"data", "model"},
     "training": {"data", "model", "evaluation"},
     "inference": {"data", "model", "evaluation", "training"},
-    "api": {"data", "model", "evaluation", "training", "inference"},
-    "cli": {"data", "model", "evaluation", "training", "inference", "api"},
+    "viz": {"data", "model", "evaluation", "training"},
+    "api": {"data", "model", "evaluation", "training", "inference", "viz"},
+    "cli": {"data", "model", "evaluation", "training", "inference", "viz", "api"},
 }
 
 

@@ -13,24 +13,38 @@ training, and never prints.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gptscratch.data.prepare import PreparedData, is_prepared_dir, load_prepared, prepare
 from gptscratch.data.sources import read_text_source
 from gptscratch.errors import UserError
 from gptscratch.evaluation.evaluate import EvalResult, evaluate_tokens
+from gptscratch.evaluation.explain import Stage, explain_prompt
+from gptscratch.evaluation.memorisation import CopyReport, CorpusIndex
 from gptscratch.inference import complete, generate, load, script_format, stream, stream_chunks
 from gptscratch.model.config import ModelConfig
+from gptscratch.model.gpt import GPT
+from gptscratch.model.sampling import SamplingConfig
 from gptscratch.training.checkpoint import load_checkpoint
 from gptscratch.training.config import TrainConfig
 from gptscratch.training.loop import TrainResult
 from gptscratch.training.loop import train as train_loop
 from gptscratch.training.precision import choose_precision
 from gptscratch.training.presets import get_preset
+from gptscratch.viz import attention as viz_attention
+from gptscratch.viz import curves as viz_curves
+from gptscratch.viz import distribution as viz_distribution
+from gptscratch.viz import embeddings as viz_embeddings
+from gptscratch.viz import logit_lens as viz_logit_lens
 
 __all__ = ["prepare", "load_prepared", "train", "load", "generate", "stream", "complete",
-           "stream_chunks", "script_format", "evaluate"]
+           "stream_chunks", "script_format", "evaluate", "plot_curves", "plot_attention",
+           "plot_next_token", "plot_embeddings", "plot_logit_lens", "explain", "corpus_index",
+           "check_copy"]
 
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -116,7 +130,7 @@ def evaluate(
 ) -> EvalResult:
     """Loss, perplexity and bits per byte of a checkpoint on its own val split, or on a text
     file / prepared directory given as `data`."""
-    model, tokenizer, checkpoint = load(ckpt, device)
+    model, tokenizer, checkpoint = load(ckpt, device, dtype="float32")
     precision = choose_precision(dtype, next(model.parameters()).device, model.config.n_embd)
     if data is None or is_prepared_dir(data):
         data_dir = data if data is not None else checkpoint.meta.get("data_dir", "")
@@ -136,3 +150,105 @@ def evaluate(
         raise UserError("the evaluation text has fewer than 2 tokens; give a longer text")
     return evaluate_tokens(model, tokens, num_bytes=num_bytes, batch_size=batch_size,
                            autocast=precision.autocast)
+
+
+# --- Understanding a model: pictures, a walk through the forward pass, a memorisation check ---
+
+ModelSource = str | Path | tuple[GPT, Any]
+
+
+def _model_of(ckpt: ModelSource, device: str) -> tuple[GPT, Any]:
+    # Pictures and explanations read the weights in full precision.
+    return ckpt if isinstance(ckpt, tuple) else load(ckpt, device, dtype="float32")[:2]
+
+
+def plot_curves(runs: Sequence[str | Path], out: str | Path = "curves.png") -> Path:
+    """Loss, learning rate and tokens/s of one or more runs on one figure; returns the PNG."""
+    return viz_curves.plot_curves(runs, out)
+
+
+def plot_attention(ckpt: ModelSource, prompt: str, out: str | Path = "attention.png", *,
+                   layers: list[int] | None = None, device: str = "auto") -> Path:
+    """Every layer's and head's attention weights for `prompt`; returns the PNG."""
+    model, tokenizer = _model_of(ckpt, device)
+    return viz_attention.plot_attention(viz_attention.attention_maps(model, tokenizer, prompt),
+                                        out, layers)
+
+
+def plot_next_token(ckpt: ModelSource, prompt: str, out: str | Path = "next-token.png", *,
+                    temperature: float = 0.8, top_k: int | None = None, top_p: float = 1.0,
+                    top: int = 20, device: str = "auto") -> Path:
+    """The top next-token candidates and what temperature / top-k / top-p keep; the PNG."""
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+    if top < 1:
+        raise UserError(f"top ({top}) must be >= 1; try --top 20")
+    model, tokenizer = _model_of(ckpt, device)
+    dist = viz_distribution.next_token_distribution(model, tokenizer, prompt, sampling, top)
+    return viz_distribution.plot_next_token(dist, out, prompt)
+
+
+def plot_embeddings(ckpt: ModelSource, out: str | Path = "embeddings.png", *,
+                    tokens: int = viz_embeddings.DEFAULT_TOKENS, device: str = "auto") -> Path:
+    """Token embeddings in 2D (the `tokens` most frequent in the training data, when it is
+    still there) and position-embedding similarity; returns the PNG."""
+    if tokens < 1:
+        raise UserError(f"tokens ({tokens}) must be >= 1; try --tokens 100")
+    model, tokenizer = _model_of(ckpt, device)
+    ids = None
+    if not isinstance(ckpt, tuple):
+        data_dir = load_checkpoint(ckpt, verify=False).meta.get("data_dir", "")
+        ids = viz_embeddings.frequent_token_ids(data_dir, tokens)
+    if ids is None:
+        ids = np.arange(min(tokens, model.config.vocab_size))
+    return viz_embeddings.plot_embeddings(
+        viz_embeddings.embedding_picture(model, tokenizer, ids), out)
+
+
+def plot_logit_lens(ckpt: ModelSource, prompt: str, out: str | Path = "logit-lens.png", *,
+                    device: str = "auto") -> Path:
+    """What each layer would predict at each position of `prompt`; returns the PNG."""
+    model, tokenizer = _model_of(ckpt, device)
+    return viz_logit_lens.plot_logit_lens(viz_logit_lens.logit_lens(model, tokenizer, prompt),
+                                          out)
+
+
+def explain(ckpt: ModelSource, prompt: str, *, device: str = "auto") -> list[Stage]:
+    """Walk `prompt` through the model: every stage's shapes and what happens there."""
+    model, tokenizer = _model_of(ckpt, device)
+    return explain_prompt(model, tokenizer, prompt)
+
+
+def corpus_index(source: str | Path) -> CorpusIndex:
+    """An index of a training corpus for `check_copy`: from a checkpoint or run directory (its
+    training split), a prepared data directory (its train.bin), or a raw text source."""
+    where = str(source)
+    if _is_checkpoint(where):
+        where = str(load_checkpoint(where, verify=False).meta.get("data_dir", ""))
+        if not is_prepared_dir(where):
+            raise UserError(f"the checkpoint's training data '{where}' is gone; pass the "
+                            "corpus itself (a text file or prepared directory)")
+    if is_prepared_dir(where):
+        prepared = load_prepared(where)
+        text = prepared.tokenizer.decode(np.asarray(prepared.train_tokens()).tolist())
+    else:
+        text, _ = read_text_source(where)
+    return CorpusIndex(text)
+
+
+def _is_checkpoint(path: str) -> bool:
+    """A checkpoint directory, or a run directory holding best/ or latest/."""
+    return any((Path(path) / sub / "checkpoint.json").is_file() for sub in ("", "best", "latest"))
+
+
+def check_copy(corpus: str | Path | CorpusIndex, text: str, *, n: int = 4) -> CopyReport:
+    """How much of `text` is copied from the training corpus: the longest span found
+    verbatim and the fraction of its word n-grams that occur in the corpus.
+
+    Args:
+        corpus: a `CorpusIndex` (build one with `corpus_index` to check many texts), or what
+            `corpus_index` accepts: a checkpoint/run directory, a prepared directory, a text.
+        text: the generated text (without the prompt, to judge only what the model wrote).
+        n: word n-gram length for the overlap.
+    """
+    index = corpus if isinstance(corpus, CorpusIndex) else corpus_index(corpus)
+    return index.check(text, n=n)

@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from gptscratch.errors import UserError
@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per sample: text, token ids, log-probabilities")
     p.add_argument("--interactive", action="store_true", help="a prompt loop (same as chat)")
+    p.add_argument("--check-copy", action="store_true",
+                   help="after each sample, report on stderr its longest span found verbatim "
+                        "in the training text and its word 4-gram overlap with it")
 
     p = sub.add_parser("chat", parents=[quiet, _generation_flags()],
                        help="a prompt loop: type a prompt, see its continuation stream")
@@ -172,7 +175,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("explain", parents=[quiet],
+                       help="walk a prompt through the model, printing every stage's shapes")
+    p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+    p.add_argument("--prompt", required=True, help="the text to run through the model")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    _add_viz_parser(sub, quiet)
     return parser
+
+
+def _add_viz_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
+    viz = sub.add_parser("viz", parents=[quiet], help="draw pictures of a model or of training "
+                         "runs as PNG files").add_subparsers(dest="picture", required=True,
+                                                             metavar="PICTURE")
+
+    def picture(name: str, help_text: str, prompt: bool) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = viz.add_parser(name, parents=[quiet], help=help_text)
+        p.add_argument("--out", default=f"{name}.png", help=f"PNG file (default {name}.png)")
+        if name != "curves":
+            p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+            p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+        if prompt:
+            p.add_argument("--prompt", required=True, help="the text to look at")
+        return p
+
+    p = picture("curves", "train/val loss, learning rate and tokens/s of one or more runs", False)
+    p.add_argument("--runs", nargs="+", required=True, metavar="RUN",
+                   help="run directories (or metrics.jsonl files) to compare")
+    p = picture("attention", "attention heatmaps of every layer and head for a prompt", True)
+    p.add_argument("--layer", type=int, action="append", default=None, metavar="N",
+                   help="draw only layer N (0-based; repeatable; default all)")
+    p = picture("next-token", "next-token candidates and what the sampling settings cut", True)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    p.add_argument("--top-k", type=int, default=None, help="keep the K most likely tokens")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="keep the most likely tokens covering P of the probability")
+    p.add_argument("--top", type=int, default=20, help="candidates to draw (default 20)")
+    p = picture("embeddings", "token embeddings in 2D (PCA) and position similarity", False)
+    p.add_argument("--tokens", type=int, default=120,
+                   help="tokens to label, the most frequent in the training data (default 120)")
+    picture("logit-lens", "what each layer would predict at each position of a prompt", True)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
@@ -233,22 +276,25 @@ def _load_for_generation(args: argparse.Namespace) -> tuple[Any, Any, dict[str, 
     return model, tokenizer, options
 
 
-def _print_in_order(chunks: Iterator[Any], rows: int, heading: str) -> None:
+def _print_in_order(chunks: Iterator[Any], rows: int, heading: str,
+                    after: Callable[[Any], None]) -> None:
     """Stream rows one after another: the current row prints as it is generated, the others
-    are buffered until their turn."""
+    are buffered until their turn. `after` gets each row's Completion once it is printed."""
     buffers: dict[int, list[str]] = {}
-    finished: set[int] = set()
+    finished: dict[int, Any] = {}
     current = 0
     sys.stdout.write(heading)
     for chunk in chunks:
         buffers.setdefault(chunk.row, []).append(chunk.text)
         if chunk.completion is not None:
-            finished.add(chunk.row)
+            finished[chunk.row] = chunk.completion
         while True:
             sys.stdout.write("".join(buffers.pop(current, [])))
             if current not in finished:
                 break
             sys.stdout.write("\n")
+            sys.stdout.flush()
+            after(finished[current])
             current += 1
             if current == rows:
                 break
@@ -273,10 +319,17 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     model, tokenizer, options = _load_for_generation(args)
     chunks = api.stream_chunks(model, tokenizer, prompt, num_samples=args.num_samples,
                                seed=args.seed, **options)
+    copy_index = api.corpus_index(args.ckpt) if args.check_copy else None
+
+    def after(done: Any) -> None:
+        if copy_index is not None:
+            _report_copy(api.check_copy(copy_index, done.text))
+
     if args.json:
         for chunk in chunks:
             if chunk.completion is not None:
                 print(json.dumps(dataclasses.asdict(chunk.completion)), flush=True)
+                after(chunk.completion)
         return
     shown = prompt
     if args.speaker is not None:
@@ -287,7 +340,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         shown = speaker_prompt(prompt, name or args.speaker,
                                script.style if script is not None else "line")
     rows = args.num_samples if args.beams == 1 else min(args.num_samples, args.beams)
-    _print_in_order(chunks, rows, shown)
+    _print_in_order(chunks, rows, shown, after)
 
 
 def _read_line(prompt: str) -> str | None:
@@ -350,6 +403,41 @@ def _cmd_chat(args: argparse.Namespace) -> None:
             transcript = speaker_prompt(prompt, speaker, style) + "".join(reply).strip() + "\n"
 
 
+def _cmd_explain(args: argparse.Namespace) -> None:
+    from gptscratch import api
+    from gptscratch.evaluation.explain import format_stages
+
+    print(format_stages(api.explain(args.ckpt, args.prompt, device=args.device)))
+
+
+def _cmd_viz(args: argparse.Namespace) -> None:
+    from gptscratch import api
+
+    if args.picture == "curves":
+        path = api.plot_curves(args.runs, args.out)
+    elif args.picture == "attention":
+        path = api.plot_attention(args.ckpt, args.prompt, args.out, layers=args.layer,
+                                  device=args.device)
+    elif args.picture == "next-token":
+        path = api.plot_next_token(args.ckpt, args.prompt, args.out,
+                                   temperature=args.temperature, top_k=args.top_k,
+                                   top_p=args.top_p, top=args.top, device=args.device)
+    elif args.picture == "embeddings":
+        path = api.plot_embeddings(args.ckpt, args.out, tokens=args.tokens, device=args.device)
+    else:
+        path = api.plot_logit_lens(args.ckpt, args.prompt, args.out, device=args.device)
+    print(f"wrote {path}")
+
+
+def _report_copy(report: Any) -> None:
+    """The memorisation check of one sample, on stderr so stdout keeps only the text."""
+    from gptscratch.evaluation.memorisation import describe_copy
+
+    sys.stdout.flush()
+    print("[check-copy] " + describe_copy(report).replace("\n", "\n[check-copy] "),
+          file=sys.stderr, flush=True)
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from gptscratch import api
 
@@ -388,7 +476,7 @@ def configure_logging(quiet: bool) -> None:
 
 
 COMMANDS = {"prepare": _cmd_prepare, "train": _cmd_train, "sample": _cmd_sample,
-            "chat": _cmd_chat, "eval": _cmd_eval}
+            "chat": _cmd_chat, "eval": _cmd_eval, "explain": _cmd_explain, "viz": _cmd_viz}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

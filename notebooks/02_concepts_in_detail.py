@@ -1,0 +1,300 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · The concepts in detail
+#
+# Self-attention built up by hand (one head, the causal mask, softmax, then many heads as a
+# reshape), each piece checked numerically against gptscratch's own module; layer
+# normalisation against batch normalisation on real activations; and the hyperparameters that
+# matter, with a small learning-rate sweep. The guides in `docs/concepts/` say the same in
+# prose, with links to the code.
+#
+# `GPTSCRATCH_NOTEBOOK_SMALL=1` makes it run in seconds (the test suite does this).
+
+# %% tags=["parameters"]
+import os
+
+SMALL = os.environ.get("GPTSCRATCH_NOTEBOOK_SMALL") == "1"
+OUT = "out/notebook-02"
+
+# %%
+import math
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from IPython.display import Image, display
+
+import gptscratch
+from gptscratch import api
+from gptscratch.data.batches import get_batch
+from gptscratch.model.attention import explicit_attention
+from gptscratch.training.schedule import lr_at
+
+torch.manual_seed(0)
+if SMALL:
+    MODEL = dict(block_size=32, n_layer=2, n_head=2, n_embd=32)
+    TRAIN = dict(max_iters=40, eval_interval=20, eval_iters=2, log_interval=10, batch_size=8,
+                 warmup_iters=5, dtype="float32")
+    SWEEP = dict(max_iters=20, eval_interval=10, eval_iters=2, log_interval=5, batch_size=8,
+                 warmup_iters=2, dtype="float32")
+else:
+    MODEL = dict(block_size=64, n_layer=4, n_head=4, n_embd=128)
+    TRAIN = dict(max_iters=800, eval_interval=200, eval_iters=10, log_interval=50,
+                 batch_size=16, warmup_iters=50)
+    SWEEP = dict(max_iters=200, eval_interval=50, eval_iters=5, log_interval=25, batch_size=16,
+                 warmup_iters=20)
+
+# %% [markdown]
+# A small model trained on the built-in Shakespeare gives real weights and activations to look
+# at (a minute on a laptop CPU; seconds in the small size).
+
+# %%
+data = gptscratch.prepare("shakespeare", tokenizer="char")
+gptscratch.train("shakespeare-char", data=data.dir, out_dir=OUT,
+                 overrides={**MODEL, **TRAIN, "max_time": 0})
+model, tok, _ = gptscratch.load(OUT, device="cpu")
+C, H = model.config.n_embd, model.config.n_head
+D = C // H
+block = model.transformer.blocks()[0]
+
+prompt = "ROMEO:\nWhat light"
+idx = torch.tensor([tok.encode(prompt)])  # (1, T)
+T = idx.size(1)
+with torch.no_grad():
+    x = model.transformer.wte(idx) + model.transformer.wpe(torch.arange(T))  # (1, T, C)
+    h = block.ln_1(x)  # what the first attention layer sees
+print(f"C={C} channels, H={H} heads of D={D}; prompt of T={T} tokens; h: {tuple(h.shape)}")
+
+# %% [markdown]
+# ## 1. One attention head, by hand
+#
+# `c_attn` is one Linear layer C → 3C: its output holds the queries, keys and values of all
+# heads side by side. Head 0's query uses output columns 0..D-1, its key columns C..C+D-1 and
+# its value columns 2C..2C+D-1. So head 0 is three small matrix products:
+
+# %%
+W, b = block.attn.c_attn.weight, block.attn.c_attn.bias  # W: (3C, C)
+
+
+def project(rows: slice) -> torch.Tensor:
+    out = h[0] @ W[rows].T  # (T, C) @ (C, D) -> (T, D)
+    return out + b[rows] if b is not None else out
+
+
+with torch.no_grad():
+    q0 = project(slice(0, D))
+    k0 = project(slice(C, C + D))
+    v0 = project(slice(2 * C, 2 * C + D))
+    scores = q0 @ k0.T / math.sqrt(D)  # (T, T): how well query t matches key s
+print("q, k, v of head 0:", tuple(q0.shape), "scores:", tuple(scores.shape))
+
+# %% [markdown]
+# **Why divide by √D?** With unit-variance entries, a dot product of two D-long vectors has
+# variance D. Unscaled, scores grow with the head size and the softmax turns nearly one-hot,
+# with vanishing gradients. Random vectors show it:
+
+# %%
+a, b_ = torch.randn(10_000, D), torch.randn(10_000, D)
+dots = (a * b_).sum(-1)
+print(f"variance of q·k: {dots.var():.1f} (D = {D}); of q·k/sqrt(D): {(dots / math.sqrt(D)).var():.2f}")
+
+# %% [markdown]
+# ## 2. The causal mask and the softmax
+#
+# Position t may only look at positions ≤ t. Setting the scores above the diagonal to −∞
+# makes their softmax weight exactly 0; the softmax then turns each row into weights that sum
+# to 1.
+
+# %%
+causal = torch.ones(T, T, dtype=torch.bool).tril()
+masked = scores.masked_fill(~causal, float("-inf"))
+weights = F.softmax(masked, dim=-1)
+labels = [repr(c)[1:-1] if c != " " else "␣" for c in prompt]
+
+fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+for ax, m, title in zip(axes, (scores, masked, weights),
+                        ("scores q·k/√D", "masked (future = −∞)", "softmax: attention weights")):
+    im = ax.imshow(m.detach().clamp(min=-10), cmap="viridis")
+    ax.set_title(title)
+    ax.set_xticks(range(T), labels)
+    ax.set_yticks(range(T), labels)
+    ax.set_xlabel("key (looked at)")
+    ax.set_ylabel("query (looking)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+plt.tight_layout()
+plt.show()
+print("row sums:", weights.sum(-1)[:5].tolist(), "...")
+
+# %% [markdown]
+# The head's output is the weighted sum of the values. Now check every hand-built piece
+# against gptscratch: `explicit_attention` (the written-out path of the model) and the
+# weights the model itself reports.
+
+# %%
+with torch.no_grad():
+    y0 = weights @ v0  # (T, D)
+    y_ref, att_ref = explicit_attention(q0[None, None], k0[None, None], v0[None, None])
+    _, maps = model.forward_with_attention(idx)
+print("max |difference| of weights vs explicit_attention:",
+      (weights - att_ref[0, 0]).abs().max().item())
+print("max |difference| of weights vs the model's layer 0, head 0:",
+      (weights - maps[0][0, 0]).abs().max().item())
+print("max |difference| of output vs explicit_attention:", (y0 - y_ref[0, 0]).abs().max().item())
+assert torch.allclose(weights, maps[0][0, 0], atol=1e-5)
+assert torch.allclose(y0, y_ref[0, 0], atol=1e-5)
+
+# %% [markdown]
+# ## 3. Many heads are a reshape
+#
+# No loop over heads: compute q, k, v for all heads at once (B, T, C), view the channels as
+# (H, D) and move the head axis next to the batch axis, (B, T, C) → (B, T, H, D) → (B, H, T, D).
+# The same attention code then runs on every head in parallel. Afterwards the inverse
+# reshape puts the heads side by side again, and `c_proj` mixes them.
+
+# %%
+with torch.no_grad():
+    q, k, v = block.attn.c_attn(h).split(C, dim=2)  # 3 x (1, T, C)
+    q, k, v = (t.view(1, T, H, D).transpose(1, 2) for t in (q, k, v))  # 3 x (1, H, T, D)
+    s = q @ k.transpose(-2, -1) / math.sqrt(D)  # (1, H, T, T)
+    att = F.softmax(s.masked_fill(~causal, float("-inf")), dim=-1)
+    y = (att @ v).transpose(1, 2).reshape(1, T, C)  # (1, H, T, D) -> (1, T, H, D) -> (1, T, C)
+    mine = block.attn.c_proj(y)
+    theirs = block.attn(h)  # gptscratch's CausalSelfAttention (fused kernel path)
+print("head 0 of the reshape equals the hand-built head:",
+      torch.allclose(att[0, 0], weights, atol=1e-6))
+print("max |difference| vs CausalSelfAttention:", (mine - theirs).abs().max().item())
+assert torch.allclose(mine, theirs, atol=1e-5)
+
+# %% [markdown]
+# The model's own attention pictures (`gptscratch viz attention`): every layer and head.
+
+# %%
+display(Image(filename=api.plot_attention((model, tok), prompt, f"{OUT}/attention.png"),
+              width=900))
+
+# %% [markdown]
+# ## 4. Layer normalisation versus batch normalisation, on real activations
+#
+# Take the residual stream after the first block for a batch of real text: activations of
+# shape (B, T, C). **LayerNorm** normalises each token's C numbers on their own; **BatchNorm**
+# normalises each channel across all B·T tokens of the batch.
+
+# %%
+g = torch.Generator().manual_seed(0)
+xb, _ = get_batch(data.train_tokens(), 16, model.config.block_size, g)
+with torch.no_grad():
+    act = block(model.transformer.wte(xb) + model.transformer.wpe(torch.arange(xb.size(1))))
+B_, T_, _ = act.shape
+flat = act.reshape(-1, C)  # (B*T, C)
+
+layer_norm = (flat - flat.mean(-1, keepdim=True)) / torch.sqrt(flat.var(-1, unbiased=False,
+                                                                          keepdim=True) + 1e-5)
+batch_norm = (flat - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + 1e-5)
+# Our hand-written LayerNorm equals torch's (and gptscratch's LayerNorm with weight 1, bias 0).
+assert torch.allclose(layer_norm, F.layer_norm(flat, (C,)), atol=1e-4)
+
+fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+token_std = {"raw": flat.std(-1), "LayerNorm": layer_norm.std(-1),
+             "BatchNorm": batch_norm.std(-1)}
+channel_mean = {"raw": flat.mean(0), "LayerNorm": layer_norm.mean(0),
+                "BatchNorm": batch_norm.mean(0)}
+for ax, values in ((axes[0], token_std), (axes[1], channel_mean)):
+    # Shared bins, so a distribution squeezed to one value shows as one tall bar.
+    lo = min(v.min().item() for v in values.values())
+    hi = max(v.max().item() for v in values.values())
+    bins = torch.linspace(lo - 0.05, hi + 0.05, 50).tolist()
+    for name, v in values.items():
+        ax.hist(v.tolist(), bins=bins, alpha=0.6, label=name)
+    ax.set_yscale("log")
+axes[0].set(title="std of each token's C values", xlabel="std", ylabel="tokens (log scale)")
+axes[1].set(title="mean of each channel over the batch", xlabel="mean",
+            ylabel="channels (log scale)")
+axes[2].plot(flat.std(0).sort().values, label="raw")
+axes[2].set(title="channel scales of the raw stream (sorted)", xlabel="channel rank",
+            ylabel="std over the batch")
+for ax in axes[:2]:
+    ax.legend()
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# LayerNorm gives every token unit scale (left: one tall bar at 1) but leaves channels with
+# their own means; BatchNorm centres every channel (middle: one tall bar at 0) but leaves
+# tokens at varying scales. The
+# decisive difference: with BatchNorm a token's output depends on **the other sequences in
+# the batch**. Normalise the same first sequence inside two different batches:
+
+# %%
+first = act[0]  # (T, C): one sequence
+batch_a, batch_b = act[:8], torch.cat([act[:1], act[8:15]])  # two batches that both hold it
+
+
+def bn(batch: torch.Tensor) -> torch.Tensor:
+    """BatchNorm of `first` with the statistics of `batch` (B, T, C)."""
+    stats = batch.reshape(-1, C)
+    return (first - stats.mean(0)) / torch.sqrt(stats.var(0, unbiased=False) + 1e-5)
+
+
+ln_a = F.layer_norm(batch_a, (C,))[0]
+ln_b = F.layer_norm(batch_b, (C,))[0]
+print("LayerNorm: max |diff| of the sequence's output between the two batches =",
+      (ln_a - ln_b).abs().max().item())
+print("BatchNorm: max |diff| of the sequence's output between the two batches =",
+      (bn(batch_a) - bn(batch_b)).abs().max().item())
+assert torch.equal(ln_a, ln_b)
+
+# %% [markdown]
+# That is why GPTs use LayerNorm: generation runs one sequence at a time, and statistics over
+# positions would leak future tokens into earlier ones.
+#
+# ## 5. Hyperparameters and optimisation
+#
+# The learning rate follows a schedule: linear warmup (Adam's moment estimates are noisy at
+# first, so early steps are kept small), then cosine decay to a floor. This is gptscratch's
+# `lr_at`, the function the trainer calls every step:
+
+# %%
+steps = 1000
+lrs = [lr_at(s, 3e-3, 3e-4, warmup=100, progress=s / steps) for s in range(steps)]
+fig, ax = plt.subplots(figsize=(7, 3.5))
+ax.plot(lrs)
+ax.set(title="lr_at: warmup 100 steps, cosine decay 3e-3 → 3e-4", xlabel="step",
+       ylabel="learning rate")
+plt.show()
+
+# %% [markdown]
+# The learning rate is the hyperparameter to tune first. A small sweep: the same model and
+# data at three peak learning rates, compared on one picture (`gptscratch viz curves`). Too
+# low crawls; too high is noisy or diverges.
+
+# %%
+runs = []
+for lr in (3e-4, 3e-3, 3e-2):
+    run = f"{OUT}-lr{lr:g}"
+    gptscratch.train("shakespeare-char", data=data.dir, out_dir=run,
+                     overrides={**MODEL, **SWEEP, "learning_rate": lr, "min_lr": lr / 10,
+                                "max_time": 0})
+    runs.append(run)
+display(Image(filename=api.plot_curves(runs, f"{OUT}/lr-sweep.png")))
+
+# %% [markdown]
+# Other levers, roughly in order of impact: model size against data size (a big model on 5 MB
+# memorises: watch the val loss rise and check samples with `gptscratch sample --check-copy`);
+# context length `block_size` (attention's cost grows with its square); batch size (bigger is
+# smoother but fewer updates per second on a CPU); dropout (only helps once the model can
+# overfit); weight decay and gradient clipping (stability). `gptscratch train --help` lists
+# every knob.

@@ -1,0 +1,144 @@
+"""Walk one prompt through the model, stage by stage, with shapes and a line on each.
+
+The same computation as `GPT.forward`, unrolled: tokenization, token and position embeddings,
+then in every block LayerNorm -> attention (queries, keys, values, weights, weighted sum) ->
+residual add -> LayerNorm -> MLP -> residual add, then the final LayerNorm, the LM head and the
+softmax over the next token. Each `Stage` keeps its output tensor, so a notebook or a test can
+look closer (and the last logits equal the model's own; a test checks it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gptscratch.data.tokenizers import Tokenizer
+from gptscratch.errors import UserError
+from gptscratch.model.gpt import GPT
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the forward pass.
+
+    Attributes:
+        name: short name ("block 0: attention weights").
+        shape: the shape(s) going in and out, as text.
+        explanation: one line on what happens here.
+        detail: a line of concrete values (tokens, statistics, top predictions), or "".
+        output: the stage's output tensor (batch of one), for closer inspection.
+    """
+
+    name: str
+    shape: str
+    explanation: str
+    detail: str
+    output: torch.Tensor
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(d) for d in t.shape) + ")"
+
+
+def _stats(t: torch.Tensor) -> str:
+    t = t.float()
+    return f"mean {t.mean().item():+.3f}, std {t.std().item():.3f}"
+
+
+@torch.no_grad()
+def explain_prompt(model: GPT, tokenizer: Tokenizer, prompt: str, top: int = 5) -> list[Stage]:
+    """Run `prompt` through `model` and describe every stage (see the module docstring)."""
+    if prompt == "":
+        raise UserError("the prompt is empty; give --prompt TEXT")
+    cfg = model.config
+    ids = tokenizer.encode(prompt)[-cfg.block_size:]
+    device = next(model.parameters()).device
+    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+    T, C, H = idx.size(1), cfg.n_embd, cfg.n_head
+    D = C // H
+    was_training = model.training
+    model.eval()
+    stages: list[Stage] = []
+
+    def add(name: str, shape: str, explanation: str, output: torch.Tensor,
+            detail: str = "") -> None:
+        stages.append(Stage(name, shape, explanation, detail, output))
+
+    try:
+        pieces = " ".join(f"{tokenizer.decode([i])!r}={i}" for i in ids[:12])
+        more = f" ... ({T - 12} more)" if T > 12 else ""
+        add("tokenize", f"text -> {_shape(idx)}",
+            f"the {tokenizer.kind} tokenizer turns the text into {T} ids from a vocabulary of "
+            f"{cfg.vocab_size}", idx, pieces + more)
+        tok = model.transformer.wte(idx)
+        add("token embedding", f"{_shape(idx)} -> {_shape(tok)}",
+            f"each id picks its row of the ({cfg.vocab_size}, {C}) table wte: a learned vector "
+            "per token", tok, _stats(tok))
+        pos = model.transformer.wpe(torch.arange(T, device=device))
+        x = tok + pos
+        add("+ position embedding", f"{_shape(pos)} -> {_shape(x)}",
+            f"row t of the ({cfg.block_size}, {C}) table wpe is added at position t, so the "
+            "model knows the order", x, _stats(x))
+        for layer, block in enumerate(model.transformer.blocks()):
+            b = f"block {layer}:"
+            h = block.ln_1(x)
+            add(f"{b} ln_1", f"{_shape(x)} -> {_shape(h)}",
+                "LayerNorm: each position's C numbers scaled to mean 0, variance 1, then a "
+                "learned scale and shift", h, _stats(h))
+            qkv = block.attn.c_attn(h)  # (1, T, 3C)
+            q = qkv[..., :C].view(1, T, H, D).transpose(1, 2)
+            add(f"{b} q, k, v", f"{_shape(h)} -> 3 x {_shape(q)}",
+                f"one Linear C -> 3C gives queries, keys and values, split into {H} heads of "
+                f"{D} dims each", qkv)
+            a, att = block.attn.forward_with_weights(h)
+            last = att[0, :, -1, :]  # (H, T): where the last position looks, per head
+            looks = ", ".join(f"head {i} -> {tokenizer.decode([ids[int(j)]])!r}@{int(j)}"
+                              for i, j in enumerate(last.argmax(dim=-1).tolist()))
+            add(f"{b} attention weights", f"{_shape(att)}",
+                f"softmax(q k^T / sqrt({D})) with future positions masked: each row sums to 1",
+                att, f"the last token looks most at: {looks}")
+            add(f"{b} attention output", f"{_shape(att)} @ v -> {_shape(a)}",
+                "each position's weighted sum of values, heads concatenated back to C and "
+                "mixed by c_proj", a, _stats(a))
+            x = x + a
+            add(f"{b} residual add", _shape(x),
+                "x = x + attention(ln_1(x)): the block adds to the residual stream, it does "
+                "not replace it", x, _stats(x))
+            h = block.ln_2(x)
+            add(f"{b} ln_2", _shape(h), "LayerNorm again, before the MLP", h, _stats(h))
+            m = block.mlp(h)
+            add(f"{b} MLP", f"{_shape(h)} -> (1, {T}, {4 * C}) -> {_shape(m)}",
+                "per position: Linear C -> 4C, GELU, Linear 4C -> C (no mixing across "
+                "positions)", m, _stats(m))
+            x = x + m
+            add(f"{b} residual add", _shape(x), "x = x + mlp(ln_2(x))", x, _stats(x))
+        x = model.transformer.ln_f(x)
+        add("final LayerNorm", _shape(x), "ln_f normalises the stream once more before the "
+            "read-out", x, _stats(x))
+        logits = model.lm_head(x)
+        add("LM head", f"{_shape(x)} -> {_shape(logits)}",
+            f"a Linear C -> V sharing its weight with wte: a score for each of the {cfg.vocab_size}"
+            " tokens at every position", logits)
+        probs = F.softmax(logits[0, -1].float(), dim=-1)
+        p, i = probs.topk(min(top, probs.numel()))
+        best = ", ".join(f"{tokenizer.decode([int(j)])!r} {float(q):.1%}"
+                         for q, j in zip(p, i, strict=True))
+        add("softmax (next token)", f"{_shape(logits[0, -1])} -> {_shape(probs)}",
+            "the last position's scores become probabilities for the token that comes next",
+            probs, f"most likely: {best}")
+    finally:
+        model.train(was_training)
+    return stages
+
+
+def format_stages(stages: list[Stage]) -> str:
+    """The stages as numbered text lines, for the terminal."""
+    lines = []
+    for n, s in enumerate(stages, 1):
+        lines.append(f"{n:>3}. {s.name:<32} {s.shape}")
+        lines.append(f"     {s.explanation}")
+        if s.detail:
+            lines.append(f"     {s.detail}")
+    return "\n".join(lines)

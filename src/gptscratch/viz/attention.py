@@ -1,0 +1,104 @@
+"""Attention heatmaps: for a prompt, every layer's and head's attention weights.
+
+Row t of a head's map is the softmax distribution that position t (the query) puts over the
+positions it may see, 0..t (the keys); everything right of the diagonal is zero because of the
+causal mask. The weights come from the model's own explicit attention path
+(`GPT.forward_with_attention`), so what is drawn is exactly what the model computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptscratch.data.tokenizers import Tokenizer
+from gptscratch.errors import UserError
+from gptscratch.model.gpt import GPT
+from gptscratch.viz.canvas import (
+    LABEL_SIZE,
+    TITLE_SIZE,
+    encode_prompt,
+    new_figure,
+    save_png,
+    token_ticks,
+)
+
+MAX_TOKENS = 64  # beyond this a token per tick row is no longer legible
+
+
+@dataclass(frozen=True)
+class AttentionMaps:
+    """The data an attention picture is drawn from.
+
+    Attributes:
+        tokens: the T prompt tokens' text.
+        weights: (L, H, T, T) float32; weights[l, h, t] is query t's distribution over keys.
+    """
+
+    tokens: list[str]
+    weights: np.ndarray
+
+
+@torch.no_grad()
+def attention_maps(model: GPT, tokenizer: Tokenizer, prompt: str) -> AttentionMaps:
+    """Run `prompt` through the model and keep every layer's attention weights."""
+    idx, tokens = encode_prompt(model, tokenizer, prompt)
+    was_training = model.training
+    model.eval()  # no dropout on the weights
+    try:
+        _, maps = model.forward_with_attention(idx)
+    finally:
+        model.train(was_training)
+    weights = torch.stack([m[0] for m in maps]).float().cpu().numpy()  # (L, H, T, T)
+    return AttentionMaps(tokens=tokens, weights=weights)
+
+
+def attention_figure_size(n_layers: int, n_heads: int, n_tokens: int) -> tuple[float, float]:
+    """Inches: each head's panel grows with the prompt so every token label stays legible."""
+    panel = min(9.0, max(3.2, 0.2 * n_tokens + 1.6))
+    return n_heads * panel + 1.2, n_layers * panel + 1.3
+
+
+def plot_attention(maps: AttentionMaps, out: str | Path, layers: list[int] | None = None) -> Path:
+    """Draw one heatmap per (layer, head), tokens on both axes; return the PNG path.
+
+    Args:
+        maps: from `attention_maps`.
+        out: the .png file to write.
+        layers: 0-based layers to draw (default: all).
+    """
+    n_layer, n_head, T, _ = maps.weights.shape
+    if T > MAX_TOKENS:
+        raise UserError(f"the prompt has {T} tokens; attention maps stay legible up to "
+                        f"{MAX_TOKENS}: give a shorter --prompt")
+    chosen = list(range(n_layer)) if layers is None else layers
+    for layer in chosen:
+        if not 0 <= layer < n_layer:
+            raise UserError(f"layer {layer} does not exist; the model has layers 0..{n_layer - 1}")
+    width, height = attention_figure_size(len(chosen), n_head, T)
+    fig = new_figure(width, height)
+    axes = fig.subplots(len(chosen), n_head, squeeze=False)
+    tick = 9 if T <= 32 else 7
+    image = None
+    for row, layer in enumerate(chosen):
+        for head in range(n_head):
+            ax = axes[row, head]
+            image = ax.imshow(maps.weights[layer, head], cmap="viridis", vmin=0.0, vmax=1.0)
+            ax.set_title(f"layer {layer}, head {head}", fontsize=LABEL_SIZE + 1)
+            token_ticks(ax, maps.tokens, size=tick)
+            if head == 0:
+                ax.set_ylabel("query: the token looking", fontsize=LABEL_SIZE)
+            if row == len(chosen) - 1:
+                ax.set_xlabel("key: the token looked at", fontsize=LABEL_SIZE)
+    fig.subplots_adjust(left=0.9 / width + 0.02, right=1 - 1.1 / width, bottom=0.6 / height + 0.05,
+                        top=1 - 1.2 / height, wspace=0.35, hspace=0.35)
+    cax = fig.add_axes((1 - 0.85 / width, 0.25, 0.2 / width, 0.5))
+    assert image is not None  # at least one layer and one head were drawn
+    bar = fig.colorbar(image, cax=cax)
+    bar.set_label("attention weight (each row sums to 1)", fontsize=LABEL_SIZE)
+    fig.suptitle("Attention weights: where each token looks (future positions are masked)",
+                 fontsize=TITLE_SIZE)
+    return save_png(fig, out)
