@@ -199,7 +199,7 @@ def check_shapes(
     if missing or unexpected:
         parts = ([f"missing {missing[:3]}"] if missing else []) + (
             [f"unexpected {unexpected[:3]}"] if unexpected else [])
-        raise UserError(f"{where} does not match its config.json ({'; '.join(parts)}); "
+        raise UserError(f"{where}: the tensors do not match config.json ({'; '.join(parts)}); "
                         "the weights and config.json must come from the same model")
     for name, shape in expected.items():
         if tuple(state[name].shape) != shape:

@@ -173,9 +173,12 @@ def _read_pytorch_bin(path: Path) -> dict[str, torch.Tensor]:
         # weights_only=True: unpickles tensors and plain containers only, never code.
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise UserError(f"refusing '{path}': it needs more than tensors to load ({first}); "
-                        "convert it to model.safetensors") from None
+        # torch names the offending Python object in a line "... Unsupported global: X ...".
+        found = re.search(r"Unsupported global: [^\s]+ ?[^\s]*", str(e))
+        what = f" ({found.group(0).rstrip('.')})" if found else ""
+        raise UserError(f"refusing '{path}': it holds pickled Python objects besides tensors"
+                        f"{what}, and loading them could run code; convert it to "
+                        "model.safetensors where you trust it") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [""])[0][:160]
         raise UserError(f"cannot read '{path}' ({first}); the file is truncated or corrupted: "
