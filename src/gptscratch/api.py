@@ -44,6 +44,7 @@ from gptscratch.training.finetune import (
 from gptscratch.training.hf_checkpoint import export_hf, import_hf
 from gptscratch.training.loop import TrainResult
 from gptscratch.training.loop import train as train_loop
+from gptscratch.training.optimizer import check_freeze_layers
 from gptscratch.training.precision import choose_precision
 from gptscratch.training.presets import get_preset
 
@@ -161,9 +162,10 @@ def _finetune(
         pretrained.config, {k: v for k, v in overrides.items() if k in MODEL_FIELDS})
     train_config = dataclasses.replace(
         finetune_train_config(), **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
+    check_freeze_layers(train_config.freeze_layers, model_config.n_layer)  # before any work
     prepared = resolve_data(data if data is not None else "shakespeare", out,
                             pretrained.tokenizer, "", prepare_options)
-    log.info("fine-tuning %s", pretrained.source)
+    log.info("fine-tuning %s (%s tokenizer)", pretrained.source, pretrained.tokenizer.kind)
     return train_loop(prepared, model_config, train_config, out, stop_at=stop_at,
                       extra_meta={"preset": None, "init_from": str(pretrained.source)},
                       init_weights=fit_block_size(pretrained.state_dict,

@@ -83,7 +83,7 @@ def read_hf_model(source: str) -> HFModel:
                 f"'{folder}' has no tokenizer files ({', '.join(TOKENIZER_FILES)}) and its "
                 f"vocab_size ({config.vocab_size}) is not GPT-2's ({GPT2_VOCAB_SIZE}); save the "
                 "model's tokenizer into it with tokenizer.save_pretrained")
-        log.info("'%s' has no tokenizer files; using GPT-2's tokenizer", folder)
+        log.debug("'%s' has no tokenizer files; using GPT-2's tokenizer", folder)
         from gptscratch.data.tokenizers import build_tokenizer
 
         tokenizer = build_tokenizer("gpt2")
@@ -217,7 +217,8 @@ def import_hf(source: str, out_dir: Path | str) -> Path:
             "tokenizer_kind": hf.tokenizer.kind,
             "tokenizer_fingerprint": hf.tokenizer.fingerprint(), "imported_from": source}
     save_checkpoint(out, model, hf.tokenizer, meta)
-    log.info("imported %s (%s parameters) into %s", source, f"{model.num_params():,}", out)
+    log.info("imported %s (%s parameters, %s tokenizer) into %s", source,
+             f"{model.num_params():,}", hf.tokenizer.kind, out)
     return out
 
 

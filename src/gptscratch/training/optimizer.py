@@ -17,6 +17,13 @@ from gptscratch.model.gpt import GPT
 from gptscratch.training.config import TrainConfig
 
 
+def check_freeze_layers(freeze_layers: int, n_layer: int) -> None:
+    """Raise a UserError unless the model has at least `freeze_layers` blocks."""
+    if freeze_layers > n_layer:
+        raise UserError(f"freeze_layers ({freeze_layers}) exceeds the model's {n_layer} "
+                        f"layers; try --freeze-layers {n_layer - 1}")
+
+
 def freeze_parameters(model: GPT, config: TrainConfig) -> None:
     """Stop gradients to the embeddings and / or the first `freeze_layers` blocks.
 
@@ -24,10 +31,7 @@ def freeze_parameters(model: GPT, config: TrainConfig) -> None:
     layers (which hold the most general features) and the embeddings limits that, and saves
     their gradients and optimizer state.
     """
-    n_layer = model.config.n_layer
-    if config.freeze_layers > n_layer:
-        raise UserError(f"freeze_layers ({config.freeze_layers}) exceeds the model's {n_layer} "
-                        f"layers; try --freeze-layers {n_layer - 1}")
+    check_freeze_layers(config.freeze_layers, model.config.n_layer)
     if config.freeze_embeddings:
         model.transformer.wte.requires_grad_(False)
         model.transformer.wpe.requires_grad_(False)
