@@ -1,7 +1,8 @@
 """gptscratch: build, train, understand and run GPT language models from scratch.
 
-The Python API lives in `gptscratch.api` (prepare, train, load, generate, stream, evaluate);
-the same names are available here, imported on first use so `import gptscratch` stays cheap.
+The Python API lives in `gptscratch.api` (prepare, train, load, generate, stream, evaluate,
+import_hf, export_hf); the same names are available here, imported on first use so
+`import gptscratch` stays cheap.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["prepare", "load_prepared", "train", "load", "generate", "stream", "evaluate"]
+__all__ = ["prepare", "load_prepared", "train", "load", "generate", "stream", "evaluate",
+           "import_hf", "export_hf"]
 
 
 def __getattr__(name: str) -> Any:
