@@ -74,6 +74,20 @@ def test_import_export_import_is_lossless(hf_dir: Path, tmp_path: Path,
         assert exported_config[key] == hf_config[key], key
 
 
+def test_an_untied_head_survives_the_round_trip(tmp_path: Path) -> None:
+    make_hf_model(tmp_path / "hf", vocab_size=GPT2_VOCAB, tie_word_embeddings=False)
+    ours = api.import_hf(str(tmp_path / "hf"), tmp_path / "ours")
+    model = api.load(ours, "cpu")[0]
+    assert not model.config.tie_embeddings
+    assert model.lm_head.weight is not model.transformer.wte.weight
+    exported = api.export_hf(ours, tmp_path / "exported")
+    original = safetensors.torch.load_file(tmp_path / "hf" / "model.safetensors")
+    written = safetensors.torch.load_file(exported / "model.safetensors")
+    assert "lm_head.weight" in written and original.keys() == written.keys()
+    assert all(torch.equal(original[k], written[k]) for k in original)
+    assert json.loads((exported / "config.json").read_text())["tie_word_embeddings"] is False
+
+
 def test_transformers_runs_the_export_like_ours(hf_dir: Path, tmp_path: Path) -> None:
     ours_dir = api.import_hf(str(hf_dir), tmp_path / "ours")
     exported = api.export_hf(ours_dir, tmp_path / "exported")

@@ -120,7 +120,8 @@ def train(
         return _finetune(init_from, data, out_dir, tokenizer, stop_at, overrides,
                          prepare_options or {})
     spec = get_preset(preset)
-    out = Path(out_dir) if out_dir is not None else Path("out") / preset
+    default_out = Path("out") / ("finetune" if init_from is not None else preset)
+    out = Path(out_dir) if out_dir is not None else default_out
     model_fields = {**spec.model}
     train_config = spec.train
     extra_meta: dict[str, Any] = {"preset": preset}
