@@ -5,6 +5,9 @@
     result = api.train(preset="shakespeare-char", data="shakespeare", out_dir="out/run")
     print(api.generate("out/run", prompt="ROMEO:", max_new_tokens=200, seed=1))
     print(api.evaluate("out/run").perplexity)
+    api.import_hf("gpt2", "models/gpt2")                       # online: OpenAI's GPT-2 124M
+    api.train(init_from="models/gpt2", data="my_text.txt", out_dir="out/mine")  # fine-tune
+    api.export_hf("out/mine", "hf/mine")                       # for transformers
 
 This is the top of the layer stack (beside the CLI): it composes data, model, evaluation and
 training, and never prints.
@@ -13,6 +16,7 @@ training, and never prints.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ import numpy as np
 
 from gptscratch.data.prepare import PreparedData, is_prepared_dir, load_prepared, prepare
 from gptscratch.data.sources import read_text_source
+from gptscratch.data.tokenizers import Tokenizer, parse_tokenizer_spec
 from gptscratch.errors import UserError
 from gptscratch.evaluation.evaluate import EvalResult, evaluate_tokens
 from gptscratch.evaluation.explain import Stage, explain_prompt
@@ -31,8 +36,16 @@ from gptscratch.model.gpt import GPT
 from gptscratch.model.sampling import SamplingConfig
 from gptscratch.training.checkpoint import load_checkpoint
 from gptscratch.training.config import TrainConfig
+from gptscratch.training.finetune import (
+    finetune_model_config,
+    finetune_train_config,
+    fit_block_size,
+    load_pretrained,
+)
+from gptscratch.training.hf_checkpoint import export_hf, import_hf
 from gptscratch.training.loop import TrainResult
 from gptscratch.training.loop import train as train_loop
+from gptscratch.training.optimizer import check_freeze_layers
 from gptscratch.training.precision import choose_precision
 from gptscratch.training.presets import get_preset
 from gptscratch.viz import attention as viz_attention
@@ -43,22 +56,31 @@ from gptscratch.viz import logit_lens as viz_logit_lens
 
 __all__ = ["prepare", "load_prepared", "train", "load", "generate", "stream", "complete",
            "stream_chunks", "script_format", "evaluate", "plot_curves", "plot_attention",
-           "plot_next_token", "plot_embeddings", "plot_logit_lens", "explain", "corpus_index",
-           "check_copy"]
+           "plot_next_token", "plot_embeddings", "plot_logit_lens", "explain", "check_copy",
+           "corpus_index", "import_hf", "export_hf"]
+
+log = logging.getLogger("gptscratch.api")
 
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def resolve_data(
-    data: str | Path, out_dir: Path, tokenizer: str | None, default_tokenizer: str,
+    data: str | Path, out_dir: Path, tokenizer: str | Tokenizer | None, default_tokenizer: str,
     prepare_options: dict[str, Any],
 ) -> PreparedData:
     """A prepared data directory is used as it is (its tokenizer wins unless another one is
-    asked for explicitly); anything else is raw text, prepared (once) into `out_dir/data`."""
+    asked for explicitly); anything else is raw text, prepared (once) into `out_dir/data`.
+    A tokenizer object (a fine-tuned model's own) must be the one the data was prepared with."""
     if is_prepared_dir(data):
         prepared = load_prepared(data)
-        if tokenizer is not None and tokenizer != prepared.meta["tokenizer"]:
+        if tokenizer is not None and not isinstance(tokenizer, str):
+            if prepared.tokenizer.fingerprint() != tokenizer.fingerprint():
+                raise UserError(
+                    f"'{data}' was prepared with a {prepared.tokenizer.kind} tokenizer that is "
+                    f"not the {tokenizer.kind} tokenizer of the --init-from model; give the raw "
+                    "text as --data instead, so it is prepared with the model's tokenizer")
+        elif tokenizer is not None and tokenizer != prepared.meta["tokenizer"]:
             raise UserError(f"'{data}' was prepared with the {prepared.meta['tokenizer']} "
                             f"tokenizer, not {tokenizer}; drop --tokenizer or prepare again")
         return prepared
@@ -76,6 +98,7 @@ def train(
     stop_at: int | None = None,
     overrides: dict[str, Any] | None = None,
     prepare_options: dict[str, Any] | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train (or resume) a preset, with any model or training field overridden.
 
@@ -83,7 +106,7 @@ def train(
         preset: a name from `gptscratch.training.presets.PRESETS`.
         data: raw text ("shakespeare", a file, a directory or glob) or a prepared directory;
             defaults to the built-in Shakespeare, or on resume to the run's own data.
-        out_dir: run directory; defaults to out/<preset>.
+        out_dir: run directory; defaults to out/<preset> (out/finetune with init_from).
         tokenizer: "char", "gpt2" or "bpe:N"; defaults to the preset's.
         resume: continue the run in out_dir from its latest checkpoint. Its saved config is
             the base; only `overrides` change it (e.g. a larger max_iters).
@@ -91,15 +114,25 @@ def train(
         overrides: ModelConfig / TrainConfig fields by name. Giving max_iters or epochs
             without max_time drops the preset's time budget.
         prepare_options: passed to `prepare` (val_fraction, lowercase, hf_* options).
+        init_from: fine-tune: start from these weights (a gptscratch run or checkpoint, a
+            Hugging Face GPT-2 folder or hub name) instead of a random init. The model's shape
+            and tokenizer come from it, the preset is not used, and the training defaults are
+            `training.finetune.finetune_train_config` (learning rate 1e-4). On resume the
+            run's own checkpoint wins and this is ignored.
     """
     overrides = dict(overrides or {})
     unknown = set(overrides) - MODEL_FIELDS - TRAIN_FIELDS
     if unknown:
         raise UserError(f"unknown setting(s) {sorted(unknown)}; see `gptscratch train --help`")
+    if init_from is not None and not resume:
+        return _finetune(init_from, data, out_dir, tokenizer, stop_at, overrides,
+                         prepare_options or {})
     spec = get_preset(preset)
-    out = Path(out_dir) if out_dir is not None else Path("out") / preset
+    default_out = Path("out") / ("finetune" if init_from is not None else preset)
+    out = Path(out_dir) if out_dir is not None else default_out
     model_fields = {**spec.model}
     train_config = spec.train
+    extra_meta: dict[str, Any] = {"preset": preset}
     if resume:
         # Only the saved configs are needed here; the trainer verifies the files when it loads.
         ckpt = load_checkpoint(out, prefer="latest", verify=False)
@@ -107,6 +140,8 @@ def train(
         train_config = TrainConfig.from_dict(ckpt.meta["train_config"])
         if data is None:
             data = ckpt.meta["data_dir"]
+        if "init_from" in ckpt.meta:  # a fine-tuning run keeps its provenance
+            extra_meta = {"preset": None, "init_from": ckpt.meta["init_from"]}
     model_fields.update({k: v for k, v in overrides.items() if k in MODEL_FIELDS})
     if ({"max_iters", "epochs"} & set(overrides)) and "max_time" not in overrides:
         # An explicit run length replaces the preset's wall-clock budget.
@@ -117,7 +152,33 @@ def train(
                             spec.tokenizer, prepare_options or {})
     model_config = ModelConfig(vocab_size=prepared.tokenizer.vocab_size, **model_fields)
     return train_loop(prepared, model_config, train_config, out, resume=resume, stop_at=stop_at,
-                      extra_meta={"preset": preset})
+                      extra_meta=extra_meta)
+
+
+def _finetune(
+    init_from: str | Path, data: str | Path | None, out_dir: str | Path | None,
+    tokenizer: str | None, stop_at: int | None, overrides: dict[str, Any],
+    prepare_options: dict[str, Any],
+) -> TrainResult:
+    """`train(init_from=...)`: the source's model and tokenizer, the fine-tuning defaults."""
+    out = Path(out_dir) if out_dir is not None else Path("out") / "finetune"
+    pretrained = load_pretrained(init_from)
+    if tokenizer is not None and parse_tokenizer_spec(tokenizer)[0] != pretrained.tokenizer.kind:
+        raise UserError(f"--tokenizer {tokenizer} differs from the {pretrained.tokenizer.kind} "
+                        "tokenizer of the --init-from model, which fine-tuning must keep; "
+                        "drop --tokenizer")
+    model_config = finetune_model_config(
+        pretrained.config, {k: v for k, v in overrides.items() if k in MODEL_FIELDS})
+    train_config = dataclasses.replace(
+        finetune_train_config(), **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
+    check_freeze_layers(train_config.freeze_layers, model_config.n_layer)  # before any work
+    prepared = resolve_data(data if data is not None else "shakespeare", out,
+                            pretrained.tokenizer, "", prepare_options)
+    log.info("fine-tuning %s (%s tokenizer)", pretrained.source, pretrained.tokenizer.kind)
+    return train_loop(prepared, model_config, train_config, out, stop_at=stop_at,
+                      extra_meta={"preset": None, "init_from": str(pretrained.source)},
+                      init_weights=fit_block_size(pretrained.state_dict,
+                                                  model_config.block_size))
 
 
 def evaluate(

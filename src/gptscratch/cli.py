@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import sys
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +24,11 @@ MODEL_HELP = {
     "n_head": "attention heads per block", "n_embd": "embedding width (divisible by n_head)",
     "dropout": "dropout probability", "bias": "biases in Linear and LayerNorm layers",
     "attention": "auto | sdpa | explicit",
+    "tie_embeddings": "share the token embedding with the LM head",
+}
+TRAIN_HELP = {
+    "freeze_embeddings": "fine-tuning: keep the embeddings (and a tied LM head) fixed",
+    "freeze_layers": "fine-tuning: keep the first K Transformer blocks fixed",
 }
 
 
@@ -141,13 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default out/<preset>)")
     p.add_argument("--tokenizer", default=None, help="char | gpt2 | bpe:N (default: preset's)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--init-from", default=None, metavar="SOURCE",
+                   help="fine-tune: start from a gptscratch run or checkpoint, a Hugging Face "
+                        "GPT-2 folder, or a hub name such as gpt2 (online); the model shape and "
+                        "tokenizer come from it, the preset is not used, and the learning rate "
+                        "defaults to 1e-4 (default out: out/finetune)")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="stop after STEP as if interrupted (continue with --resume)")
     p.add_argument("--sample-tokens", type=int, default=300, metavar="N",
                    help="print an N-token sample from the trained model at the end (0: none)")
     _add_prepare_flags(p)
     _add_config_flags(p, ModelConfig, {"vocab_size"}, MODEL_HELP)
-    _add_config_flags(p, TrainConfig, set(), {})
+    _add_config_flags(p, TrainConfig, set(), TRAIN_HELP)
 
     p = sub.add_parser("sample", parents=[quiet, _generation_flags()],
                        help="generate text from a checkpoint")
@@ -182,6 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="the text to run through the model")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     _add_viz_parser(sub, quiet)
+
+    p = sub.add_parser("import-hf", parents=[quiet],
+                       help="convert a Hugging Face GPT-2 into a gptscratch checkpoint")
+    p.add_argument("source", help="a folder with config.json and model.safetensors (or "
+                                  "pytorch_model.bin), or a hub name such as gpt2 (online)")
+    p.add_argument("--out", required=True, help="checkpoint folder to create")
+
+    p = sub.add_parser("export-hf", parents=[quiet],
+                       help="write a checkpoint as a Hugging Face GPT-2 folder for transformers")
+    p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+    p.add_argument("--out", required=True, help="folder to create")
     return parser
 
 
@@ -234,7 +256,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     result = api.train(args.preset, args.data, args.out, tokenizer=args.tokenizer,
                        resume=args.resume, stop_at=args.stop_at, overrides=overrides,
-                       prepare_options=_prepare_options(args))
+                       prepare_options=_prepare_options(args), init_from=args.init_from)
     if args.sample_tokens > 0:
         print(f"--- a sample from {result.out_dir} (val loss {result.best_val_loss:.4f}) ---")
         for piece in api.stream(result.out_dir, "\n", max_new_tokens=args.sample_tokens, seed=0):
@@ -267,7 +289,8 @@ def _load_for_generation(args: argparse.Namespace) -> tuple[Any, Any, dict[str, 
         raise UserError(f"--max-new-tokens ({args.max_new_tokens}) must be >= 0")
     model, tokenizer, ckpt = api.load(args.ckpt, args.device, args.dtype)
     logging.getLogger("gptscratch").info("loaded %s (step %s, val loss %.4f)", ckpt.path,
-                                         ckpt.meta.get("step"), ckpt.meta.get("val_loss"))
+                                         ckpt.meta.get("step"),
+                                         ckpt.meta.get("val_loss", math.nan))
     if args.speaker is not None or args.until_next_speaker:
         options["script"] = api.script_format(ckpt)
     if args.beams > 1 and args.temperature != 0.8:
@@ -451,6 +474,21 @@ def _cmd_eval(args: argparse.Namespace) -> None:
           f"{result.tokens:,} tokens")
 
 
+def _cmd_import_hf(args: argparse.Namespace) -> None:
+    from gptscratch import api
+
+    out = api.import_hf(args.source, args.out)
+    print(f"imported {args.source} into {out}; try: gptscratch sample --ckpt {out}")
+
+
+def _cmd_export_hf(args: argparse.Namespace) -> None:
+    from gptscratch import api
+
+    out = api.export_hf(args.ckpt, args.out)
+    print(f"exported {args.ckpt} to {out}; load it with "
+          f"transformers.AutoModelForCausalLM.from_pretrained('{out}')")
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is at the time of each record, so it keeps working when
     stderr is swapped (pytest's capture, notebooks) after logging was configured."""
@@ -476,7 +514,8 @@ def configure_logging(quiet: bool) -> None:
 
 
 COMMANDS = {"prepare": _cmd_prepare, "train": _cmd_train, "sample": _cmd_sample,
-            "chat": _cmd_chat, "eval": _cmd_eval, "explain": _cmd_explain, "viz": _cmd_viz}
+            "chat": _cmd_chat, "eval": _cmd_eval, "explain": _cmd_explain, "viz": _cmd_viz,
+            "import-hf": _cmd_import_hf, "export-hf": _cmd_export_hf}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -114,7 +114,7 @@ def default_prepared_dir(source: str, tokenizer: str, hf_dataset: str | None = N
 
 def prepare(
     source: str,
-    tokenizer: str = "char",
+    tokenizer: str | Tokenizer = "char",
     out_dir: Path | str | None = None,
     *,
     val_fraction: float = 0.1,
@@ -136,7 +136,8 @@ def prepare(
 
     Args:
         source: What to read; see `sources.read_text_source`.
-        tokenizer: `char`, `gpt2` or `bpe:N`.
+        tokenizer: `char`, `gpt2` or `bpe:N`, or an existing tokenizer to encode with as
+            it is (fine-tuning a model keeps the model's own tokenizer).
         out_dir: Output folder; other files in it are left alone. Defaults to
             `default_prepared_dir(...)`.
         val_fraction: Share of the text, taken from its end, used for validation.
@@ -153,7 +154,11 @@ def prepare(
     Raises:
         UserError: Bad options, an unreadable or empty input, or splits too small to use.
     """
-    kind, bpe_size = parse_tokenizer_spec(tokenizer)  # fail before reading anything
+    given = None if isinstance(tokenizer, str) else tokenizer
+    if given is None:
+        kind, bpe_size = parse_tokenizer_spec(str(tokenizer))  # fail before reading anything
+    else:
+        kind, bpe_size = given.kind, (given.vocab_size if given.kind == "bpe" else None)
     spec = kind if bpe_size is None else f"{kind}:{bpe_size}"
     _check_val_fraction(val_fraction)
     out = Path(out_dir) if out_dir is not None else default_prepared_dir(source, spec, hf_dataset)
@@ -176,6 +181,8 @@ def prepare(
         "val_fraction": val_fraction,
         "lowercase": lowercase,
     }
+    if given is not None:
+        options["tokenizer_fingerprint"] = given.fingerprint()
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode("utf-8")).hexdigest()
     if is_prepared_dir(out):
         try:
@@ -194,7 +201,7 @@ def prepare(
             "line break to cut at); lower --val-fraction or give more text"
         )
     # The char vocabulary comes from the whole text, so validation characters are covered.
-    tok = build_tokenizer(spec, text if kind == "char" else train_text)
+    tok = given or build_tokenizer(spec, text if kind == "char" else train_text)
     with tqdm(
         total=len(text),
         unit="char",

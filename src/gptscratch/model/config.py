@@ -28,6 +28,9 @@ class ModelConfig:
     # "auto": the fused SDPA kernel, except under bf16 autocast on CPU where the explicit path
     # trained faster here; "sdpa" or "explicit" force one path.
     attention: str = "auto"
+    # The LM head shares the token embedding's weight, as in GPT-2. Hugging Face GPT-2 models
+    # saved with tie_word_embeddings=false have their own head; this lets them load.
+    tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):

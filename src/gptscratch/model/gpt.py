@@ -73,7 +73,8 @@ class GPT(nn.Module):
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying (Press & Wolf 2017): the output head reuses the token embedding matrix,
         # so a token's input and output representations are the same vector.
-        self.lm_head.weight = self.transformer.wte.weight
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
         # GPT-2 scales the init of each residual branch's last projection by 1/sqrt(2 * L): the
         # residual stream sums 2 * L branches, and this keeps its variance from growing with L.
@@ -93,7 +94,7 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; by default without the position embedding (as GPT-2 reports it).
 
-        The token embedding is counted once: it is shared with the LM head.
+        A tied token embedding is counted once: it is shared with the LM head.
         """
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:

@@ -35,6 +35,10 @@ class TrainConfig:
     log_interval: int = 10
     seed: int = 1337
     compile: bool = False
+    # Fine-tuning: keep these parameters fixed (they are left out of the optimizer). Freezing
+    # the embeddings also freezes a tied LM head, which is the same matrix.
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0  # the first K Transformer blocks
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters"):
@@ -43,6 +47,11 @@ class TrainConfig:
                 isinstance(value, int) and value >= 1,
                 f"{name} ({value}) must be a positive integer; try --{name.replace('_', '-')} 1",
             )
+        require(
+            isinstance(self.freeze_layers, int) and self.freeze_layers >= 0,
+            f"freeze_layers ({self.freeze_layers}) must be a whole number >= 0; "
+            "try --freeze-layers 0",
+        )
         require(self.log_interval >= 1, f"log_interval ({self.log_interval}) must be >= 1")
         require(self.warmup_iters >= 0, f"warmup_iters ({self.warmup_iters}) must be >= 0")
         require(

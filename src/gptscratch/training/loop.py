@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from gptscratch.training.checkpoint import (
 from gptscratch.training.config import TrainConfig
 from gptscratch.training.device import choose_device, set_cpu_float_mode
 from gptscratch.training.metrics import MetricsLog, format_duration, progress_line
-from gptscratch.training.optimizer import make_optimizer
+from gptscratch.training.optimizer import freeze_parameters, make_optimizer
 from gptscratch.training.precision import choose_precision
 from gptscratch.training.schedule import lr_at
 
@@ -78,6 +79,7 @@ def train(
     resume: bool = False,
     stop_at: int | None = None,
     extra_meta: dict[str, Any] | None = None,
+    init_weights: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train a GPT on prepared data, writing checkpoints and metrics under `out_dir`.
 
@@ -90,6 +92,8 @@ def train(
         stop_at: stop after this step as if interrupted (a checkpoint is saved); continue later
             with resume=True. The schedule still follows the full run.
         extra_meta: JSON facts to store in checkpoints (e.g. the preset name, the data dir).
+        init_weights: a state dict to start from instead of a random init (fine-tuning, see
+            `training.finetune`); ignored on resume, where the checkpoint's weights win.
     """
     set_cpu_float_mode()
     out_dir = Path(out_dir)
@@ -103,6 +107,9 @@ def train(
 
     torch.manual_seed(config.seed)
     model = GPT(model_config).to(device)
+    if init_weights is not None and not resume:
+        model.load_state_dict(init_weights)
+    freeze_parameters(model, config)
     optimizer = make_optimizer(model, config, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
     data_rng = torch.Generator().manual_seed(config.seed)

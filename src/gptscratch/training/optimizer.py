@@ -2,7 +2,7 @@
 
 Decay pulls weights towards zero, a regulariser that suits the matmul weights and embeddings
 (2-D tensors); biases and LayerNorm gains (1-D) only shift or scale and are left free, as in
-GPT-2 and nanoGPT.
+GPT-2 and nanoGPT. Frozen parameters (fine-tuning, `freeze_parameters`) are left out entirely.
 """
 
 from __future__ import annotations
@@ -12,7 +12,32 @@ import inspect
 import torch
 from torch import nn
 
+from gptscratch.errors import UserError
+from gptscratch.model.gpt import GPT
 from gptscratch.training.config import TrainConfig
+
+
+def check_freeze_layers(freeze_layers: int, n_layer: int) -> None:
+    """Raise a UserError unless the model has at least `freeze_layers` blocks."""
+    if freeze_layers > n_layer:
+        raise UserError(f"freeze_layers ({freeze_layers}) exceeds the model's {n_layer} "
+                        f"layers; try --freeze-layers {n_layer - 1}")
+
+
+def freeze_parameters(model: GPT, config: TrainConfig) -> None:
+    """Stop gradients to the embeddings and / or the first `freeze_layers` blocks.
+
+    Fine-tuning on little text can overwrite what a pretrained model knows; fixing the lower
+    layers (which hold the most general features) and the embeddings limits that, and saves
+    their gradients and optimizer state.
+    """
+    check_freeze_layers(config.freeze_layers, model.config.n_layer)
+    if config.freeze_embeddings:
+        model.transformer.wte.requires_grad_(False)
+        model.transformer.wpe.requires_grad_(False)
+    for block in model.transformer.blocks()[: config.freeze_layers]:
+        block.requires_grad_(False)
+    # The final LayerNorm is never frozen, so something always trains.
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:

@@ -1,0 +1,149 @@
+"""Our tokenizers in Hugging Face's file format, and back.
+
+Export writes `tokenizer.json` (a Hugging Face `tokenizers` pipeline) and
+`tokenizer_config.json`, which `transformers.AutoTokenizer.from_pretrained` loads as a
+`PreTrainedTokenizerFast` with the same ids as ours:
+- `gpt2`: GPT-2's byte-level BPE from the same local files, `<|endoftext|>` = 50256;
+- `bpe:N`: our trained tokenizer's own JSON, unchanged (so a round trip is exact);
+- `char`: a WordLevel vocabulary of single characters, split one character at a time and
+  joined back without spaces.
+Import reads those files (or GPT-2's vocab.json + merges.txt) back into our tokenizers. Only the
+core `tokenizers` package is needed, not `transformers`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gptscratch.data.cache import atomic_file
+from gptscratch.data.tokenizers import EOT, CharTokenizer, Tokenizer
+from gptscratch.errors import UserError
+
+HF_TOKENIZER, HF_TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
+
+
+def hf_tokenizer_json(tok: Tokenizer) -> str:
+    """The `tokenizer.json` text of a Hugging Face tokenizer that gives `tok`'s ids."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    if tok.kind == "bpe":
+        text: str = tok.to_dict()["tokenizer_json"]
+        return text
+    if tok.kind == "gpt2":
+        from tokenizers import ByteLevelBPETokenizer
+
+        from gptscratch.data.gpt2_bpe import gpt2_files
+
+        encoder, merges = gpt2_files()
+        bpe = ByteLevelBPETokenizer.from_file(str(encoder), str(merges))
+        bpe.add_special_tokens([EOT])  # already id 50256 in the vocabulary; marks it special
+        return str(bpe.to_str())
+    if tok.kind == "char":
+        chars: list[str] = tok.to_dict()["chars"]
+        # No unknown token: a character outside the vocabulary is an encoding error, as it is
+        # for our char tokenizer (any id we picked for it would be a real character's).
+        hf = HFTokenizer(models.WordLevel(vocab={c: i for i, c in enumerate(chars)},
+                                          unk_token=None))
+        hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        hf.decoder = decoders.Fuse()  # join the characters back with nothing between them
+        return str(hf.to_str())
+    raise UserError(f"cannot export a {tok.kind!r} tokenizer; expected char, gpt2 or bpe")
+
+
+def save_hf_tokenizer(tok: Tokenizer, dest: Path, model_max_length: int) -> None:
+    """Write `tokenizer.json` and `tokenizer_config.json` for `tok` into the folder `dest`.
+
+    Args:
+        tok: our tokenizer.
+        dest: an existing folder.
+        model_max_length: the model's context length, which transformers truncates to.
+    """
+    eot = EOT if tok.eot_id is not None else None
+    config: dict[str, Any] = {
+        # PreTrainedTokenizerFast loads tokenizer.json as it is, in transformers 4 and 5.
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": eot,
+        "eos_token": eot,
+        "unk_token": None,
+        "pad_token": None,
+        "model_max_length": model_max_length,
+        # transformers' default clean-up would turn " ," into "," when decoding.
+        "clean_up_tokenization_spaces": False,
+    }
+    for name, text in ((HF_TOKENIZER, hf_tokenizer_json(tok)),
+                       (HF_TOKENIZER_CONFIG, json.dumps(config, indent=2) + "\n")):
+        with atomic_file(dest / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+
+
+def tokenizer_from_hf_dir(folder: Path) -> Tokenizer | None:
+    """Our tokenizer for a Hugging Face model folder, or None when it has no tokenizer files.
+
+    GPT-2's own vocabulary and merges (in `tokenizer.json`, or `vocab.json` + `merges.txt`)
+    become the `gpt2` tokenizer; a single-character WordLevel vocabulary becomes `char`; any
+    other BPE in `tokenizer.json` becomes `bpe`.
+
+    Raises:
+        UserError: the files are unreadable or hold a kind of tokenizer we cannot run.
+    """
+    path = folder / HF_TOKENIZER
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+            model = json.loads(text)["model"]
+            kind = model["type"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"cannot read '{path}' ({type(e).__name__}: {e}); it is not a "
+                            "Hugging Face tokenizer.json") from None
+        if kind == "BPE":
+            if _is_gpt2(model["vocab"], model.get("merges", [])):
+                return _gpt2_tokenizer()
+            from gptscratch.data.trained_bpe import BPETokenizer
+
+            try:
+                return BPETokenizer.from_json(text)
+            except Exception as e:  # tokenizers raises a bare Exception on a bad file
+                raise UserError(f"cannot load '{path}' ({e}); the tokenizer file is "
+                                "damaged") from None
+        if kind == "WordLevel":
+            chars = sorted(model["vocab"], key=model["vocab"].__getitem__)
+            if all(len(c) == 1 for c in chars) and chars == sorted(chars) and [
+                    model["vocab"][c] for c in chars] == list(range(len(chars))):
+                return CharTokenizer(chars)
+        raise UserError(f"'{path}' holds a {kind} tokenizer, which gptscratch cannot run; "
+                        "it runs byte-level BPE (GPT-2's or trained) and char vocabularies")
+    vocab, merges = folder / "vocab.json", folder / "merges.txt"
+    if vocab.is_file() and merges.is_file():
+        try:
+            encoder = json.loads(vocab.read_text(encoding="utf-8"))
+            merge_lines = merges.read_text(encoding="utf-8").splitlines()
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read '{vocab}' or '{merges}' ({e})") from None
+        if _is_gpt2(encoder, [m for m in merge_lines if m and not m.startswith("#version")]):
+            return _gpt2_tokenizer()
+        raise UserError(f"'{vocab}' is not GPT-2's vocabulary and '{folder}' has no "
+                        f"{HF_TOKENIZER}; save the tokenizer with transformers' save_pretrained")
+    return None
+
+
+def _is_gpt2(vocab: dict[str, int], merges: list[Any]) -> bool:
+    """Whether a BPE vocabulary and merge list are exactly GPT-2's."""
+    from gptscratch.data.gpt2_bpe import GPT2_VOCAB_SIZE, gpt2_files
+
+    if len(vocab) != GPT2_VOCAB_SIZE:
+        return False
+    encoder, bpe = gpt2_files()
+    if vocab != json.loads(encoder.read_text(encoding="utf-8")):
+        return False
+    theirs = [m if isinstance(m, str) else " ".join(m) for m in merges]
+    return theirs == bpe.read_text(encoding="utf-8").splitlines()[1:len(theirs) + 1] and (
+        len(theirs) == GPT2_VOCAB_SIZE - 257)
+
+
+def _gpt2_tokenizer() -> Tokenizer:
+    from gptscratch.data.gpt2_bpe import GPT2Tokenizer
+
+    return GPT2Tokenizer()
