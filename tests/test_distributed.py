@@ -177,3 +177,18 @@ def test_ddp_resume_is_exact_and_other_world_sizes_are_told(
                            overrides={"max_iters": 8})
     assert result.step == 8
     assert "trained with 2 process(es) and now has 1" in caplog.text
+
+
+@pytest.mark.slow
+def test_time_budget_stops_all_ranks_at_the_same_step(tmp_path: Path, tiny_corpus: Path) -> None:
+    # Ranks follow rank 0's clock: were they to decide alone, one could stop a step early and
+    # leave the other waiting in an all-reduce forever (the subprocess timeout would catch it).
+    flags = [f for f in FLAGS]
+    flags[flags.index("--max-time") + 1] = "4"
+    flags[flags.index("--max-iters") + 1] = "100000"
+    flags[flags.index("--eval-interval") + 1] = "100000"
+    out = torchrun(2, "--data", str(tiny_corpus), "--out", str(tmp_path / "r"),
+                   "--batch-size", "4", *flags)
+    assert "time budget of 0:00:04 reached" in out.stderr
+    meta = load_checkpoint(tmp_path / "r", "latest").meta
+    assert 0 < meta["step"] < 100000
