@@ -319,4 +319,3 @@ def train(
     log.info("done: step %d, val loss %.4f, best %.4f, checkpoints in %s", step, val_loss,
              best_val, out_dir)
     return TrainResult(out_dir, step, train_loss, val_loss, best_val, elapsed)
-
