@@ -12,7 +12,7 @@ from gptscratch.errors import UserError
 from gptscratch.model.attention import CausalSelfAttention, explicit_attention
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT, lm_loss
-from gptscratch.model.layers import gelu
+from gptscratch.model.layers import GELU, gelu
 
 
 def tiny(**kw: object) -> ModelConfig:
@@ -24,6 +24,17 @@ def tiny(**kw: object) -> ModelConfig:
 def test_gelu_matches_torch_tanh_gelu() -> None:
     x = torch.linspace(-8, 8, 10001, dtype=torch.float64)
     assert torch.allclose(gelu(x), F.gelu(x, approximate="tanh"), atol=1e-12)
+
+
+def test_gelu_module_runs_the_reference_formula_forward_and_backward() -> None:
+    # The model runs the fused kernel (GELU); our written-out `gelu` is the reference.
+    x = torch.linspace(-6, 6, 2001, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    GELU()(x).sum().backward()
+    gelu(x_ref).sum().backward()
+    assert torch.allclose(GELU()(x), gelu(x_ref), atol=1e-12)
+    assert x.grad is not None and x_ref.grad is not None
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-10)
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -36,6 +36,8 @@ from gptscratch.model.gpt import GPT
 from gptscratch.model.sampling import SamplingConfig
 from gptscratch.training.checkpoint import load_checkpoint
 from gptscratch.training.config import TrainConfig
+from gptscratch.training.device import choose_device
+from gptscratch.training.distributed import init_distributed, main_rank_first
 from gptscratch.training.finetune import (
     finetune_model_config,
     finetune_train_config,
@@ -148,8 +150,11 @@ def train(
         overrides["max_time"] = None
     train_config = dataclasses.replace(
         train_config, **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
-    prepared = resolve_data(data if data is not None else "shakespeare", out, tokenizer,
-                            spec.tokenizer, prepare_options or {})
+    # Under torchrun, rank 0 prepares the data files; the other ranks then read them.
+    ctx, _ = init_distributed(choose_device(train_config.device))
+    with main_rank_first(ctx):
+        prepared = resolve_data(data if data is not None else "shakespeare", out, tokenizer,
+                                spec.tokenizer, prepare_options or {})
     model_config = ModelConfig(vocab_size=prepared.tokenizer.vocab_size, **model_fields)
     return train_loop(prepared, model_config, train_config, out, resume=resume, stop_at=stop_at,
                       extra_meta=extra_meta)

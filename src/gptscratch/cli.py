@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -251,13 +252,17 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from gptscratch import api
+    from gptscratch.training.distributed import is_main_process, shutdown
 
     fields = api.MODEL_FIELDS | api.TRAIN_FIELDS
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    result = api.train(args.preset, args.data, args.out, tokenizer=args.tokenizer,
-                       resume=args.resume, stop_at=args.stop_at, overrides=overrides,
-                       prepare_options=_prepare_options(args), init_from=args.init_from)
-    if args.sample_tokens > 0:
+    try:
+        result = api.train(args.preset, args.data, args.out, tokenizer=args.tokenizer,
+                           resume=args.resume, stop_at=args.stop_at, overrides=overrides,
+                           prepare_options=_prepare_options(args), init_from=args.init_from)
+    finally:
+        shutdown()  # leave torchrun's process group, if this is one of its processes
+    if args.sample_tokens > 0 and is_main_process():
         print(f"--- a sample from {result.out_dir} (val loss {result.best_val_loss:.4f}) ---")
         for piece in api.stream(result.out_dir, "\n", max_new_tokens=args.sample_tokens, seed=0):
             sys.stdout.write(piece)
@@ -504,12 +509,16 @@ class _StderrHandler(logging.StreamHandler):
 
 def configure_logging(quiet: bool) -> None:
     """gptscratch's progress and info lines go to stderr as plain lines (stdout carries only
-    results: generated text, evaluation figures)."""
+    results: generated text, evaluation figures). Under torchrun only rank 0 reports progress;
+    the other ranks show warnings and errors, tagged with their rank."""
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+    other_rank = rank != "0"
+    handler.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s" if other_rank
+                                           else "%(message)s"))
     logger = logging.getLogger("gptscratch")
     logger.handlers = [handler]
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.setLevel(logging.WARNING if quiet or other_rank else logging.INFO)
     logger.propagate = False
 
 

@@ -34,18 +34,29 @@ def estimate_loss(
     seed: int,
     device: torch.device,
     autocast: AutocastFactory = contextlib.nullcontext,
+    shard: tuple[int, int] = (0, 1),
+    sum_across: Callable[[torch.Tensor], None] | None = None,
 ) -> float:
     """Mean loss over `iters` random batches drawn with a fixed seed (the same batches at every
-    evaluation, so successive evaluations differ only because the model changed)."""
+    evaluation, so successive evaluations differ only because the model changed).
+
+    With several processes, `shard=(rank, world_size)` gives each its slice of every global
+    batch (as in training, see `get_batch`) and `sum_across` (an in-place all-reduce sum)
+    combines the per-batch losses: every rank returns what one process evaluating batches of
+    `batch_size * world_size` would.
+    """
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     losses = torch.zeros(iters)
     for i in range(iters):
-        x, y = get_batch(tokens, batch_size, block_size, generator, device)
+        x, y = get_batch(tokens, batch_size, block_size, generator, device, shard=shard)
         with autocast():
             logits = model(x)
         losses[i] = lm_loss(logits, y).item()
+    if sum_across is not None:
+        sum_across(losses)
+        losses /= shard[1]
     model.train(was_training)
     return float(losses.mean())
 

@@ -34,7 +34,11 @@ class TrainConfig:
     eval_iters: int = 20
     log_interval: int = 10
     seed: int = 1337
-    compile: bool = False
+    # torch.compile: None picks per device (`device.choose_compile`); True / False force it.
+    compile: bool | None = None
+    # The peak TFLOP/s per process to report MFU against; None: a known GPU's data-sheet bf16
+    # peak, else a matmul rate measured once on this machine (`mfu.peak_flops`).
+    peak_tflops: float | None = None
     # Fine-tuning: keep these parameters fixed (they are left out of the optimizer). Freezing
     # the embeddings also freezes a tied LM head, which is the same matrix.
     freeze_embeddings: bool = False
@@ -72,6 +76,10 @@ class TrainConfig:
         require(
             0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
             f"beta1 ({self.beta1}) and beta2 ({self.beta2}) must be in [0, 1)",
+        )
+        require(
+            self.peak_tflops is None or self.peak_tflops > 0,
+            f"peak_tflops ({self.peak_tflops}) must be > 0; e.g. --peak-tflops 989 for an H100",
         )
         require(self.grad_clip >= 0, f"grad_clip ({self.grad_clip}) must be >= 0 (0 disables)")
         dtypes = ("auto", "float32", "bfloat16", "float16")

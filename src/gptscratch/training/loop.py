@@ -5,7 +5,12 @@ the chosen precision, loss, backward (gradients add up), then clip, AdamW step, 
 Every `eval_interval` steps the loss on fixed train and val batches is measured and a
 checkpoint saved (`latest/`, and `best/` when val improves). Everything random (batch
 positions, dropout) is drawn from state that the checkpoint records, so `resume=True` continues
-exactly where the run stopped.
+exactly where the run stopped. Started by torchrun, the same loop trains with DDP: the
+multi-process parts live in `distributed.py` (wrapping, gradient sync, reductions, rank 0).
+
+Speed: the loop never waits for the device inside a step (losses are summed on the device and
+read once per log interval), batches come from memory-mapped token files (pinned and copied
+asynchronously on CUDA), and the progress line shows tokens/s and MFU (`mfu.py`).
 """
 
 from __future__ import annotations
@@ -33,8 +38,21 @@ from gptscratch.training.checkpoint import (
     save_checkpoint,
 )
 from gptscratch.training.config import TrainConfig
-from gptscratch.training.device import choose_device, set_cpu_float_mode
+from gptscratch.training.device import choose_compile, choose_device, set_cpu_float_mode
+from gptscratch.training.distributed import (
+    agree,
+    barrier,
+    gather_to_main,
+    gradient_sync,
+    init_distributed,
+    mean_across_ranks,
+    restore_rng,
+    rng_states,
+    sum_across_ranks,
+    wrap_model,
+)
 from gptscratch.training.metrics import MetricsLog, format_duration, progress_line
+from gptscratch.training.mfu import flops_per_token, peak_flops
 from gptscratch.training.optimizer import freeze_parameters, make_optimizer
 from gptscratch.training.precision import choose_precision
 from gptscratch.training.schedule import lr_at
@@ -102,7 +120,7 @@ def train(
                         f"tokenizer's ({data.tokenizer.vocab_size}); build the config with the "
                         "tokenizer's vocab_size")
     check_data_fits(data, model_config.block_size)
-    device = choose_device(config.device)
+    ctx, device = init_distributed(choose_device(config.device))
     precision = choose_precision(config.dtype, device, model_config.n_embd)
 
     torch.manual_seed(config.seed)
@@ -110,6 +128,8 @@ def train(
     if init_weights is not None and not resume:
         model.load_state_dict(init_weights)
     freeze_parameters(model, config)
+    if ctx.rank > 0:
+        torch.manual_seed(config.seed + ctx.rank)  # replicas start equal; dropout masks differ
     optimizer = make_optimizer(model, config, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
     data_rng = torch.Generator().manual_seed(config.seed)
@@ -136,28 +156,50 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         data_rng.set_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"])
+        saved_world = int(ckpt.meta.get("world_size", 1))
+        restore_rng(state, saved_world, ctx, device, config.seed)
+        if saved_world != ctx.world_size:
+            log.warning("this run was trained with %d process(es) and now has %d: weights, "
+                        "optimizer state, step and LR schedule continue, but each step now "
+                        "trains on %d/%d as many sequences, and the batches drawn from here on "
+                        "(and the dropout masks) differ from those of an uninterrupted "
+                        "%d-process run", saved_world, ctx.world_size, ctx.world_size,
+                        saved_world, saved_world)
         step = int(ckpt.meta["step"])
         best_val = float(ckpt.meta.get("best_val_loss", math.inf))
         elapsed_before = float(ckpt.meta.get("elapsed", 0.0))
         train_loss, val_loss = float(ckpt.meta["train_loss"]), float(ckpt.meta["val_loss"])
-        metrics.truncate_after(step)
+        if ctx.is_main:
+            metrics.truncate_after(step)
         log.info("resuming from %s at step %d", ckpt.path, step)
     elif (out_dir / "latest").exists():
         raise UserError(f"'{out_dir}' already holds a run; add --resume to continue it or "
                         "choose a new --out")
 
-    log.info("device %s, precision %s (%s)", device, precision.name, precision.reason)
+    log.info("device %s, precision %s (%s)%s", device, precision.name, precision.reason,
+             f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else "")
     n_params = model.num_params()
     log.info("model: %s parameters (%.2fM), %d layers, %d heads, %d wide, context %d",
              f"{n_params:,}", n_params / 1e6, model_config.n_layer, model_config.n_head,
              model_config.n_embd, model_config.block_size)
-    tokens_per_step = config.batch_size * config.grad_accum * model_config.block_size
-    log.info("training for %d steps of %s tokens%s", max_steps, f"{tokens_per_step:,}",
+    # Global batch: every rank trains batch_size sequences per micro-batch.
+    tokens_per_step = (config.batch_size * ctx.world_size * config.grad_accum
+                       * model_config.block_size)
+    log.info("training for %d steps of %s tokens (batch %d x %d process%s x %d micro-batches "
+             "x context %d)%s", max_steps, f"{tokens_per_step:,}", config.batch_size,
+             ctx.world_size, "es" if ctx.enabled else "", config.grad_accum,
+             model_config.block_size,
              f", at most {format_duration(config.max_time)}" if config.max_time else "")
-    fwd_model: torch.nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
+    # Only rank 0 reports MFU (and measures the ceiling, once per machine: see mfu.py).
+    peak, peak_source = (peak_flops(device, precision.dtype, config.peak_tflops) if ctx.is_main
+                         else (0.0, ""))
+    flops_tok = flops_per_token(model_config, n_params)
+    log.info("MFU measured against %.1f TFLOP/s per process (%s); the model needs %.1f "
+             "MFLOPs per token", peak / 1e12, peak_source, flops_tok / 1e6)
+    compile_model, compile_reason = choose_compile(config.compile, device)
+    log.info("torch.compile %s (%s)", "on" if compile_model else "off", compile_reason)
+    fwd_model: torch.nn.Module = torch.compile(model) if compile_model else model  # type: ignore[assignment]
+    train_model = wrap_model(fwd_model, ctx, device)
 
     saved_step = step if resume else -1
 
@@ -167,32 +209,38 @@ def train(
         kwargs: dict[str, Any] = dict(
             batch_size=config.batch_size, block_size=model_config.block_size,
             iters=config.eval_iters, seed=config.seed + 1, device=device,
-            autocast=precision.autocast)
+            autocast=precision.autocast, shard=ctx.shard,
+            sum_across=sum_across_ranks if ctx.enabled else None)
         train_loss = estimate_loss(fwd_model, train_tokens, **kwargs)
         val_loss = estimate_loss(fwd_model, val_tokens, **kwargs)
         elapsed = elapsed_before + time.perf_counter() - start
+        rank_rngs = gather_to_main(rng_states(rng[1], device), ctx)  # for exact resume
+        is_best = val_loss < best_val
+        best_val = min(best_val, val_loss)
+        saved_step = step
+        if not ctx.is_main:
+            barrier(ctx)  # wait until rank 0 has written the checkpoint
+            return train_loss, val_loss
         log.info("eval at step %d: train loss %.4f, val loss %.4f (perplexity %.2f)",
                  step, train_loss, val_loss, math.exp(val_loss))
         metrics.write({"step": step, "train_loss": train_loss, "val_loss": val_loss,
                        "val_perplexity": math.exp(val_loss), "elapsed": elapsed})
-        is_best = val_loss < best_val
-        best_val = min(best_val, val_loss)
         state: dict[str, Any] = {"optimizer": optimizer.state_dict(),
-                                 "scaler": scaler.state_dict(),
-                                 "data_rng": rng[0], "torch_rng": rng[1]}
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state()
+                                 "scaler": scaler.state_dict(), "data_rng": rng[0],
+                                 **rank_rngs[0]}
+        if ctx.enabled:
+            state["rank_rngs"] = rank_rngs
         meta = {"model_config": model_config.to_dict(), "train_config": config.to_dict(),
                 "step": step, "max_steps": max_steps, "train_loss": train_loss,
                 "val_loss": val_loss, "best_val_loss": best_val, "elapsed": elapsed,
                 "tokenizer_kind": data.tokenizer.kind,
                 "tokenizer_fingerprint": data.tokenizer.fingerprint(),
                 "data_dir": str(data.dir.resolve()), "precision": precision.name,
-                **(extra_meta or {})}
+                "world_size": ctx.world_size, **(extra_meta or {})}
         save_checkpoint(out_dir / "latest", model, data.tokenizer, meta, state)
         if is_best:
             link_checkpoint(out_dir / "latest", out_dir / "best")
-        saved_step = step
+        barrier(ctx)
         return train_loss, val_loss
 
     model.train()
@@ -205,6 +253,9 @@ def train(
     try:
         while step < max_steps:
             elapsed = elapsed_before + time.perf_counter() - start
+            if config.max_time:
+                # Ranks follow rank 0's clock, so they agree on the LR and the last step.
+                elapsed = agree(elapsed, ctx, device)
             if config.max_time and elapsed >= config.max_time:
                 log.info("time budget of %s reached at step %d",
                          format_duration(config.max_time), step)
@@ -215,12 +266,13 @@ def train(
             lr = lr_at(step, config.learning_rate, config.min_lr, config.warmup_iters, progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            for _ in range(config.grad_accum):
+            for micro in range(config.grad_accum):
                 x, y = get_batch(train_tokens, config.batch_size, model_config.block_size,
-                                 data_rng, device)
-                with precision.autocast():
-                    loss = lm_loss(fwd_model(x), y) / config.grad_accum
-                scaler.scale(loss).backward()
+                                 data_rng, device, shard=ctx.shard)
+                with gradient_sync(train_model, sync=micro == config.grad_accum - 1):
+                    with precision.autocast():
+                        loss = lm_loss(train_model(x), y) / config.grad_accum
+                    scaler.scale(loss).backward()
                 running += loss.detach()
             if config.grad_clip > 0:
                 scaler.unscale_(optimizer)
@@ -234,16 +286,19 @@ def train(
 
             if step % config.log_interval == 0 or step == max_steps:
                 now = time.perf_counter()
-                mean_loss = running.item() / window_steps  # the only host sync of a step
+                # The only host sync of a step, once per log interval.
+                mean_loss = mean_across_ranks(running, ctx).item() / window_steps
                 tok_s = window_steps * tokens_per_step / (now - window_start)
+                mfu = tok_s * flops_tok / (peak * ctx.world_size) if peak else None
                 elapsed = elapsed_before + now - start
                 remaining = (max_steps - step) * (now - window_start) / window_steps
                 if config.max_time:
                     remaining = min(remaining, max(0.0, config.max_time - elapsed))
                 log.info(progress_line(step, max_steps, mean_loss, lr, tok_s, elapsed,
-                                       remaining))
-                metrics.write({"step": step, "loss": mean_loss, "lr": lr,
-                               "tokens_per_s": tok_s, "elapsed": elapsed})
+                                       remaining, mfu))
+                if ctx.is_main:
+                    metrics.write({"step": step, "loss": mean_loss, "lr": lr,
+                                   "tokens_per_s": tok_s, "mfu": mfu, "elapsed": elapsed})
                 running.zero_()
                 window_start, window_steps = time.perf_counter(), 0
 
@@ -255,6 +310,12 @@ def train(
                 log.info("stopped at step %d as asked; continue with --resume", step)
                 break
     except KeyboardInterrupt:
+        if ctx.enabled:
+            # Saving needs every rank (evaluation and checkpoint are collective), and the
+            # others may be interrupted at another point: keep the last checkpoint instead.
+            log.warning("interrupted at step %d; under torchrun the last checkpoint (step %d) "
+                        "is kept: continue with --resume", step, saved_step)
+            raise
         log.warning("interrupted at step %d; saving a checkpoint (continue with --resume)", step)
         optimizer.zero_grad(set_to_none=True)
         evaluate_and_save(rng)

@@ -14,12 +14,14 @@ def format_duration(seconds: float) -> str:
 
 def progress_line(
     step: int, total: int, loss: float, lr: float, tokens_per_s: float, elapsed: float,
-    eta: float,
+    eta: float, mfu: float | None = None,
 ) -> str:
-    """One human-readable line: step, loss, learning rate, speed, elapsed time and ETA."""
+    """One human-readable line: step, loss, learning rate, speed (tokens/s and model FLOPs
+    utilisation, a fraction), elapsed time and ETA."""
+    mfu_text = f" | MFU {100 * mfu:5.1f}%" if mfu is not None else ""
     return (
         f"step {step:>6}/{total} | loss {loss:.4f} | lr {lr:.2e} | "
-        f"{tokens_per_s / 1000:7.1f}k tok/s | {format_duration(elapsed)} elapsed | "
+        f"{tokens_per_s / 1000:7.1f}k tok/s{mfu_text} | {format_duration(elapsed)} elapsed | "
         f"ETA {format_duration(eta)}"
     )
 

@@ -1,0 +1,217 @@
+"""Training on several processes: DistributedDataParallel (DDP) started by `torchrun`.
+
+`torchrun --nproc_per_node=N -m gptscratch train ...` starts N copies of the trainer and tells
+each its place through environment variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT).
+Each process (a "rank") holds a full copy of the model, trains on its own share of every
+batch, and DDP averages the gradients across ranks during the backward pass, so all copies
+take the same optimizer step. How the pieces fit:
+- backend: NCCL between GPUs, gloo between CPU processes (`backend_for`);
+- data: every rank draws the *global* batch's window offsets from an identically seeded
+  generator and keeps its own slice (`get_batch(..., shard=)`): ranks see different windows,
+  and together exactly what one process with the global batch would see, so a 2-rank run
+  reproduces a 1-process run (tests/test_distributed.py checks it);
+- global batch = batch_size (per rank) x world size x grad_accum micro-batches;
+- gradient accumulation: only the last micro-batch's backward all-reduces (`no_sync`);
+- rank 0 logs, writes metrics and checkpoints (from the unwrapped module, so no `module.`
+  prefixes); a barrier after each save keeps ranks in step; evaluation losses are summed
+  across ranks.
+Outside torchrun (no WORLD_SIZE) everything here is a no-op and training is single-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from gptscratch.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits among the training processes (1 process: rank 0 of 1)."""
+
+    rank: int = 0
+    local_rank: int = 0  # index on this machine: picks the GPU
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 logs, writes metrics and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """(rank, world_size): which slice of each global batch this rank trains on."""
+        return self.rank, self.world_size
+
+
+def context_from_env(env: dict[str, str] | None = None) -> DistContext:
+    """Read torchrun's RANK / LOCAL_RANK / WORLD_SIZE; a single process without them."""
+    env = dict(os.environ) if env is None else env
+    if "WORLD_SIZE" not in env:
+        return DistContext()
+    try:
+        ctx = DistContext(int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0")),
+                          int(env["WORLD_SIZE"]))
+    except ValueError:
+        raise UserError("RANK, LOCAL_RANK and WORLD_SIZE must be integers (torchrun sets "
+                        "them); unset them to train in one process") from None
+    if not 0 <= ctx.rank < ctx.world_size:
+        raise UserError(f"RANK ({ctx.rank}) must be in [0, WORLD_SIZE={ctx.world_size}); "
+                        "start the processes with torchrun")
+    return ctx
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on rank 0: the process that should talk to the user."""
+    return context_from_env().is_main
+
+
+def backend_for(device: torch.device) -> str:
+    """NCCL moves gradients GPU-to-GPU (NVLink / InfiniBand); gloo is the CPU backend."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def rank_device(device: torch.device, ctx: DistContext) -> torch.device:
+    """Each rank on a multi-GPU machine owns the GPU of its local rank."""
+    if ctx.enabled and device.type == "cuda":
+        return torch.device("cuda", ctx.local_rank)
+    return device
+
+
+def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
+    """Join the process group when started by torchrun; return this rank and its device.
+
+    Safe to call more than once (the API joins before preparing data, the trainer again).
+    """
+    ctx = context_from_env()
+    if not ctx.enabled:
+        return ctx, device
+    if device.type == "mps":
+        raise UserError("multi-process training supports cuda and cpu, not mps; use "
+                        "--device cpu or run without torchrun")
+    device = rank_device(device, ctx)
+    if device.type == "cuda":
+        if ctx.local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {ctx.local_rank} has no GPU (this machine has "
+                            f"{torch.cuda.device_count()}); use --nproc_per_node "
+                            f"{torch.cuda.device_count()} or fewer")
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend_for(device))
+    return ctx, device
+
+
+def shutdown() -> None:
+    """Leave the process group (torch warns at exit if a group is left open)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
+    """DDP around the model when there are several ranks (it broadcasts rank 0's weights, so
+    all replicas start equal); the model itself otherwise."""
+    if not ctx.enabled:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                   else None)
+
+
+def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
+    """Around a micro-batch's forward and backward: with sync=False, DDP only adds the
+    gradients up locally; the last micro-batch of a step all-reduces them once (`no_sync`)."""
+    if isinstance(model, DistributedDataParallel) and not sync:
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def mean_across_ranks(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The mean of a tensor over all ranks (the tensor itself in one process)."""
+    if not ctx.enabled:
+        return value
+    value = value.clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / ctx.world_size
+
+
+def sum_across_ranks(value: torch.Tensor) -> None:
+    """Sum a CPU tensor over all ranks in place (a no-op in one process)."""
+    if dist.is_initialized():
+        work_on = value.cuda() if dist.get_backend() == "nccl" else value
+        dist.all_reduce(work_on, op=dist.ReduceOp.SUM)
+        value.copy_(work_on)
+
+
+def agree(value: float, ctx: DistContext, device: torch.device) -> float:
+    """Rank 0's value on every rank: used for the wall clock, so that all ranks follow the
+    same time-based schedule and stop at the same step."""
+    if not ctx.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_rank_first(ctx: DistContext) -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. preparing data into shared files); the others run it
+    after, and find its results in place."""
+    if not ctx.is_main:
+        barrier(ctx)
+    yield
+    if ctx.is_main:
+        barrier(ctx)
+
+
+def gather_to_main(obj: Any, ctx: DistContext) -> list[Any]:
+    """Every rank's `obj`, in rank order, on rank 0 (and on the others, as all_gather does)."""
+    if not ctx.enabled:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def rng_states(torch_rng: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    """This rank's random state for a checkpoint: the CPU generator as of the last finished
+    step and, on CUDA, the GPU's (dropout masks on a GPU come from the latter)."""
+    states = {"torch_rng": torch_rng}
+    if device.type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def restore_rng(state: dict[str, Any], saved_world: int, ctx: DistContext,
+                device: torch.device, seed: int) -> None:
+    """Give this rank its random state back from a checkpoint's `state.pt`.
+
+    At the same world size each rank continues its own streams, so the run continues exactly.
+    At another size rank 0 continues the saved streams and the other ranks start fresh ones
+    from the seed: the caller should say so.
+    """
+    mine: dict[str, Any] = state
+    if saved_world == ctx.world_size and "rank_rngs" in state:
+        mine = state["rank_rngs"][ctx.rank]
+    elif saved_world != ctx.world_size and ctx.rank > 0:
+        torch.manual_seed(seed + ctx.rank)
+        return
+    torch.set_rng_state(mine["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in mine:
+        torch.cuda.set_rng_state(mine["cuda_rng"], device)

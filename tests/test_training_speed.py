@@ -1,0 +1,111 @@
+"""The speed machinery: MFU accounting, the peak table and cached ceiling, the compile and
+CUDA choices (checked on CPU by branching on device objects and mocking what needs a GPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gptscratch.data.batches import get_batch
+from gptscratch.model.config import ModelConfig
+from gptscratch.model.gpt import GPT
+from gptscratch.training import mfu
+from gptscratch.training.device import choose_compile
+from gptscratch.training.metrics import progress_line
+
+
+def test_flops_per_token_counts_every_matmul() -> None:
+    config = ModelConfig(vocab_size=100, block_size=16, n_layer=2, n_head=2, n_embd=8,
+                         bias=False)
+    model = GPT(config)
+    n = model.num_params()
+    # By hand, per token forward: each layer's 4 weight matmuls (qkv 8x24, proj 8x8, fc 8x32,
+    # proj 32x8) and the LM head (8x100), 2 FLOPs per multiply-add; attention scores and
+    # weighted sum over T=16 keys, 2 x 2 x 16 x 8 per layer. Training = 3 x forward.
+    weights = 2 * (2 * (8 * 24 + 8 * 8 + 8 * 32 + 32 * 8) + 8 * 100)
+    attention = 2 * (2 * 2 * 16 * 8)
+    layer_norm_gains = 6 * 5 * 8  # counted in 6N too, as nanoGPT does: a rounding error
+    assert mfu.flops_per_token(config, n) == 3 * (weights + attention) + layer_norm_gains
+
+
+@pytest.mark.parametrize(("name", "tflops"), [
+    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0),
+    ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA A10G", 70.0), ("NVIDIA L4", 121.0),
+])
+def test_gpu_peak_table(name: str, tflops: float) -> None:
+    assert mfu.gpu_peak_flops(name) == tflops * 1e12
+
+
+def test_unknown_gpu_has_no_table_peak() -> None:
+    assert mfu.gpu_peak_flops("Some Future Accelerator") is None
+
+
+def test_cuda_peak_comes_from_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    peak, source = mfu.peak_flops(torch.device("cuda"), torch.bfloat16)
+    assert peak == 989e12 and "data sheet" in source
+    assert mfu.peak_flops(torch.device("cuda"), torch.bfloat16, 500.0)[0] == 500e12
+
+
+def test_cpu_ceiling_is_measured_once_and_cached(monkeypatch: pytest.MonkeyPatch,
+                                                 private_cache: Path) -> None:
+    calls = []
+
+    def fake_measure(device: torch.device, dtype: torch.dtype) -> float:
+        calls.append(dtype)
+        return 1.5e12
+
+    monkeypatch.setattr(mfu, "measure_matmul_flops", fake_measure)
+    cpu = torch.device("cpu")
+    assert mfu.peak_flops(cpu, torch.bfloat16) == (1.5e12, mfu.peak_flops(cpu, torch.bfloat16)[1])
+    assert mfu.peak_flops(cpu, torch.bfloat16)[0] == 1.5e12
+    assert calls == [torch.bfloat16]  # measured once, then read from the cache
+    mfu.peak_flops(cpu, torch.float32)
+    assert calls == [torch.bfloat16, torch.float32]  # a ceiling per dtype
+    cached = json.loads((private_cache / "matmul_ceiling.json").read_text())
+    assert len(cached) == 2 and all("threads" in k for k in cached)
+    assert mfu.peak_flops(cpu, torch.bfloat16, given_tflops=2.0)[0] == 2e12
+
+
+def test_measured_matmul_rate_is_plausible() -> None:
+    rate = mfu.measure_matmul_flops(torch.device("cpu"), torch.float32, size=256, repeats=2)
+    assert 1e8 < rate < 1e15
+
+
+def test_progress_line_shows_mfu() -> None:
+    line = progress_line(10, 100, 2.5, 1e-3, 15_000, 12.0, 100.0, mfu=0.234)
+    assert "15.0k tok/s | MFU  23.4%" in line
+    assert "MFU" not in progress_line(10, 100, 2.5, 1e-3, 15_000, 12.0, 100.0)
+
+
+def test_compile_default_per_device() -> None:
+    assert choose_compile(None, torch.device("cuda"))[0] is True
+    assert choose_compile(None, torch.device("cpu"))[0] is False
+    assert choose_compile(True, torch.device("cpu")) == (True, "requested")
+    assert choose_compile(False, torch.device("cuda")) == (False, "requested")
+
+
+def test_cuda_batches_are_pinned_and_copied_without_blocking(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA branch of get_batch, on a CPU-only machine: pin_memory and .to are recorded."""
+    pinned, copies = [], []
+
+    def fake_pin(self: torch.Tensor) -> torch.Tensor:
+        pinned.append(self.shape)
+        return self
+
+    def fake_to(self: torch.Tensor, device: object, non_blocking: bool = False) -> torch.Tensor:
+        copies.append((str(device), non_blocking))
+        return self
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    monkeypatch.setattr(torch.Tensor, "to", fake_to)
+    tokens = np.arange(1000, dtype=np.uint16)
+    x, y = get_batch(tokens, 4, 8, torch.Generator().manual_seed(0), torch.device("cuda", 1))
+    assert pinned == [(4, 8), (4, 8)]
+    assert copies == [("cuda:1", True), ("cuda:1", True)]
+    assert torch.equal(x[:, 1:], y[:, :-1])
