@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-import torch
-from test_sampling import Letters
+from test_sampling import Letters, _Scripted
 
 from gptscratch import api
 from gptscratch.errors import UserError
-from gptscratch.model.config import ModelConfig
-from gptscratch.model.gpt import GPT
-from gptscratch.model.kv_cache import KVCache
 from gptscratch.model.sampling import SamplingConfig
 from gptscratch.model.script import (
     NextSpeakerStop,
@@ -98,23 +93,6 @@ def test_inline_heading_cuts_the_speech() -> None:
     stop = NextSpeakerStop(ScriptFormat("inline", {"JERRY": 3, "GEORGE": 3}))
     assert stop.find("Nobody knows.\nGEORGE: Right.") == (len("Nobody knows."),) * 2
     assert stop.find("Nobody knows.\nGEO")[1] == len("Nobody knows.")
-
-
-class _Scripted(GPT):
-    """Greedy output follows a fixed script of token ids (see test_sampling)."""
-
-    def __init__(self, sequence: Sequence[int], vocab: int) -> None:
-        super().__init__(ModelConfig(vocab_size=vocab, block_size=128, n_layer=1, n_head=1,
-                                     n_embd=8))
-        self.script = list(sequence)
-        self.lm_head = torch.nn.Identity()  # type: ignore[assignment]
-
-    def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        if kv_cache is not None:
-            kv_cache.advance(idx.size(1))
-        h = torch.zeros(idx.size(0), idx.size(1), self.config.vocab_size)
-        h[:, -1, self.script.pop(0)] = 1.0
-        return h
 
 
 def test_streamed_speech_never_shows_the_next_heading() -> None:
