@@ -123,9 +123,7 @@ class Decoder:
     def logits(self) -> torch.Tensor:
         """(B, V) fp32 scores for every active row's next token."""
         T = self.seq.size(1)
-        if not self.use_cache:
-            h = self._prefill(max(0, T - self.block_size))
-        elif self.cache is None:
+        if not self.use_cache or self.cache is None:
             h = self._prefill(max(0, T - self.block_size))
         elif self.cache.length == self.block_size:
             h = self._prefill(T - window_keep(self.block_size))  # slide the window
