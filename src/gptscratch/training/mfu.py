@@ -69,9 +69,14 @@ def gpu_peak_flops(device_name: str) -> float | None:
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = CEILING_SIZE,
                          repeats: int = 5) -> float:
-    """The best rate of a (size x size) @ (size x size) matmul in `dtype`, in FLOP/s."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
+    """The best rate of a (size x size) @ (size x size) matmul in `dtype`, in FLOP/s.
+
+    Its random inputs come from a generator of its own: drawing them from the global one would
+    change a training run's dropout masks depending on whether the ceiling was cached.
+    """
+    gen = torch.Generator(device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=gen).to(dtype)
+    b = torch.randn(size, size, device=device, generator=gen).to(dtype)
     best = float("inf")
     for i in range(repeats + 2):
         if device.type == "cuda":
