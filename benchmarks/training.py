@@ -9,6 +9,11 @@ function. Each configuration runs in a fresh subprocess, so peak memory and comp
 its own (torch.compile starts from an empty inductor cache: its time is the cold-compile cost).
 MFU is reported against a bf16 (and fp32) 2048^3 matmul rate measured at the start.
 
+Our rows run with glibc's malloc set to keep freed memory (`keep_freed_memory`), as our
+training loop does on CPU; `ours-bf16-nokeep` shows what that setting is worth. HF rows run as
+a user would run them (the default allocator) and, as `-keep` rows, with the same setting, so
+the comparison can be read both ways.
+
     python benchmarks/training.py --shape preset     # ~2 minutes here
     python benchmarks/training.py --shape 124m       # ~6 minutes here (batch 4 x 256)
 
@@ -35,6 +40,7 @@ import torch
 
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT, lm_loss
+from gptscratch.training.device import keep_freed_memory
 from gptscratch.training.mfu import flops_per_token, measure_matmul_flops
 from gptscratch.training.presets import get_preset
 
@@ -50,8 +56,9 @@ SHAPES: dict[str, tuple[dict[str, Any], int, int, int, int]] = {
     "124m": (dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768,
                   bias=True, dropout=0.0), 4, 256, 3, 1),
 }
-ROWS = ["ours-fp32", "ours-bf16", "ours-bf16-compile", "hf-fp32-eager", "hf-fp32-sdpa",
-        "hf-bf16-eager", "hf-bf16-sdpa"]
+ROWS = ["ours-fp32", "ours-bf16", "ours-bf16-compile", "ours-bf16-nokeep", "hf-fp32-eager",
+        "hf-fp32-sdpa", "hf-bf16-eager", "hf-bf16-sdpa", "hf-fp32-sdpa-keep",
+        "hf-bf16-eager-keep", "hf-bf16-sdpa-keep"]
 
 
 def machine() -> str:
@@ -80,7 +87,7 @@ def build(row: str, fields: dict[str, Any], device: torch.device) -> torch.nn.Mo
         n_embd=fields["n_embd"], n_layer=fields["n_layer"], n_head=fields["n_head"],
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new",
         use_cache=False, bos_token_id=0, eos_token_id=0,
-        attn_implementation="sdpa" if row.endswith("sdpa") else "eager")
+        attn_implementation="sdpa" if "sdpa" in row else "eager")
     return GPT2LMHeadModel(config).to(device)
 
 
@@ -91,6 +98,9 @@ def rss_mb() -> float:
 def run_row(row: str, shape: str, device: torch.device) -> dict[str, Any]:
     """Time one configuration in this process: returns ms/step, tokens/s, memory."""
     torch.set_flush_denormal(True)
+    if device.type == "cpu" and ((row.startswith("ours") and not row.endswith("nokeep"))
+                                 or row.endswith("-keep")):
+        keep_freed_memory()
     fields, B, T, steps, warmup = SHAPES[shape]
     base_rss = rss_mb()
     model = build(row, fields, device)
@@ -169,16 +179,25 @@ def main() -> None:
               flush=True)
 
     by = {r["row"]: r["tokens_per_s"] for r in results}
+
+    def best(*rows: str) -> int:
+        return max((by[k] for k in rows if k in by), default=0)
+
     ratios: dict[str, float] = {}
-    ours_bf16 = max((by[k] for k in ("ours-bf16", "ours-bf16-compile") if k in by), default=0)
-    hf_bf16 = max((by[k] for k in ("hf-bf16-eager", "hf-bf16-sdpa") if k in by), default=0)
-    hf_fp32 = max((by[k] for k in ("hf-fp32-eager", "hf-fp32-sdpa") if k in by), default=0)
-    if ours_bf16 and hf_bf16:
-        ratios["ours_best_bf16_over_hf_best_bf16"] = round(ours_bf16 / hf_bf16, 2)
-    if "ours-fp32" in by and hf_fp32:
-        ratios["ours_fp32_over_hf_best_fp32"] = round(by["ours-fp32"] / hf_fp32, 2)
-    if ours_bf16 and "ours-fp32" in by:
-        ratios["ours_best_over_ours_fp32"] = round(ours_bf16 / by["ours-fp32"], 2)
+    pairs = {
+        "ours_best_bf16_over_hf_best_bf16": (
+            best("ours-bf16", "ours-bf16-compile"), best("hf-bf16-eager", "hf-bf16-sdpa")),
+        "ours_best_bf16_over_hf_best_bf16_keep": (
+            best("ours-bf16", "ours-bf16-compile"),
+            best("hf-bf16-eager-keep", "hf-bf16-sdpa-keep")),
+        "ours_fp32_over_hf_best_fp32": (best("ours-fp32"), best("hf-fp32-eager", "hf-fp32-sdpa")),
+        "ours_fp32_over_hf_fp32_sdpa_keep": (best("ours-fp32"), best("hf-fp32-sdpa-keep")),
+        "ours_best_over_ours_fp32": (best("ours-bf16", "ours-bf16-compile"), best("ours-fp32")),
+        "ours_bf16_keep_over_nokeep": (best("ours-bf16"), best("ours-bf16-nokeep")),
+    }
+    for name, (a, b) in pairs.items():
+        if a and b:
+            ratios[name] = round(a / b, 2)
     print()
     print(f"shape {args.shape}: {fields['n_layer']} layers, {fields['n_head']} heads, "
           f"{fields['n_embd']} wide, vocab {fields['vocab_size']}, batch {B} x {T} tokens, "
