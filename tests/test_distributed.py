@@ -1,14 +1,17 @@
-"""Multi-process training (DDP through torchrun) on CPU with gloo, against the 1-process oracle.
+"""Multi-process training (DDP and FSDP through torchrun) on CPU with gloo, against the
+1-process oracle.
 
 The fast tests check the pieces (rank context, backend and device choice, batch sharding, the
-evaluation reduction); the slow ones start real 2-process runs with torchrun and compare their
-loss sequence, checkpoints and resume against a single process with the same global batch.
+evaluation reduction, optimizer state by name); the slow ones start real 2-process runs with
+torchrun and compare their loss sequence, checkpoints and resume against a single process with
+the same global batch.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,10 +35,13 @@ from gptscratch.training.distributed import (
     backend_for,
     context_from_env,
     gradient_sync,
+    load_optimizer_state,
     rank_device,
+    shard_model,
     wrap_model,
 )
 from gptscratch.training.metrics import read_metrics
+from gptscratch.training.optimizer import parameter_groups, state_by_name
 
 
 def test_context_from_torchrun_environment() -> None:
@@ -63,6 +69,35 @@ def test_single_process_needs_no_wrapper_or_sync() -> None:
     assert wrap_model(model, DistContext(), torch.device("cpu")) is model
     with gradient_sync(model, sync=False):  # a plain module: nothing to hold back
         pass
+
+
+def test_fsdp_needs_torchrun() -> None:
+    model = GPT(ModelConfig(vocab_size=20, **TINY_MODEL))
+    with pytest.raises(UserError, match="torchrun.*--no-fsdp"):
+        shard_model(model, DistContext())
+
+
+def test_optimizer_state_by_name_loads_like_the_positional_one() -> None:
+    """The FSDP checkpoint form (keyed by parameter name) carries the same state."""
+    def trained() -> tuple[GPT, torch.optim.AdamW]:
+        torch.manual_seed(0)
+        model = GPT(ModelConfig(vocab_size=20, **TINY_MODEL))
+        model.transformer.h[0].requires_grad_(False)  # frozen parameters are left out
+        return model, torch.optim.AdamW(parameter_groups(model, 0.1), lr=0.1)
+
+    model, opt = trained()
+    model(torch.randint(0, 20, (2, 8))).sum().backward()
+    opt.step()
+    named = state_by_name(opt.state_dict(), model)
+    assert "transformer.wte.weight" in named["state"] and "lm_head.weight" not in named["state"]
+    assert not any(k.startswith("transformer.h.0.") for k in named["state"])
+    fresh_model, fresh = trained()
+    load_optimizer_state(fresh_model, fresh, named)
+    a, b = opt.state_dict(), fresh.state_dict()
+    assert [{**g, "betas": list(g["betas"])} for g in a["param_groups"]] == b["param_groups"]
+    assert len(a["param_groups"]) == 2 and a["state"].keys() == b["state"].keys()
+    for i, st in a["state"].items():
+        assert all(torch.equal(st[k], b["state"][i][k]) for k in st)
 
 
 def test_rank_shards_together_are_the_single_process_batch() -> None:
@@ -192,3 +227,58 @@ def test_time_budget_stops_all_ranks_at_the_same_step(tmp_path: Path, tiny_corpu
     assert "time budget of 0:00:04 reached" in out.stderr
     meta = load_checkpoint(tmp_path / "r", "latest").meta
     assert 0 < meta["step"] < 100000
+
+
+# --- FSDP ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
+    run = tmp_path_factory.mktemp("fsdp") / "fsdp"
+    torchrun(2, "--data", str(tiny_corpus), "--out", str(run), "--batch-size", "4", *FLAGS,
+             "--fsdp")
+    return run
+
+
+@pytest.mark.slow
+def test_fsdp_reproduces_the_single_process_run_and_writes_plain_checkpoints(
+        single_and_ddp: tuple[Path, Path, str], fsdp_run: Path) -> None:
+    single, _, _ = single_and_ddp
+    assert [s for s, _ in records(fsdp_run, "loss")] == list(range(1, 7))
+    assert np.allclose([v for _, v in records(single, "loss")],
+                       [v for _, v in records(fsdp_run, "loss")], rtol=1e-5, atol=1e-6)
+    assert np.allclose([v for _, v in records(single, "val_loss")],
+                       [v for _, v in records(fsdp_run, "val_loss")], rtol=1e-5, atol=1e-6)
+    # Rank 0 gathered the shards: the same file a single process writes.
+    with safe_open(str(fsdp_run / "latest" / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    a = load_checkpoint(single, "latest").build_model().state_dict()
+    b = load_checkpoint(fsdp_run, "latest").build_model().state_dict()
+    assert names and not [n for n in names if n.startswith(("module.", "_orig_mod."))]
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    optimizer_state = torch.load(fsdp_run / "latest" / "state.pt", weights_only=False)["optimizer"]
+    assert "transformer.h.1.mlp.c_fc.weight" in optimizer_state["state"]
+
+
+@pytest.mark.slow
+def test_fsdp_resume_is_exact_and_moves_between_fsdp_ddp_and_one_process(
+        single_and_ddp: tuple[Path, Path, str], fsdp_run: Path, tmp_path: Path,
+        tiny_corpus: Path) -> None:
+    split = tmp_path / "split"
+    torchrun(2, "--data", str(tiny_corpus), "--out", str(split), "--batch-size", "4", *FLAGS,
+             "--fsdp", "--stop-at", "3")
+    torchrun(2, "--out", str(split), "--resume", "--sample-tokens", "0")  # fsdp is kept
+    assert records(split, "loss") == records(fsdp_run, "loss")
+    # A DDP checkpoint continues under FSDP exactly as under DDP (optimizer state included).
+    _, ddp, _ = single_and_ddp
+    for mode in ("ddp", "fsdp"):
+        shutil.copytree(ddp, tmp_path / mode)
+        torchrun(2, "--out", str(tmp_path / mode), "--resume", "--max-iters", "8",
+                 "--sample-tokens", "0", *(["--fsdp"] if mode == "fsdp" else []))
+    assert np.allclose([v for _, v in records(tmp_path / "ddp", "loss")],
+                       [v for _, v in records(tmp_path / "fsdp", "loss")], rtol=1e-5, atol=1e-6)
+    # One process continues an FSDP run when told to drop the sharding.
+    with pytest.raises(UserError, match="--no-fsdp"):
+        api.train("shakespeare-char", None, split, resume=True, overrides={"max_iters": 8})
+    result = api.train("shakespeare-char", None, split, resume=True,
+                       overrides={"max_iters": 8, "fsdp": False})
+    assert result.step == 8

@@ -30,6 +30,7 @@ MODEL_HELP = {
 TRAIN_HELP = {
     "freeze_embeddings": "fine-tuning: keep the embeddings (and a tied LM head) fixed",
     "freeze_layers": "fine-tuning: keep the first K Transformer blocks fixed",
+    "fsdp": "under torchrun: shard weights, gradients and optimizer state across processes",
 }
 
 

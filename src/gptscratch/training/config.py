@@ -43,6 +43,9 @@ class TrainConfig:
     # the embeddings also freezes a tied LM head, which is the same matrix.
     freeze_embeddings: bool = False
     freeze_layers: int = 0  # the first K Transformer blocks
+    # Under torchrun: shard parameters, gradients and optimizer state across the processes
+    # (FSDP) instead of keeping a full copy on each (DDP). For models that do not fit one GPU.
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters"):
@@ -82,6 +85,11 @@ class TrainConfig:
             f"peak_tflops ({self.peak_tflops}) must be > 0; e.g. --peak-tflops 989 for an H100",
         )
         require(self.grad_clip >= 0, f"grad_clip ({self.grad_clip}) must be >= 0 (0 disables)")
+        require(
+            not (self.fsdp and self.dtype == "float16"),
+            "--fsdp trains in float32 or bfloat16 (float16's loss scaling is not wired up for "
+            "sharded gradients); use --dtype bfloat16",
+        )
         dtypes = ("auto", "float32", "bfloat16", "float16")
         require(
             self.dtype in dtypes,

@@ -15,6 +15,11 @@ take the same optimizer step. How the pieces fit:
 - rank 0 logs, writes metrics and checkpoints (from the unwrapped module, so no `module.`
   prefixes); a barrier after each save keeps ranks in step; evaluation losses are summed
   across ranks.
+With `--fsdp` (`shard_model`) each rank keeps only its 1/N of the parameters, gradients and
+optimizer state instead of a full copy: FSDP2's `fully_shard` gathers a block's weights just
+before the block runs and frees them after, and reduce-scatters the gradients so each rank
+updates its own shard. Checkpoints gather the whole state on rank 0 (`gather_full_state`) and
+are the same files a single process writes, so either kind of run can resume the other's.
 Outside torchrun (no WORLD_SIZE) everything here is a no-op and training is single-process.
 """
 
@@ -29,9 +34,19 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from gptscratch.errors import UserError
+from gptscratch.model.config import ModelConfig
+from gptscratch.model.gpt import GPT
+from gptscratch.training.optimizer import state_by_name
 
 
 @dataclass(frozen=True)
@@ -120,10 +135,36 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def shard_model(model: GPT, ctx: DistContext) -> None:
+    """Shard the model in place with FSDP (fully sharded data parallel), block by block.
+
+    Each Transformer block is one unit: its weights are all-gathered just before it runs
+    (forward and backward) and freed after, so a rank holds one block's full weights at a
+    time plus its 1/N shard of everything. The embeddings, final norm and (tied) LM head form
+    the root unit. Call it before building the optimizer: the parameters become sharded
+    tensors (DTensors) and the optimizer must hold those.
+    """
+    if not ctx.enabled:
+        raise UserError("this run trains with --fsdp, which shards the model across processes "
+                        "started by torchrun; start it with `torchrun --nproc_per_node=N -m "
+                        "gptscratch train ...`, or train in one process with --no-fsdp")
+    for block in model.transformer.blocks():
+        fully_shard(block)
+    fully_shard(model)
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)  # under torch.compile's wrapper
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return isinstance(_inner(model), FSDPModule)
+
+
 def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
     """DDP around the model when there are several ranks (it broadcasts rank 0's weights, so
-    all replicas start equal); the model itself otherwise."""
-    if not ctx.enabled:
+    all replicas start equal); the model itself otherwise, or when FSDP already shards it."""
+    if not ctx.enabled or is_sharded(model):
         return model
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                    else None)
@@ -131,10 +172,51 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.M
 
 def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
     """Around a micro-batch's forward and backward: with sync=False, DDP only adds the
-    gradients up locally; the last micro-batch of a step all-reduces them once (`no_sync`)."""
-    if isinstance(model, DistributedDataParallel) and not sync:
+    gradients up locally; the last micro-batch of a step all-reduces them once (`no_sync`).
+    FSDP likewise keeps unsharded gradients until the last micro-batch reduce-scatters."""
+    inner = _inner(model)
+    if isinstance(inner, FSDPModule):
+        inner.set_requires_gradient_sync(sync)
+    elif isinstance(model, DistributedDataParallel) and not sync:
         return model.no_sync()
     return contextlib.nullcontext()
+
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def gather_full_state(model: nn.Module, optimizer: torch.optim.Optimizer
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The whole weights and optimizer state of a sharded model, on rank 0's CPU (the other
+    ranks get empty dicts). Collective: every rank must call it. The optimizer state is keyed
+    by parameter name (`transformer.h.0.attn.c_attn.weight`), not by position."""
+    return (get_model_state_dict(model, options=_FULL),
+            get_optimizer_state_dict(model, optimizer, options=_FULL))
+
+
+def plain_model(config: ModelConfig, weights: dict[str, Any]) -> GPT:
+    """An ordinary GPT holding gathered weights: what a checkpoint is written from."""
+    model = GPT(config)
+    model.load_state_dict(weights)
+    return model
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
+                         state: dict[str, Any]) -> None:
+    """Load a checkpoint's optimizer state, whichever kind of run wrote it.
+
+    One process and DDP save `optimizer.state_dict()` (keyed by position); FSDP saves it keyed
+    by parameter name. A sharded model takes the named form (each rank keeps its shard); a
+    plain one takes either.
+    """
+    by_name = all(isinstance(k, str) for k in state["state"])
+    if not by_name and not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    if not by_name:
+        state = state_by_name(state, _inner(model))
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True))
 
 
 def mean_across_ranks(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -32,22 +32,32 @@ from gptscratch.evaluation.evaluate import estimate_loss
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT, lm_loss
 from gptscratch.training.checkpoint import (
+    Checkpoint,
     link_checkpoint,
     load_checkpoint,
     load_weights,
     save_checkpoint,
 )
 from gptscratch.training.config import TrainConfig
-from gptscratch.training.device import choose_compile, choose_device, set_cpu_float_mode
+from gptscratch.training.device import (
+    choose_compile,
+    choose_device,
+    keep_freed_memory,
+    set_cpu_float_mode,
+)
 from gptscratch.training.distributed import (
     agree,
     barrier,
+    gather_full_state,
     gather_to_main,
     gradient_sync,
     init_distributed,
+    load_optimizer_state,
     mean_across_ranks,
+    plain_model,
     restore_rng,
     rng_states,
+    shard_model,
     sum_across_ranks,
     wrap_model,
 )
@@ -122,12 +132,27 @@ def train(
     check_data_fits(data, model_config.block_size)
     ctx, device = init_distributed(choose_device(config.device))
     precision = choose_precision(config.dtype, device, model_config.n_embd)
+    if device.type == "cpu":
+        keep_freed_memory()  # the same big tensors every step: reuse them, don't page-fault
+
+    if config.fsdp and precision.needs_scaler:
+        raise UserError("--fsdp trains in float32 or bfloat16, and this GPU would need float16; "
+                        "use --dtype float32 or drop --fsdp")
+
+    if not resume and (out_dir / "latest").exists():
+        raise UserError(f"'{out_dir}' already holds a run; add --resume to continue it or "
+                        "choose a new --out")
 
     torch.manual_seed(config.seed)
     model = GPT(model_config).to(device)
-    if init_weights is not None and not resume:
+    ckpt = _checkpoint_to_resume(out_dir, model_config, data) if resume else None
+    if ckpt is not None:
+        load_weights(ckpt, model)  # before FSDP shards the parameters
+    elif init_weights is not None:
         model.load_state_dict(init_weights)
     freeze_parameters(model, config)
+    if config.fsdp:
+        shard_model(model, ctx)
     if ctx.rank > 0:
         torch.manual_seed(config.seed + ctx.rank)  # replicas start equal; dropout masks differ
     optimizer = make_optimizer(model, config, device)
@@ -139,21 +164,9 @@ def train(
     train_loss = val_loss = math.nan
     metrics = MetricsLog(out_dir / "metrics.jsonl")
 
-    if resume:
-        ckpt = load_checkpoint(out_dir, prefer="latest")
-        saved, asked = ckpt.model_config.to_dict(), model_config.to_dict()
-        diff = [k for k in saved if saved[k] != asked[k]]
-        if diff:
-            have = ", ".join(f"{k}={saved[k]}" for k in diff)
-            want = ", ".join(f"{k}={asked[k]}" for k in diff)
-            raise UserError(f"checkpoint '{ckpt.path}' has {have} but {want} was requested; "
-                            "drop the model overrides or use a new --out")
-        if ckpt.meta.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
-            raise UserError(f"checkpoint '{ckpt.path}' was trained with a different tokenizer "
-                            "than this data's; resume with the same --data")
-        load_weights(ckpt, model)
+    if ckpt is not None:
         state = ckpt.training_state()
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(model, optimizer, state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         data_rng.set_state(state["data_rng"])
         saved_world = int(ckpt.meta.get("world_size", 1))
@@ -172,9 +185,6 @@ def train(
         if ctx.is_main:
             metrics.truncate_after(step)
         log.info("resuming from %s at step %d", ckpt.path, step)
-    elif (out_dir / "latest").exists():
-        raise UserError(f"'{out_dir}' already holds a run; add --resume to continue it or "
-                        "choose a new --out")
 
     log.info("device %s, precision %s (%s)%s", device, precision.name, precision.reason,
              f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else "")
@@ -186,10 +196,12 @@ def train(
     tokens_per_step = (config.batch_size * ctx.world_size * config.grad_accum
                        * model_config.block_size)
     log.info("training for %d steps of %s tokens (batch %d x %d process%s x %d micro-batches "
-             "x context %d)%s", max_steps, f"{tokens_per_step:,}", config.batch_size,
+             "x context %d)%s%s", max_steps, f"{tokens_per_step:,}", config.batch_size,
              ctx.world_size, "es" if ctx.enabled else "", config.grad_accum,
              model_config.block_size,
-             f", at most {format_duration(config.max_time)}" if config.max_time else "")
+             f", at most {format_duration(config.max_time)}" if config.max_time else "",
+             f"; FSDP: each process holds 1/{ctx.world_size} of the weights, gradients and "
+             "optimizer state" if config.fsdp else "")
     # Only rank 0 reports MFU (and measures the ceiling, once per machine: see mfu.py).
     peak, peak_source = (peak_flops(device, precision.dtype, config.peak_tflops) if ctx.is_main
                          else (0.0, ""))
@@ -215,6 +227,13 @@ def train(
         val_loss = estimate_loss(fwd_model, val_tokens, **kwargs)
         elapsed = elapsed_before + time.perf_counter() - start
         rank_rngs = gather_to_main(rng_states(rng[1], device), ctx)  # for exact resume
+        to_save: torch.nn.Module = model
+        if config.fsdp:  # collective: every rank sends its shards to rank 0
+            weights, optimizer_state = gather_full_state(model, optimizer)
+            if ctx.is_main:
+                to_save = plain_model(model_config, weights)
+        else:
+            optimizer_state = optimizer.state_dict()
         is_best = val_loss < best_val
         best_val = min(best_val, val_loss)
         saved_step = step
@@ -225,7 +244,7 @@ def train(
                  step, train_loss, val_loss, math.exp(val_loss))
         metrics.write({"step": step, "train_loss": train_loss, "val_loss": val_loss,
                        "val_perplexity": math.exp(val_loss), "elapsed": elapsed})
-        state: dict[str, Any] = {"optimizer": optimizer.state_dict(),
+        state: dict[str, Any] = {"optimizer": optimizer_state,
                                  "scaler": scaler.state_dict(), "data_rng": rng[0],
                                  **rank_rngs[0]}
         if ctx.enabled:
@@ -237,7 +256,7 @@ def train(
                 "tokenizer_fingerprint": data.tokenizer.fingerprint(),
                 "data_dir": str(data.dir.resolve()), "precision": precision.name,
                 "world_size": ctx.world_size, **(extra_meta or {})}
-        save_checkpoint(out_dir / "latest", model, data.tokenizer, meta, state)
+        save_checkpoint(out_dir / "latest", to_save, data.tokenizer, meta, state)
         if is_best:
             link_checkpoint(out_dir / "latest", out_dir / "best")
         barrier(ctx)
@@ -326,3 +345,20 @@ def train(
     log.info("done: step %d, val loss %.4f, best %.4f, checkpoints in %s", step, val_loss,
              best_val, out_dir)
     return TrainResult(out_dir, step, train_loss, val_loss, best_val, elapsed)
+
+
+def _checkpoint_to_resume(out_dir: Path, model_config: ModelConfig,
+                          data: PreparedData) -> Checkpoint:
+    """`out_dir`'s latest checkpoint, checked against the model shape and tokenizer asked for."""
+    ckpt = load_checkpoint(out_dir, prefer="latest")
+    saved, asked = ckpt.model_config.to_dict(), model_config.to_dict()
+    diff = [k for k in saved if saved[k] != asked[k]]
+    if diff:
+        have = ", ".join(f"{k}={saved[k]}" for k in diff)
+        want = ", ".join(f"{k}={asked[k]}" for k in diff)
+        raise UserError(f"checkpoint '{ckpt.path}' has {have} but {want} was requested; "
+                        "drop the model overrides or use a new --out")
+    if ckpt.meta.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
+        raise UserError(f"checkpoint '{ckpt.path}' was trained with a different tokenizer "
+                        "than this data's; resume with the same --data")
+    return ckpt

@@ -8,6 +8,7 @@ GPT-2 and nanoGPT. Frozen parameters (fine-tuning, `freeze_parameters`) are left
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,6 +50,19 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, ob
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def state_by_name(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """An `optimizer.state_dict()` (parameters numbered in `parameter_groups` order) keyed by
+    parameter name instead, the form `torch.distributed.checkpoint` loads into sharded models.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # tied: once
+    order = [n for n, p in named if p.dim() >= 2] + [n for n, p in named if p.dim() < 2]
+    return {
+        "state": {order[i]: v for i, v in state["state"].items()},
+        "param_groups": [{**g, "params": [order[i] for i in g["params"]]}
+                         for g in state["param_groups"]],
+    }
 
 
 def make_optimizer(
