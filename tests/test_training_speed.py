@@ -82,6 +82,8 @@ def test_measured_matmul_rate_is_plausible() -> None:
 
 
 def test_freed_memory_is_kept_for_reuse_on_glibc() -> None:
+    import ctypes
+    import ctypes.util
     import platform
 
     from gptscratch.training.device import keep_freed_memory
@@ -91,24 +93,31 @@ def test_freed_memory_is_kept_for_reuse_on_glibc() -> None:
     assert keep_freed_memory() is glibc  # idempotent
     if not glibc:
         return
-    import resource
 
-    def faults_to_fill_64_mib() -> int:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        torch.ones(16 * 2**20)  # 64 MiB, touched, then freed
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2: ten size_t counters
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
 
-    faults_to_fill_64_mib()
-    faults_to_fill_64_mib()  # the heap settles after a couple of rounds, as in a first step
-    # Freed and allocated again: the same heap pages are reused, instead of 16,384 fresh
-    # 4 KiB pages from a new mmap (glibc's default above its mmap threshold).
-    assert faults_to_fill_64_mib() < 2000
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    before = libc.mallinfo2()
+    big = torch.ones(16 * 2**20)  # 64 MiB: glibc's defaults would serve it with a fresh mmap
+    during = libc.mallinfo2()
+    del big
+    after = libc.mallinfo2()
+    assert during.hblkhd - before.hblkhd < 2**20  # not mmapped: it came from the heap
+    assert after.fordblks >= 64 * 2**20  # freed, and kept in the heap for the next step
+
 
 
 def test_progress_line_shows_mfu() -> None:
     line = progress_line(10, 100, 2.5, 1e-3, 15_000, 12.0, 100.0, mfu=0.234)
     assert "15.0k tok/s | MFU  23.4%" in line
     assert "MFU" not in progress_line(10, 100, 2.5, 1e-3, 15_000, 12.0, 100.0)
+    # Under a time budget the total is the forecast number of steps, marked as such.
+    assert "step     10/~2400 |" in progress_line(10, 2400, 2.5, 1e-3, 15_000, 12.0, 100.0,
+                                                 estimated_total=True)
 
 
 def test_compile_default_per_device() -> None:

@@ -310,11 +310,13 @@ def train(
                 tok_s = window_steps * tokens_per_step / (now - window_start)
                 mfu = tok_s * flops_tok / (peak * ctx.world_size) if peak else None
                 elapsed = elapsed_before + now - start
-                remaining = (max_steps - step) * (now - window_start) / window_steps
-                if config.max_time:
-                    remaining = min(remaining, max(0.0, config.max_time - elapsed))
-                log.info(progress_line(step, max_steps, mean_loss, lr, tok_s, elapsed,
-                                       remaining, mfu))
+                per_step = (now - window_start) / window_steps
+                remaining, shown_total = (max_steps - step) * per_step, max_steps
+                by_time = max(0.0, config.max_time - elapsed) if config.max_time else math.inf
+                if by_time < remaining:  # the time budget ends the run first
+                    remaining, shown_total = by_time, step + round(by_time / per_step)
+                log.info(progress_line(step, shown_total, mean_loss, lr, tok_s, elapsed,
+                                       remaining, mfu, estimated_total=shown_total != max_steps))
                 if ctx.is_main:
                     metrics.write({"step": step, "loss": mean_loss, "lr": lr,
                                    "tokens_per_s": tok_s, "mfu": mfu, "elapsed": elapsed})

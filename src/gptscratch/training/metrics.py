@@ -14,13 +14,14 @@ def format_duration(seconds: float) -> str:
 
 def progress_line(
     step: int, total: int, loss: float, lr: float, tokens_per_s: float, elapsed: float,
-    eta: float, mfu: float | None = None,
+    eta: float, mfu: float | None = None, estimated_total: bool = False,
 ) -> str:
     """One human-readable line: step, loss, learning rate, speed (tokens/s and model FLOPs
-    utilisation, a fraction), elapsed time and ETA."""
+    utilisation, a fraction), elapsed time and ETA. `estimated_total` marks a total that is
+    the time budget's forecast (`step 812/~2400`) rather than a fixed step count."""
     mfu_text = f" | MFU {100 * mfu:5.1f}%" if mfu is not None else ""
     return (
-        f"step {step:>6}/{total} | loss {loss:.4f} | lr {lr:.2e} | "
+        f"step {step:>6}/{'~' if estimated_total else ''}{total} | loss {loss:.4f} | lr {lr:.2e} | "
         f"{tokens_per_s / 1000:7.1f}k tok/s{mfu_text} | {format_duration(elapsed)} elapsed | "
         f"ETA {format_duration(eta)}"
     )
