@@ -15,7 +15,7 @@ a user would run them (the default allocator) and, as `-keep` rows, with the sam
 the comparison can be read both ways.
 
     python benchmarks/training.py --shape preset     # ~2 minutes here
-    python benchmarks/training.py --shape 124m       # ~6 minutes here (batch 4 x 256)
+    python benchmarks/training.py --shape 124m       # ~9 minutes here (batch 4 x 256, 5 timed steps)
 
 Prints a table and writes the shape's entry in benchmarks/results/training.json. Run it alone.
 """
@@ -54,7 +54,7 @@ SHAPES: dict[str, tuple[dict[str, Any], int, int, int, int]] = {
                PRESET.train.batch_size, PRESET.model["block_size"], 20, 5),
     # On 2 CPU cores a 124M step at 4 x 256 tokens already takes seconds; a GPU takes more.
     "124m": (dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768,
-                  bias=True, dropout=0.0), 4, 256, 3, 1),
+                  bias=True, dropout=0.0), 4, 256, 5, 1),
 }
 ROWS = ["ours-fp32", "ours-bf16", "ours-bf16-compile", "ours-bf16-nokeep", "hf-fp32-eager",
         "hf-fp32-sdpa", "hf-bf16-eager", "hf-bf16-sdpa", "hf-fp32-sdpa-keep",

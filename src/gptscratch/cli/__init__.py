@@ -1,0 +1,68 @@
+"""The `gptscratch` command: parses arguments, calls `gptscratch.api`, reports errors.
+
+User mistakes (`UserError`) become one line on stderr, `error: ...`, and exit code 2.
+This package is the only code that configures logging or writes to the terminal directly:
+`parser.py` builds the argument parser, `commands.py` and `generate.py` run the sub-commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from gptscratch.cli.commands import COMMANDS
+from gptscratch.cli.parser import build_parser
+from gptscratch.errors import UserError
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of each record, so it keeps working when
+    stderr is swapped (pytest's capture, notebooks) after logging was configured."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def configure_logging(quiet: bool) -> None:
+    """gptscratch's progress and info lines go to stderr as plain lines (stdout carries only
+    results: generated text, evaluation figures). Under torchrun only rank 0 reports progress;
+    the other ranks show warnings and errors, tagged with their rank."""
+    handler = _StderrHandler()
+    rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+    other_rank = rank != "0"
+    handler.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s" if other_rank
+                                           else "%(message)s"))
+    logger = logging.getLogger("gptscratch")
+    logger.handlers = [handler]
+    logger.setLevel(logging.WARNING if quiet or other_rank else logging.INFO)
+    logger.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `gptscratch` console script and `python -m gptscratch`."""
+    # Before any torch work: denormal floats made CPU matmuls up to 80x slower here, and worker
+    # threads only inherit the flush-to-zero mode if it is set before they start.
+    import torch
+
+    torch.set_flush_denormal(True)
+    args = build_parser().parse_args(argv)
+    configure_logging(args.quiet)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0

@@ -1,0 +1,102 @@
+"""The sub-commands other than generation: each calls `gptscratch.api` (or the library
+function behind it) and prints the result. `COMMANDS` maps every sub-command to its function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from gptscratch.cli.generate import cmd_chat, cmd_sample
+from gptscratch.cli.parser import prepare_options
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from gptscratch.data.prepare import prepare
+
+    data = prepare(args.data, args.tokenizer, args.out, **prepare_options(args))
+    m = data.meta
+    print(f"prepared {data.dir}: {m['train_tokens']:,} train and {m['val_tokens']:,} val tokens, "
+          f"vocabulary {m['vocab_size']:,} ({m['tokenizer']})")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from gptscratch import api
+    from gptscratch.training.distributed import is_main_process, shutdown
+
+    fields = api.MODEL_FIELDS | api.TRAIN_FIELDS
+    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    try:
+        result = api.train(args.preset, args.data, args.out, tokenizer=args.tokenizer,
+                           resume=args.resume, stop_at=args.stop_at, overrides=overrides,
+                           prepare_options=prepare_options(args), init_from=args.init_from)
+    finally:
+        shutdown()  # leave torchrun's process group, if this is one of its processes
+    if args.sample_tokens > 0 and is_main_process():
+        print(f"--- a sample from {result.out_dir} (val loss {result.best_val_loss:.4f}) ---")
+        for piece in api.stream(result.out_dir, "\n", max_new_tokens=args.sample_tokens, seed=0):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        print(f"\n--- more: gptscratch sample --ckpt {result.out_dir} --prompt TEXT ---")
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from gptscratch import api
+    from gptscratch.evaluation.explain import format_stages
+
+    print(format_stages(api.explain(args.ckpt, args.prompt, device=args.device)))
+
+
+def cmd_viz(args: argparse.Namespace) -> None:
+    from gptscratch import api
+
+    if args.picture == "curves":
+        path = api.plot_curves(args.runs, args.out)
+    elif args.picture == "attention":
+        path = api.plot_attention(args.ckpt, args.prompt, args.out, layers=args.layer,
+                                  device=args.device)
+    elif args.picture == "next-token":
+        path = api.plot_next_token(args.ckpt, args.prompt, args.out,
+                                   temperature=args.temperature, top_k=args.top_k,
+                                   top_p=args.top_p, top=args.top, device=args.device)
+    elif args.picture == "embeddings":
+        path = api.plot_embeddings(args.ckpt, args.out, tokens=args.tokens, device=args.device)
+    else:
+        path = api.plot_logit_lens(args.ckpt, args.prompt, args.out, device=args.device)
+    print(f"wrote {path}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from gptscratch import api
+
+    result = api.evaluate(args.ckpt, args.data, batch_size=args.batch_size, device=args.device,
+                          dtype=args.dtype)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return
+    bpb = f" | bits/byte {result.bits_per_byte:.4f}" if result.bits_per_byte else ""
+    print(f"loss {result.loss:.4f} | perplexity {result.perplexity:.3f}{bpb} | "
+          f"{result.tokens:,} tokens")
+
+
+def cmd_import_hf(args: argparse.Namespace) -> None:
+    from gptscratch import api
+
+    out = api.import_hf(args.source, args.out)
+    print(f"imported {args.source} into {out}; try: gptscratch sample --ckpt {out}")
+
+
+def cmd_export_hf(args: argparse.Namespace) -> None:
+    from gptscratch import api
+
+    out = api.export_hf(args.ckpt, args.out)
+    print(f"exported {args.ckpt} to {out}; load it with "
+          f"transformers.AutoModelForCausalLM.from_pretrained('{out}')")
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample, "chat": cmd_chat,
+    "eval": cmd_eval, "explain": cmd_explain, "viz": cmd_viz, "import-hf": cmd_import_hf,
+    "export-hf": cmd_export_hf}

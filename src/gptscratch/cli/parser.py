@@ -1,0 +1,236 @@
+"""The `gptscratch` argument parser: every sub-command, its flags and their help text.
+
+Training flags are generated from the `ModelConfig` and `TrainConfig` dataclasses, so a new
+config field becomes a flag with no code here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+# Fields of the config dataclasses that become `train` flags, with their help text.
+MODEL_HELP = {
+    "block_size": "context length in tokens", "n_layer": "Transformer blocks",
+    "n_head": "attention heads per block", "n_embd": "embedding width (divisible by n_head)",
+    "dropout": "dropout probability", "bias": "biases in Linear and LayerNorm layers",
+    "attention": "auto | sdpa | explicit",
+    "tie_embeddings": "share the token embedding with the LM head",
+}
+
+
+TRAIN_HELP = {
+    "freeze_embeddings": "fine-tuning: keep the embeddings (and a tied LM head) fixed",
+    "freeze_layers": "fine-tuning: keep the first K Transformer blocks fixed",
+    "fsdp": "under torchrun: shard weights, gradients and optimizer state across processes",
+}
+
+
+def _field_type(annotation: Any) -> Any:
+    """`int | None` -> int, `float` -> float, `bool` -> bool."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def _add_config_flags(p: argparse.ArgumentParser, cls: Any, skip: set[str],
+                      helps: dict[str, str]) -> None:
+    hints = get_type_hints(cls)  # resolves the string annotations of `from __future__`
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _field_type(hints[f.name])
+        help_text = f"{helps.get(f.name, f.name.replace('_', ' '))} (preset default)"
+        if kind is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=None, help=help_text)
+        else:
+            p.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
+                           help=help_text)
+
+
+def _add_prepare_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="fraction of the text held out for validation (default 0.1)")
+    p.add_argument("--lowercase", action="store_true", help="lowercase the text first")
+    p.add_argument("--hf-dataset", default=None, metavar="NAME",
+                   help="a Hugging Face dataset name or builder (e.g. 'text' with data files)")
+    p.add_argument("--hf-split", default="train", help="dataset split (default train)")
+    p.add_argument("--hf-text-column", default="text", help="column holding the text")
+    p.add_argument("--hf-data-files", nargs="+", default=None, metavar="FILE",
+                   help="local data files for a dataset builder such as 'text' or 'json'")
+
+
+def _generation_flags() -> argparse.ArgumentParser:
+    """The flags `sample` and `chat` share."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+    p.add_argument("--max-new-tokens", type=int, default=500,
+                   help="tokens to generate per sample (default 500)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="sample only among the K most likely tokens (default: all)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="sample only among the most likely tokens covering P of the "
+                        "probability (default 1.0: all)")
+    p.add_argument("--min-p", type=float, default=0.0,
+                   help="drop tokens less than MIN_P times as likely as the best (default 0)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 discourages tokens already in the text (default 1.0: none)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="in [-2, 2]: penalise tokens by how often they were generated")
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="in [-2, 2]: penalise tokens once generated")
+    p.add_argument("--beams", type=int, default=1,
+                   help="beam search with N beams (deterministic; default 1: sampling)")
+    p.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam search: > 0 favours longer texts (default 1.0)")
+    p.add_argument("--no-early-stopping", dest="early_stopping", action="store_false",
+                   help="beam search: go on until no running beam can win")
+    p.add_argument("--seed", type=int, default=None, help="same seed, same text")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end a sample at this text, which is not printed (repeatable)")
+    p.add_argument("--speaker", default=None, metavar="NAME",
+                   help="script mode: generate NAME's next speech (plays, screenplays)")
+    p.add_argument("--until-next-speaker", action="store_true",
+                   help="script mode: stop where another speaker's line begins")
+    p.add_argument("--no-cache", dest="use_cache", action="store_false",
+                   help="re-run the whole context for every token (slow; for comparison)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default="auto",
+                   help="weights for generation: auto (bf16 where faster) | float32 | bfloat16 | "
+                        "float16")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gptscratch.model.config import ModelConfig
+    from gptscratch.training.config import TrainConfig
+    from gptscratch.training.presets import PRESETS
+
+    parser = argparse.ArgumentParser(
+        prog="gptscratch",
+        description="Build, train and run GPT language models from scratch.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    # -q also works after the command name (`gptscratch sample -q ...`).
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", parents=[quiet],
+                       help="tokenize a corpus into train.bin / val.bin")
+    p.add_argument("--data", default="shakespeare",
+                   help="'shakespeare' (built in), a text file, a directory or a glob")
+    p.add_argument("--tokenizer", default="char", help="char | gpt2 | bpe:N (default char)")
+    p.add_argument("--out", default=None, help="output directory (default: in the cache)")
+    _add_prepare_flags(p)
+
+    p = sub.add_parser("train", parents=[quiet], help="train a GPT (prepares raw text first)")
+    p.add_argument("--preset", default="shakespeare-char",
+                   help=f"one of {', '.join(PRESETS)} (default shakespeare-char)")
+    p.add_argument("--data", default=None,
+                   help="'shakespeare', a text file, a directory or glob, or a prepared directory")
+    p.add_argument("--out", default=None, help="run directory (default out/<preset>)")
+    p.add_argument("--tokenizer", default=None, help="char | gpt2 | bpe:N (default: preset's)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--init-from", default=None, metavar="SOURCE",
+                   help="fine-tune: start from a gptscratch run or checkpoint, a Hugging Face "
+                        "GPT-2 folder, or a hub name such as gpt2 (online); the model shape and "
+                        "tokenizer come from it, the preset is not used, and the learning rate "
+                        "defaults to 1e-4 (default out: out/finetune)")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="stop after STEP as if interrupted (continue with --resume)")
+    p.add_argument("--sample-tokens", type=int, default=300, metavar="N",
+                   help="print an N-token sample from the trained model at the end (0: none)")
+    _add_prepare_flags(p)
+    _add_config_flags(p, ModelConfig, {"vocab_size"}, MODEL_HELP)
+    _add_config_flags(p, TrainConfig, set(), TRAIN_HELP)
+
+    p = sub.add_parser("sample", parents=[quiet, _generation_flags()],
+                       help="generate text from a checkpoint")
+    p.add_argument("--prompt", default=None, help="text to continue (default: stdin if piped)")
+    p.add_argument("--num-samples", type=int, default=1,
+                   help="samples to generate, in one batch (default 1)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per sample: text, token ids, log-probabilities")
+    p.add_argument("--interactive", action="store_true", help="a prompt loop (same as chat)")
+    p.add_argument("--check-copy", action="store_true",
+                   help="after each sample, report on stderr its longest span found verbatim "
+                        "in the training text and its word 4-gram overlap with it")
+
+    p = sub.add_parser("chat", parents=[quiet, _generation_flags()],
+                       help="a prompt loop: type a prompt, see its continuation stream")
+    p.add_argument("--you", default=None, metavar="NAME",
+                   help="with --speaker: you speak as NAME and the model answers as --speaker, "
+                        "keeping the whole dialogue as context")
+
+    p = sub.add_parser("eval", parents=[quiet],
+                       help="loss, perplexity and bits per byte of a checkpoint")
+    p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+    p.add_argument("--data", default=None, help="a text file (default: the run's val split)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("explain", parents=[quiet],
+                       help="walk a prompt through the model, printing every stage's shapes")
+    p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+    p.add_argument("--prompt", required=True, help="the text to run through the model")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    _add_viz_parser(sub, quiet)
+
+    p = sub.add_parser("import-hf", parents=[quiet],
+                       help="convert a Hugging Face GPT-2 into a gptscratch checkpoint")
+    p.add_argument("source", help="a folder with config.json and model.safetensors (or "
+                                  "pytorch_model.bin), or a hub name such as gpt2 (online)")
+    p.add_argument("--out", required=True, help="checkpoint folder to create")
+
+    p = sub.add_parser("export-hf", parents=[quiet],
+                       help="write a checkpoint as a Hugging Face GPT-2 folder for transformers")
+    p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+    p.add_argument("--out", required=True, help="folder to create")
+    return parser
+
+
+def _add_viz_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
+    viz = sub.add_parser("viz", parents=[quiet], help="draw pictures of a model or of training "
+                         "runs as PNG files").add_subparsers(dest="picture", required=True,
+                                                             metavar="PICTURE")
+
+    def picture(name: str, help_text: str, prompt: bool) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = viz.add_parser(name, parents=[quiet], help=help_text)
+        p.add_argument("--out", default=f"{name}.png", help=f"PNG file (default {name}.png)")
+        if name != "curves":
+            p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+            p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+        if prompt:
+            p.add_argument("--prompt", required=True, help="the text to look at")
+        return p
+
+    p = picture("curves", "train/val loss, learning rate and tokens/s of one or more runs", False)
+    p.add_argument("--runs", nargs="+", required=True, metavar="RUN",
+                   help="run directories (or metrics.jsonl files) to compare")
+    p = picture("attention", "attention heatmaps of every layer and head for a prompt", True)
+    p.add_argument("--layer", type=int, action="append", default=None, metavar="N",
+                   help="draw only layer N (0-based; repeatable; default all)")
+    p = picture("next-token", "next-token candidates and what the sampling settings cut", True)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    p.add_argument("--top-k", type=int, default=None, help="keep the K most likely tokens")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="keep the most likely tokens covering P of the probability")
+    p.add_argument("--top", type=int, default=20, help="candidates to draw (default 20)")
+    p = picture("embeddings", "token embeddings in 2D (PCA) and position similarity", False)
+    p.add_argument("--tokens", type=int, default=120,
+                   help="tokens to label, the most frequent in the training data (default 120)")
+    picture("logit-lens", "what each layer would predict at each position of a prompt", True)
+
+
+def prepare_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(val_fraction=args.val_fraction, lowercase=args.lowercase,
+                hf_dataset=args.hf_dataset, hf_split=args.hf_split,
+                hf_text_column=args.hf_text_column, hf_data_files=args.hf_data_files)
