@@ -52,6 +52,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
     threads = torch.get_num_threads()
     return f"{name}, {os.cpu_count()} CPUs, {threads} threads, torch {torch.__version__}"
 

@@ -14,8 +14,8 @@ training loop does on CPU; `ours-bf16-nokeep` shows what that setting is worth. 
 a user would run them (the default allocator) and, as `-keep` rows, with the same setting, so
 the comparison can be read both ways.
 
-    python benchmarks/training.py --shape preset     # ~2 minutes here
-    python benchmarks/training.py --shape 124m       # ~9 minutes here (batch 4 x 256, 5 timed steps)
+    python benchmarks/training.py --shape preset     # ~4 minutes here (11 rows)
+    python benchmarks/training.py --shape 124m       # ~9 minutes (batch 4 x 256, 5 steps)
 
 Prints a table and writes the shape's entry in benchmarks/results/training.json. Run it alone.
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from quality import machine  # the sibling benchmark script: one machine description
 
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT, lm_loss
@@ -59,21 +59,6 @@ SHAPES: dict[str, tuple[dict[str, Any], int, int, int, int]] = {
 ROWS = ["ours-fp32", "ours-bf16", "ours-bf16-compile", "ours-bf16-nokeep", "hf-fp32-eager",
         "hf-fp32-sdpa", "hf-bf16-eager", "hf-bf16-sdpa", "hf-fp32-sdpa-keep",
         "hf-bf16-eager-keep", "hf-bf16-sdpa-keep"]
-
-
-def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-    return f"{name}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, " \
-           f"torch {torch.__version__}"
 
 
 def build(row: str, fields: dict[str, Any], device: torch.device) -> torch.nn.Module:
