@@ -122,6 +122,11 @@ def test_progress_line_shows_mfu() -> None:
 
 def test_compile_default_per_device() -> None:
     assert choose_compile(None, torch.device("cuda"))[0] is True
+    assert choose_compile(None, torch.device("cuda"), max_steps=5000, max_time=3600)[0] is True
+    # A short run on a GPU: the cold compile would cost more than it saves.
+    assert choose_compile(None, torch.device("cuda"), max_steps=50)[0] is False
+    assert choose_compile(None, torch.device("cuda"), max_steps=5000, max_time=120)[0] is False
+    assert choose_compile(True, torch.device("cuda"), max_steps=50) == (True, "requested")
     assert choose_compile(None, torch.device("cpu"))[0] is False
     assert choose_compile(True, torch.device("cpu")) == (True, "requested")
     assert choose_compile(False, torch.device("cuda")) == (False, "requested")

@@ -38,10 +38,11 @@ def keep_freed_memory() -> bool:
     fresh `mmap` and hands it back to the OS on free, so the next step takes a page fault for
     every 4 KiB it touches again. With mmap off and heap trimming off, freed blocks stay in
     the heap and are reused, as PyTorch's own CUDA caching allocator does on GPUs. Measured
-    on the 2-core VM (docs/benchmarks.md): a GPT-2 124M bf16 step (batch 4 x 256) went from
-    2.6-4.4 s to 1.7-1.8 s, and its time no longer swings between runs. The cost: the
-    process keeps its peak heap until it exits (the same peak, not more). It is process-wide
-    and is done once; other C libraries (macOS, musl) are left alone.
+    on the 2-core VM (docs/benchmarks.md): a GPT-2 124M bf16 step (batch 4 x 256) took 4.5 s
+    without and 1.5 s with it (3.1x; the preset's step 1.08x), and no longer swings between
+    runs. The cost: the process keeps its peak heap until it exits (peak RSS 3.4 against
+    3.0 GB at 124M). It is process-wide and done once; other C libraries (macOS, musl) are
+    left alone.
     """
     global _allocator_kept
     if _allocator_kept:
@@ -80,18 +81,34 @@ def choose_device(spec: str = "auto") -> torch.device:
     return device
 
 
-def choose_compile(requested: bool | None, device: torch.device) -> tuple[bool, str]:
+# A run shorter than this cannot repay a cold compile of about a minute on a GPU (a 124M step
+# takes 0.1-0.3 s there): a smoke test or a short fine-tune runs eagerly.
+COMPILE_MIN_STEPS = 300
+COMPILE_MIN_SECONDS = 600.0
+
+
+def choose_compile(requested: bool | None, device: torch.device, max_steps: int | None = None,
+                   max_time: float | None = None) -> tuple[bool, str]:
     """Whether to train through `torch.compile`, and why (for the log).
 
-    `--compile` / `--no-compile` force it. Otherwise: on for CUDA, where fusing the
-    element-wise ops into the matmuls' neighbours is the known large win and a compile of
-    tens of seconds is small against a GPU run; off elsewhere. On this 2-core CPU a cold
-    compile of the shakespeare-char preset cost more wall time than it saved in a 5-minute
-    run (docs/benchmarks.md has the figures), and MPS support is partial.
+    `--compile` / `--no-compile` force it. Otherwise it depends on the device and the run's
+    length. On CUDA: on, where fusing the element-wise ops into their neighbours is the known
+    large win, unless the run is capped below `COMPILE_MIN_STEPS` steps or
+    `COMPILE_MIN_SECONDS` (a reasoned threshold, not measured here: no GPU was available).
+    Off elsewhere: on this 2-core CPU a cold compile of the shakespeare-char preset (33 s)
+    repays itself only after ~5.3 minutes of 9 % faster steps, longer than its 4.5-minute
+    run, and at the GPT-2 124M shape compiled steps were slower at any run length
+    (docs/benchmarks.md has the figures); MPS support is partial.
     """
     if requested is not None:
         return requested, "requested"
     if device.type == "cuda":
+        if max_steps is not None and max_steps < COMPILE_MIN_STEPS:
+            return False, (f"a {max_steps}-step run on CUDA does not repay a cold compile; "
+                           "--compile to force")
+        if max_time and max_time < COMPILE_MIN_SECONDS:
+            return False, (f"a {max_time:g} s run on CUDA does not repay a cold compile; "
+                           "--compile to force")
         return True, "default on CUDA: fused kernels pay back the compile time"
-    return False, (f"default on {device.type}: a cold compile does not pay back in a short "
-                   "run; --compile to force")
+    return False, (f"default on {device.type}: a cold compile did not pay back here; "
+                   "--compile to force")

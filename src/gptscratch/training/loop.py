@@ -208,7 +208,9 @@ def train(
     flops_tok = flops_per_token(model_config, n_params)
     log.info("MFU measured against %.1f TFLOP/s per process (%s); the model needs %.1f "
              "MFLOPs per token", peak / 1e12, peak_source, flops_tok / 1e6)
-    compile_model, compile_reason = choose_compile(config.compile, device)
+    compile_model, compile_reason = choose_compile(  # by device and what is left of the run
+        config.compile, device, max_steps - step,
+        config.max_time - elapsed_before if config.max_time else None)
     log.info("torch.compile %s (%s)", "on" if compile_model else "off", compile_reason)
     fwd_model: torch.nn.Module = torch.compile(model) if compile_model else model  # type: ignore[assignment]
     train_model = wrap_model(fwd_model, ctx, device)
