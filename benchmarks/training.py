@@ -80,13 +80,24 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_row(row: str, shape: str, device: torch.device) -> dict[str, Any]:
+def shape_for(shape: str, device: torch.device, batch: int | None, seq_len: int | None
+              ) -> tuple[dict[str, Any], int, int, int, int]:
+    """The shape's fields, batch B, length T and step counts; on a GPU the 124M shape trains at
+    GPT-2's full context with a GPU-sized batch (and more steps), unless given."""
+    fields, B, T, steps, warmup = SHAPES[shape]
+    if device.type == "cuda" and shape == "124m":
+        B, T, steps, warmup = 16, 1024, 20, 5
+    return fields, batch or B, seq_len or T, steps, warmup
+
+
+def run_row(row: str, shape: str, device: torch.device, batch: int | None = None,
+            seq_len: int | None = None) -> dict[str, Any]:
     """Time one configuration in this process: returns ms/step, tokens/s, memory."""
     torch.set_flush_denormal(True)
     if device.type == "cpu" and ((row.startswith("ours") and not row.endswith("nokeep"))
                                  or row.endswith("-keep")):
         keep_freed_memory()
-    fields, B, T, steps, warmup = SHAPES[shape]
+    fields, B, T, steps, warmup = shape_for(shape, device, batch, seq_len)
     base_rss = rss_mb()
     model = build(row, fields, device)
     hf = row.startswith("hf")
@@ -128,11 +139,15 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=ROWS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--batch", type=int, default=None,
+                        help="sequences per step (default: the shape's; 16 for 124M on CUDA)")
+    parser.add_argument("--seq-len", type=int, default=None,
+                        help="tokens per sequence (default: the shape's; 1024 for 124M on CUDA)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.child:
-        print(json.dumps(run_row(args.child, args.shape, device)))
+        print(json.dumps(run_row(args.child, args.shape, device, args.batch, args.seq_len)))
         return
 
     torch.set_flush_denormal(True)
@@ -140,7 +155,9 @@ def main() -> None:
                for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
     print(f"matmul ceiling (2048^3): bf16 {ceiling['bf16'] / 1e9:,.0f} GFLOP/s, "
           f"fp32 {ceiling['fp32'] / 1e9:,.0f} GFLOP/s", flush=True)
-    fields, B, T, steps, warmup = SHAPES[args.shape]
+    fields, B, T, steps, warmup = shape_for(args.shape, device, args.batch, args.seq_len)
+    sizes = [*(["--batch", str(args.batch)] if args.batch else []),
+             *(["--seq-len", str(args.seq_len)] if args.seq_len else [])]
     results = []
     for row in args.rows:
         with tempfile.TemporaryDirectory() as cache:
@@ -148,7 +165,7 @@ def main() -> None:
             t = time.perf_counter()
             out = subprocess.run(
                 [sys.executable, __file__, "--shape", args.shape, "--device", args.device,
-                 "--child", row], env=env, capture_output=True, text=True, check=False)
+                 "--child", row, *sizes], env=env, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             print(f"{row}: failed\n{out.stderr[-2000:]}", flush=True)
             continue
