@@ -5,7 +5,7 @@ the chosen precision, loss, backward (gradients add up), then clip, AdamW step, 
 Every `eval_interval` steps the loss on fixed train and val batches is measured and a
 checkpoint saved (`latest/`, and `best/` when val improves). Everything random (batch
 positions, dropout) is drawn from state that the checkpoint records, so `resume=True` continues
-exactly where the run stopped. Started by torchrun, the same loop trains with DDP: the
+exactly where the run stopped (`resume.py` puts that state back). Started by torchrun, the same loop trains with DDP: the
 multi-process parts live in `distributed.py` (wrapping, gradient sync, reductions, rank 0).
 
 Speed: the loop never waits for the device inside a step (losses are summed on the device and
@@ -32,9 +32,7 @@ from gptscratch.evaluation.evaluate import estimate_loss
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT, lm_loss
 from gptscratch.training.checkpoint import (
-    Checkpoint,
     link_checkpoint,
-    load_checkpoint,
     load_weights,
     save_checkpoint,
 )
@@ -52,10 +50,8 @@ from gptscratch.training.distributed import (
     gather_to_main,
     gradient_sync,
     init_distributed,
-    load_optimizer_state,
     mean_across_ranks,
     plain_model,
-    restore_rng,
     rng_states,
     shard_model,
     sum_across_ranks,
@@ -65,6 +61,7 @@ from gptscratch.training.metrics import MetricsLog, format_duration, progress_li
 from gptscratch.training.mfu import flops_per_token, peak_flops
 from gptscratch.training.optimizer import freeze_parameters, make_optimizer
 from gptscratch.training.precision import choose_precision
+from gptscratch.training.resume import checkpoint_to_resume, restore_training_state
 from gptscratch.training.schedule import lr_at
 
 log = logging.getLogger("gptscratch.train")
@@ -145,7 +142,7 @@ def train(
 
     torch.manual_seed(config.seed)
     model = GPT(model_config).to(device)
-    ckpt = _checkpoint_to_resume(out_dir, model_config, data) if resume else None
+    ckpt = checkpoint_to_resume(out_dir, model_config, data) if resume else None
     if ckpt is not None:
         load_weights(ckpt, model)  # before FSDP shards the parameters
     elif init_weights is not None:
@@ -165,26 +162,12 @@ def train(
     metrics = MetricsLog(out_dir / "metrics.jsonl")
 
     if ckpt is not None:
-        state = ckpt.training_state()
-        load_optimizer_state(model, optimizer, state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        data_rng.set_state(state["data_rng"])
-        saved_world = int(ckpt.meta.get("world_size", 1))
-        restore_rng(state, saved_world, ctx, device, config.seed)
-        if saved_world != ctx.world_size:
-            log.warning("this run was trained with %d process(es) and now has %d: weights, "
-                        "optimizer state, step and LR schedule continue, but each step now "
-                        "trains on %d/%d as many sequences, and the batches drawn from here on "
-                        "(and the dropout masks) differ from those of an uninterrupted "
-                        "%d-process run", saved_world, ctx.world_size, ctx.world_size,
-                        saved_world, saved_world)
-        step = int(ckpt.meta["step"])
-        best_val = float(ckpt.meta.get("best_val_loss", math.inf))
-        elapsed_before = float(ckpt.meta.get("elapsed", 0.0))
-        train_loss, val_loss = float(ckpt.meta["train_loss"]), float(ckpt.meta["val_loss"])
+        point = restore_training_state(ckpt, optimizer, model, scaler, data_rng, ctx, device,
+                                       config.seed)
+        step, best_val, elapsed_before = point.step, point.best_val, point.elapsed
+        train_loss, val_loss = point.train_loss, point.val_loss
         if ctx.is_main:
             metrics.truncate_after(step)
-        log.info("resuming from %s at step %d", ckpt.path, step)
 
     log.info("device %s, precision %s (%s)%s", device, precision.name, precision.reason,
              f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else "")
@@ -349,20 +332,3 @@ def train(
     log.info("done: step %d, val loss %.4f, best %.4f, checkpoints in %s", step, val_loss,
              best_val, out_dir)
     return TrainResult(out_dir, step, train_loss, val_loss, best_val, elapsed)
-
-
-def _checkpoint_to_resume(out_dir: Path, model_config: ModelConfig,
-                          data: PreparedData) -> Checkpoint:
-    """`out_dir`'s latest checkpoint, checked against the model shape and tokenizer asked for."""
-    ckpt = load_checkpoint(out_dir, prefer="latest")
-    saved, asked = ckpt.model_config.to_dict(), model_config.to_dict()
-    diff = [k for k in saved if saved[k] != asked[k]]
-    if diff:
-        have = ", ".join(f"{k}={saved[k]}" for k in diff)
-        want = ", ".join(f"{k}={asked[k]}" for k in diff)
-        raise UserError(f"checkpoint '{ckpt.path}' has {have} but {want} was requested; "
-                        "drop the model overrides or use a new --out")
-    if ckpt.meta.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
-        raise UserError(f"checkpoint '{ckpt.path}' was trained with a different tokenizer "
-                        "than this data's; resume with the same --data")
-    return ckpt

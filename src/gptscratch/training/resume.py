@@ -1,0 +1,90 @@
+"""Resuming a run: check that a checkpoint fits the run asked for, then put back everything
+the training loop needs to continue as if it had never stopped.
+
+A checkpoint's `state.pt` holds the optimizer and grad-scaler state, the data generator (which
+batches come next) and the random state of every process (dropout masks); `checkpoint.json`
+holds the step, the losses so far and the wall time already spent, which a time-budgeted
+run's schedule follows. The loop (`loop.py`) loads the weights first, before FSDP would shard
+them, then calls `restore_training_state` once the optimizer exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gptscratch.data.prepare import PreparedData
+from gptscratch.errors import UserError
+from gptscratch.model.config import ModelConfig
+from gptscratch.training.checkpoint import Checkpoint, load_checkpoint
+from gptscratch.training.distributed import DistContext, load_optimizer_state, restore_rng
+
+log = logging.getLogger("gptscratch.train")
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where the interrupted run stood at its last checkpoint."""
+
+    step: int
+    best_val: float
+    elapsed: float  # wall-clock seconds of training so far
+    train_loss: float
+    val_loss: float
+
+
+def checkpoint_to_resume(out_dir: Path, model_config: ModelConfig,
+                         data: PreparedData) -> Checkpoint:
+    """`out_dir`'s latest checkpoint, checked against the model shape and tokenizer asked for."""
+    ckpt = load_checkpoint(out_dir, prefer="latest")
+    saved, asked = ckpt.model_config.to_dict(), model_config.to_dict()
+    diff = [k for k in saved if saved[k] != asked[k]]
+    if diff:
+        have = ", ".join(f"{k}={saved[k]}" for k in diff)
+        want = ", ".join(f"{k}={asked[k]}" for k in diff)
+        raise UserError(f"checkpoint '{ckpt.path}' has {have} but {want} was requested; "
+                        "drop the model overrides or use a new --out")
+    if ckpt.meta.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
+        raise UserError(f"checkpoint '{ckpt.path}' was trained with a different tokenizer "
+                        "than this data's; resume with the same --data")
+    return ckpt
+
+
+def restore_training_state(
+    ckpt: Checkpoint,
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    scaler: torch.amp.GradScaler,
+    data_rng: torch.Generator,
+    ctx: DistContext,
+    device: torch.device,
+    seed: int,
+) -> ResumePoint:
+    """Load the optimizer, scaler and random state of `ckpt` into this run; return its step.
+
+    At another number of processes than the checkpoint's, training continues but not exactly
+    as an uninterrupted run would, and a warning says what changes.
+    """
+    state = ckpt.training_state()
+    load_optimizer_state(model, optimizer, state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    data_rng.set_state(state["data_rng"])
+    saved_world = int(ckpt.meta.get("world_size", 1))
+    restore_rng(state, saved_world, ctx, device, seed)
+    if saved_world != ctx.world_size:
+        log.warning("this run was trained with %d process(es) and now has %d: weights, "
+                    "optimizer state, step and LR schedule continue, but each step now "
+                    "trains on %d/%d as many sequences, and the batches drawn from here on "
+                    "(and the dropout masks) differ from those of an uninterrupted "
+                    "%d-process run", saved_world, ctx.world_size, ctx.world_size,
+                    saved_world, saved_world)
+    step = int(ckpt.meta["step"])
+    log.info("resuming from %s at step %d", ckpt.path, step)
+    return ResumePoint(step, float(ckpt.meta.get("best_val_loss", math.inf)),
+                       float(ckpt.meta.get("elapsed", 0.0)), float(ckpt.meta["train_loss"]),
+                       float(ckpt.meta["val_loss"]))
