@@ -70,7 +70,8 @@ def build(row: str, fields: dict[str, Any], device: torch.device) -> torch.nn.Mo
     config = GPT2Config(
         vocab_size=fields["vocab_size"], n_positions=fields["block_size"],
         n_embd=fields["n_embd"], n_layer=fields["n_layer"], n_head=fields["n_head"],
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new",
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        activation_function="gelu" if fields.get("activation") == "gelu" else "gelu_new",
         use_cache=False, bos_token_id=0, eos_token_id=0,
         attn_implementation="sdpa" if "sdpa" in row else "eager")
     return GPT2LMHeadModel(config).to(device)

@@ -10,8 +10,10 @@ import torch
 from hf_models import greedy, hf_greedy, make_hf_model, transformers
 
 from gptscratch.errors import UserError
+from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
 from gptscratch.model.hf_weights import (
+    hf_config_from_model,
     model_config_from_hf,
     state_dict_from_hf,
     state_dict_to_hf,
@@ -25,6 +27,8 @@ CONFIGS = {
                            tie_word_embeddings=False),
     "one-head-gelu-tanh": dict(n_embd=12, n_head=1, n_layer=1, n_positions=24,
                                activation_function="gelu_pytorch_tanh"),
+    # HF's "gelu" is the exact GELU: our activation "gelu" (the shakespeare-char preset's).
+    "exact-gelu": dict(n_embd=16, n_head=2, n_layer=2, n_positions=32, activation_function="gelu"),
     # HF's eager attention with fp32 upcast + reordering: the same function, another code path.
     "eager-upcast": dict(n_embd=16, n_head=4, n_layer=2, n_positions=20,
                          reorder_and_upcast_attn=True, attn_implementation="eager"),
@@ -61,7 +65,7 @@ def test_tied_head_is_shared_and_untied_head_is_its_own() -> None:
     assert not torch.equal(untied.lm_head.weight, untied.transformer.wte.weight)
 
 
-@pytest.mark.parametrize("name", ["small", "untied-5-heads"])
+@pytest.mark.parametrize("name", ["small", "untied-5-heads", "exact-gelu"])
 def test_export_mapping_restores_every_hf_tensor_exactly(name: str) -> None:
     hf = make_hf_model(**CONFIGS[name])
     ours = ours_from(hf)
@@ -169,3 +173,12 @@ def test_mismatched_shapes_and_names_are_refused() -> None:
     del state["transformer.h.1.mlp.c_fc.weight"]
     with pytest.raises(UserError, match="missing"):
         state_dict_from_hf(state, config, "x")
+
+
+@pytest.mark.parametrize(("ours", "hf_name"), [("gelu_tanh", "gelu_new"), ("gelu", "gelu")])
+def test_activation_round_trips_through_the_hf_config(ours: str, hf_name: str) -> None:
+    config = ModelConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=8,
+                         activation=ours)
+    hf = hf_config_from_model(config, None, None)
+    assert hf["activation_function"] == hf_name
+    assert model_config_from_hf(hf, "exported").activation == ours

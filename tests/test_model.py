@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from gptscratch.errors import UserError
 from gptscratch.model.attention import CausalSelfAttention, explicit_attention
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT, lm_loss
-from gptscratch.model.layers import GELU, gelu
+from gptscratch.model.layers import GELU, gelu, gelu_exact
 
 
 def tiny(**kw: object) -> ModelConfig:
@@ -26,15 +28,29 @@ def test_gelu_matches_torch_tanh_gelu() -> None:
     assert torch.allclose(gelu(x), F.gelu(x, approximate="tanh"), atol=1e-12)
 
 
-def test_gelu_module_runs_the_reference_formula_forward_and_backward() -> None:
-    # The model runs the fused kernel (GELU); our written-out `gelu` is the reference.
+@pytest.mark.parametrize(("approximate", "reference"), [("tanh", gelu), ("none", gelu_exact)])
+def test_gelu_module_runs_the_reference_formula_forward_and_backward(
+        approximate: str, reference: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    # The model runs the fused kernel (GELU); our written-out formulas are the reference.
     x = torch.linspace(-6, 6, 2001, dtype=torch.float64, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_(True)
-    GELU()(x).sum().backward()
-    gelu(x_ref).sum().backward()
-    assert torch.allclose(GELU()(x), gelu(x_ref), atol=1e-12)
+    GELU(approximate)(x).sum().backward()
+    reference(x_ref).sum().backward()
+    assert torch.allclose(GELU(approximate)(x), reference(x_ref), atol=1e-12)
     assert x.grad is not None and x_ref.grad is not None
     assert torch.allclose(x.grad, x_ref.grad, atol=1e-10)
+
+
+def test_activation_picks_the_mlp_gelu() -> None:
+    cfg = tiny()
+    assert GPT(cfg).transformer.h[0].mlp.gelu.approximate == "tanh"  # GPT-2's, the default
+    exact = dataclasses.replace(cfg, activation="gelu")
+    assert GPT(exact).transformer.h[0].mlp.gelu.approximate == "none"
+    with pytest.raises(UserError, match="activation"):
+        dataclasses.replace(cfg, activation="relu")
+    # A checkpoint config from before the field existed is GPT-2 style.
+    old = {k: v for k, v in cfg.to_dict().items() if k != "activation"}
+    assert ModelConfig.from_dict(old).activation == "gelu_tanh"
 
 
 @pytest.mark.parametrize("bias", [True, False])

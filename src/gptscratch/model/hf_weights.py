@@ -29,7 +29,8 @@ HF_DEFAULTS: dict[str, Any] = {
     "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
     "add_cross_attention": False, "tie_word_embeddings": True,
 }
-# HF activations that are all the tanh approximation of GELU, which our `layers.gelu` computes.
+# HF activations that are all the tanh approximation of GELU, which our `layers.gelu` computes
+# (activation "gelu_tanh"); HF's "gelu" is the exact form (our activation "gelu").
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 LAYER_NORM_EPS = 1e-5  # the epsilon of our `layers.LayerNorm`
 # Weights that HF keeps as Conv1D, (in, out): transposed to nn.Linear's (out, in).
@@ -57,8 +58,8 @@ def model_config_from_hf(hf: Mapping[str, Any], where: str) -> ModelConfig:
                         "gptscratch imports GPT-2 checkpoints (model_type gpt2) only")
     c = {**HF_DEFAULTS, **{k: v for k, v in hf.items() if v is not None or k == "n_inner"}}
     unsupported = [
-        (c["activation_function"] in TANH_GELUS, "activation_function",
-         c["activation_function"], f"one of {', '.join(TANH_GELUS)}"),
+        (c["activation_function"] in (*TANH_GELUS, "gelu"), "activation_function",
+         c["activation_function"], f"gelu or one of {', '.join(TANH_GELUS)}"),
         (abs(float(c["layer_norm_epsilon"]) - LAYER_NORM_EPS) < 1e-12, "layer_norm_epsilon",
          c["layer_norm_epsilon"], "1e-05"),
         (bool(c["scale_attn_weights"]), "scale_attn_weights", c["scale_attn_weights"], "true"),
@@ -81,6 +82,7 @@ def model_config_from_hf(hf: Mapping[str, Any], where: str) -> ModelConfig:
             vocab_size=c["vocab_size"], block_size=c["n_positions"], n_layer=c["n_layer"],
             n_head=c["n_head"], n_embd=c["n_embd"], dropout=dropout, bias=True,
             tie_embeddings=bool(c["tie_word_embeddings"]),
+            activation="gelu" if c["activation_function"] == "gelu" else "gelu_tanh",
         )
     except UserError as e:
         raise UserError(f"{where} describes an invalid GPT-2: {e}") from None
@@ -99,7 +101,7 @@ def hf_config_from_model(
         "n_layer": config.n_layer,
         "n_head": config.n_head,
         "n_inner": None,
-        "activation_function": "gelu_new",
+        "activation_function": "gelu_new" if config.activation == "gelu_tanh" else "gelu",
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,

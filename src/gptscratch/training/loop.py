@@ -5,8 +5,9 @@ the chosen precision, loss, backward (gradients add up), then clip, AdamW step, 
 Every `eval_interval` steps the loss on fixed train and val batches is measured and a
 checkpoint saved (`latest/`, and `best/` when val improves). Everything random (batch
 positions, dropout) is drawn from state that the checkpoint records, so `resume=True` continues
-exactly where the run stopped (`resume.py` puts that state back). Started by torchrun, the same loop trains with DDP: the
-multi-process parts live in `distributed.py` (wrapping, gradient sync, reductions, rank 0).
+exactly where the run stopped (`resume.py` puts that state back). Started by torchrun, the
+same loop trains with DDP or FSDP: the multi-process parts live in `distributed.py`
+(wrapping, sharding, gradient sync, reductions, rank 0).
 
 Speed: the loop never waits for the device inside a step (losses are summed on the device and
 read once per log interval), batches come from memory-mapped token files (pinned and copied
