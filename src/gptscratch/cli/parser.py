@@ -18,7 +18,7 @@ MODEL_HELP = {
     "dropout": "dropout probability", "bias": "biases in Linear and LayerNorm layers",
     "attention": "auto | sdpa | explicit",
     "tie_embeddings": "share the token embedding with the LM head",
-    "activation": "gelu_tanh (GPT-2's) | gelu (exact; faster on CPU)",
+    "activation": "gelu_tanh (GPT-2's) | gelu (exact; a faster kernel on CPU)",
 }
 
 
