@@ -27,6 +27,18 @@ TINY_TRAIN = dict(batch_size=8, max_iters=20, eval_interval=10, eval_iters=2, lo
                   warmup_iters=2, max_time=0.0, dtype="float32")
 
 
+def cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI expecting a user error: exit code 2 and one `error: ...` line on stderr."""
+    from gptscratch.cli import main
+
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
 @pytest.fixture(autouse=True)
 def _reset_cli_logging() -> Iterator[None]:
     """`cli.main` configures the gptscratch logger for the terminal; undo it after each test so

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_error
 from hf_models import GPT2_VOCAB, make_hf_model
 
 from gptscratch import api
@@ -119,15 +120,6 @@ def test_init_from_an_earlier_gptscratch_run_keeps_its_char_tokenizer(
     assert prepared["tokenizer_fingerprint"] == source.meta["tokenizer_fingerprint"]
 
 
-def run_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
@@ -145,7 +137,7 @@ def test_bad_fine_tuning_settings(flags: list[str], expected: str, hf_dir: Path,
                                   tiny_corpus: Path, tmp_path: Path,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    line = run_error(["train", "--init-from", str(hf_dir), "--data", str(tiny_corpus), "--out",
+    line = cli_error(["train", "--init-from", str(hf_dir), "--data", str(tiny_corpus), "--out",
                       str(out), "--max-iters", "1", *flags], capsys)
     assert expected in line
     assert not (out / "latest").exists()
@@ -155,10 +147,10 @@ def test_data_prepared_with_another_tokenizer_is_refused(
         hf_dir: Path, tiny_run: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     char_data = load_checkpoint(tiny_run).meta["data_dir"]
-    line = run_error(["train", "--init-from", str(hf_dir), "--data", char_data, "--out",
+    line = cli_error(["train", "--init-from", str(hf_dir), "--data", char_data, "--out",
                       str(tmp_path / "run")], capsys)
     assert "prepared with a char tokenizer that is not the gpt2 tokenizer" in line
-    line = run_error(["train", "--init-from", str(tiny_run), "--data", __file__, "--out",
+    line = cli_error(["train", "--init-from", str(tiny_run), "--data", __file__, "--out",
                       str(tmp_path / "run2")], capsys)
     assert "outside the char vocabulary" in line
     assert not (tmp_path / "run").exists() and not (tmp_path / "run2" / "latest").exists()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from conftest import cli_error
 from hf_models import GPT2_VOCAB, greedy, hf_greedy, make_hf_model, transformers
 
 from gptscratch import api
@@ -30,15 +31,6 @@ def cli_ok(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     out, err = capsys.readouterr()
     assert code == 0, err
     return out
-
-
-def cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 @pytest.fixture

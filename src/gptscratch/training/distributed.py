@@ -217,7 +217,8 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
     by parameter name. A sharded model takes the named form (each rank keeps its shard); a
     plain one takes either.
     """
-    by_name = all(isinstance(k, str) for k in state["state"])
+    # Decided by the groups' parameter lists: the state itself is empty before the first step.
+    by_name = all(isinstance(p, str) for g in state["param_groups"] for p in g["params"])
     if not by_name and not is_sharded(model):
         optimizer.load_state_dict(state)
         return
