@@ -2,7 +2,7 @@
 
 For each model shape (the shakespeare-char preset's, and GPT-2 124M, random weights), dtype and
 batch size it generates 1,024 new tokens greedily from a 16-token prompt, with
-- ours, KV cache (`gptscratch.model.generation.generate_tokens`),
+- ours, KV cache (`gptscratch.model.decoding.Decoder`, one `step` per token),
 - ours, no cache (the whole context re-run every step, as nanoGPT and minGPT do),
 - Hugging Face `GPT2LMHeadModel.generate(use_cache=True)`, same shape and dtype,
 timing every token, so one run gives tokens/s after 256 and after 1,024 new tokens, and the
@@ -36,7 +36,7 @@ import torch
 from quality import machine  # the sibling benchmark script: one machine description
 
 from gptscratch.model.config import ModelConfig
-from gptscratch.model.generation import generate_tokens
+from gptscratch.model.decoding import Decoder
 from gptscratch.model.gpt import GPT
 from gptscratch.model.sampling import SamplingConfig
 from gptscratch.training.presets import get_preset
@@ -87,7 +87,9 @@ def time_ours(model: GPT, prompt: torch.Tensor, n: int, use_cache: bool) -> list
     """Seconds from the start to each new token."""
     t0 = time.perf_counter()
     stamps = []
-    for _ in generate_tokens(model, prompt, n, GREEDY, use_cache=use_cache):
+    decoder = Decoder(model, prompt.tolist(), use_cache=use_cache)
+    for _ in range(n):
+        decoder.step(GREEDY)
         stamps.append(time.perf_counter() - t0)
     return stamps
 

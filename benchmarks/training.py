@@ -40,7 +40,7 @@ from quality import machine  # the sibling benchmark script: one machine descrip
 
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT, lm_loss
-from gptscratch.training.device import keep_freed_memory
+from gptscratch.runtime.cpu import keep_freed_memory
 from gptscratch.training.mfu import flops_per_token, measure_matmul_flops
 from gptscratch.training.presets import get_preset
 

@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,17 @@ def cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0]
+
+
+def decode_steps(model: Any, prompts: Any, max_new_tokens: int, sampling: Any,
+                 generator: Any = None, use_cache: bool = True) -> list[Any]:
+    """`max_new_tokens` steps of the model's decoding loop (`Decoder.step`) for a batch of
+    prompts: a (B, T) tensor or lists of ids of any lengths."""
+    from gptscratch.model.decoding import Decoder
+
+    rows = prompts.tolist() if hasattr(prompts, "tolist") else prompts
+    decoder = Decoder(model, rows, use_cache=use_cache)
+    return [decoder.step(sampling, generator) for _ in range(max_new_tokens)]
 
 
 @pytest.fixture(autouse=True)

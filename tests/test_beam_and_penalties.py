@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import decode_steps
 
 from gptscratch.errors import UserError
 from gptscratch.model.beam_search import BeamConfig, beam_search
 from gptscratch.model.config import ModelConfig
-from gptscratch.model.generation import generate_tokens
 from gptscratch.model.gpt import GPT
 from gptscratch.model.sampling import (
     SamplingConfig,
@@ -76,7 +76,7 @@ def test_beam_search_with_endings_and_length_penalty_matches_exhaustive(
 
 def test_one_beam_is_greedy() -> None:
     model = _model(4)
-    greedy = [int(s.ids[0]) for s in generate_tokens(model, [[1, 2]], 6,
+    greedy = [int(s.ids[0]) for s in decode_steps(model, [[1, 2]], 6,
                                                      SamplingConfig(temperature=0.0))]
     assert beam_search(model, [1, 2], 6, BeamConfig(num_beams=1))[0].ids == greedy
 

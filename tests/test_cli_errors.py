@@ -13,7 +13,7 @@ import pytest
 from conftest import TINY_MODEL
 
 from gptscratch.cli import main
-from gptscratch.training import precision
+from gptscratch.runtime import precision
 
 TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_MODEL.items()] + [
     "--max-iters=2", "--eval-iters=1", "--dtype=float32", "--max-time=0", "--batch-size=4"]

@@ -11,6 +11,7 @@ import pytest
 
 from gptscratch import api
 from gptscratch.cli import main
+from gptscratch.generation.script import script_format
 
 SEP = "-" * 40 + "\n"
 
@@ -76,7 +77,7 @@ def test_speaker_mode_prints_one_speech(tiny_run: Path,
     out = _run(["sample", "--ckpt", str(tiny_run), "--speaker", "menenius",
                 "--until-next-speaker", "--max-new-tokens", "120", "--seed", "2"], capsys)
     assert out.startswith("MENENIUS:\n")
-    script = api.script_format(api.load(tiny_run)[2])
+    script = script_format(api.load(tiny_run)[2])
     assert script is not None
     body = out.splitlines()[1:]
     assert not any(line.endswith(":") and line[:-1] in script.speakers for line in body)

@@ -9,17 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptscratch.data import prepare as prepare_module
-from gptscratch.data.cache import atomic_file, cache_dir
-from gptscratch.data.prepare import (
-    default_prepared_dir,
-    is_prepared_dir,
-    load_prepared,
-    prepare,
-    split_train_val,
-    token_dtype,
-)
+from gptscratch.data import token_files
+from gptscratch.data.prepare import default_prepared_dir, prepare, split_train_val
+from gptscratch.data.token_files import is_prepared_dir, load_prepared, token_dtype
 from gptscratch.errors import UserError
+from gptscratch.files import atomic_file, cache_dir
 
 FILES = ["meta.json", "tokenizer.json", "train.bin", "val.bin"]
 
@@ -140,7 +134,7 @@ def test_crash_while_writing_leaves_no_meta(
     def crash(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prepare_module, "save_tokenizer", crash)
+    monkeypatch.setattr(token_files, "save_tokenizer", crash)
     with pytest.raises(KeyboardInterrupt):
         prepare(str(corpus), "gpt2", out)
     assert not is_prepared_dir(out)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gptscratch.data import sources
-from gptscratch.data.sources import read_text_source, sha256_text
+from gptscratch import hub
+from gptscratch.data.sources import read_text_source
 from gptscratch.errors import UserError
+from gptscratch.files import sha256_bytes
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 
@@ -70,9 +71,9 @@ def test_glob_reads_sorted_matches(tmp_path: Path) -> None:
     assert "2 files" in description
 
 
-def test_sha256_text() -> None:
-    assert sha256_text("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-    assert sha256_text("é") != sha256_text("e")
+def test_sha256_of_text() -> None:
+    assert sha256_bytes(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert sha256_bytes("é".encode()) != sha256_bytes(b"e")
 
 
 @pytest.mark.parametrize(
@@ -154,7 +155,7 @@ def test_unreachable_hub_switches_to_offline_mode(monkeypatch: pytest.MonkeyPatc
         raise OSError("Name or service not known")
 
     monkeypatch.setattr(socket, "create_connection", unreachable)
-    sources._go_offline_if_hub_unreachable()
+    hub.go_offline_if_unreachable()
     assert calls == [(("huggingface.co", 443), 1.0)]
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"
     if module is not None:

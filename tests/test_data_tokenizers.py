@@ -19,7 +19,7 @@ from gptscratch.data.tokenizers import (
     split_for_encoding,
     tokenizer_from_dict,
 )
-from gptscratch.data.trained_bpe import BPETokenizer
+from gptscratch.data.tokenizers.trained_bpe import BPETokenizer
 from gptscratch.errors import UserError
 
 TINY_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"

@@ -24,22 +24,22 @@ from conftest import TINY_MODEL
 from safetensors import safe_open
 
 from gptscratch import api
+from gptscratch.checkpoints.checkpoint import load_checkpoint
 from gptscratch.data.batches import get_batch
 from gptscratch.errors import UserError
 from gptscratch.evaluation.evaluate import estimate_loss
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
-from gptscratch.training.checkpoint import load_checkpoint
 from gptscratch.training.distributed import (
     DistContext,
     backend_for,
     context_from_env,
     gradient_sync,
-    load_optimizer_state,
     rank_device,
     shard_model,
     wrap_model,
 )
+from gptscratch.training.distributed_state import load_optimizer_state
 from gptscratch.training.metrics import read_metrics
 from gptscratch.training.optimizer import parameter_groups, state_by_name
 

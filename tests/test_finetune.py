@@ -11,8 +11,8 @@ from conftest import cli_error
 from hf_models import GPT2_VOCAB, make_hf_model
 
 from gptscratch import api
+from gptscratch.checkpoints.checkpoint import load_checkpoint
 from gptscratch.cli import main
-from gptscratch.training.checkpoint import load_checkpoint
 from gptscratch.training.config import TrainConfig
 from gptscratch.training.finetune import finetune_train_config
 from gptscratch.training.optimizer import freeze_parameters, make_optimizer
@@ -66,7 +66,7 @@ def test_fine_tuning_an_imported_model_lowers_its_val_loss(
     after = api.evaluate(run, device="cpu").loss
     assert after < before - 1.0, (before, after)
     meta = load_checkpoint(run).meta
-    assert meta["train_config"]["min_lr"] == finetune_train_config().min_lr  # the defaults
+    assert meta["train_config"]["min_lr"] == finetune_train_config().optim.min_lr  # the defaults
 
 
 def test_frozen_parameters_stay_put_through_a_resume(hf_dir: Path, tiny_corpus: Path,
@@ -97,9 +97,9 @@ def test_frozen_parameters_are_left_out_of_the_optimizer() -> None:
     from gptscratch.model.gpt import GPT
 
     model = GPT(ModelConfig(vocab_size=11, block_size=8, n_layer=3, n_head=2, n_embd=8))
-    config = TrainConfig(freeze_embeddings=True, freeze_layers=2)
-    freeze_parameters(model, config)
-    optimizer = make_optimizer(model, config, torch.device("cpu"))
+    config = TrainConfig().replace(freeze_embeddings=True, freeze_layers=2)
+    freeze_parameters(model, config.finetune)
+    optimizer = make_optimizer(model, config.optim, torch.device("cpu"))
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     trainable = {id(p) for p in model.transformer.h[2].parameters()}
     trainable |= {id(p) for p in model.transformer.ln_f.parameters()}

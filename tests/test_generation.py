@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import decode_steps
 
 from gptscratch.model.config import ModelConfig
-from gptscratch.model.generation import Decoder, generate_tokens, window_keep
+from gptscratch.model.decoding import Decoder, window_keep
 from gptscratch.model.gpt import GPT
 from gptscratch.model.sampling import SamplingConfig
 
@@ -45,8 +46,8 @@ def test_greedy_with_and_without_cache_is_identical(shape: dict, prompt_len: int
     model = _model(**shape)
     prompt = torch.randint(0, 37, (2, prompt_len))
     n = shape["block_size"] - prompt_len  # fills the context exactly
-    cached = _ids(list(generate_tokens(model, prompt, n, GREEDY)))
-    uncached = _ids(list(generate_tokens(model, prompt, n, GREEDY, use_cache=False)))
+    cached = _ids(list(decode_steps(model, prompt, n, GREEDY)))
+    uncached = _ids(list(decode_steps(model, prompt, n, GREEDY, use_cache=False)))
     assert cached == uncached
 
 
@@ -70,7 +71,7 @@ def test_seeded_sampling_with_and_without_cache_is_identical() -> None:
     runs = []
     for use_cache in (True, False):
         g = torch.Generator().manual_seed(7)
-        runs.append(_ids(list(generate_tokens(model, prompt, 20, sampling, g, use_cache))))
+        runs.append(_ids(list(decode_steps(model, prompt, 20, sampling, g, use_cache))))
     assert runs[0] == runs[1]
 
 
@@ -80,7 +81,7 @@ def test_generation_slides_past_the_context() -> None:
     model = _model(n_layer=2, n_head=2, n_embd=16, block_size=12, bias=True)
     block, keep = 12, window_keep(12)
     prompt = [3, 1, 4, 1, 5]
-    cached = _ids(list(generate_tokens(model, [prompt], 40, GREEDY)))[0]
+    cached = _ids(list(decode_steps(model, [prompt], 40, GREEDY)))[0]
     tokens, start, expected = list(prompt), 0, []
     for _ in range(40):
         if len(tokens) - start > block:
@@ -97,9 +98,9 @@ def test_generation_slides_past_the_context() -> None:
 def test_batched_prompts_of_different_lengths_match_single_runs(use_cache: bool) -> None:
     model = _model(n_layer=2, n_head=2, n_embd=16, block_size=16, bias=True)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
-    batched = _ids(list(generate_tokens(model, prompts, 25, GREEDY, use_cache=use_cache)))
+    batched = _ids(list(decode_steps(model, prompts, 25, GREEDY, use_cache=use_cache)))
     for row, prompt in enumerate(prompts):
-        alone = _ids(list(generate_tokens(model, [prompt], 25, GREEDY, use_cache=use_cache)))[0]
+        alone = _ids(list(decode_steps(model, [prompt], 25, GREEDY, use_cache=use_cache)))[0]
         assert batched[row] == alone, f"row {row}"
 
 
@@ -117,9 +118,9 @@ def test_samples_of_one_prompt_share_a_prefill_and_differ() -> None:
     model = _model(n_layer=2, n_head=2, n_embd=16, block_size=32)
     prompt = [[1, 2, 3, 4]] * 4
     g = torch.Generator().manual_seed(0)
-    rows = _ids(list(generate_tokens(model, prompt, 12, SamplingConfig(temperature=1.5), g)))
+    rows = _ids(list(decode_steps(model, prompt, 12, SamplingConfig(temperature=1.5), g)))
     assert len({tuple(r) for r in rows}) > 1  # independent samples, not copies
-    greedy = _ids(list(generate_tokens(model, prompt, 12, GREEDY)))
+    greedy = _ids(list(decode_steps(model, prompt, 12, GREEDY)))
     assert all(r == greedy[0] for r in greedy)
 
 
@@ -142,7 +143,7 @@ def test_dropping_finished_rows_keeps_the_others_exact() -> None:
     decoder.step(GREEDY)
     decoder.keep(torch.tensor([0, 2]))  # row 1 finished
     rest = [decoder.step(GREEDY).ids.tolist() for _ in range(8)]
-    full = _ids(list(generate_tokens(model, prompts, 9, GREEDY)))
+    full = _ids(list(decode_steps(model, prompts, 9, GREEDY)))
     assert [r[0] for r in rest] == full[0][1:]
     assert [r[1] for r in rest] == full[2][1:]
     assert decoder.rows.tolist() == [0, 2]
@@ -150,7 +151,7 @@ def test_dropping_finished_rows_keeps_the_others_exact() -> None:
 
 def test_bfloat16_weights_generate() -> None:
     model = _model(n_layer=2, n_head=2, n_embd=16, block_size=20).to(torch.bfloat16)
-    steps = list(generate_tokens(model, [[1, 2, 3]], 10, GREEDY))
+    steps = list(decode_steps(model, [[1, 2, 3]], 10, GREEDY))
     assert len(steps) == 10 and steps[0].logprobs.dtype == torch.float32
 
 

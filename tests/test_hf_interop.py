@@ -16,9 +16,9 @@ from hf_models import GPT2_VOCAB, greedy, hf_greedy, make_hf_model, transformers
 
 from gptscratch import api
 from gptscratch.cli import main
-from gptscratch.data.gpt2_bpe import gpt2_files
-from gptscratch.data.hf_tokenizers import save_hf_tokenizer, tokenizer_from_hf_dir
 from gptscratch.data.tokenizers import Tokenizer, build_tokenizer
+from gptscratch.data.tokenizers.gpt2 import gpt2_files
+from gptscratch.data.tokenizers.hf_files import save_hf_tokenizer, tokenizer_from_hf_dir
 
 # Text that exercises GPT-2's pre-tokenizer: contractions, digits, runs of spaces, code,
 # accents, CJK, emoji, tabs and CRLF.

@@ -9,16 +9,16 @@ import pytest
 import torch
 from hf_models import greedy, hf_greedy, make_hf_model, transformers
 
-from gptscratch.errors import UserError
-from gptscratch.model.config import ModelConfig
-from gptscratch.model.gpt import GPT
-from gptscratch.model.hf_weights import (
+from gptscratch.checkpoints.hf_weights import (
     hf_config_from_model,
     model_config_from_hf,
     state_dict_from_hf,
     state_dict_to_hf,
 )
-from gptscratch.training.hf_checkpoint import read_hf_tensors
+from gptscratch.checkpoints.huggingface import read_hf_tensors
+from gptscratch.errors import UserError
+from gptscratch.model.config import ModelConfig
+from gptscratch.model.gpt import GPT
 
 CONFIGS = {
     "small": dict(n_embd=16, n_head=2, n_layer=2, n_positions=32),
@@ -77,8 +77,8 @@ def test_export_mapping_restores_every_hf_tensor_exactly(name: str) -> None:
 
 
 def test_a_model_without_biases_exports_zero_biases_with_the_same_logits() -> None:
+    from gptscratch.checkpoints.hf_weights import hf_config_from_model
     from gptscratch.model.config import ModelConfig
-    from gptscratch.model.hf_weights import hf_config_from_model
 
     config = ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=8, bias=False)
     torch.manual_seed(0)

@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import decode_steps
 
 from gptscratch import api
 from gptscratch.errors import UserError
+from gptscratch.generation.config import GenerationConfig
+from gptscratch.generation.load import LoadedModel
+from gptscratch.generation.stream import stream_chunks
 from gptscratch.model.config import ModelConfig
-from gptscratch.model.generation import generate_tokens
 from gptscratch.model.gpt import GPT
 from gptscratch.model.kv_cache import KVCache
 from gptscratch.model.sampling import SamplingConfig, filter_logits, sample_next_token
-from gptscratch.model.streaming import stream_text
 
 
 def test_temperature_zero_is_greedy() -> None:
@@ -70,11 +72,11 @@ def test_prompt_longer_than_context_is_cropped() -> None:
     model = GPT(ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
     idx = torch.randint(0, 10, (1, 30))
     for use_cache in (True, False):
-        out = list(generate_tokens(model, idx, 5, SamplingConfig(temperature=0.0),
+        out = list(decode_steps(model, idx, 5, SamplingConfig(temperature=0.0),
                                    use_cache=use_cache))
         assert len(out) == 5
         # Cropping means only the last block_size tokens matter.
-        cropped = list(generate_tokens(model, idx[:, -8:], 5, SamplingConfig(temperature=0.0),
+        cropped = list(decode_steps(model, idx[:, -8:], 5, SamplingConfig(temperature=0.0),
                                        use_cache=use_cache))
         assert [int(s.ids) for s in out] == [int(s.ids) for s in cropped]
 
@@ -114,12 +116,18 @@ def _forced_model(sequence: Sequence[int], vocab: int) -> GPT:
     return _Scripted(sequence, vocab).eval()
 
 
+def stream_text(model: GPT, codec: object, prompt: str, **options: object) -> list[str]:
+    """The pieces of one prompt's continuation, as `stream_chunks` yields them."""
+    config = GenerationConfig(**options)  # type: ignore[arg-type]
+    chunks = stream_chunks(LoadedModel(model, codec), prompt, config)  # type: ignore[arg-type]
+    return [c.text for c in chunks if c.text]
+
+
 def test_stop_string_ends_generation_without_emitting_it() -> None:
     codec = Letters(["a", "b", "E", "N", "D", "c"])
     out_ids = [0, 1, 2, 3, 4, 5, 5, 5]  # "abENDccc"
     model = _forced_model(out_ids, 6)
-    pieces = list(stream_text(model, codec, "a", 8, SamplingConfig(temperature=0.0),
-                              stop=["END"]))
+    pieces = stream_text(model, codec, "a", max_new_tokens=8, temperature=0.0, stop=["END"])
     assert "".join(pieces) == "ab"
     assert all("E" not in p for p in pieces)  # the partial stop text was held back
 
@@ -134,8 +142,7 @@ def test_incomplete_characters_are_held_back() -> None:
             return text.replace("\ufffdé", "é")
 
     model = _forced_model([0, 1, 2, 0], 3)
-    pieces = list(stream_text(model, Bytes(codec.pieces), "x", 4,
-                              SamplingConfig(temperature=0.0)))
+    pieces = stream_text(model, Bytes(codec.pieces), "x", max_new_tokens=4, temperature=0.0)
     assert "".join(pieces) == "xéx"
     assert all("\ufffd" not in p for p in pieces)
 
@@ -143,4 +150,4 @@ def test_incomplete_characters_are_held_back() -> None:
 def test_empty_stop_string_is_rejected() -> None:
     model = _forced_model([0], 2)
     with pytest.raises(UserError, match="stop"):
-        list(stream_text(model, Letters(["a", "b"]), "a", 1, SamplingConfig(), stop=[""]))
+        stream_text(model, Letters(["a", "b"]), "a", max_new_tokens=1, stop=[""])

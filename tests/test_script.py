@@ -9,14 +9,16 @@ from test_sampling import Letters, _Scripted
 
 from gptscratch import api
 from gptscratch.errors import UserError
-from gptscratch.model.sampling import SamplingConfig
-from gptscratch.model.script import (
+from gptscratch.generation.config import GenerationConfig
+from gptscratch.generation.load import LoadedModel
+from gptscratch.generation.script import (
     NextSpeakerStop,
     ScriptFormat,
     find_script_format,
+    script_format,
     speaker_prompt,
 )
-from gptscratch.model.streaming import stream_text
+from gptscratch.generation.stream import stream_chunks
 
 PLAY = """Romeo and Juliet
 
@@ -99,14 +101,16 @@ def test_streamed_speech_never_shows_the_next_heading() -> None:
     codec = Letters(sorted(set(PLAY + "Hush")))
     speech = "Anon!\n\nROMEO:\nHush."
     model = _Scripted(codec.encode(speech), len(codec.pieces)).eval()
-    pieces = list(stream_text(model, codec, "JULIET:\n", len(speech), SamplingConfig(0.0),
-                              rules=[NextSpeakerStop(find_script_format(PLAY))]))
+    loaded = LoadedModel(model, codec, script=find_script_format(PLAY))  # type: ignore[arg-type]
+    config = GenerationConfig(max_new_tokens=len(speech), temperature=0.0,
+                              until_next_speaker=True)
+    pieces = [c.text for c in stream_chunks(loaded, "JULIET:\n", config) if c.text]
     assert "".join(pieces) == "Anon!"
     assert not any("R" in p or "\n" in p for p in pieces)
 
 
 def test_api_script_mode_on_a_trained_model(tiny_run: Path) -> None:
-    script = api.script_format(api.load(tiny_run)[2])
+    script = script_format(api.load(tiny_run)[2])
     assert script is not None and script.style == "line"
     assert {"First Citizen", "MENENIUS"} <= set(script.speakers)
     done = api.complete(tiny_run, "\n", speaker="menenius", until_next_speaker=True,

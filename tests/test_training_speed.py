@@ -13,8 +13,8 @@ import torch
 from gptscratch.data.batches import get_batch
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
+from gptscratch.runtime.compile import choose_compile
 from gptscratch.training import mfu
-from gptscratch.training.device import choose_compile
 from gptscratch.training.metrics import progress_line
 
 
@@ -86,7 +86,7 @@ def test_freed_memory_is_kept_for_reuse_on_glibc() -> None:
     import ctypes.util
     import platform
 
-    from gptscratch.training.device import keep_freed_memory
+    from gptscratch.runtime.cpu import keep_freed_memory
 
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is glibc

@@ -172,8 +172,8 @@ def test_viz_cli_errors_leave_no_file(argv: list[str], message: str, tiny_run: P
 def test_embeddings_show_the_most_frequent_training_tokens(tiny_run: Path) -> None:
     from collections import Counter
 
+    from gptscratch.checkpoints.checkpoint import load_checkpoint
     from gptscratch.data.prepare import load_prepared
-    from gptscratch.training.checkpoint import load_checkpoint
 
     data_dir = load_checkpoint(tiny_run).meta["data_dir"]
     prepared = load_prepared(data_dir)

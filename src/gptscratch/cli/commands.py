@@ -1,5 +1,5 @@
-"""The sub-commands other than generation: each calls `gptscratch.api` (or the library
-function behind it) and prints the result. `COMMANDS` maps every sub-command to its function.
+"""The sub-commands other than generation: each calls `gptscratch.api` and prints the result.
+`COMMANDS` maps every sub-command to its function.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from gptscratch.cli.parser import prepare_options
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from gptscratch.data.prepare import prepare
+    from gptscratch import api
 
-    data = prepare(args.data, args.tokenizer, args.out, **prepare_options(args))
+    data = api.prepare(args.data, args.tokenizer, args.out, **prepare_options(args))
     m = data.meta
     print(f"prepared {data.dir}: {m['train_tokens']:,} train and {m['val_tokens']:,} val tokens, "
           f"vocabulary {m['vocab_size']:,} ({m['tokenizer']})")
@@ -24,7 +24,6 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from gptscratch import api
-    from gptscratch.training.distributed import is_main_process, shutdown
 
     fields = api.MODEL_FIELDS | api.TRAIN_FIELDS
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
@@ -33,8 +32,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                            resume=args.resume, stop_at=args.stop_at, overrides=overrides,
                            prepare_options=prepare_options(args), init_from=args.init_from)
     finally:
-        shutdown()  # leave torchrun's process group, if this is one of its processes
-    if args.sample_tokens > 0 and is_main_process():
+        api.shutdown()  # leave torchrun's process group, if this is one of its processes
+    if args.sample_tokens > 0 and api.is_main_process():
         print(f"--- a sample from {result.out_dir} (val loss {result.best_val_loss:.4f}) ---")
         for piece in api.stream(result.out_dir, "\n", max_new_tokens=args.sample_tokens, seed=0):
             sys.stdout.write(piece)
@@ -44,9 +43,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> None:
     from gptscratch import api
-    from gptscratch.evaluation.explain import format_stages
 
-    print(format_stages(api.explain(args.ckpt, args.prompt, device=args.device)))
+    print(api.format_stages(api.explain(args.ckpt, args.prompt, device=args.device)))
 
 
 def cmd_viz(args: argparse.Namespace) -> None:

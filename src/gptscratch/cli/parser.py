@@ -1,7 +1,9 @@
 """The `gptscratch` argument parser: every sub-command, its flags and their help text.
 
-Training flags are generated from the `ModelConfig` and `TrainConfig` dataclasses, so a new
-config field becomes a flag with no code here.
+Training flags are generated from the `ModelConfig` and `TrainConfig` dataclasses, and the
+generation flags of `sample` and `chat` from `GenerationConfig`, so a new config field
+becomes a flag with no code here. Only these config modules are imported to build the
+parser; the commands themselves call `gptscratch.api`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def _field_type(annotation: Any) -> Any:
 
 def _add_config_flags(p: argparse.ArgumentParser, cls: Any, skip: set[str],
                       helps: dict[str, str]) -> None:
+    """`--field-name` for every field of `cls`, defaulting to None (the preset's value)."""
     hints = get_type_hints(cls)  # resolves the string annotations of `from __future__`
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -53,6 +56,29 @@ def _add_config_flags(p: argparse.ArgumentParser, cls: Any, skip: set[str],
                            help=help_text)
 
 
+def _add_generation_config_flags(p: argparse.ArgumentParser, skip: set[str]) -> None:
+    """A flag for every `GenerationConfig` field, with the field's default and help text: a
+    True boolean becomes `--no-...`, a False one `--...`, a tuple a repeatable flag."""
+    from gptscratch.generation.config import GenerationConfig
+
+    hints = get_type_hints(GenerationConfig)
+    for f in dataclasses.fields(GenerationConfig):
+        if f.name in skip:
+            continue
+        kind, meta = _field_type(hints[f.name]), f.metadata
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        extra: dict[str, Any] = {"metavar": meta["metavar"]} if meta.get("metavar") else {}
+        if kind is bool:
+            action = "store_false" if f.default else "store_true"
+            p.add_argument(flag, dest=f.name, action=action, help=meta["help"])
+        elif get_origin(kind) is tuple:
+            p.add_argument(flag, dest=f.name, action="append", default=[], help=meta["help"],
+                           **extra)
+        else:
+            p.add_argument(flag, dest=f.name, type=kind, default=f.default, help=meta["help"],
+                           **extra)
+
+
 def _add_prepare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of the text held out for validation (default 0.1)")
@@ -65,41 +91,12 @@ def _add_prepare_flags(p: argparse.ArgumentParser) -> None:
                    help="local data files for a dataset builder such as 'text' or 'json'")
 
 
-def _generation_flags() -> argparse.ArgumentParser:
-    """The flags `sample` and `chat` share."""
+def _generation_flags(skip: set[str]) -> argparse.ArgumentParser:
+    """The flags `sample` and `chat` share: the checkpoint, where to run it, and every
+    generation setting but those in `skip`."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
-    p.add_argument("--max-new-tokens", type=int, default=500,
-                   help="tokens to generate per sample (default 500)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    p.add_argument("--top-k", type=int, default=None,
-                   help="sample only among the K most likely tokens (default: all)")
-    p.add_argument("--top-p", type=float, default=1.0,
-                   help="sample only among the most likely tokens covering P of the "
-                        "probability (default 1.0: all)")
-    p.add_argument("--min-p", type=float, default=0.0,
-                   help="drop tokens less than MIN_P times as likely as the best (default 0)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="> 1 discourages tokens already in the text (default 1.0: none)")
-    p.add_argument("--frequency-penalty", type=float, default=0.0,
-                   help="in [-2, 2]: penalise tokens by how often they were generated")
-    p.add_argument("--presence-penalty", type=float, default=0.0,
-                   help="in [-2, 2]: penalise tokens once generated")
-    p.add_argument("--beams", type=int, default=1,
-                   help="beam search with N beams (deterministic; default 1: sampling)")
-    p.add_argument("--length-penalty", type=float, default=1.0,
-                   help="beam search: > 0 favours longer texts (default 1.0)")
-    p.add_argument("--no-early-stopping", dest="early_stopping", action="store_false",
-                   help="beam search: go on until no running beam can win")
-    p.add_argument("--seed", type=int, default=None, help="same seed, same text")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="end a sample at this text, which is not printed (repeatable)")
-    p.add_argument("--speaker", default=None, metavar="NAME",
-                   help="script mode: generate NAME's next speech (plays, screenplays)")
-    p.add_argument("--until-next-speaker", action="store_true",
-                   help="script mode: stop where another speaker's line begins")
-    p.add_argument("--no-cache", dest="use_cache", action="store_false",
-                   help="re-run the whole context for every token (slow; for comparison)")
+    _add_generation_config_flags(p, skip)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto",
                    help="weights for generation: auto (bf16 where faster) | float32 | bfloat16 | "
@@ -108,10 +105,7 @@ def _generation_flags() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gptscratch.model.config import ModelConfig
-    from gptscratch.training.config import TrainConfig
-    from gptscratch.training.presets import PRESETS
-
+    """The whole `gptscratch` parser: one sub-parser per command."""
     parser = argparse.ArgumentParser(
         prog="gptscratch",
         description="Build, train and run GPT language models from scratch.")
@@ -121,7 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                        help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_prepare_parser(sub, quiet)
+    _add_train_parser(sub, quiet)
+    _add_generation_parsers(sub, quiet)
+    _add_model_parsers(sub, quiet)
+    _add_viz_parser(sub, quiet)
+    _add_hf_parsers(sub, quiet)
+    return parser
 
+
+def _add_prepare_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p = sub.add_parser("prepare", parents=[quiet],
                        help="tokenize a corpus into train.bin / val.bin")
     p.add_argument("--data", default="shakespeare",
@@ -129,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default="char", help="char | gpt2 | bpe:N (default char)")
     p.add_argument("--out", default=None, help="output directory (default: in the cache)")
     _add_prepare_flags(p)
+
+
+def _add_train_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
+    from gptscratch.model.config import ModelConfig
+    from gptscratch.training.config import SECTIONS
+    from gptscratch.training.presets import PRESETS
 
     p = sub.add_parser("train", parents=[quiet], help="train a GPT (prepares raw text first)")
     p.add_argument("--preset", default="shakespeare-char",
@@ -149,26 +158,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print an N-token sample from the trained model at the end (0: none)")
     _add_prepare_flags(p)
     _add_config_flags(p, ModelConfig, {"vocab_size"}, MODEL_HELP)
-    _add_config_flags(p, TrainConfig, set(), TRAIN_HELP)
+    for section in SECTIONS.values():
+        _add_config_flags(p, section, set(), TRAIN_HELP)
 
-    p = sub.add_parser("sample", parents=[quiet, _generation_flags()],
+
+def _add_generation_parsers(sub: Any, quiet: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("sample", parents=[quiet, _generation_flags(set())],
                        help="generate text from a checkpoint")
     p.add_argument("--prompt", default=None, help="text to continue (default: stdin if piped)")
-    p.add_argument("--num-samples", type=int, default=1,
-                   help="samples to generate, in one batch (default 1)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per sample: text, token ids, log-probabilities")
     p.add_argument("--interactive", action="store_true", help="a prompt loop (same as chat)")
     p.add_argument("--check-copy", action="store_true",
                    help="after each sample, report on stderr its longest span found verbatim "
                         "in the training text and its word 4-gram overlap with it")
-
-    p = sub.add_parser("chat", parents=[quiet, _generation_flags()],
+    p = sub.add_parser("chat", parents=[quiet, _generation_flags({"num_samples"})],
                        help="a prompt loop: type a prompt, see its continuation stream")
     p.add_argument("--you", default=None, metavar="NAME",
                    help="with --speaker: you speak as NAME and the model answers as --speaker, "
                         "keeping the whole dialogue as context")
 
+
+def _add_model_parsers(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p = sub.add_parser("eval", parents=[quiet],
                        help="loss, perplexity and bits per byte of a checkpoint")
     p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
@@ -177,25 +188,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-
     p = sub.add_parser("explain", parents=[quiet],
                        help="walk a prompt through the model, printing every stage's shapes")
     p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
     p.add_argument("--prompt", required=True, help="the text to run through the model")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    _add_viz_parser(sub, quiet)
 
+
+def _add_hf_parsers(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p = sub.add_parser("import-hf", parents=[quiet],
                        help="convert a Hugging Face GPT-2 into a gptscratch checkpoint")
     p.add_argument("source", help="a folder with config.json and model.safetensors (or "
                                   "pytorch_model.bin), or a hub name such as gpt2 (online)")
     p.add_argument("--out", required=True, help="checkpoint folder to create")
-
     p = sub.add_parser("export-hf", parents=[quiet],
                        help="write a checkpoint as a Hugging Face GPT-2 folder for transformers")
     p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
     p.add_argument("--out", required=True, help="folder to create")
-    return parser
 
 
 def _add_viz_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:

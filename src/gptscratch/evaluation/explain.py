@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import UserError
-from gptscratch.model.gpt import GPT
+from gptscratch.model.config import ModelConfig
+from gptscratch.model.gpt import GPT, Block
 
 
 @dataclass(frozen=True)
@@ -47,90 +48,114 @@ def _stats(t: torch.Tensor) -> str:
     return f"mean {t.mean().item():+.3f}, std {t.std().item():.3f}"
 
 
+class _Stages(list[Stage]):
+    """The stages found so far; `add` appends one."""
+
+    def add(self, name: str, shape: str, explanation: str, output: torch.Tensor,
+            detail: str = "") -> None:
+        self.append(Stage(name, shape, explanation, detail, output))
+
+
 @torch.no_grad()
 def explain_prompt(model: GPT, tokenizer: Tokenizer, prompt: str, top: int = 5) -> list[Stage]:
     """Run `prompt` through `model` and describe every stage (see the module docstring)."""
     if prompt == "":
         raise UserError("the prompt is empty; give --prompt TEXT")
-    cfg = model.config
-    ids = tokenizer.encode(prompt)[-cfg.block_size:]
-    device = next(model.parameters()).device
-    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-    T, C, H = idx.size(1), cfg.n_embd, cfg.n_head
-    D = C // H
+    ids = tokenizer.encode(prompt)[-model.config.block_size:]
     was_training = model.training
     model.eval()
-    stages: list[Stage] = []
-
-    def add(name: str, shape: str, explanation: str, output: torch.Tensor,
-            detail: str = "") -> None:
-        stages.append(Stage(name, shape, explanation, detail, output))
-
+    stages = _Stages()
     try:
-        pieces = " ".join(f"{tokenizer.decode([i])!r}={i}" for i in ids[:12])
-        more = f" ... ({T - 12} more)" if T > 12 else ""
-        add("tokenize", f"text -> {_shape(idx)}",
-            f"the {tokenizer.kind} tokenizer turns the text into {T} ids from a vocabulary of "
-            f"{cfg.vocab_size}", idx, pieces + more)
-        tok = model.transformer.wte(idx)
-        add("token embedding", f"{_shape(idx)} -> {_shape(tok)}",
-            f"each id picks its row of the ({cfg.vocab_size}, {C}) table wte: a learned vector "
-            "per token", tok, _stats(tok))
-        pos = model.transformer.wpe(torch.arange(T, device=device))
-        x = tok + pos
-        add("+ position embedding", f"{_shape(pos)} -> {_shape(x)}",
-            f"row t of the ({cfg.block_size}, {C}) table wpe is added at position t, so the "
-            "model knows the order", x, _stats(x))
+        x = _embedding_stages(model, tokenizer, ids, stages)
         for layer, block in enumerate(model.transformer.blocks()):
-            b = f"block {layer}:"
-            h = block.ln_1(x)
-            add(f"{b} ln_1", f"{_shape(x)} -> {_shape(h)}",
-                "LayerNorm: each position's C numbers scaled to mean 0, variance 1, then a "
-                "learned scale and shift", h, _stats(h))
-            qkv = block.attn.c_attn(h)  # (1, T, 3C)
-            q = qkv[..., :C].view(1, T, H, D).transpose(1, 2)
-            add(f"{b} q, k, v", f"{_shape(h)} -> 3 x {_shape(q)}",
-                f"one Linear C -> 3C gives queries, keys and values, split into {H} heads of "
-                f"{D} dims each", qkv)
-            a, att = block.attn.forward_with_weights(h)
-            last = att[0, :, -1, :]  # (H, T): where the last position looks, per head
-            looks = ", ".join(f"head {i} -> {tokenizer.decode([ids[int(j)]])!r}@{int(j)}"
-                              for i, j in enumerate(last.argmax(dim=-1).tolist()))
-            add(f"{b} attention weights", f"{_shape(att)}",
-                f"softmax(q k^T / sqrt({D})) with future positions masked: each row sums to 1",
-                att, f"the last token looks most at: {looks}")
-            add(f"{b} attention output", f"{_shape(att)} @ v -> {_shape(a)}",
-                "each position's weighted sum of values, heads concatenated back to C and "
-                "mixed by c_proj", a, _stats(a))
-            x = x + a
-            add(f"{b} residual add", _shape(x),
-                "x = x + attention(ln_1(x)): the block adds to the residual stream, it does "
-                "not replace it", x, _stats(x))
-            h = block.ln_2(x)
-            add(f"{b} ln_2", _shape(h), "LayerNorm again, before the MLP", h, _stats(h))
-            m = block.mlp(h)
-            add(f"{b} MLP", f"{_shape(h)} -> (1, {T}, {4 * C}) -> {_shape(m)}",
-                "per position: Linear C -> 4C, GELU, Linear 4C -> C (no mixing across "
-                "positions)", m, _stats(m))
-            x = x + m
-            add(f"{b} residual add", _shape(x), "x = x + mlp(ln_2(x))", x, _stats(x))
-        x = model.transformer.ln_f(x)
-        add("final LayerNorm", _shape(x), "ln_f normalises the stream once more before the "
-            "read-out", x, _stats(x))
-        logits = model.lm_head(x)
-        add("LM head", f"{_shape(x)} -> {_shape(logits)}",
-            f"a Linear C -> V sharing its weight with wte: a score for each of the {cfg.vocab_size}"
-            " tokens at every position", logits)
-        probs = F.softmax(logits[0, -1].float(), dim=-1)
-        p, i = probs.topk(min(top, probs.numel()))
-        best = ", ".join(f"{tokenizer.decode([int(j)])!r} {float(q):.1%}"
-                         for q, j in zip(p, i, strict=True))
-        add("softmax (next token)", f"{_shape(logits[0, -1])} -> {_shape(probs)}",
-            "the last position's scores become probabilities for the token that comes next",
-            probs, f"most likely: {best}")
+            x = _block_stages(model.config, block, layer, x, tokenizer, ids, stages)
+        _head_stages(model, tokenizer, x, top, stages)
     finally:
         model.train(was_training)
     return stages
+
+
+def _embedding_stages(model: GPT, tokenizer: Tokenizer, ids: list[int],
+                      stages: _Stages) -> torch.Tensor:
+    """Tokens to ids to the first residual stream: token plus position embeddings."""
+    cfg = model.config
+    device = next(model.parameters()).device
+    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+    T, C = idx.size(1), cfg.n_embd
+    pieces = " ".join(f"{tokenizer.decode([i])!r}={i}" for i in ids[:12])
+    more = f" ... ({T - 12} more)" if T > 12 else ""
+    stages.add("tokenize", f"text -> {_shape(idx)}",
+               f"the {tokenizer.kind} tokenizer turns the text into {T} ids from a vocabulary "
+               f"of {cfg.vocab_size}", idx, pieces + more)
+    tok = model.transformer.wte(idx)
+    stages.add("token embedding", f"{_shape(idx)} -> {_shape(tok)}",
+               f"each id picks its row of the ({cfg.vocab_size}, {C}) table wte: a learned "
+               "vector per token", tok, _stats(tok))
+    pos = model.transformer.wpe(torch.arange(T, device=device))
+    x = tok + pos
+    stages.add("+ position embedding", f"{_shape(pos)} -> {_shape(x)}",
+               f"row t of the ({cfg.block_size}, {C}) table wpe is added at position t, so the "
+               "model knows the order", x, _stats(x))
+    return x
+
+
+def _block_stages(cfg: ModelConfig, block: Block, layer: int, x: torch.Tensor,
+                  tokenizer: Tokenizer, ids: list[int], stages: _Stages) -> torch.Tensor:
+    """One Transformer block: LayerNorm, attention, residual add, LayerNorm, MLP, add."""
+    T, C, H = x.size(1), cfg.n_embd, cfg.n_head
+    D = cfg.head_size
+    b = f"block {layer}:"
+    h = block.ln_1(x)
+    stages.add(f"{b} ln_1", f"{_shape(x)} -> {_shape(h)}",
+               "LayerNorm: each position's C numbers scaled to mean 0, variance 1, then a "
+               "learned scale and shift", h, _stats(h))
+    qkv = block.attn.c_attn(h)  # (1, T, 3C)
+    q = qkv[..., :C].view(1, T, H, D).transpose(1, 2)
+    stages.add(f"{b} q, k, v", f"{_shape(h)} -> 3 x {_shape(q)}",
+               f"one Linear C -> 3C gives queries, keys and values, split into {H} heads of "
+               f"{D} dims each", qkv)
+    a, att = block.attn.forward_with_weights(h)
+    last = att[0, :, -1, :]  # (H, T): where the last position looks, per head
+    looks = ", ".join(f"head {i} -> {tokenizer.decode([ids[int(j)]])!r}@{int(j)}"
+                      for i, j in enumerate(last.argmax(dim=-1).tolist()))
+    stages.add(f"{b} attention weights", f"{_shape(att)}",
+               f"softmax(q k^T / sqrt({D})) with future positions masked: each row sums to 1",
+               att, f"the last token looks most at: {looks}")
+    stages.add(f"{b} attention output", f"{_shape(att)} @ v -> {_shape(a)}",
+               "each position's weighted sum of values, heads concatenated back to C and "
+               "mixed by c_proj", a, _stats(a))
+    x = x + a
+    stages.add(f"{b} residual add", _shape(x),
+               "x = x + attention(ln_1(x)): the block adds to the residual stream, it does "
+               "not replace it", x, _stats(x))
+    h = block.ln_2(x)
+    stages.add(f"{b} ln_2", _shape(h), "LayerNorm again, before the MLP", h, _stats(h))
+    m = block.mlp(h)
+    stages.add(f"{b} MLP", f"{_shape(h)} -> (1, {T}, {4 * C}) -> {_shape(m)}",
+               "per position: Linear C -> 4C, GELU, Linear 4C -> C (no mixing across "
+               "positions)", m, _stats(m))
+    x = x + m
+    stages.add(f"{b} residual add", _shape(x), "x = x + mlp(ln_2(x))", x, _stats(x))
+    return x
+
+
+def _head_stages(model: GPT, tokenizer: Tokenizer, x: torch.Tensor, top: int,
+                 stages: _Stages) -> None:
+    """The read-out: final LayerNorm, LM head, and the next token's probabilities."""
+    x = model.transformer.ln_f(x)
+    stages.add("final LayerNorm", _shape(x), "ln_f normalises the stream once more before the "
+               "read-out", x, _stats(x))
+    logits = model.lm_head(x)
+    stages.add("LM head", f"{_shape(x)} -> {_shape(logits)}",
+               f"a Linear C -> V sharing its weight with wte: a score for each of the "
+               f"{model.config.vocab_size} tokens at every position", logits)
+    probs = F.softmax(logits[0, -1].float(), dim=-1)
+    p, i = probs.topk(min(top, probs.numel()))
+    best = ", ".join(f"{tokenizer.decode([int(j)])!r} {float(q):.1%}"
+                     for q, j in zip(p, i, strict=True))
+    stages.add("softmax (next token)", f"{_shape(logits[0, -1])} -> {_shape(probs)}",
+               "the last position's scores become probabilities for the token that comes "
+               "next", probs, f"most likely: {best}")
 
 
 def format_stages(stages: list[Stage]) -> str:

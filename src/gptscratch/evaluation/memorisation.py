@@ -24,7 +24,6 @@ import numpy as np
 
 # A fixed odd base: it is invertible modulo 2^64, which the prefix-hash trick below needs.
 _BASE = 0x9E3779B97F4A7C15
-_MASK = (1 << 64) - 1
 _FIRST_PROBE = 16  # characters; most verdicts ("copied" or "not") are decided near here
 _WORD = re.compile(r"\S+")
 

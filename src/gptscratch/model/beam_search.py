@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from gptscratch.errors import require
-from gptscratch.model.generation import Decoder
+from gptscratch.model.decoding import Decoder
 from gptscratch.model.gpt import GPT
 from gptscratch.model.sampling import SamplingConfig, TokenCounts, apply_penalties
 

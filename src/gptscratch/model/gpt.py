@@ -139,7 +139,7 @@ class GPT(nn.Module):
         in `dtype` (default: the model's parameter dtype)."""
         c = self.config
         weight = self.transformer.wte.weight
-        return KVCache(c.n_layer, batch, c.n_head, c.n_embd // c.n_head, c.block_size,
+        return KVCache(c.n_layer, batch, c.n_head, c.head_size, c.block_size,
                        weight.device, dtype or weight.dtype, pad)
 
     def forward_with_attention(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

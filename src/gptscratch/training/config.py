@@ -1,26 +1,37 @@
-"""The trainer's own configuration section: optimisation, schedule, precision, evaluation.
+"""The trainer's configuration, in sections: optimisation, run length, system, fine-tuning.
 
-Frozen and validated when built, like `ModelConfig`; the model never sees it.
+Each section is a frozen dataclass validated when built, like `ModelConfig`, and each part
+of the trainer is handed only the section it reads (the optimizer `OptimConfig`, the device
+set-up `SystemConfig`...). `TrainConfig` holds the four. Field names are unique across the
+sections, so a flat name (`learning_rate`, `--learning-rate`, a checkpoint's `train_config`
+entry) always says which section it belongs to: `TrainConfig.from_dict` / `to_dict` and
+`replace` speak that flat form, which checkpoints store and presets and the CLI use.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import dataclasses
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from gptscratch.errors import require
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _positive(section: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        require(isinstance(value, int) and value >= 1,
+                f"{name} ({value}) must be a positive integer; try --{name.replace('_', '-')} 1")
+
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """How to train: optimisation, schedule, precision, evaluation and checkpointing."""
+class OptimConfig:
+    """How each step learns: batch, AdamW, the learning-rate schedule, clipping."""
 
     batch_size: int = 32
     grad_accum: int = 1  # micro-batches per optimizer step
-    max_iters: int = 2000  # optimizer steps; `epochs` overrides it when set
-    epochs: float | None = None
-    # Wall-clock budget in seconds (None or 0: none); the LR schedule then follows elapsed time.
-    max_time: float | None = None
     learning_rate: float = 1e-3
     min_lr: float = 1e-4  # cosine decay floor
     warmup_iters: int = 100
@@ -28,47 +39,10 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 disables clipping
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    eval_interval: int = 250
-    eval_iters: int = 20
-    log_interval: int = 10
-    seed: int = 1337
-    # torch.compile: None picks per device (`device.choose_compile`); True / False force it.
-    compile: bool | None = None
-    # The peak TFLOP/s per process to report MFU against; None: a known GPU's data-sheet bf16
-    # peak, else a matmul rate measured once on this machine (`mfu.peak_flops`).
-    peak_tflops: float | None = None
-    # Fine-tuning: keep these parameters fixed (they are left out of the optimizer). Freezing
-    # the embeddings also freezes a tied LM head, which is the same matrix.
-    freeze_embeddings: bool = False
-    freeze_layers: int = 0  # the first K Transformer blocks
-    # Under torchrun: shard parameters, gradients and optimizer state across the processes
-    # (FSDP) instead of keeping a full copy on each (DDP). For models that do not fit one GPU.
-    fsdp: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters"):
-            value = getattr(self, name)
-            require(
-                isinstance(value, int) and value >= 1,
-                f"{name} ({value}) must be a positive integer; try --{name.replace('_', '-')} 1",
-            )
-        require(
-            isinstance(self.freeze_layers, int) and self.freeze_layers >= 0,
-            f"freeze_layers ({self.freeze_layers}) must be a whole number >= 0; "
-            "try --freeze-layers 0",
-        )
-        require(self.log_interval >= 1, f"log_interval ({self.log_interval}) must be >= 1")
+        _positive(self, "batch_size", "grad_accum")
         require(self.warmup_iters >= 0, f"warmup_iters ({self.warmup_iters}) must be >= 0")
-        require(
-            self.epochs is None or self.epochs > 0,
-            f"epochs ({self.epochs}) must be > 0; try --epochs 1",
-        )
-        require(
-            self.max_time is None or self.max_time >= 0,
-            f"max_time ({self.max_time}) must be >= 0 seconds (0: no limit); try --max-time 300",
-        )
         require(
             self.learning_rate > 0 and 0 <= self.min_lr <= self.learning_rate,
             f"learning rates must satisfy 0 <= min_lr ({self.min_lr}) <= learning_rate "
@@ -80,26 +54,112 @@ class TrainConfig:
             0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
             f"beta1 ({self.beta1}) and beta2 ({self.beta2}) must be in [0, 1)",
         )
+        require(self.grad_clip >= 0, f"grad_clip ({self.grad_clip}) must be >= 0 (0 disables)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How long to train, how often to evaluate and log, and the seed of everything random."""
+
+    max_iters: int = 2000  # optimizer steps; `epochs` overrides it when set
+    epochs: float | None = None
+    # Wall-clock budget in seconds (None or 0: none); the LR schedule then follows elapsed time.
+    max_time: float | None = None
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_iters", "eval_interval", "eval_iters")
+        require(self.log_interval >= 1, f"log_interval ({self.log_interval}) must be >= 1")
+        require(
+            self.epochs is None or self.epochs > 0,
+            f"epochs ({self.epochs}) must be > 0; try --epochs 1",
+        )
+        require(
+            self.max_time is None or self.max_time >= 0,
+            f"max_time ({self.max_time}) must be >= 0 seconds (0: no limit); try --max-time 300",
+        )
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    """Where and how the maths runs: device, precision, compilation, processes."""
+
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    # torch.compile: None picks per device (`runtime.compile.choose_compile`); True / False
+    # force it.
+    compile: bool | None = None
+    # The peak TFLOP/s per process to report MFU against; None: a known GPU's data-sheet bf16
+    # peak, else a matmul rate measured once on this machine (`mfu.peak_flops`).
+    peak_tflops: float | None = None
+    # Under torchrun: shard parameters, gradients and optimizer state across the processes
+    # (FSDP) instead of keeping a full copy on each (DDP). For models that do not fit one GPU.
+    fsdp: bool = False
+
+    def __post_init__(self) -> None:
+        require(self.dtype in DTYPES,
+                f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         require(
             self.peak_tflops is None or self.peak_tflops > 0,
             f"peak_tflops ({self.peak_tflops}) must be > 0; e.g. --peak-tflops 989 for an H100",
         )
-        require(self.grad_clip >= 0, f"grad_clip ({self.grad_clip}) must be >= 0 (0 disables)")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning: parameters kept fixed (they are left out of the optimizer). Freezing the
+    embeddings also freezes a tied LM head, which is the same matrix."""
+
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0  # the first K Transformer blocks
+
+    def __post_init__(self) -> None:
         require(
-            not (self.fsdp and self.dtype == "float16"),
-            "--fsdp trains in float32 or bfloat16 (float16's loss scaling is not wired up for "
-            "sharded gradients); use --dtype bfloat16",
-        )
-        dtypes = ("auto", "float32", "bfloat16", "float16")
-        require(
-            self.dtype in dtypes,
-            f"unknown dtype {self.dtype!r}; choose one of {', '.join(dtypes)}",
+            isinstance(self.freeze_layers, int) and self.freeze_layers >= 0,
+            f"freeze_layers ({self.freeze_layers}) must be a whole number >= 0; "
+            "try --freeze-layers 0",
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+SECTIONS: dict[str, type[Any]] = {
+    "optim": OptimConfig, "run": RunConfig, "system": SystemConfig, "finetune": FinetuneConfig}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: the four sections."""
+
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    @staticmethod
+    def field_names() -> dict[str, str]:
+        """Every flat field name, with the section it belongs to."""
+        return {f.name: section for section, cls in SECTIONS.items() for f in fields(cls)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """Build from flat field names (unknown names, e.g. from a newer version, are ignored)."""
+        return cls().replace(**{k: v for k, v in d.items() if k in cls.field_names()})
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed, by their flat names; each changed section is
+        validated again."""
+        owner = self.field_names()
+        unknown = sorted(set(changes) - set(owner))
+        require(not unknown, f"unknown training setting(s) {unknown}")
+        sections = {}
+        for name in SECTIONS:
+            mine = {k: v for k, v in changes.items() if owner[k] == name}
+            sections[name] = dataclasses.replace(getattr(self, name), **mine)
+        return TrainConfig(**sections)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat form: every field by name (what checkpoints store)."""
+        return {f.name: getattr(getattr(self, section), f.name)
+                for section, cls in SECTIONS.items() for f in fields(cls)}

@@ -18,7 +18,7 @@ take the same optimizer step. How the pieces fit:
 With `--fsdp` (`shard_model`) each rank keeps only its 1/N of the parameters, gradients and
 optimizer state instead of a full copy: FSDP2's `fully_shard` gathers a block's weights just
 before the block runs and frees them after, and reduce-scatters the gradients so each rank
-updates its own shard. Checkpoints gather the whole state on rank 0 (`gather_full_state`) and
+updates its own shard. Checkpoints gather the whole state on rank 0 (`distributed_state.py`) and
 are the same files a single process writes, so either kind of run can resume the other's.
 Outside torchrun (no WORLD_SIZE) everything here is a no-op and training is single-process.
 """
@@ -35,19 +35,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from gptscratch.errors import UserError
-from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
-from gptscratch.training.optimizer import state_by_name
 
 
 @dataclass(frozen=True)
@@ -161,12 +153,12 @@ def shard_model(model: GPT, ctx: DistContext) -> None:
     fully_shard(model)
 
 
-def _inner(model: nn.Module) -> nn.Module:
+def inner_module(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)  # under torch.compile's wrapper
 
 
 def is_sharded(model: nn.Module) -> bool:
-    return isinstance(_inner(model), FSDPModule)
+    return isinstance(inner_module(model), FSDPModule)
 
 
 def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
@@ -182,50 +174,12 @@ def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextMan
     """Around a micro-batch's forward and backward: with sync=False, DDP only adds the
     gradients up locally; the last micro-batch of a step all-reduces them once (`no_sync`).
     FSDP likewise keeps unsharded gradients until the last micro-batch reduce-scatters."""
-    inner = _inner(model)
+    inner = inner_module(model)
     if isinstance(inner, FSDPModule):
         inner.set_requires_gradient_sync(sync)
     elif isinstance(model, DistributedDataParallel) and not sync:
         return model.no_sync()
     return contextlib.nullcontext()
-
-
-_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def gather_full_state(model: nn.Module, optimizer: torch.optim.Optimizer
-                      ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The whole weights and optimizer state of a sharded model, on rank 0's CPU (the other
-    ranks get empty dicts). Collective: every rank must call it. The optimizer state is keyed
-    by parameter name (`transformer.h.0.attn.c_attn.weight`), not by position."""
-    return (get_model_state_dict(model, options=_FULL),
-            get_optimizer_state_dict(model, optimizer, options=_FULL))
-
-
-def plain_model(config: ModelConfig, weights: dict[str, Any]) -> GPT:
-    """An ordinary GPT holding gathered weights: what a checkpoint is written from."""
-    model = GPT(config)
-    model.load_state_dict(weights)
-    return model
-
-
-def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
-                         state: dict[str, Any]) -> None:
-    """Load a checkpoint's optimizer state, whichever kind of run wrote it.
-
-    One process and DDP save `optimizer.state_dict()` (keyed by position); FSDP saves it keyed
-    by parameter name. A sharded model takes the named form (each rank keeps its shard); a
-    plain one takes either.
-    """
-    # Decided by the groups' parameter lists: the state itself is empty before the first step.
-    by_name = all(isinstance(p, str) for g in state["param_groups"] for p in g["params"])
-    if not by_name and not is_sharded(model):
-        optimizer.load_state_dict(state)
-        return
-    if not by_name:
-        state = state_by_name(state, _inner(model))
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
-                             options=StateDictOptions(full_state_dict=True))
 
 
 def mean_across_ranks(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
@@ -278,31 +232,3 @@ def gather_to_main(obj: Any, ctx: DistContext) -> list[Any]:
     out: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def rng_states(torch_rng: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-    """This rank's random state for a checkpoint: the CPU generator as of the last finished
-    step and, on CUDA, the GPU's (dropout masks on a GPU come from the latter)."""
-    states = {"torch_rng": torch_rng}
-    if device.type == "cuda":
-        states["cuda_rng"] = torch.cuda.get_rng_state(device)
-    return states
-
-
-def restore_rng(state: dict[str, Any], saved_world: int, ctx: DistContext,
-                device: torch.device, seed: int) -> None:
-    """Give this rank its random state back from a checkpoint's `state.pt`.
-
-    At the same world size each rank continues its own streams, so the run continues exactly.
-    At another size rank 0 continues the saved streams and the other ranks start fresh ones
-    from the seed: the caller should say so.
-    """
-    mine: dict[str, Any] = state
-    if saved_world == ctx.world_size and "rank_rngs" in state:
-        mine = state["rank_rngs"][ctx.rank]
-    elif saved_world != ctx.world_size and ctx.rank > 0:
-        torch.manual_seed(seed + ctx.rank)
-        return
-    torch.set_rng_state(mine["torch_rng"])
-    if device.type == "cuda" and "cuda_rng" in mine:
-        torch.cuda.set_rng_state(mine["cuda_rng"], device)

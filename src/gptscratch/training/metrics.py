@@ -1,10 +1,19 @@
-"""Training telemetry: `metrics.jsonl` (one JSON object a line) and the progress line."""
+"""Training telemetry: `metrics.jsonl` (one JSON object a line) and the progress line.
+
+`ProgressWindow` gathers what a progress line reports (the summed loss, kept on the device
+so a step never waits for it, the steps and the time since the last line); `eta` forecasts
+the time left and where the run ends; `progress_line` formats it all.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 def format_duration(seconds: float) -> str:
@@ -25,6 +34,35 @@ def progress_line(
         f"{tokens_per_s / 1000:7.1f}k tok/s{mfu_text} | {format_duration(elapsed)} elapsed | "
         f"ETA {format_duration(eta)}"
     )
+
+
+class ProgressWindow:
+    """The steps since the last progress line: their summed loss (a device tensor, read once
+    per line), their count, and when the window started."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.steps = 0
+        self.start = time.perf_counter()
+
+    def seconds_per_step(self) -> float:
+        return (time.perf_counter() - self.start) / max(self.steps, 1)
+
+    def restart(self) -> None:
+        self.loss.zero_()
+        self.steps = 0
+        self.start = time.perf_counter()
+
+
+def eta(step: int, max_steps: int, seconds_per_step: float, elapsed: float,
+        max_time: float | None) -> tuple[float, int]:
+    """Seconds left and the step the run will end at: `max_steps` at the current speed, or
+    earlier when a time budget (`max_time`, seconds) runs out first."""
+    remaining = (max_steps - step) * seconds_per_step
+    by_time = max(0.0, max_time - elapsed) if max_time else math.inf
+    if by_time < remaining:
+        return by_time, step + round(by_time / seconds_per_step)
+    return remaining, max_steps
 
 
 class MetricsLog:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from gptscratch.data.cache import atomic_file, cache_dir
+from gptscratch.files import atomic_file, cache_dir
 from gptscratch.model.config import ModelConfig
 
 # Dense (not 2:4-sparse) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets. Matched

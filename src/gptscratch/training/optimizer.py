@@ -15,7 +15,7 @@ from torch import nn
 
 from gptscratch.errors import UserError
 from gptscratch.model.gpt import GPT
-from gptscratch.training.config import TrainConfig
+from gptscratch.training.config import FinetuneConfig, OptimConfig
 
 
 def check_freeze_layers(freeze_layers: int, n_layer: int) -> None:
@@ -25,7 +25,7 @@ def check_freeze_layers(freeze_layers: int, n_layer: int) -> None:
                         f"layers; try --freeze-layers {n_layer - 1}")
 
 
-def freeze_parameters(model: GPT, config: TrainConfig) -> None:
+def freeze_parameters(model: GPT, config: FinetuneConfig) -> None:
     """Stop gradients to the embeddings and / or the first `freeze_layers` blocks.
 
     Fine-tuning on little text can overwrite what a pretrained model knows; fixing the lower
@@ -66,7 +66,7 @@ def state_by_name(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
 
 
 def make_optimizer(
-    model: nn.Module, config: TrainConfig, device: torch.device
+    model: nn.Module, config: OptimConfig, device: torch.device
 ) -> torch.optim.AdamW:
     """AdamW over the two groups; the fused kernel where this PyTorch offers it for the device."""
     fused_ok = "fused" in inspect.signature(torch.optim.AdamW).parameters and device.type in (

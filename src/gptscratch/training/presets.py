@@ -1,7 +1,8 @@
 """Named starting points: plain functions returning a model shape, a tokenizer and a TrainConfig.
 
-Every field can still be overridden on the command line. The vocabulary size is not part of a
-preset: it comes from the tokenizer of the prepared data.
+Every field can still be overridden on the command line (training settings by their flat
+names, see `TrainConfig.replace`). The vocabulary size is not part of a preset: it comes from
+the tokenizer of the prepared data.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def shakespeare_char() -> Preset:
         # beat 3e-3 decaying to 3e-4. The exact GELU (activation="gelu") made steps ~15 %
         # faster but ended worse: 1.5767 against 1.5477 in back-to-back 5-minute runs.
         # max_iters is only a cap: the clock ends the run.
-        train=TrainConfig(
+        train=TrainConfig().replace(
             batch_size=16, max_iters=20000, max_time=270.0, learning_rate=4e-3, min_lr=1e-4,
             warmup_iters=100, weight_decay=0.1, beta2=0.99, eval_interval=500, eval_iters=20,
             log_interval=100,
@@ -49,7 +50,7 @@ def shakespeare_bpe() -> Preset:
         description="GPT-2 BPE tokenizer, 6-layer 384-wide model (GPU, or a long CPU run)",
         tokenizer="gpt2",
         model=dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.1, bias=False),
-        train=TrainConfig(
+        train=TrainConfig().replace(
             batch_size=16, grad_accum=2, max_iters=5000, learning_rate=6e-4, min_lr=6e-5,
             warmup_iters=200, weight_decay=0.1, beta2=0.95, eval_interval=250, eval_iters=40,
         ),
@@ -62,7 +63,7 @@ def gpt2_small() -> Preset:
         description="the 124M GPT-2 shape (12 layers, 12 heads, 768 wide, 1024 context); GPU",
         tokenizer="gpt2",
         model=dict(block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=True),
-        train=TrainConfig(
+        train=TrainConfig().replace(
             batch_size=12, grad_accum=40, max_iters=600000, learning_rate=6e-4, min_lr=6e-5,
             warmup_iters=2000, weight_decay=0.1, beta2=0.95, eval_interval=1000, eval_iters=200,
         ),

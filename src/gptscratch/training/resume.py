@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gptscratch.data.prepare import PreparedData
+from gptscratch.checkpoints.checkpoint import Checkpoint, load_checkpoint
+from gptscratch.data.token_files import PreparedData
 from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig
-from gptscratch.training.checkpoint import Checkpoint, load_checkpoint
-from gptscratch.training.distributed import DistContext, load_optimizer_state, restore_rng
+from gptscratch.training.distributed import DistContext
+from gptscratch.training.distributed_state import load_optimizer_state, restore_rng
 
 log = logging.getLogger("gptscratch.train")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptscratch.data.prepare import is_prepared_dir, load_prepared
+from gptscratch.data.token_files import is_prepared_dir, load_prepared
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.model.gpt import GPT
 from gptscratch.viz.canvas import (

@@ -17,9 +17,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gptscratch.data.cache import atomic_file
-from gptscratch.data.tokenizers import EOT, CharTokenizer, Tokenizer
+from gptscratch.data.tokenizers.base import EOT, Tokenizer
+from gptscratch.data.tokenizers.char import CharTokenizer
+from gptscratch.data.tokenizers.gpt2 import GPT2_VOCAB_SIZE, GPT2Tokenizer, gpt2_files
+from gptscratch.data.tokenizers.trained_bpe import BPETokenizer
 from gptscratch.errors import UserError
+from gptscratch.files import atomic_file
 
 HF_TOKENIZER, HF_TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
 
@@ -34,8 +37,6 @@ def hf_tokenizer_json(tok: Tokenizer) -> str:
         return text
     if tok.kind == "gpt2":
         from tokenizers import ByteLevelBPETokenizer
-
-        from gptscratch.data.gpt2_bpe import gpt2_files
 
         encoder, merges = gpt2_files()
         bpe = ByteLevelBPETokenizer.from_file(str(encoder), str(merges))
@@ -100,9 +101,7 @@ def tokenizer_from_hf_dir(folder: Path) -> Tokenizer | None:
                             "Hugging Face tokenizer.json") from None
         if kind == "BPE":
             if _is_gpt2(model["vocab"], model.get("merges", [])):
-                return _gpt2_tokenizer()
-            from gptscratch.data.trained_bpe import BPETokenizer
-
+                return GPT2Tokenizer()
             try:
                 return BPETokenizer.from_json(text)
             except Exception as e:  # tokenizers raises a bare Exception on a bad file
@@ -123,7 +122,7 @@ def tokenizer_from_hf_dir(folder: Path) -> Tokenizer | None:
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read '{vocab}' or '{merges}' ({e})") from None
         if _is_gpt2(encoder, [m for m in merge_lines if m and not m.startswith("#version")]):
-            return _gpt2_tokenizer()
+            return GPT2Tokenizer()
         raise UserError(f"'{vocab}' is not GPT-2's vocabulary and '{folder}' has no "
                         f"{HF_TOKENIZER}; save the tokenizer with transformers' save_pretrained")
     return None
@@ -131,8 +130,6 @@ def tokenizer_from_hf_dir(folder: Path) -> Tokenizer | None:
 
 def _is_gpt2(vocab: dict[str, int], merges: list[Any]) -> bool:
     """Whether a BPE vocabulary and merge list are exactly GPT-2's."""
-    from gptscratch.data.gpt2_bpe import GPT2_VOCAB_SIZE, gpt2_files
-
     if len(vocab) != GPT2_VOCAB_SIZE:
         return False
     encoder, bpe = gpt2_files()
@@ -141,9 +138,3 @@ def _is_gpt2(vocab: dict[str, int], merges: list[Any]) -> bool:
     theirs = [m if isinstance(m, str) else " ".join(m) for m in merges]
     return theirs == bpe.read_text(encoding="utf-8").splitlines()[1:len(theirs) + 1] and (
         len(theirs) == GPT2_VOCAB_SIZE - 257)
-
-
-def _gpt2_tokenizer() -> Tokenizer:
-    from gptscratch.data.gpt2_bpe import GPT2Tokenizer
-
-    return GPT2Tokenizer()

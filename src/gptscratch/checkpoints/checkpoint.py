@@ -7,17 +7,16 @@ A checkpoint is a directory:
   state.pt           optimizer, grad scaler, RNG states and data position; loads with
                      torch.load(weights_only=True)
 A run directory holds `latest/` (resume from here) and `best/` (lowest val loss). Every save
-goes to a temporary directory that is renamed into place, so a crash mid-save leaves the
-previous checkpoint whole.
+goes to a temporary directory that is renamed into place (`files.atomic_dir`), so a crash
+mid-save leaves the previous checkpoint whole. The trainer saves checkpoints; generation,
+evaluation, fine-tuning and the Hugging Face export read them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,20 +29,13 @@ from torch import nn
 
 from gptscratch.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer
 from gptscratch.errors import UserError
+from gptscratch.files import atomic_dir, old_version, sha256_file
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
 
 FORMAT_VERSION = 1
 WEIGHTS, META = "model.safetensors", "checkpoint.json"
 TOKENIZER, STATE = "tokenizer.json", "state.pt"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -53,19 +45,6 @@ def unwrap(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
-
-
-def _swap_into_place(tmp: Path, dest: Path) -> None:
-    """Rename `tmp` to `dest`, replacing an existing `dest` with at most a moment in which only
-    `dest.old` exists (which `resolve_checkpoint` falls back to)."""
-    old = dest.with_name(dest.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dest.exists():
-        os.rename(dest, old)
-    os.rename(tmp, dest)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def save_checkpoint(
@@ -84,39 +63,27 @@ def save_checkpoint(
         meta: JSON-serialisable facts (model_config, train_config, step, losses...).
         state: optimizer / scaler / RNG tensors and plain values for exact resume.
     """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        plain = unwrap(model)
+    with atomic_dir(Path(dest)) as tmp:
         # save_model (not save_file) copes with the tied embedding / LM head weights.
-        safetensors.torch.save_model(plain, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        safetensors.torch.save_model(unwrap(model), str(tmp / WEIGHTS),
+                                     metadata={"format": "pt"})
         save_tokenizer(tokenizer, tmp / TOKENIZER)
         if state is not None:
             torch.save(state, tmp / STATE)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         full = {"format_version": FORMAT_VERSION, **meta, "saved_at": time.time(), "files": files}
         (tmp / META).write_text(json.dumps(full, indent=2) + "\n")
-        _swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def link_checkpoint(src: Path, dest: Path) -> None:
     """Make `dest` a copy of checkpoint `src` (hard links where possible: files are never
     modified in place, so sharing them is safe), atomically."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         for f in src.iterdir():
             try:
                 os.link(f, tmp / f.name)
             except OSError:
                 shutil.copy2(f, tmp / f.name)
-        _swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def resolve_checkpoint(path: Path | str, prefer: str = "best") -> Path:
@@ -129,7 +96,7 @@ def resolve_checkpoint(path: Path | str, prefer: str = "best") -> Path:
         return path
     order = [prefer, "latest", "best"]
     for name in order:
-        for candidate in (path / name, path / f"{name}.old"):
+        for candidate in (path / name, old_version(path / name)):
             if (candidate / META).exists():
                 return candidate
     if not path.exists():
@@ -187,7 +154,7 @@ def load_checkpoint(path: Path | str, prefer: str = "best", verify: bool = True)
         if not f.exists():
             raise UserError(f"checkpoint '{ckpt_dir}' is missing {name}; it is incomplete: "
                             "use another checkpoint or retrain")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise UserError(f"checkpoint file '{f}' is truncated or corrupted (sha256 mismatch); "
                             "use another checkpoint (e.g. best/ or latest/) or retrain")
     return Checkpoint(ckpt_dir, meta)

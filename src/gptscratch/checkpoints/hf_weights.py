@@ -7,7 +7,7 @@ is short. Two differences remain:
 - HF GPT-2 always has biases. A model trained here with `bias=False` exports zero biases, which
   compute the same function.
 Reading and writing the files (config.json, safetensors, tokenizers) is done by
-`gptscratch.training.hf_checkpoint`; this module only maps dicts and tensors.
+`huggingface.py`; this module only maps dicts and tensors.
 """
 
 from __future__ import annotations

@@ -3,20 +3,23 @@
 Hugging Face `tokenizers` learns the merges (same byte-level scheme and pre-tokenizer regex as
 GPT-2, plus `<|endoftext|>` at id 0) straight from the text in memory, and encodes in parallel
 over newline-aligned pieces. The whole trained tokenizer travels as one JSON string in
-`to_dict()`, so checkpoints rebuild it offline. Built through `tokenizers.build_tokenizer`.
+`to_dict()`, so checkpoints rebuild it offline. Built by `registry.build_tokenizer("bpe:N")`;
+`tokenizers` is imported on first use, so importing this module costs nothing.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tokenizers import ByteLevelBPETokenizer, Tokenizer
 
-from gptscratch.data.tokenizers import EOT, fingerprint_of, split_for_encoding
+from gptscratch.data.tokenizers.base import EOT, fingerprint_of, split_for_encoding
 from gptscratch.errors import UserError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +47,14 @@ class BPETokenizer:
     @classmethod
     def from_json(cls, tokenizer_json: str) -> BPETokenizer:
         """Rebuild from the JSON string that `to_dict()["tokenizer_json"]` holds."""
+        from tokenizers import Tokenizer
+
         return cls(Tokenizer.from_str(tokenizer_json))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BPETokenizer:
+        """Rebuild from `to_dict()`'s form."""
+        return cls.from_json(d["tokenizer_json"])
 
     @classmethod
     def train(cls, text: str, vocab_size: int) -> BPETokenizer:
@@ -57,6 +67,8 @@ class BPETokenizer:
         """
         if not text:
             raise UserError("the bpe tokenizer needs training text; give a non-empty input")
+        from tokenizers import ByteLevelBPETokenizer
+
         pieces = split_for_encoding(text, _TRAIN_CHUNK_CHARS)
         trainer = ByteLevelBPETokenizer()
         trainer.train_from_iterator(

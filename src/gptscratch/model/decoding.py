@@ -1,4 +1,4 @@
-"""Autoregressive generation: feed the model its own predictions, one token at a time.
+"""The decoding loop: feed the model its own predictions, one token at a time.
 
 `Decoder` holds a batch of rows (prompts of any lengths, left-padded) and produces the next
 token of every row per step. With the KV cache (the default) it prefills the prompts once and
@@ -10,13 +10,13 @@ generation slides the window: it keeps the most recent `window_keep(block_size)`
 prefills them into a fresh cache, and goes on. (The uncached path crops to the last block_size
 tokens every step; the two agree token for token until the context first fills.)
 
-Beam search (beam_search.py) and the text layer (streaming.py) are built on `Decoder`; all of
-them pick tokens through `sampling.sample_next_token`.
+Beam search (beam_search.py) and the text layer (`gptscratch.generation`) are built on
+`Decoder`; sampled tokens are picked by `sampling.sample_next_token`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -165,27 +165,3 @@ class Decoder:
         if self.history is not None:
             self.history.reorder(rows)
         self._shared_prompt = False
-
-
-def generate_tokens(
-    model: GPT,
-    prompts: torch.Tensor | Sequence[Sequence[int]],
-    max_new_tokens: int,
-    sampling: SamplingConfig,
-    generator: torch.Generator | None = None,
-    use_cache: bool = True,
-) -> Iterator[Step]:
-    """Yield one `Step` per new token for every row, `max_new_tokens` times.
-
-    Args:
-        model: the GPT, in eval mode.
-        prompts: (B, T) int64 ids, or a list of id lists of different lengths.
-        max_new_tokens: how many tokens to generate per row.
-        sampling: the sampling settings.
-        generator: randomness source for reproducible sampling.
-        use_cache: use the KV cache (default) or re-run the whole context each step.
-    """
-    rows = prompts.tolist() if isinstance(prompts, torch.Tensor) else prompts
-    decoder = Decoder(model, rows, use_cache=use_cache)
-    for _ in range(max_new_tokens):
-        yield decoder.step(sampling, generator)

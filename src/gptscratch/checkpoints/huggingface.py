@@ -3,41 +3,40 @@
 Import reads a local Hugging Face folder (config.json with model.safetensors, sharded
 safetensors, or pytorch_model.bin loaded with `torch.load(weights_only=True)`, which never runs
 pickled code) or downloads a hub name such as `gpt2` when online, maps it onto our GPT with
-`gptscratch.model.hf_weights`, and saves a normal checkpoint (`checkpoint.save_checkpoint`).
+`hf_weights.py`, and saves a normal checkpoint (`checkpoint.save_checkpoint`).
 Export writes config.json, model.safetensors and the tokenizer files that
 `transformers.AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` load. Every output is
-built in a temporary folder and renamed into place: a failure leaves nothing behind.
+built in a temporary folder and renamed into place (`files.atomic_dir`): a failure leaves
+nothing behind.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import re
-import shutil
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors
 import safetensors.torch
 import torch
 
-from gptscratch.data.gpt2_bpe import GPT2_VOCAB_SIZE
-from gptscratch.data.hf_tokenizers import save_hf_tokenizer, tokenizer_from_hf_dir
-from gptscratch.data.tokenizers import Tokenizer
-from gptscratch.errors import UserError
-from gptscratch.model.config import ModelConfig
-from gptscratch.model.gpt import GPT
-from gptscratch.model.hf_weights import (
+from gptscratch.checkpoints.checkpoint import load_checkpoint, save_checkpoint
+from gptscratch.checkpoints.hf_weights import (
     hf_config_from_model,
     model_config_from_hf,
     state_dict_from_hf,
     state_dict_to_hf,
 )
-from gptscratch.training.checkpoint import load_checkpoint, save_checkpoint
+from gptscratch.checkpoints.pretrained import Pretrained
+from gptscratch.data.tokenizers import GPT2Tokenizer
+from gptscratch.data.tokenizers.gpt2 import GPT2_VOCAB_SIZE
+from gptscratch.data.tokenizers.hf_files import save_hf_tokenizer, tokenizer_from_hf_dir
+from gptscratch.errors import UserError
+from gptscratch.files import atomic_dir
+from gptscratch.hub import go_offline_if_unreachable, hub_offline
+from gptscratch.model.gpt import GPT
 
 log = logging.getLogger("gptscratch.hf")
 
@@ -47,17 +46,7 @@ TOKENIZER_FILES = ["tokenizer.json", "vocab.json", "merges.txt"]
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
-@dataclass(frozen=True)
-class HFModel:
-    """A Hugging Face GPT-2 read into our terms: config, state dict and tokenizer."""
-
-    config: ModelConfig
-    state_dict: dict[str, torch.Tensor]  # our names, float32, lm_head.weight included
-    tokenizer: Tokenizer
-    source: str  # where it came from, for messages and checkpoint metadata
-
-
-def read_hf_model(source: str) -> HFModel:
+def read_hf_model(source: str) -> Pretrained:
     """Read a Hugging Face GPT-2 from a local folder or, online, a hub name.
 
     Raises:
@@ -84,14 +73,12 @@ def read_hf_model(source: str) -> HFModel:
                 f"vocab_size ({config.vocab_size}) is not GPT-2's ({GPT2_VOCAB_SIZE}); save the "
                 "model's tokenizer into it with tokenizer.save_pretrained")
         log.debug("'%s' has no tokenizer files; using GPT-2's tokenizer", folder)
-        from gptscratch.data.tokenizers import build_tokenizer
-
-        tokenizer = build_tokenizer("gpt2")
+        tokenizer = GPT2Tokenizer()
     if tokenizer.vocab_size != config.vocab_size:
         raise UserError(
             f"the tokenizer in '{folder}' has {tokenizer.vocab_size} ids but config.json has "
             f"vocab_size {config.vocab_size}; gptscratch needs them equal")
-    return HFModel(config, state, tokenizer, source)
+    return Pretrained(config, state, tokenizer, source)
 
 
 def locate_hf_model(source: str) -> Path:
@@ -112,15 +99,13 @@ def locate_hf_model(source: str) -> Path:
 
 def _download(name: str) -> Path:
     """Fetch a hub model's config, weights and tokenizer files (safetensors preferred)."""
-    from gptscratch.data.sources import _go_offline_if_hub_unreachable, _hub_offline
-
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise UserError(f"'{name}' is not a local folder, and hub downloads need the "
                         "optional huggingface_hub: pip install -c constraints.txt -e '.[hf]'"
                         ) from None
-    _go_offline_if_hub_unreachable()  # offline: fail now rather than retry for ~20 s
+    go_offline_if_unreachable()  # offline: fail now rather than retry for ~20 s
     patterns = [CONFIG, "*.safetensors", SAFETENSORS_INDEX, *TOKENIZER_FILES]
     try:
         folder = Path(snapshot_download(name, allow_patterns=patterns))
@@ -128,7 +113,7 @@ def _download(name: str) -> Path:
             folder = Path(snapshot_download(name, allow_patterns=[*patterns, PT_BIN]))
     except Exception as e:  # the hub client raises many types for one cause: this name
         kind = type(e).__name__
-        if _hub_offline() and ("offline" in repr(e).lower() or "LocalEntry" in kind):
+        if hub_offline() and ("offline" in repr(e).lower() or "LocalEntry" in kind):
             raise UserError(f"'{name}' is not a local folder and not in the Hugging Face cache, "
                             "and the hub is unreachable (offline); connect to the internet or "
                             "give a local folder with config.json") from None
@@ -239,17 +224,9 @@ def export_hf(ckpt: Path | str, out_dir: Path | str) -> Path:
     model = checkpoint.build_model("cpu")
     tensors = state_dict_to_hf(model.state_dict(), config)
     hf_config = hf_config_from_model(config, tokenizer.eot_id, tokenizer.eot_id)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # `out` is absent or an empty folder, checked above
         (tmp / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
         safetensors.torch.save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt"})
         save_hf_tokenizer(tokenizer, tmp, config.block_size)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("exported %s to %s", checkpoint.path, out)
     return out

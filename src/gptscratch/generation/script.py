@@ -5,16 +5,30 @@ Two layouts are recognised, as found in the corpora people train on:
   then the speech on the lines below.
 - "inline" (many TV scripts): `ROMEO: speech...` on one line.
 
-`find_script_format` learns the layout and the speakers from a corpus; `speaker_prompt` makes a
-prompt that opens a named speaker's next speech; `NextSpeakerStop` ends generation where
-another speech begins. These are plain text functions: the API feeds them the training text.
+`find_script_format` learns the layout and the speakers from a corpus (`script_format` does it
+once per prepared corpus and caches the answer); `speaker_prompts` makes prompts that open a
+named speaker's next speech; `NextSpeakerStop` ends generation where another speech begins.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gptscratch.checkpoints.checkpoint import Checkpoint
+from gptscratch.data.token_files import is_prepared_dir, load_prepared
+from gptscratch.errors import UserError
+from gptscratch.files import atomic_file
+
+log = logging.getLogger("gptscratch")
 
 # A speaker name: starts with a capital, then up to ~40 name characters ("FIRST CITIZEN",
 # "Lady Capulet", "MR. DARCY"). It never contains a colon.
@@ -58,6 +72,57 @@ def find_script_format(text: str, min_speeches: int = 2) -> ScriptFormat | None:
     if len(found[style]) < 2:
         return None
     return ScriptFormat(style, found[style])
+
+
+def script_format(checkpoint: Checkpoint) -> ScriptFormat | None:
+    """The speakers of the checkpoint's training corpus (None if it is not a script, or its
+    data is gone). Found once and cached beside the prepared data as script.json."""
+    data_dir = Path(checkpoint.meta.get("data_dir", ""))
+    if not is_prepared_dir(data_dir):
+        _warn_corpus_gone(str(data_dir))
+        return None
+    cached = data_dir / "script.json"
+    if cached.exists():
+        d = json.loads(cached.read_text(encoding="utf-8"))
+        return ScriptFormat(d["style"], d["speakers"]) if d else None
+    prepared = load_prepared(data_dir)
+    tokens = np.concatenate([prepared.train_tokens(), prepared.val_tokens()])
+    found = find_script_format(prepared.tokenizer.decode(tokens.tolist()))
+    with atomic_file(cached) as tmp:
+        payload = {"style": found.style, "speakers": found.speakers} if found else {}
+        Path(tmp).write_text(json.dumps(payload), encoding="utf-8")
+    return found
+
+
+@functools.cache
+def _warn_corpus_gone(data_dir: str) -> None:
+    """Once per corpus and process (a chat asks at every turn)."""
+    log.warning("the run's data (%s) is gone: speaker names cannot be checked", data_dir)
+
+
+def resolve_speaker(speaker: str, script: ScriptFormat | None) -> tuple[str, str]:
+    """The corpus's spelling of `speaker` and the corpus's layout ("line" without a corpus).
+
+    Raises:
+        UserError: the corpus has speakers and `speaker` is not one of them.
+    """
+    if script is None:
+        return speaker, "line"
+    name = script.resolve(speaker)
+    if name is None:
+        raise UserError(f"speaker {speaker!r} is not in the training corpus; its speakers "
+                        f"include {script.examples()}")
+    return name, script.style
+
+
+def speaker_prompts(prompts: Sequence[str], speaker: str | None,
+                    script: ScriptFormat | None) -> list[str]:
+    """The prompts the model continues: each followed by `speaker`'s heading, if one is
+    given (script mode), so the continuation is that character's next speech."""
+    if speaker is None:
+        return list(prompts)
+    name, style = resolve_speaker(speaker, script)
+    return [speaker_prompt(p, name, style) for p in prompts]
 
 
 def speaker_prompt(prompt: str, name: str, style: str) -> str:

@@ -1,0 +1,87 @@
+"""The Python API for generation: load a model, then stream or complete text.
+
+Two entry points do the work, `stream_chunks` (text chunks per sample, as they come) and
+`complete` (finished completions); `stream` and `generate` are their one-prompt shorthands.
+Each takes a run or checkpoint directory (loaded here) or an already loaded model, and the
+generation settings as a `GenerationConfig` and / or keyword arguments of the same names,
+checked before anything is loaded.
+
+    model = api.load("out/run")
+    for chunk in api.stream_chunks(model, ["ROMEO:", "JULIET:"], num_samples=2, seed=0):
+        print(chunk.row, chunk.text)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from gptscratch.errors import require
+from gptscratch.generation import stream as text_stream
+from gptscratch.generation.chat import ChatSession, check_scene
+from gptscratch.generation.config import GenerationConfig
+from gptscratch.generation.load import LoadedModel, ModelSource, as_loaded, load
+from gptscratch.generation.stream import Chunk, Completion, Generation
+
+__all__ = ["load", "stream_chunks", "complete", "stream", "generate", "chat_session",
+           "GenerationConfig", "LoadedModel", "Chunk", "Completion", "Generation"]
+
+
+def stream_chunks(model: ModelSource, prompts: str | Sequence[str] = "\n",
+                  config: GenerationConfig | None = None, *, device: str = "auto",
+                  dtype: str = "auto", **options: Any) -> Generation:
+    """Continue one or more prompts in one batch, yielding `Chunk`s of text as they come.
+
+    Args:
+        model: a run or checkpoint directory, or a model from `load` (or a (model, tokenizer)
+            pair).
+        prompts: one prompt or several (of any lengths).
+        config: the generation settings (default: `GenerationConfig()`).
+        device, dtype: where and in which dtype to run a checkpoint loaded here.
+        **options: `GenerationConfig` fields that replace the config's: max_new_tokens,
+            temperature, top_k, top_p, min_p, the penalties, beams, num_samples, seed, stop,
+            speaker, until_next_speaker, use_cache...
+
+    Returns:
+        The chunks (row i * num_samples + j is sample j of prompt i; each row's last chunk
+        carries its `Completion`), with `.prompts`, the texts the model continues.
+    """
+    config = GenerationConfig.build(config, **options)  # checked before the (slow) load
+    return text_stream.stream_chunks(as_loaded(model, device, dtype), prompts, config)
+
+
+def complete(model: ModelSource, prompts: str | Sequence[str] = "\n",
+             config: GenerationConfig | None = None, *, device: str = "auto",
+             dtype: str = "auto", **options: Any) -> list[Completion]:
+    """Generate for one or more prompts in one batch and return every `Completion` (text,
+    token ids, per-token log-probabilities, finish reason; the score with beams), row i *
+    num_samples + j being sample j of prompt i. Arguments as for `stream_chunks`."""
+    config = GenerationConfig.build(config, **options)
+    return text_stream.complete(as_loaded(model, device, dtype), prompts, config)
+
+
+def stream(model: ModelSource, prompt: str = "\n", config: GenerationConfig | None = None, *,
+           device: str = "auto", dtype: str = "auto", **options: Any) -> Iterator[str]:
+    """Yield the continuation of one prompt piece by piece as it is generated (arguments as
+    for `stream_chunks`, with one sample)."""
+    config = GenerationConfig.build(config, **options)
+    require(config.num_samples == 1,
+            "stream yields one continuation; use complete() or stream_chunks() for several")
+    chunks = text_stream.stream_chunks(as_loaded(model, device, dtype), prompt, config)
+    return (c.text for c in chunks if c.text)
+
+
+def generate(model: ModelSource, prompt: str = "\n", config: GenerationConfig | None = None,
+             **options: Any) -> str:
+    """The whole continuation of `prompt` as one string (arguments as for `stream`)."""
+    return "".join(stream(model, prompt, config, **options))
+
+
+def chat_session(model: ModelSource, config: GenerationConfig | None = None, *,
+                 you: str | None = None, device: str = "auto", dtype: str = "auto",
+                 **options: Any) -> ChatSession:
+    """A conversation, turn by turn (`ChatSession.reply`): with `you` and a `speaker`, a
+    scene in which you speak as `you` and the model answers as `speaker`."""
+    config = GenerationConfig.build(config, **options)
+    check_scene(config, you)  # before the (slow) load
+    return ChatSession(as_loaded(model, device, dtype), config, you)

@@ -1,0 +1,198 @@
+"""The Python API for data, training and evaluation: prepare, train, evaluate, import, export.
+
+`train` composes the lower layers in one pass: the preset (or the run being resumed, or the
+model being fine-tuned) gives the configs, the runtime is set up once (device, processes,
+precision: refused before anything is written), the data is prepared (on rank 0 first under
+torchrun), and `training.loop.train` runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from gptscratch.checkpoints.checkpoint import load_checkpoint
+from gptscratch.checkpoints.huggingface import export_hf, import_hf
+from gptscratch.checkpoints.init_from import load_pretrained
+from gptscratch.checkpoints.pretrained import fit_block_size
+from gptscratch.data.prepare import prepare
+from gptscratch.data.sources import read_text_source
+from gptscratch.data.token_files import PreparedData, is_prepared_dir, load_prepared
+from gptscratch.data.tokenizers import Tokenizer, parse_tokenizer_spec
+from gptscratch.errors import UserError
+from gptscratch.evaluation.evaluate import EvalResult, evaluate_tokens
+from gptscratch.generation.load import load
+from gptscratch.model.config import ModelConfig
+from gptscratch.runtime.precision import choose_precision
+from gptscratch.training.config import TrainConfig
+from gptscratch.training.distributed import is_main_process, main_rank_first, shutdown
+from gptscratch.training.finetune import finetune_model_config, finetune_train_config
+from gptscratch.training.loop import TrainResult
+from gptscratch.training.loop import train as train_loop
+from gptscratch.training.optimizer import check_freeze_layers
+from gptscratch.training.presets import get_preset
+from gptscratch.training.setup import TrainRuntime, start_runtime
+
+__all__ = ["prepare", "load_prepared", "train", "evaluate", "import_hf", "export_hf",
+           "MODEL_FIELDS", "TRAIN_FIELDS", "is_main_process", "shutdown"]
+
+log = logging.getLogger("gptscratch.api")
+
+MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
+TRAIN_FIELDS = set(TrainConfig.field_names())
+
+
+def resolve_data(
+    data: str | Path, out_dir: Path, tokenizer: str | Tokenizer | None, default_tokenizer: str,
+    prepare_options: dict[str, Any], runtime: TrainRuntime,
+) -> PreparedData:
+    """A prepared data directory is used as it is (its tokenizer wins unless another one is
+    asked for explicitly); anything else is raw text, prepared (once) into `out_dir/data`.
+    A tokenizer object (a fine-tuned model's own) must be the one the data was prepared with.
+    Under torchrun rank 0 prepares the files; the other ranks then read them."""
+    with main_rank_first(runtime.ctx):
+        if not is_prepared_dir(data):
+            return prepare(str(data), tokenizer or default_tokenizer, Path(out_dir) / "data",
+                           **prepare_options)
+    prepared = load_prepared(data)
+    if tokenizer is not None and not isinstance(tokenizer, str):
+        if prepared.tokenizer.fingerprint() != tokenizer.fingerprint():
+            raise UserError(
+                f"'{data}' was prepared with a {prepared.tokenizer.kind} tokenizer that is "
+                f"not the {tokenizer.kind} tokenizer of the --init-from model; give the raw "
+                "text as --data instead, so it is prepared with the model's tokenizer")
+    elif tokenizer is not None and tokenizer != prepared.meta["tokenizer"]:
+        raise UserError(f"'{data}' was prepared with the {prepared.meta['tokenizer']} "
+                        f"tokenizer, not {tokenizer}; drop --tokenizer or prepare again")
+    return prepared
+
+
+def train(
+    preset: str = "shakespeare-char",
+    data: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    tokenizer: str | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    prepare_options: dict[str, Any] | None = None,
+    init_from: str | Path | None = None,
+) -> TrainResult:
+    """Train (or resume) a preset, with any model or training field overridden.
+
+    Args:
+        preset: a name from `gptscratch.training.presets.PRESETS`.
+        data: raw text ("shakespeare", a file, a directory or glob) or a prepared directory;
+            defaults to the built-in Shakespeare, or on resume to the run's own data.
+        out_dir: run directory; defaults to out/<preset> (out/finetune with init_from).
+        tokenizer: "char", "gpt2" or "bpe:N"; defaults to the preset's.
+        resume: continue the run in out_dir from its latest checkpoint. Its saved config is
+            the base; only `overrides` change it (e.g. a larger max_iters).
+        stop_at: stop after this step as if interrupted.
+        overrides: ModelConfig / TrainConfig fields by name. Giving max_iters or epochs
+            without max_time drops the preset's time budget.
+        prepare_options: passed to `prepare` (val_fraction, lowercase, hf_* options).
+        init_from: fine-tune: start from these weights (a gptscratch run or checkpoint, a
+            Hugging Face GPT-2 folder or hub name) instead of a random init. The model's shape
+            and tokenizer come from it, the preset is not used, and the training defaults are
+            `training.finetune.finetune_train_config` (learning rate 1e-4). On resume the
+            run's own checkpoint wins and this is ignored.
+    """
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - MODEL_FIELDS - TRAIN_FIELDS
+    if unknown:
+        raise UserError(f"unknown setting(s) {sorted(unknown)}; see `gptscratch train --help`")
+    if init_from is not None and not resume:
+        return _finetune(init_from, data, out_dir, tokenizer, stop_at, overrides,
+                         prepare_options or {})
+    spec = get_preset(preset)
+    out = Path(out_dir) if out_dir is not None else Path("out") / preset
+    model_fields = {**spec.model}
+    train_config = spec.train
+    extra_meta: dict[str, Any] = {"preset": preset}
+    if resume:
+        # Only the saved configs are needed here; the trainer verifies the files when it loads.
+        ckpt = load_checkpoint(out, prefer="latest", verify=False)
+        model_fields = {k: v for k, v in ckpt.meta["model_config"].items() if k != "vocab_size"}
+        train_config = TrainConfig.from_dict(ckpt.meta["train_config"])
+        if data is None:
+            data = ckpt.meta["data_dir"]
+        if "init_from" in ckpt.meta:  # a fine-tuning run keeps its provenance
+            extra_meta = {"preset": None, "init_from": ckpt.meta["init_from"]}
+    model_fields.update({k: v for k, v in overrides.items() if k in MODEL_FIELDS})
+    if ({"max_iters", "epochs"} & set(overrides)) and "max_time" not in overrides:
+        # An explicit run length replaces the preset's wall-clock budget.
+        overrides["max_time"] = None
+    train_config = train_config.replace(
+        **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
+    width = model_fields.get("n_embd", ModelConfig.n_embd)
+    runtime = start_runtime(train_config.system, width)
+    prepared = resolve_data(data if data is not None else "shakespeare", out, tokenizer,
+                            spec.tokenizer, prepare_options or {}, runtime)
+    model_config = ModelConfig(vocab_size=prepared.tokenizer.vocab_size, **model_fields)
+    return train_loop(prepared, model_config, train_config, out, runtime=runtime, resume=resume,
+                      stop_at=stop_at, extra_meta=extra_meta)
+
+
+def _finetune(
+    init_from: str | Path, data: str | Path | None, out_dir: str | Path | None,
+    tokenizer: str | None, stop_at: int | None, overrides: dict[str, Any],
+    prepare_options: dict[str, Any],
+) -> TrainResult:
+    """`train(init_from=...)`: the source's model and tokenizer, the fine-tuning defaults."""
+    out = Path(out_dir) if out_dir is not None else Path("out") / "finetune"
+    pretrained = load_pretrained(init_from)
+    if tokenizer is not None and parse_tokenizer_spec(tokenizer)[0] != pretrained.tokenizer.kind:
+        raise UserError(f"--tokenizer {tokenizer} differs from the {pretrained.tokenizer.kind} "
+                        "tokenizer of the --init-from model, which fine-tuning must keep; "
+                        "drop --tokenizer")
+    model_config = finetune_model_config(
+        pretrained.config, {k: v for k, v in overrides.items() if k in MODEL_FIELDS})
+    train_config = finetune_train_config().replace(
+        **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
+    check_freeze_layers(train_config.finetune.freeze_layers, model_config.n_layer)
+    runtime = start_runtime(train_config.system, model_config.n_embd)
+    prepared = resolve_data(data if data is not None else "shakespeare", out,
+                            pretrained.tokenizer, "", prepare_options, runtime)
+    log.info("fine-tuning %s (%s tokenizer)", pretrained.source, pretrained.tokenizer.kind)
+    return train_loop(prepared, model_config, train_config, out, runtime=runtime,
+                      stop_at=stop_at,
+                      extra_meta={"preset": None, "init_from": str(pretrained.source)},
+                      init_weights=fit_block_size(pretrained.state_dict,
+                                                  model_config.block_size))
+
+
+def evaluate(
+    ckpt: str | Path,
+    data: str | Path | None = None,
+    *,
+    batch_size: int = 16,
+    device: str = "auto",
+    dtype: str = "float32",
+) -> EvalResult:
+    """Loss, perplexity and bits per byte of a checkpoint on its own val split, or on a text
+    file / prepared directory given as `data`."""
+    model, tokenizer, checkpoint = load(ckpt, device, dtype="float32")
+    precision = choose_precision(dtype, next(model.parameters()).device, model.config.n_embd)
+    if data is None or is_prepared_dir(data):
+        meta = checkpoint.meta if checkpoint is not None else {}
+        data_dir = data if data is not None else meta.get("data_dir", "")
+        if not is_prepared_dir(data_dir):
+            raise UserError(f"the checkpoint's data directory '{data_dir}' is gone; "
+                            "pass a text file with --data")
+        prepared = load_prepared(data_dir)
+        if prepared.tokenizer.fingerprint() != tokenizer.fingerprint():
+            raise UserError(f"'{data_dir}' was prepared with another tokenizer than the "
+                            "checkpoint's; pass a raw text file with --data instead")
+        tokens, num_bytes = prepared.val_tokens(), int(prepared.meta["val_bytes"])
+    else:
+        text, _ = read_text_source(str(data))
+        tokens = tokenizer.encode_array(text)
+        num_bytes = len(text.encode("utf-8"))
+    if len(tokens) < 2:
+        raise UserError("the evaluation text has fewer than 2 tokens; give a longer text")
+    return evaluate_tokens(model, tokens, num_bytes=num_bytes, batch_size=batch_size,
+                           autocast=precision.autocast)

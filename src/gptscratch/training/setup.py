@@ -1,0 +1,233 @@
+"""Setting up a training run: the runtime once, then the explicit state the loop works on.
+
+`start_runtime` decides where training runs (device, torchrun processes, precision) and
+applies the CPU settings, once per process, before any data is prepared: a device or dtype
+this machine cannot run is refused before anything is written. `set_up` then builds the
+`TrainState`: the model (fresh, fine-tuned from given weights, or resumed), the optimizer,
+the random state, and the figures the progress line needs; `loop.py` advances it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gptscratch.checkpoints.checkpoint import Checkpoint, load_weights
+from gptscratch.data.token_files import PreparedData, TokenArray
+from gptscratch.errors import UserError
+from gptscratch.model.config import ModelConfig
+from gptscratch.model.gpt import GPT
+from gptscratch.runtime.compile import choose_compile
+from gptscratch.runtime.cpu import keep_freed_memory, set_cpu_float_mode
+from gptscratch.runtime.device import choose_device
+from gptscratch.runtime.precision import Precision, choose_precision
+from gptscratch.training.config import SystemConfig, TrainConfig
+from gptscratch.training.distributed import (
+    DistContext,
+    init_distributed,
+    shard_model,
+    wrap_model,
+)
+from gptscratch.training.metrics import MetricsLog, ProgressWindow, format_duration
+from gptscratch.training.mfu import flops_per_token, peak_flops
+from gptscratch.training.optimizer import freeze_parameters, make_optimizer
+from gptscratch.training.resume import checkpoint_to_resume, restore_training_state
+
+log = logging.getLogger("gptscratch.train")
+
+
+@dataclass(frozen=True)
+class TrainRuntime:
+    """Where this process trains: its place among the processes, its device, its precision."""
+
+    ctx: DistContext
+    device: torch.device
+    precision: Precision
+
+
+def start_runtime(system: SystemConfig, n_embd: int) -> TrainRuntime:
+    """Choose the device, join torchrun's processes (if started by it) and the precision.
+
+    Raises:
+        UserError: a device or dtype this machine cannot run, or FSDP with float16.
+    """
+    set_cpu_float_mode()
+    ctx, device = init_distributed(choose_device(system.device))
+    precision = choose_precision(system.dtype, device, n_embd)
+    if system.fsdp and precision.needs_scaler:
+        raise UserError("--fsdp trains in float32 or bfloat16 (float16's loss scaling is not "
+                        "wired up for sharded gradients); use --dtype bfloat16 or float32")
+    if device.type == "cpu":
+        keep_freed_memory()  # the same big tensors every step: reuse them, don't page-fault
+    return TrainRuntime(ctx, device, precision)
+
+
+@dataclass
+class TrainState:
+    """Everything the loop reads and advances; what a checkpoint records comes from here."""
+
+    data: PreparedData
+    train_tokens: TokenArray
+    val_tokens: TokenArray
+    model_config: ModelConfig
+    config: TrainConfig
+    out_dir: Path
+    runtime: TrainRuntime
+    model: GPT  # the plain module: checkpoints are taken from it
+    eval_model: nn.Module  # compiled or not, never wrapped: evaluation runs on each rank
+    train_model: nn.Module  # what a step runs: eval_model, wrapped in DDP for several ranks
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    data_rng: torch.Generator  # which batches come next
+    max_steps: int
+    metrics: MetricsLog
+    extra_meta: dict[str, Any]
+    tokens_per_step: int  # the global batch: every process, every micro-batch
+    flops_per_token: float
+    peak_flops: float  # what MFU is measured against; 0 where it is not reported
+    window: ProgressWindow
+    # Random state as of the last completed step: what a checkpoint must record so a resumed
+    # run draws the same batches and dropout masks as an uninterrupted one.
+    rng: tuple[torch.Tensor, torch.Tensor]
+    step: int = 0
+    best_val: float = math.inf
+    train_loss: float = math.nan
+    val_loss: float = math.nan
+    saved_step: int = -1  # the step of the last checkpoint
+    elapsed_before: float = 0.0  # training seconds of earlier processes (resume)
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        """Training seconds so far, earlier processes' included."""
+        return self.elapsed_before + time.perf_counter() - self.started
+
+
+def total_steps(config: TrainConfig, train_tokens: int, block_size: int) -> int:
+    """Optimizer steps to run: `max_iters`, or enough for `epochs` passes over the data."""
+    run, optim = config.run, config.optim
+    if run.epochs is None:
+        return run.max_iters
+    per_step = optim.batch_size * optim.grad_accum * block_size
+    return max(1, math.ceil(run.epochs * train_tokens / per_step))
+
+
+def check_run(data: PreparedData, model_config: ModelConfig, out_dir: Path,
+              resume: bool) -> None:
+    """Refuse, before anything is built, a run that cannot work or would overwrite another."""
+    if model_config.vocab_size != data.tokenizer.vocab_size:
+        raise UserError(f"model vocab_size ({model_config.vocab_size}) differs from the "
+                        f"tokenizer's ({data.tokenizer.vocab_size}); build the config with the "
+                        "tokenizer's vocab_size")
+    for split in ("train", "val"):
+        n = int(data.meta[f"{split}_tokens"])
+        if n <= model_config.block_size:
+            raise UserError(
+                f"the {split} split has {n} tokens, fewer than one block of "
+                f"{model_config.block_size}+1; use a smaller --block-size "
+                f"(e.g. {max(8, n // 4)}) or more text")
+    if not resume and (out_dir / "latest").exists():
+        raise UserError(f"'{out_dir}' already holds a run; add --resume to continue it or "
+                        "choose a new --out")
+
+
+def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, out_dir: Path,
+           runtime: TrainRuntime, *, resume: bool = False,
+           init_weights: Mapping[str, torch.Tensor] | None = None,
+           extra_meta: dict[str, Any] | None = None) -> TrainState:
+    """Build the state of a run: fresh, from `init_weights` (fine-tuning), or resumed from
+    `out_dir/latest`."""
+    check_run(data, model_config, out_dir, resume)
+    ctx, device, seed = runtime.ctx, runtime.device, config.run.seed
+    ckpt = checkpoint_to_resume(out_dir, model_config, data) if resume else None
+    model = _build_model(model_config, config, runtime, ckpt, init_weights)
+    optimizer = make_optimizer(model, config.optim, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=runtime.precision.needs_scaler)
+    data_rng = torch.Generator().manual_seed(seed)
+    metrics = MetricsLog(out_dir / "metrics.jsonl")
+    point = None
+    if ckpt is not None:
+        point = restore_training_state(ckpt, optimizer, model, scaler, data_rng, ctx, device,
+                                       seed)
+        if ctx.is_main:
+            metrics.truncate_after(point.step)
+    max_steps = total_steps(config, int(data.meta["train_tokens"]), model_config.block_size)
+    n_params = model.num_params()
+    optim = config.optim
+    tokens_per_step = optim.batch_size * ctx.world_size * optim.grad_accum * model_config.block_size
+    # Only rank 0 reports MFU (and measures the ceiling, once per machine: see mfu.py).
+    peak, peak_source = (peak_flops(device, runtime.precision.dtype, config.system.peak_tflops)
+                         if ctx.is_main else (0.0, ""))
+    state = TrainState(
+        data=data, train_tokens=data.train_tokens(), val_tokens=data.val_tokens(),
+        model_config=model_config, config=config, out_dir=out_dir, runtime=runtime,
+        model=model, eval_model=model, train_model=model, optimizer=optimizer, scaler=scaler,
+        data_rng=data_rng, max_steps=max_steps, metrics=metrics,
+        extra_meta=dict(extra_meta or {}), tokens_per_step=tokens_per_step,
+        flops_per_token=flops_per_token(model_config, n_params), peak_flops=peak,
+        window=ProgressWindow(device), rng=(data_rng.get_state(), torch.get_rng_state()))
+    if point is not None:
+        state.step, state.best_val, state.saved_step = point.step, point.best_val, point.step
+        state.elapsed_before = point.elapsed
+        state.train_loss, state.val_loss = point.train_loss, point.val_loss
+    _log_plan(state, n_params, peak_source)
+    _compile_and_wrap(state)
+    return state
+
+
+def _build_model(model_config: ModelConfig, config: TrainConfig, runtime: TrainRuntime,
+                 ckpt: Checkpoint | None,
+                 init_weights: Mapping[str, torch.Tensor] | None) -> GPT:
+    """The GPT on its device: random (seeded), given weights, or the checkpoint's; frozen
+    where fine-tuning asks, sharded under FSDP."""
+    ctx, seed = runtime.ctx, config.run.seed
+    torch.manual_seed(seed)
+    model = GPT(model_config).to(runtime.device)
+    if ckpt is not None:
+        load_weights(ckpt, model)  # before FSDP shards the parameters
+    elif init_weights is not None:
+        model.load_state_dict(init_weights)
+    freeze_parameters(model, config.finetune)
+    if config.system.fsdp:
+        shard_model(model, ctx)
+    if ctx.rank > 0:
+        torch.manual_seed(seed + ctx.rank)  # replicas start equal; dropout masks differ
+    return model
+
+
+def _log_plan(state: TrainState, n_params: int, peak_source: str) -> None:
+    """What the run will do, on what: device, model, steps and batch, MFU reference."""
+    rt, mc, optim, run = state.runtime, state.model_config, state.config.optim, state.config.run
+    ctx, device = rt.ctx, rt.device
+    log.info("device %s, precision %s (%s)%s", device, rt.precision.name, rt.precision.reason,
+             f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else "")
+    log.info("model: %s parameters (%.2fM), %d layers, %d heads, %d wide, context %d",
+             f"{n_params:,}", n_params / 1e6, mc.n_layer, mc.n_head, mc.n_embd, mc.block_size)
+    log.info("training for %d steps of %s tokens (batch %d x %d process%s x %d micro-batches "
+             "x context %d)%s%s", state.max_steps, f"{state.tokens_per_step:,}",
+             optim.batch_size, ctx.world_size, "es" if ctx.enabled else "", optim.grad_accum,
+             mc.block_size, f", at most {format_duration(run.max_time)}" if run.max_time else "",
+             f"; FSDP: each process holds 1/{ctx.world_size} of the weights, gradients and "
+             "optimizer state" if state.config.system.fsdp else "")
+    log.info("MFU measured against %.1f TFLOP/s per process (%s); the model needs %.1f "
+             "MFLOPs per token", state.peak_flops / 1e12, peak_source,
+             state.flops_per_token / 1e6)
+
+
+def _compile_and_wrap(state: TrainState) -> None:
+    """torch.compile by device and what is left of the run; DDP around it for several ranks."""
+    run, rt = state.config.run, state.runtime
+    compile_model, reason = choose_compile(
+        state.config.system.compile, rt.device, state.max_steps - state.step,
+        run.max_time - state.elapsed_before if run.max_time else None)
+    log.info("torch.compile %s (%s)", "on" if compile_model else "off", reason)
+    eval_model: nn.Module = torch.compile(state.model) if compile_model else state.model  # type: ignore[assignment]
+    state.eval_model = eval_model
+    state.train_model = wrap_model(eval_model, rt.ctx, rt.device)

@@ -1,0 +1,107 @@
+"""The package's floors: every import points down, never sideways or up.
+
+From the bottom: `errors`; the file and hub helpers; the data, the model and the runtime
+(none of which knows the others); checkpoints (a model and its tokenizer on disk); evaluation;
+text generation and training (side by side, neither importing the other); pictures; the
+Python API; and the CLI on top, which calls only the API (and reads the config dataclasses
+to build its flags). A prompt thus goes from the CLI to the logits without climbing back.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import REPO
+
+PACKAGE = REPO / "src" / "gptscratch"
+FLOORS = [
+    {"errors"},
+    {"files", "hub"},
+    {"data", "model", "runtime"},
+    {"checkpoints"},
+    {"evaluation"},
+    {"generation", "training"},
+    {"viz"},
+    {"api"},
+    {"cli"},
+]
+FLOOR = {part: level for level, parts in enumerate(FLOORS) for part in parts}
+# What the CLI may import besides the API: the config dataclasses its flags are built from.
+CLI_CONFIG_MODULES = {"model.config", "training.config", "training.presets", "generation.config"}
+
+
+def _part(path: Path, package: Path) -> str:
+    rel = path.relative_to(package)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _imports(path: Path) -> set[str]:
+    """The gptscratch modules `path` imports, as dotted names below `gptscratch`."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "gptscratch" and len(parts) > 1:
+                found.add(".".join(parts[1:]))
+    return found
+
+
+def violations(package: Path) -> list[str]:
+    """Every import in `package` that points sideways or up."""
+    bad = []
+    for path in sorted(package.rglob("*.py")):
+        part = _part(path, package)
+        if part not in FLOOR:
+            continue
+        for module in sorted(_imports(path)):
+            target = module.split(".")[0]
+            if target == part:
+                continue
+            if part == "cli":
+                ok = target in ("api", "errors") or module in CLI_CONFIG_MODULES
+            else:
+                ok = FLOOR.get(target, len(FLOORS)) < FLOOR[part]
+            if not ok:
+                bad.append(f"{path.relative_to(package)} imports gptscratch.{module}")
+    return bad
+
+
+def test_every_part_of_the_package_has_a_floor() -> None:
+    parts = {_part(p, PACKAGE) for p in PACKAGE.rglob("*.py")} - {"__init__", "__main__"}
+    assert parts <= set(FLOOR), parts - set(FLOOR)
+
+
+def test_imports_point_downward() -> None:
+    assert violations(PACKAGE) == []
+
+
+def test_nothing_imports_the_cli() -> None:
+    users = [p for p in PACKAGE.rglob("*.py")
+             if _part(p, PACKAGE) not in ("cli", "__main__")
+             and any(m.split(".")[0] == "cli" for m in _imports(p))]
+    assert not users
+
+
+def test_wrong_imports_are_caught(tmp_path: Path) -> None:
+    """The checker itself, on a made-up package: sideways, upward and CLI shortcuts."""
+    files = {
+        "model/a.py": "from gptscratch.data.prepare import prepare\n",  # sideways
+        "data/b.py": "import gptscratch.training.loop\n",  # upward
+        "cli/c.py": "from gptscratch.generation.stream import stream_chunks\n",  # not the API
+        "cli/d.py": "from gptscratch.generation.config import GenerationConfig\n",  # allowed
+        "training/e.py": "from gptscratch.evaluation.evaluate import estimate_loss\n",  # ok
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert violations(tmp_path) == [
+        "cli/c.py imports gptscratch.generation.stream",
+        "data/b.py imports gptscratch.training.loop",
+        "model/a.py imports gptscratch.data.prepare",
+    ]
