@@ -147,7 +147,9 @@ plt.show()
 # The full trainer (`gptscratch.train`, the same as `gptscratch train`) adds what a real run
 # needs: periodic evaluation on held-out text, mixed precision where it pays, gradient
 # clipping, metrics in `metrics.jsonl`, and atomic checkpoints (`best/`, `latest/`) that can be
-# resumed exactly.
+# resumed exactly. Its loop is the one above, in small functions: `train_step` in
+# `src/gptscratch/training/loop.py` is one optimizer step, over the state that `set_up` in
+# `training/setup.py` builds.
 
 # %%
 result = gptscratch.train("shakespeare-char", data=data.dir, out_dir=OUT,
@@ -158,7 +160,10 @@ print(result)
 # ## 5. Evaluation and samples
 #
 # Perplexity is exp(loss): how many characters the model is, in effect, choosing among. Bits
-# per byte compares models with different tokenizers.
+# per byte compares models with different tokenizers. Text generation (`gptscratch.generation`)
+# encodes the prompt, hands its ids to the model's decoding loop (`model/decoding.py`, with a
+# KV cache) and turns the sampled ids back into text; every setting is one field of a
+# `GenerationConfig`.
 
 # %%
 ev = gptscratch.evaluate(OUT)
@@ -211,9 +216,7 @@ display(Image(filename=api.plot_logit_lens(OUT, "ROMEO:\nWhat light", pics / "le
 # 4-word phrases that appear there (`gptscratch sample --check-copy` prints the same).
 
 # %%
-from gptscratch.evaluation.memorisation import describe_copy
-
 index = api.corpus_index(OUT)
 sample = gptscratch.generate(OUT, "\n", max_new_tokens=300, seed=2)
 print(sample)
-print(describe_copy(api.check_copy(index, sample)))
+print(api.describe_copy(api.check_copy(index, sample)))

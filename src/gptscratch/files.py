@@ -22,21 +22,23 @@ from pathlib import Path
 from gptscratch.errors import UserError
 
 
-def cache_dir() -> Path:
-    """Return the gptscratch cache folder, creating it if needed.
+def cache_path() -> Path:
+    """The gptscratch cache folder: `$GPTSCRATCH_CACHE` if set, else
+    `$XDG_CACHE_HOME/gptscratch`, else `~/.cache/gptscratch` (not created; see `cache_dir`)."""
+    if env := os.environ.get("GPTSCRATCH_CACHE"):
+        return Path(env).expanduser()
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg).expanduser() / "gptscratch"
+    return Path.home() / ".cache" / "gptscratch"
 
-    The folder is `$GPTSCRATCH_CACHE` if set, else `$XDG_CACHE_HOME/gptscratch`, else
-    `~/.cache/gptscratch`.
+
+def cache_dir() -> Path:
+    """Return the gptscratch cache folder (`cache_path`), creating it if needed.
 
     Raises:
         UserError: The folder cannot be created.
     """
-    if env := os.environ.get("GPTSCRATCH_CACHE"):
-        path = Path(env).expanduser()
-    elif xdg := os.environ.get("XDG_CACHE_HOME"):
-        path = Path(xdg).expanduser() / "gptscratch"
-    else:
-        path = Path.home() / ".cache" / "gptscratch"
+    path = cache_path()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -63,8 +63,7 @@ def explicit_attention(
     # 2. Scores: how well each query matches each key. Dividing by sqrt(D) keeps their variance
     #    near 1 whatever the head size, so the softmax does not saturate (Vaswani et al. 2017).
     #    baddbmm computes bias + (q @ k^T) / sqrt(D) in one matmul call, (B * H) at a time:
-    #    (B*H, T, D) @ (B*H, D, S) -> (B*H, T, S). Written as a matmul, a division and a
-    #    masked_fill, a bf16 training step of GPT-2 124M spent ~50 ms more on this CPU.
+    #    (B*H, T, D) @ (B*H, D, S) -> (B*H, T, S); one call is faster than three on CPU.
     scores = torch.baddbmm(bias, q.flatten(0, 1), k.flatten(0, 1).transpose(-2, -1),
                            alpha=1.0 / math.sqrt(D)).view(B, H, T, S)
     # 3. Softmax over the keys turns scores into weights that sum to 1 along each row.
@@ -79,13 +78,9 @@ def explicit_attention(
 def _explicit_is_faster(x: torch.Tensor) -> bool:
     """The one place that picks the path for `attention="auto"`, per device and dtype.
 
-    Measured on the 2-core AMX CPU (torch 2.13, 2026-11-22), a whole training step (forward,
-    backward, AdamW) at our real sizes, explicit vs SDPA:
-    - bf16 autocast: the explicit path (plain matmuls, which run on AMX) wins; SDPA's fused
-      CPU backward is the slow part: 108 vs 137 ms (shakespeare-char, 4 x 256 wide, 16 x 128),
-      257 vs 343 ms (6 x 384 wide), 2.7 vs 4.5 s (GPT-2 124M, 4 x 256 tokens).
-    - fp32: SDPA wins, increasingly with size: 206 vs 220 ms, 649 vs 679 ms, 4.0 vs 5.7 s.
-    On GPUs SDPA's flash / memory-efficient kernels win outright (and never build (T, T)).
+    Under bf16 autocast on a CPU the explicit path's plain matmuls (which run on AMX) trained
+    faster than SDPA's fused CPU backward; in fp32 and on GPUs SDPA wins (the measured steps
+    are in docs/benchmarks.md, "Attention path").
     """
     return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16)

@@ -1,12 +1,10 @@
 """The Linear layer every projection of the GPT uses: nn.Linear with a faster one-token path.
 
 Generating one token at a time turns every projection into a matrix-vector product, whose cost
-is reading the weights from memory. bf16 weights halve those bytes, but on the CPUs we measured
-(Xeon with AMX, torch 2.13) `F.linear` runs a (1, C) x (C, N) bf16 product no faster than fp32;
-`torch.mv` runs it ~1.7x faster (the 124M model's 768 x 50257 head: 1.8 vs 3.0 ms), which made
-bf16 decoding of a 124M GPT 1.4x faster end to end. Everything else (training, prompts, batches)
-takes the ordinary path. Parameter names and shapes are nn.Linear's, so checkpoints and
-GPT-2 weights load unchanged.
+is reading the weights from memory. bf16 weights halve those bytes, but on an AMX CPU
+`F.linear` ran a one-row bf16 product no faster than fp32, while `torch.mv` ran it ~1.7x faster
+(docs/benchmarks.md). Everything else (training, prompts, batches) takes the ordinary path.
+Parameter names and shapes are nn.Linear's, so checkpoints and GPT-2 weights load unchanged.
 """
 
 from __future__ import annotations

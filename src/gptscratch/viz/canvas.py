@@ -4,8 +4,6 @@ atomic PNG write (a temporary file renamed into place, so a failure leaves no pa
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gptscratch.errors import UserError
+from gptscratch.files import atomic_file
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -61,15 +60,9 @@ def save_png(fig: Figure, out: str | Path) -> Path:
     if out.exists() and out.is_dir():
         raise UserError(f"output '{out}' is a directory; give a file name such as {out}/a.png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # No bbox_inches="tight": the pixel size stays exactly figsize x DPI.
-            fig.savefig(f, format="png", dpi=DPI)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as tmp:
+        # No bbox_inches="tight": the pixel size stays exactly figsize x DPI.
+        fig.savefig(tmp, format="png", dpi=DPI)
     return out
 
 

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from test_sampling import Letters, _Scripted
 
-from gptscratch import api
-from gptscratch.errors import UserError
 from gptscratch.generation.config import GenerationConfig
 from gptscratch.generation.load import LoadedModel
 from gptscratch.generation.script import (
     NextSpeakerStop,
     ScriptFormat,
     find_script_format,
-    script_format,
     speaker_prompt,
 )
 from gptscratch.generation.stream import stream_chunks
@@ -107,21 +101,3 @@ def test_streamed_speech_never_shows_the_next_heading() -> None:
     pieces = [c.text for c in stream_chunks(loaded, "JULIET:\n", config) if c.text]
     assert "".join(pieces) == "Anon!"
     assert not any("R" in p or "\n" in p for p in pieces)
-
-
-def test_api_script_mode_on_a_trained_model(tiny_run: Path) -> None:
-    script = script_format(api.load(tiny_run)[2])
-    assert script is not None and script.style == "line"
-    assert {"First Citizen", "MENENIUS"} <= set(script.speakers)
-    done = api.complete(tiny_run, "\n", speaker="menenius", until_next_speaker=True,
-                        max_new_tokens=150, seed=0, temperature=1.0, num_samples=3)
-    assert len(done) == 3
-    for c in done:
-        assert c.prompt == "MENENIUS:\n"
-        assert all(not line.endswith(":") or line.rstrip(":") not in script.speakers
-                   for line in c.text.splitlines())
-        assert c.finish_reason in ("stop", "length")
-    cached = Path(api.load(tiny_run)[2].meta["data_dir"]) / "script.json"
-    assert cached.exists()
-    with pytest.raises(UserError, match="MENENIUS"):
-        api.generate(tiny_run, "\n", speaker="Hamlet")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PLAYS
 
 from gptscratch.data.tokenizers import (
     build_tokenizer,
@@ -21,8 +22,6 @@ from gptscratch.data.tokenizers import (
 )
 from gptscratch.data.tokenizers.trained_bpe import BPETokenizer
 from gptscratch.errors import UserError
-
-TINY_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"
 
 
 def synthetic_text(n_words: int = 20_000, seed: int = 0) -> str:
@@ -110,8 +109,7 @@ def test_gpt2_bulk_path_equals_plain_encode() -> None:
 def _oracle_corpus(shakespeare: str) -> list[str]:
     """A few MB of varied text, as documents of up to 200 lines."""
     parts = [shakespeare[: len(shakespeare) // 2], synthetic_text(60_000, seed=2)]
-    if TINY_SHAKESPEARE.is_file():
-        parts.append(TINY_SHAKESPEARE.read_text(encoding="utf-8"))
+    parts.append(PLAYS.read_text(encoding="utf-8"))
     stdlib = sorted(Path(os.__file__).parent.glob("*.py"))
     parts.append("".join(p.read_text(encoding="utf-8") for p in stdlib[:60]))
     docs = []

@@ -15,13 +15,7 @@ from gptscratch import api
 from gptscratch.checkpoints import checkpoint as ckpt_mod
 from gptscratch.checkpoints.checkpoint import load_checkpoint, save_checkpoint
 from gptscratch.errors import UserError
-from gptscratch.model.config import ModelConfig
-from gptscratch.model.gpt import GPT
-from gptscratch.runtime.precision import choose_precision
-from gptscratch.training.config import TrainConfig
 from gptscratch.training.metrics import read_metrics
-from gptscratch.training.optimizer import parameter_groups
-from gptscratch.training.schedule import lr_at
 
 
 def _losses(run: Path) -> list[tuple[int, float]]:
@@ -124,57 +118,11 @@ def test_corrupted_and_truncated_checkpoints_are_refused(tmp_path: Path, tiny_ru
         load_checkpoint(run / "best")
 
 
-def test_lr_schedule_warmup_then_cosine_to_floor() -> None:
-    lrs = [lr_at(s, 1.0, 0.1, 10, s / 100) for s in range(101)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
-    assert lrs[100] == pytest.approx(0.1)
-    assert lr_at(55, 1.0, 0.1, 10, 0.5) == pytest.approx(0.55)
-
-
-def test_parameter_groups_decay_only_matrices() -> None:
-    model = GPT(ModelConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=16))
-    decay, no_decay = parameter_groups(model, 0.1)
-    assert all(p.dim() >= 2 for p in decay["params"])  # type: ignore[attr-defined]
-    assert all(p.dim() == 1 for p in no_decay["params"])  # type: ignore[attr-defined]
-    n = len(decay["params"]) + len(no_decay["params"])  # type: ignore[arg-type]
-    assert n == len(list(model.parameters()))  # the tied weight is counted once
-
-
-def test_precision_policy() -> None:
-    cpu = torch.device("cpu")
-    assert choose_precision("float32", cpu, 64).dtype == torch.float32
-    assert choose_precision("auto", cpu, 64).dtype == torch.float32  # too small to gain
-    with pytest.raises(UserError, match="float16 training needs a CUDA GPU"):
-        choose_precision("float16", cpu, 64)
-    with pytest.raises(UserError, match="unknown dtype"):
-        choose_precision("float8", cpu, 64)
-
-
-def test_precision_policy_on_cuda_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    cuda = torch.device("cuda")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    p = choose_precision("auto", cuda, 768)
-    assert p.dtype == torch.bfloat16 and not p.needs_scaler
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    p = choose_precision("auto", cuda, 768)
-    assert p.dtype == torch.float16 and p.needs_scaler
-    with pytest.raises(UserError, match="cannot do bfloat16"):
-        choose_precision("bfloat16", cuda, 768)
-
-
 def test_epochs_sets_the_number_of_steps(tmp_path: Path, tiny_corpus: Path) -> None:
     over = {**TINY_MODEL, **TINY_TRAIN, "epochs": 0.1}
     result = api.train("shakespeare-char", tiny_corpus, tmp_path / "r", overrides=over)
     tokens = json.loads((tmp_path / "r" / "data" / "meta.json").read_text())["train_tokens"]
     assert result.step == math.ceil(0.1 * tokens / (8 * 32))
-
-
-def test_train_config_validation() -> None:
-    with pytest.raises(UserError, match="batch_size"):
-        TrainConfig().replace(batch_size=0)
-    with pytest.raises(UserError, match="min_lr"):
-        TrainConfig().replace(learning_rate=1e-3, min_lr=1e-2)
 
 
 def test_evaluate_reports_loss_perplexity_and_bits_per_byte(tiny_run: Path,

@@ -1,0 +1,61 @@
+"""TrainConfig in sections: each section validated on its own, the flat names that checkpoints,
+presets and flags use mapping onto them one to one."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gptscratch.cli.parser import build_parser
+from gptscratch.errors import UserError
+from gptscratch.training.config import SECTIONS, TrainConfig
+from gptscratch.training.presets import PRESETS
+
+
+def test_field_names_are_unique_across_sections() -> None:
+    names = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
+    assert len(names) == len(set(names)) == len(TrainConfig.field_names())
+
+
+def test_the_flat_form_round_trips() -> None:
+    config = TrainConfig().replace(batch_size=3, max_time=60.0, dtype="float32",
+                                   freeze_layers=1)
+    flat = config.to_dict()
+    assert flat["batch_size"] == 3 and flat["freeze_layers"] == 1
+    assert TrainConfig.from_dict(flat) == config
+    assert (config.optim.batch_size, config.run.max_time, config.system.dtype,
+            config.finetune.freeze_layers) == (3, 60.0, "float32", 1)
+
+
+def test_from_dict_ignores_names_it_does_not_know() -> None:
+    """A checkpoint written by a newer version may hold settings this one lacks."""
+    assert TrainConfig.from_dict({"batch_size": 5, "from_the_future": 1}).optim.batch_size == 5
+
+
+def test_replace_checks_the_changed_section_and_the_names() -> None:
+    with pytest.raises(UserError, match="eval_iters"):
+        TrainConfig().replace(eval_iters=0)
+    with pytest.raises(UserError, match="unknown dtype"):
+        TrainConfig().replace(dtype="float8")
+    with pytest.raises(UserError, match=r"unknown training setting\(s\) \['lr'\]"):
+        TrainConfig().replace(lr=0.1)
+
+
+def test_every_field_is_a_train_flag() -> None:
+    args = vars(build_parser().parse_args(["train"]))
+    assert set(TrainConfig.field_names()) <= set(args)
+    assert all(args[name] is None for name in TrainConfig.field_names())  # the preset's value
+
+
+def test_presets_build() -> None:
+    for make in PRESETS.values():
+        preset = make()
+        assert isinstance(preset.train, TrainConfig)
+
+
+def test_train_config_validation() -> None:
+    with pytest.raises(UserError, match="batch_size"):
+        TrainConfig().replace(batch_size=0)
+    with pytest.raises(UserError, match="min_lr"):
+        TrainConfig().replace(learning_rate=1e-3, min_lr=1e-2)
