@@ -36,8 +36,8 @@ def test_from_dict_ignores_names_it_does_not_know() -> None:
 def test_replace_checks_the_changed_section_and_the_names() -> None:
     with pytest.raises(UserError, match="eval_iters"):
         TrainConfig().replace(eval_iters=0)
-    with pytest.raises(UserError, match="unknown dtype"):
-        TrainConfig().replace(dtype="float8")
+    with pytest.raises(UserError, match="peak_tflops"):
+        TrainConfig().replace(peak_tflops=0.0)
     with pytest.raises(UserError, match=r"unknown training setting\(s\) \['lr'\]"):
         TrainConfig().replace(lr=0.1)
 

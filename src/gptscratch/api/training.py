@@ -25,6 +25,7 @@ from gptscratch.errors import UserError
 from gptscratch.evaluation.evaluate import EvalResult, evaluate_tokens
 from gptscratch.generation.load import load
 from gptscratch.model.config import ModelConfig
+from gptscratch.runtime.cpu import set_cpu_float_mode
 from gptscratch.runtime.precision import choose_precision
 from gptscratch.training.config import TrainConfig
 from gptscratch.training.distributed import is_main_process, main_rank_first, shutdown
@@ -101,6 +102,7 @@ def train(
             `training.finetune.finetune_train_config` (learning rate 1e-4). On resume the
             run's own checkpoint wins and this is ignored.
     """
+    set_cpu_float_mode()  # before any torch work, fine-tuning's source model included
     overrides = dict(overrides or {})
     unknown = set(overrides) - MODEL_FIELDS - TRAIN_FIELDS
     if unknown:

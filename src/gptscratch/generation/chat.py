@@ -35,6 +35,7 @@ class ChatSession:
                  you: str | None = None) -> None:
         check_scene(config, you)
         self.you = you
+        config = dataclasses.replace(config, num_samples=1)  # one answer per turn
         if you is not None:  # a scene: each answer ends where the next speaker would begin
             config = dataclasses.replace(config, until_next_speaker=True)
         script = loaded.corpus_script() if config.needs_script else None

@@ -16,8 +16,6 @@ from typing import Any
 
 from gptscratch.errors import require
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
 
 def _positive(section: Any, *names: str) -> None:
     for name in names:
@@ -87,7 +85,7 @@ class RunConfig:
 class SystemConfig:
     """Where and how the maths runs: device, precision, compilation, processes."""
 
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (`runtime.precision`)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     # torch.compile: None picks per device (`runtime.compile.choose_compile`); True / False
     # force it.
@@ -100,8 +98,8 @@ class SystemConfig:
     fsdp: bool = False
 
     def __post_init__(self) -> None:
-        require(self.dtype in DTYPES,
-                f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        # dtype and device are checked against the machine where they are resolved
+        # (`runtime.precision.choose_precision`, `runtime.device.choose_device`).
         require(
             self.peak_tflops is None or self.peak_tflops > 0,
             f"peak_tflops ({self.peak_tflops}) must be > 0; e.g. --peak-tflops 989 for an H100",

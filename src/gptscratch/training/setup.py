@@ -29,7 +29,7 @@ from gptscratch.runtime.compile import choose_compile
 from gptscratch.runtime.cpu import keep_freed_memory, set_cpu_float_mode
 from gptscratch.runtime.device import choose_device
 from gptscratch.runtime.precision import Precision, choose_precision
-from gptscratch.training.config import SystemConfig, TrainConfig
+from gptscratch.training.config import OptimConfig, RunConfig, SystemConfig, TrainConfig
 from gptscratch.training.distributed import (
     DistContext,
     init_distributed,
@@ -110,9 +110,8 @@ class TrainState:
         return self.elapsed_before + time.perf_counter() - self.started
 
 
-def total_steps(config: TrainConfig, train_tokens: int, block_size: int) -> int:
+def total_steps(run: RunConfig, optim: OptimConfig, train_tokens: int, block_size: int) -> int:
     """Optimizer steps to run: `max_iters`, or enough for `epochs` passes over the data."""
-    run, optim = config.run, config.optim
     if run.epochs is None:
         return run.max_iters
     per_step = optim.batch_size * optim.grad_accum * block_size
@@ -158,7 +157,8 @@ def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, o
                                        seed)
         if ctx.is_main:
             metrics.truncate_after(point.step)
-    max_steps = total_steps(config, int(data.meta["train_tokens"]), model_config.block_size)
+    max_steps = total_steps(config.run, config.optim, int(data.meta["train_tokens"]),
+                            model_config.block_size)
     n_params = model.num_params()
     optim = config.optim
     tokens_per_step = optim.batch_size * ctx.world_size * optim.grad_accum * model_config.block_size
