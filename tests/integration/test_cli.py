@@ -23,7 +23,9 @@ def test_prepare_a_local_hf_text_dataset(tmp_path: Path, tiny_corpus: Path,
     meta = json.loads((out / "meta.json").read_text())
     assert meta["tokenizer"] == "gpt2" and meta["dtype"] == "uint16"
     assert meta["val_tokens"] > 0.15 * (meta["train_tokens"] + meta["val_tokens"])
-    assert "prepared" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out)  # the result: where the data is
+    assert "prepared" in captured.err and "train +" in captured.err  # what it holds, once
 
 
 def test_train_then_sample_and_eval(tmp_path: Path, tiny_corpus: Path,
@@ -50,6 +52,10 @@ def test_train_then_sample_and_eval(tmp_path: Path, tiny_corpus: Path,
     greedy = capsys.readouterr().out
     assert greedy.startswith("JULIET:\n")
 
+    assert main(["eval", "--ckpt", str(run), "-q"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{run / 'best'} (step 20) on the val split of {run / 'data'}")
+    assert "| perplexity" in line
     assert main(["eval", "--ckpt", str(run), "--json", "-q"]) == 0  # -q after the command
     result = json.loads(capsys.readouterr().out)
     assert result["loss"] > 0 and result["perplexity"] > 1 and result["bits_per_byte"] > 0

@@ -195,3 +195,27 @@ def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         "error: unknown preset 'nope'; choose one of shakespeare-char, shakespeare-bpe, "
         "gpt2-small"]
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["trian"], "(did you mean train?)"),
+    (["viz", "atention", "--ckpt", "x", "--prompt", "y"], "(did you mean attention?)"),
+])
+def test_a_misspelt_command_or_picture_gets_a_suggestion(
+        argv: list[str], hint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert hint in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["train", "--preset", "shakespear-char"],
+     "unknown preset 'shakespear-char' (did you mean shakespeare-char?)"),
+    (["prepare", "--tokenizer", "gtp2"], "unknown tokenizer 'gtp2' (did you mean gpt2?)"),
+])
+def test_a_misspelt_preset_or_tokenizer_gets_a_suggestion(
+        argv: list[str], expected: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    line = run_cli([*argv, "--out", str(tmp_path / "o")], capsys)
+    assert expected in line

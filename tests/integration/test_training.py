@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -164,3 +166,45 @@ def test_an_explicit_length_replaces_the_presets_time_budget(tmp_path: Path,
     api.train("shakespeare-char", tiny_corpus, tmp_path / "b",
               overrides={**over, "max_time": 100.0})
     assert load_checkpoint(tmp_path / "b", "latest").meta["train_config"]["max_time"] == 100.0
+
+
+def test_logged_speed_leaves_out_evaluation_inside_a_window(
+        tmp_path: Path, tiny_corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps of 40 ms and evaluations of 200 ms every 5 steps, logged every 20 steps: each
+    line must report one step per 40 ms, not the speed of the last few steps alone (4x too
+    fast) nor one that counts the evaluations (2x too slow)."""
+    import time
+
+    from gptscratch.training import loop
+
+    def step(state: Any, lr: float) -> None:
+        time.sleep(0.04)
+        state.step += 1
+        state.window.steps += 1
+
+    def evaluate(state: Any) -> None:
+        time.sleep(0.2)
+        state.saved_step = state.step
+        state.val_loss = state.best_val = 1.0
+
+    monkeypatch.setattr(loop, "train_step", step)
+    monkeypatch.setattr(loop, "evaluate_and_save", evaluate)
+    over = {**TINY_MODEL, "batch_size": 8, "max_iters": 40, "eval_interval": 5,
+            "log_interval": 20, "max_time": 0.0, "dtype": "float32"}
+    api.train("shakespeare-char", tiny_corpus, tmp_path / "r", overrides=over)
+    speeds = [r["tokens_per_s"] for r in read_metrics(tmp_path / "r" / "metrics.jsonl")]
+    expected = 8 * 32 / 0.04  # tokens per step / seconds per step
+    assert len(speeds) == 2
+    assert all(0.8 * expected < s < 1.05 * expected for s in speeds), (speeds, expected)
+
+
+def test_a_tiny_corpus_run_logs_the_memorisation_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    text = tmp_path / "small.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 60)  # ~2.6 KB
+    over = {**TINY_MODEL, **TINY_TRAIN, "block_size": 16, "max_iters": 4, "warmup_iters": 8}
+    with caplog.at_level(logging.WARNING, logger="gptscratch"):
+        api.train("shakespeare-char", text, tmp_path / "run", overrides=over)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("learn the text by heart" in w for w in warned), warned
+    assert any("warm-up (8 steps) is as long as the run (4 steps)" in w for w in warned)

@@ -37,3 +37,28 @@ def test_atomic_file_and_hashes(tmp_path: Path) -> None:
         tmp.write_bytes(b"abc")
     assert sha256_file(path) == sha256_bytes(b"abc") == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755),
+                                                              (0o077, 0o600, 0o700)])
+def test_written_files_follow_the_umask(tmp_path: Path, umask: int, file_mode: int,
+                                        dir_mode: int) -> None:
+    """Even where a writer makes its file private (as safetensors does) or the temporary
+    folder is private (mkdtemp), what lands follows the umask."""
+    import os
+
+    import safetensors.torch
+    import torch
+
+    previous = os.umask(umask)
+    try:
+        with atomic_dir(tmp_path / "ckpt") as tmp:
+            safetensors.torch.save_file({"w": torch.zeros(2)}, str(tmp / "w.safetensors"))
+        with atomic_file(tmp_path / "a.png") as tmp:
+            tmp.write_bytes(b"png")
+            os.chmod(tmp, 0o600)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "ckpt").stat().st_mode & 0o777 == dir_mode
+    assert (tmp_path / "ckpt" / "w.safetensors").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == file_mode

@@ -105,3 +105,16 @@ def test_wrong_imports_are_caught(tmp_path: Path) -> None:
         "data/b.py imports gptscratch.training.loop",
         "model/a.py imports gptscratch.data.prepare",
     ]
+
+
+def test_the_lazy_api_names_every_function_once() -> None:
+    """`gptscratch.api` imports each name from its module on first use: its three lists of
+    names (for readers, for type checkers, for the lookup) must agree."""
+    import gptscratch.api as api
+
+    tree = ast.parse((PACKAGE / "api" / "__init__.py").read_text(encoding="utf-8"))
+    typed = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+             and (node.module or "").startswith("gptscratch.api.") for a in node.names}
+    assert sorted(api.__all__) == sorted(api._HOME) == sorted(typed)
+    for name in api.__all__:
+        assert getattr(api, name) is not None

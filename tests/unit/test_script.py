@@ -101,3 +101,41 @@ def test_streamed_speech_never_shows_the_next_heading() -> None:
     pieces = [c.text for c in stream_chunks(loaded, "JULIET:\n", config) if c.text]
     assert "".join(pieces) == "Anon!"
     assert not any("R" in p or "\n" in p for p in pieces)
+
+
+def test_invented_speakers_end_the_speech_too() -> None:
+    """Models invent speakers; a heading in the corpus's style ends the speech all the same."""
+    # Names in capitals, of up to three words, as in the built-in corpus.
+    caps = NextSpeakerStop(ScriptFormat("line", {"ROMEO": 5, "FIRST WITCH": 3,
+                                                 "DUKE OF YORK": 2}))
+    speech = "Farewell, good nurse.\nI go."
+    for invented in ("HERMAN", "MISTRESS OF SYRACUSE", "FIRST CITIZEN"):
+        assert caps.find(f"{speech}\n\n{invented}:\nWhat?")[0] == len(speech), invented
+    # Not headings: a name-like line without the blank line before it, a colon inside a
+    # speech, lower case in an all-capitals cast, and more words than any name has.
+    for line in ("\nHERMAN:\n", "\n\nThus says he:\n", "\n\nHerman:\n",
+                 "\n\nTHE KING OF ALL THE WIDE WORLD HERE:\n"):
+        assert caps.find(speech + line + "More.")[0] is None, line
+    # A mixed-case cast (as Tiny Shakespeare's "First Citizen", "MENENIUS").
+    mixed = NextSpeakerStop(ScriptFormat("line", {"First Citizen": 9, "MENENIUS": 4}))
+    assert mixed.find(f"{speech}\n\nThird Lord:\nAy.")[0] == len(speech)
+    assert mixed.find(f"{speech}\n\nAnd thus:\nAy.")[0] is None  # "thus" is no name word
+
+
+def test_a_half_written_invented_heading_is_held_back() -> None:
+    stop = NextSpeakerStop(find_script_format(PLAY))
+    assert stop.find("Go.\n\nHER") == (None, len("Go."))
+    assert stop.find("Go.\n\nHERMAN:") == (None, len("Go."))
+    assert stop.find("Go.\n\nHer eyes") == (None, len("Go.\n\nHer eyes"))  # speech goes on
+
+
+def test_the_name_shape_is_learned_from_the_corpus() -> None:
+    caps = ScriptFormat("line", {"ROMEO": 3, "FIRST WITCH": 2, "DUKE OF YORK": 2}).name_shape()
+    assert (caps.max_words, caps.capitals, caps.joiners) == (4, True, frozenset())
+    assert caps.fits("HERMAN") and caps.fits("MISTRESS OF SYRACUSE")
+    assert caps.fits("HELENNY V ElPH ROMIOLUS")  # misspelt, still mostly capitals
+    assert not caps.fits("Herman") and not caps.fits("THE KING OF ALL ENGLAND")
+    mixed = ScriptFormat("line", {"First Citizen": 3, "Duke of York": 2}).name_shape()
+    assert (mixed.capitals, mixed.joiners) == (False, frozenset({"of"}))
+    assert mixed.fits("Third Lord") and mixed.fits("Earl of Kent") and mixed.fits("HERMAN")
+    assert not mixed.fits("And thus") and not mixed.fits("Earl and Kent")

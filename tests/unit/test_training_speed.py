@@ -152,3 +152,18 @@ def test_cuda_batches_are_pinned_and_copied_without_blocking(
     assert pinned == [(4, 8), (4, 8)]
     assert copies == [("cuda:1", True), ("cuda:1", True)]
     assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_speed_is_the_whole_windows_training_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tokens/s comes from the window's wall time minus its evaluation pauses, over all its
+    steps; an evaluation in the middle of a window neither inflates nor deflates it."""
+    from gptscratch.training import metrics
+
+    clock = iter([100.0, 130.0])  # the window starts at 100 s; the line is written at 130 s
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+    window = metrics.ProgressWindow(torch.device("cpu"))
+    window.steps, window.paused = 10, 10.0  # 10 steps, and a 10 s evaluation among them
+    assert window.seconds_per_step() == pytest.approx(2.0)  # (30 - 10) / 10
+    line = progress_line(10, 100, 2.5, 1e-3, 15_000, 12.0, 100.0, paused=10.0)
+    assert line.endswith("(speed excludes 10.0 s of evaluation)")
+    assert "excludes" not in progress_line(10, 100, 2.5, 1e-3, 15_000, 12.0, 100.0)

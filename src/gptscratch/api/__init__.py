@@ -11,50 +11,76 @@
 
 This is the top of the layer stack (beside the CLI): `training.py` composes data, checkpoints,
 runtime and training; `generation.py` text generation; `understanding.py` the pictures, explain
-and the copy check. It never prints.
+and the copy check; `system.py` the torch build. It never prints. Each name is imported from
+its module on first use, so a command pays only for what it runs (`sample` never loads the
+distributed-training code).
 """
 
-from gptscratch.api.generation import (
-    Chunk,
-    Completion,
-    Generation,
-    GenerationConfig,
-    LoadedModel,
-    chat_session,
-    complete,
-    generate,
-    load,
-    stream,
-    stream_chunks,
-)
-from gptscratch.api.training import (
-    MODEL_FIELDS,
-    TRAIN_FIELDS,
-    evaluate,
-    export_hf,
-    import_hf,
-    is_main_process,
-    load_prepared,
-    prepare,
-    shutdown,
-    train,
-)
-from gptscratch.api.understanding import (
-    check_copy,
-    corpus_index,
-    describe_copy,
-    explain,
-    format_stages,
-    plot_attention,
-    plot_curves,
-    plot_embeddings,
-    plot_logit_lens,
-    plot_next_token,
-)
+from __future__ import annotations
 
-__all__ = ["prepare", "load_prepared", "train", "evaluate", "import_hf", "export_hf",
-           "load", "stream_chunks", "complete", "stream", "generate", "chat_session",
-           "GenerationConfig", "LoadedModel", "Chunk", "Completion", "Generation",
-           "plot_curves", "plot_attention", "plot_next_token", "plot_embeddings",
-           "plot_logit_lens", "explain", "format_stages", "check_copy", "corpus_index",
-           "describe_copy", "MODEL_FIELDS", "TRAIN_FIELDS", "is_main_process", "shutdown"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gptscratch.api.generation import (
+        Chunk,
+        Completion,
+        Generation,
+        GenerationConfig,
+        LoadedModel,
+        chat_session,
+        complete,
+        generate,
+        load,
+        stream,
+        stream_chunks,
+    )
+    from gptscratch.api.system import describe_build
+    from gptscratch.api.training import (
+        MODEL_FIELDS,
+        TRAIN_FIELDS,
+        evaluate,
+        export_hf,
+        import_hf,
+        is_main_process,
+        load_prepared,
+        prepare,
+        shutdown,
+        train,
+    )
+    from gptscratch.api.understanding import (
+        check_copy,
+        corpus_index,
+        describe_copy,
+        explain,
+        format_stages,
+        plot_attention,
+        plot_curves,
+        plot_embeddings,
+        plot_logit_lens,
+        plot_next_token,
+    )
+
+_MODULES = {
+    "generation": ["load", "stream_chunks", "complete", "stream", "generate", "chat_session",
+                   "GenerationConfig", "LoadedModel", "Chunk", "Completion", "Generation"],
+    "training": ["prepare", "load_prepared", "train", "evaluate", "import_hf", "export_hf",
+                 "MODEL_FIELDS", "TRAIN_FIELDS", "is_main_process", "shutdown"],
+    "system": ["describe_build"],
+    "understanding": ["plot_curves", "plot_attention", "plot_next_token", "plot_embeddings",
+                      "plot_logit_lens", "explain", "format_stages", "check_copy",
+                      "corpus_index", "describe_copy"],
+}
+_HOME = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = ["load", "stream_chunks", "complete", "stream", "generate", "chat_session",
+           "GenerationConfig", "LoadedModel", "Chunk", "Completion", "Generation", "prepare",
+           "load_prepared", "train", "evaluate", "import_hf", "export_hf", "MODEL_FIELDS",
+           "TRAIN_FIELDS", "is_main_process", "shutdown", "describe_build", "plot_curves",
+           "plot_attention", "plot_next_token", "plot_embeddings", "plot_logit_lens", "explain",
+           "format_stages", "check_copy", "corpus_index", "describe_copy"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'gptscratch.api' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"gptscratch.api.{_HOME[name]}"), name)

@@ -179,8 +179,8 @@ def evaluate(
     file / prepared directory given as `data`."""
     model, tokenizer, checkpoint = load(ckpt, device, dtype="float32")
     precision = choose_precision(dtype, next(model.parameters()).device, model.config.n_embd)
+    meta = checkpoint.meta if checkpoint is not None else {}
     if data is None or is_prepared_dir(data):
-        meta = checkpoint.meta if checkpoint is not None else {}
         data_dir = data if data is not None else meta.get("data_dir", "")
         if not is_prepared_dir(data_dir):
             raise UserError(f"the checkpoint's data directory '{data_dir}' is gone; "
@@ -190,11 +190,15 @@ def evaluate(
             raise UserError(f"'{data_dir}' was prepared with another tokenizer than the "
                             "checkpoint's; pass a raw text file with --data instead")
         tokens, num_bytes = prepared.val_tokens(), int(prepared.meta["val_bytes"])
+        scored = f"the val split of {data_dir}"
     else:
-        text, _ = read_text_source(str(data))
+        text, description = read_text_source(str(data))
         tokens = tokenizer.encode_array(text)
         num_bytes = len(text.encode("utf-8"))
+        scored = description
     if len(tokens) < 2:
         raise UserError("the evaluation text has fewer than 2 tokens; give a longer text")
-    return evaluate_tokens(model, tokens, num_bytes=num_bytes, batch_size=batch_size,
-                           autocast=precision.autocast)
+    result = evaluate_tokens(model, tokens, num_bytes=num_bytes, batch_size=batch_size,
+                             autocast=precision.autocast)
+    return dataclasses.replace(result, checkpoint=str(checkpoint.path if checkpoint else ckpt),
+                               step=meta.get("step"), scored=scored)

@@ -17,9 +17,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from gptscratch import api
 
     data = api.prepare(args.data, args.tokenizer, args.out, **prepare_options(args))
-    m = data.meta
-    print(f"prepared {data.dir}: {m['train_tokens']:,} train and {m['val_tokens']:,} val tokens, "
-          f"vocabulary {m['vocab_size']:,} ({m['tokenizer']})")
+    print(data.dir)  # the result; what it holds is in the log line above
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -71,12 +69,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     result = api.evaluate(args.ckpt, args.data, batch_size=args.batch_size, device=args.device,
                           dtype=args.dtype)
-    if args.json:
-        print(json.dumps(result.to_dict()))
-        return
-    bpb = f" | bits/byte {result.bits_per_byte:.4f}" if result.bits_per_byte else ""
-    print(f"loss {result.loss:.4f} | perplexity {result.perplexity:.3f}{bpb} | "
-          f"{result.tokens:,} tokens")
+    print(json.dumps(result.to_dict()) if args.json else result.describe())
 
 
 def cmd_import_hf(args: argparse.Namespace) -> None:

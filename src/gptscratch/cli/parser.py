@@ -13,6 +13,8 @@ import dataclasses
 import types
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from gptscratch.errors import did_you_mean
+
 # Fields of the config dataclasses that become `train` flags, with their help text.
 MODEL_HELP = {
     "block_size": "context length in tokens", "n_layer": "Transformer blocks",
@@ -29,6 +31,17 @@ TRAIN_HELP = {
     "freeze_layers": "fine-tuning: keep the first K Transformer blocks fixed",
     "fsdp": "under torchrun: shard weights, gradients and optimizer state across processes",
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a "did you mean ...?" for a misspelt command or picture name."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            hint = did_you_mean(str(value), map(str, action.choices))
+            raise argparse.ArgumentError(
+                action, f"invalid choice: {value!r}{hint}; choose from {choices}")
 
 
 def _field_type(annotation: Any) -> Any:
@@ -106,7 +119,7 @@ def _generation_flags(skip: set[str]) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole `gptscratch` parser: one sub-parser per command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gptscratch",
         description="Build, train and run GPT language models from scratch.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")

@@ -153,8 +153,8 @@ def prepare(
     }
     write_prepared(out, train_ids.astype(dtype), val_ids.astype(dtype), tok, meta)
     logger.info(
-        "prepared %s: %d train + %d val tokens (%s, vocab %d, %.2f bytes/token) in %.1f s",
-        out, len(train_ids), len(val_ids), spec, tok.vocab_size,
+        "prepared %s: %s train + %s val tokens (%s, vocabulary %s, %.2f bytes/token) in %.1f s",
+        out, f"{len(train_ids):,}", f"{len(val_ids):,}", spec, f"{tok.vocab_size:,}",
         (meta["train_bytes"] + meta["val_bytes"]) / (len(train_ids) + len(val_ids)),
         time.perf_counter() - started,
     )  # fmt: skip

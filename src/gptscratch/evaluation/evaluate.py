@@ -10,6 +10,7 @@ different tokenizers comparable.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,10 +68,21 @@ class EvalResult:
     perplexity: float  # exp(loss)
     bits_per_byte: float | None  # total bits / UTF-8 bytes of the text
     tokens: int
+    # What was scored, for the report: the checkpoint (folder and step) and the text.
+    checkpoint: str = ""
+    step: int | None = None
+    scored: str = ""
 
-    def to_dict(self) -> dict[str, float | int | None]:
-        return {"loss": self.loss, "perplexity": self.perplexity,
-                "bits_per_byte": self.bits_per_byte, "tokens": self.tokens}
+    def to_dict(self) -> dict[str, float | int | str | None]:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        """One line: what was scored, then the figures."""
+        bpb = f" | bits/byte {self.bits_per_byte:.4f}" if self.bits_per_byte else ""
+        step = f" (step {self.step})" if self.step is not None else ""
+        what = f"{self.checkpoint}{step} on {self.scored}: " if self.checkpoint else ""
+        return (f"{what}loss {self.loss:.4f} | perplexity {self.perplexity:.3f}{bpb} | "
+                f"{self.tokens:,} tokens")
 
 
 @torch.no_grad()

@@ -13,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gptscratch.errors import UserError, require
-from gptscratch.model.beam_search import BeamConfig
-from gptscratch.model.sampling import SamplingConfig
+
+if TYPE_CHECKING:
+    from gptscratch.model.beam_search import BeamConfig
+    from gptscratch.model.sampling import SamplingConfig
 
 
 def _option(default: Any, help: str, flag: str | None = None, metavar: str | None = None) -> Any:
@@ -54,7 +56,10 @@ class GenerationConfig:
     speaker: str | None = _option(
         None, "script mode: generate NAME's next speech (plays, screenplays)", metavar="NAME")
     until_next_speaker: bool = _option(
-        False, "script mode: stop where another speaker's line begins")
+        False, "script mode: stop where another speech begins: at a line holding a speaker "
+               "of the corpus and a colon, or, after a blank line, any name shaped like the "
+               "corpus's (as many words as its longest name, capitalised as its names are: "
+               "HERMAN: or Third Lord:)")
     use_cache: bool = _option(
         True, "re-run the whole context for every token (slow; for comparison)",
         flag="--no-cache")
@@ -77,9 +82,13 @@ class GenerationConfig:
                 f"num_samples ({self.num_samples}) must be <= beams ({beams}): beam search "
                 "returns at most that many hypotheses")
 
+    # The model layer's configs are imported where they are built: those modules load torch,
+    # which the CLI must not pay for just to parse its flags (or print --help).
     @functools.cached_property
     def sampling(self) -> SamplingConfig:
         """The model layer's sampling settings (penalties, temperature and filters)."""
+        from gptscratch.model.sampling import SamplingConfig
+
         return SamplingConfig(self.temperature, self.top_k, self.top_p, self.min_p,
                               self.repetition_penalty, self.frequency_penalty,
                               self.presence_penalty)
@@ -87,6 +96,8 @@ class GenerationConfig:
     @functools.cached_property
     def beam(self) -> BeamConfig:
         """The model layer's beam-search settings."""
+        from gptscratch.model.beam_search import BeamConfig
+
         return BeamConfig(self.beams, self.length_penalty, self.early_stopping)
 
     @property

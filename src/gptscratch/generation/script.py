@@ -17,7 +17,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +56,44 @@ class ScriptFormat:
         top = sorted(self.speakers, key=lambda s: -self.speakers[s])[:n]
         more = len(self.speakers) - len(top)
         return ", ".join(top) + (f" (and {more:,} more)" if more > 0 else "")
+
+    def name_shape(self) -> NameShape:
+        """What this corpus's speaker names look like (`NameShape`)."""
+        return NameShape.of(self.speakers)
+
+
+@dataclass(frozen=True)
+class NameShape:
+    """The shape of a cast's names, to recognise names it never had: a model invents
+    speakers (`HERMAN`, `MISTRESS OF SYRACUSE`, `Third Lord`), and misspells them.
+
+    max_words: one more than the longest name's words.
+    capitals: the cast is written in capitals (the built-in corpus's `FIRST WITCH`): a name
+        must then be mostly capitals (80 % of its letters: `HELENNY V ElPH` still counts);
+        otherwise (`First Citizen`, `Duke of York`) each word must start with a capital,
+        but for the lower-case joining words the cast uses (`joiners`).
+    """
+
+    max_words: int = 4
+    capitals: bool = True
+    joiners: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, cast: Iterable[str]) -> NameShape:
+        names = [n.split() for n in cast]
+        words = [w for n in names for w in n]
+        return cls(max_words=1 + max(map(len, names), default=3),
+                   capitals=all(w.isupper() for w in words if any(c.isalpha() for c in w)),
+                   joiners=frozenset(w for w in words if w[0].islower()))
+
+    def fits(self, name: str) -> bool:
+        words = name.split()
+        if not words or not words[0][0].isupper() or len(words) > self.max_words:
+            return False
+        if self.capitals:
+            letters = [c for c in name if c.isalpha()]
+            return sum(c.isupper() for c in letters) >= 0.8 * len(letters)
+        return all(w[0].isupper() or w in self.joiners for w in words)
 
 
 def find_script_format(text: str, min_speeches: int = 2) -> ScriptFormat | None:
@@ -141,6 +179,12 @@ def add_speech(transcript: str, name: str, speech: str, style: str) -> str:
 class NextSpeakerStop:
     """Ends a speech where the next speaker's heading begins.
 
+    A heading is a line (line style: alone on its line; inline style: at its start, followed
+    by the speech) holding a name and a colon, where the name is a speaker of the corpus, or,
+    after a blank line (line style), any name shaped like the corpus's names
+    (`NameShape`): a model invents speakers ("HERMAN:", "Third Lord:") and
+    their speeches must end too. Without a corpus, any name in capitals counts.
+
     Used on the generated continuation of a `speaker_prompt`. `find(text)` returns
     (cut, safe): cut is where the speech ends (None while no heading has appeared), safe how
     many characters may be shown now. Text that could still turn into a heading (an unfinished
@@ -150,34 +194,39 @@ class NextSpeakerStop:
 
     def __init__(self, script: ScriptFormat | None) -> None:
         self.style = script.style if script is not None else "line"
-        self.names = set(script.speakers) if script is not None else None
-        # With no known cast, an all-capitals name is the safest sign of a heading.
-        name = r"[A-Z][A-Z0-9' .,&-]{0,40}" if self.names is None else _NAME
-        if self.style == "line":
-            self.pattern = re.compile(rf"(?m)^(?P<name>{name}):[ \t]*\n")
-            self.suffix = ":"
-        else:
-            self.pattern = re.compile(rf"(?m)^(?P<name>{name}): ")
-            self.suffix = ": "
+        self.names = set(script.speakers) if script is not None else set()
+        self.shape = script.name_shape() if script is not None else NameShape()
+        self.suffix = ":" if self.style == "line" else ": "
+        ending = r":[ \t]*\n" if self.style == "line" else r": "
+        self.pattern = re.compile(rf"(?m)^(?P<name>{_NAME}){ending}")
 
-    def _is_name(self, name: str) -> bool:
-        return self.names is None or name.strip() in self.names
+    def _is_heading(self, text: str, match: re.Match[str]) -> bool:
+        name = match["name"].strip()
+        if name in self.names:
+            return True
+        # An invented name needs the layout's evidence: line style, a blank line before it.
+        blank_before = match.start() == 0 or text.endswith("\n\n", 0, match.start())
+        return (self.style == "inline" or blank_before) and self.shape.fits(name)
 
-    def _could_become_heading(self, line: str) -> bool:
-        line = line.rstrip(" \t") if self.style == "line" else line
-        if self.names is None:
-            return re.fullmatch(r"[A-Z][A-Z0-9' .,&-]{0,40}:?", line) is not None
-        return any((n + self.suffix).startswith(line) for n in self.names)
+    def _could_become_heading(self, text: str, start: int) -> bool:
+        """Whether the unfinished last line, from `start`, may still become a heading."""
+        line = text[start:].rstrip(" \t") if self.style == "line" else text[start:]
+        if any((n + self.suffix).startswith(line) for n in self.names):
+            return True
+        if self.style == "line" and not text.endswith("\n\n", 0, start):
+            return False  # an invented name needs a blank line before it
+        name = line.removesuffix(":")
+        return re.fullmatch(_NAME, name) is not None and self.shape.fits(name)
 
     def find(self, text: str) -> tuple[int | None, int]:
         for m in self.pattern.finditer(text):
             # The speech's own first line is never the next heading (inline: text starts
             # mid-line, right after "NAME: ").
-            if (m.start() > 0 or self.style == "line") and self._is_name(m["name"]):
+            if (m.start() > 0 or self.style == "line") and self._is_heading(text, m):
                 cut = len(text[: m.start()].rstrip())
                 return cut, cut
         last_line = text.rfind("\n") + 1
-        hold = last_line if last_line > 0 and self._could_become_heading(text[last_line:]) \
+        hold = last_line if last_line > 0 and self._could_become_heading(text, last_line) \
             else len(text)
         # Trailing blank lines are shown only once the next line proves to be more speech.
         return None, len(text[:hold].rstrip())

@@ -4,15 +4,24 @@ and how much memory is free there (generation checks a batch fits before it star
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
 from gptscratch.errors import UserError
+from gptscratch.runtime.build import first_use_notice
 
 
 def choose_device(spec: str = "auto") -> torch.device:
-    """`auto` picks CUDA, then Apple's MPS, then the CPU; an explicit device is checked."""
+    """`auto` picks CUDA, then Apple's MPS, then the CPU; an explicit device is checked.
+
+    The first time a torch version is used here, the log says which build it is
+    (`build.first_use_notice`).
+    """
+    notice = first_use_notice()
+    if notice:
+        logging.getLogger("gptscratch").info(notice)
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -104,8 +104,9 @@ def train(
                 log_progress(state, lr)
             stopping = stop_at is not None and state.step >= stop_at
             if state.step % run.eval_interval == 0 or state.step == state.max_steps or stopping:
+                paused = time.perf_counter()
                 evaluate_and_save(state)
-                state.window.start = time.perf_counter()  # keep evaluation out of tokens/s
+                state.window.paused += time.perf_counter() - paused  # not training time
             if stopping:
                 log.info("stopped at step %d as asked; continue with --resume", state.step)
                 break
@@ -177,7 +178,7 @@ def log_progress(state: TrainState, lr: float) -> None:
     remaining, end_step = eta(state.step, state.max_steps, per_step, elapsed,
                               state.config.run.max_time)
     log.info(progress_line(state.step, end_step, mean_loss, lr, tok_s, elapsed, remaining, mfu,
-                           estimated_total=end_step != state.max_steps))
+                           estimated_total=end_step != state.max_steps, paused=window.paused))
     if ctx.is_main:
         state.metrics.write({"step": state.step, "loss": mean_loss, "lr": lr,
                              "tokens_per_s": tok_s, "mfu": mfu, "elapsed": elapsed})
@@ -212,6 +213,9 @@ def evaluate_and_save(state: TrainState) -> None:
     if rt.ctx.is_main:
         log.info("eval at step %d: train loss %.4f, val loss %.4f (perplexity %.2f)",
                  state.step, state.train_loss, state.val_loss, math.exp(state.val_loss))
+        overfitting = state.overfit.observe(state.train_loss, state.val_loss)
+        if overfitting:
+            log.warning(overfitting)
         state.metrics.write({"step": state.step, "train_loss": state.train_loss,
                              "val_loss": state.val_loss,
                              "val_perplexity": math.exp(state.val_loss), "elapsed": elapsed})

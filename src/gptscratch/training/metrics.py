@@ -23,35 +23,45 @@ def format_duration(seconds: float) -> str:
 
 def progress_line(
     step: int, total: int, loss: float, lr: float, tokens_per_s: float, elapsed: float,
-    eta: float, mfu: float | None = None, estimated_total: bool = False,
+    eta: float, mfu: float | None = None, estimated_total: bool = False, paused: float = 0.0,
 ) -> str:
     """One human-readable line: step, loss, learning rate, speed (tokens/s and model FLOPs
     utilisation, a fraction), elapsed time and ETA. `estimated_total` marks a total that is
-    the time budget's forecast (`step 812/~2400`) rather than a fixed step count."""
+    the time budget's forecast (`step 812/~2400`) rather than a fixed step count; `paused`
+    (seconds of evaluation and checkpointing inside the window, left out of the speed) is
+    said when there was any."""
     mfu_text = f" | MFU {100 * mfu:5.1f}%" if mfu is not None else ""
+    paused_text = f" (speed excludes {paused:.1f} s of evaluation)" if paused > 0 else ""
     return (
         f"step {step:>6}/{'~' if estimated_total else ''}{total} | loss {loss:.4f} | lr {lr:.2e} | "
         f"{tokens_per_s / 1000:7.1f}k tok/s{mfu_text} | {format_duration(elapsed)} elapsed | "
-        f"ETA {format_duration(eta)}"
+        f"ETA {format_duration(eta)}{paused_text}"
     )
 
 
 class ProgressWindow:
     """The steps since the last progress line: their summed loss (a device tensor, read once
-    per line), their count, and when the window started."""
+    per line), their count, when the window started, and the seconds spent in it on anything
+    but training (evaluation, checkpoints), which the speed leaves out.
+
+    Speed is always the window's training time over its steps, never one step's: a window's
+    tokens/s is what the run really did between two progress lines.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.loss = torch.zeros((), device=device)
         self.steps = 0
         self.start = time.perf_counter()
+        self.paused = 0.0
 
     def seconds_per_step(self) -> float:
-        return (time.perf_counter() - self.start) / max(self.steps, 1)
+        return (time.perf_counter() - self.start - self.paused) / max(self.steps, 1)
 
     def restart(self) -> None:
         self.loss.zero_()
         self.steps = 0
         self.start = time.perf_counter()
+        self.paused = 0.0
 
 
 def eta(step: int, max_steps: int, seconds_per_step: float, elapsed: float,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gptscratch.errors import UserError
+from gptscratch.errors import UserError, did_you_mean
 from gptscratch.training.config import TrainConfig
 
 
@@ -79,5 +79,6 @@ PRESETS: dict[str, Callable[[], Preset]] = {
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}{did_you_mean(name, PRESETS)}; choose one of "
+                        f"{', '.join(PRESETS)}")
     return PRESETS[name]()

@@ -29,6 +29,7 @@ from gptscratch.runtime.compile import choose_compile
 from gptscratch.runtime.cpu import keep_freed_memory, set_cpu_float_mode
 from gptscratch.runtime.device import choose_device
 from gptscratch.runtime.precision import Precision, choose_precision
+from gptscratch.training.advice import OverfitWatch, plan_warnings
 from gptscratch.training.config import OptimConfig, RunConfig, SystemConfig, TrainConfig
 from gptscratch.training.distributed import (
     DistContext,
@@ -102,6 +103,7 @@ class TrainState:
     train_loss: float = math.nan
     val_loss: float = math.nan
     saved_step: int = -1  # the step of the last checkpoint
+    overfit: OverfitWatch = field(default_factory=OverfitWatch)
     elapsed_before: float = 0.0  # training seconds of earlier processes (resume)
     started: float = field(default_factory=time.perf_counter)
 
@@ -219,6 +221,10 @@ def _log_plan(state: TrainState, n_params: int, peak_source: str) -> None:
     log.info("MFU measured against %.1f TFLOP/s per process (%s); the model needs %.1f "
              "MFLOPs per token", state.peak_flops / 1e12, peak_source,
              state.flops_per_token / 1e6)
+    for warning in plan_warnings(int(state.data.meta["train_tokens"]), n_params,
+                                 state.tokens_per_step, state.max_steps, optim.warmup_iters,
+                                 timed=bool(run.max_time)):
+        log.warning(warning)
 
 
 def _compile_and_wrap(state: TrainState) -> None:

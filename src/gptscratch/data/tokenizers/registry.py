@@ -18,7 +18,7 @@ from gptscratch.data.tokenizers.base import Tokenizer
 from gptscratch.data.tokenizers.char import CharTokenizer
 from gptscratch.data.tokenizers.gpt2 import GPT2Tokenizer
 from gptscratch.data.tokenizers.trained_bpe import BPETokenizer
-from gptscratch.errors import UserError
+from gptscratch.errors import UserError, did_you_mean
 from gptscratch.files import atomic_file
 
 KINDS: dict[str, type[CharTokenizer] | type[GPT2Tokenizer] | type[BPETokenizer]] = {
@@ -38,7 +38,8 @@ def parse_tokenizer_spec(spec: str) -> tuple[str, int | None]:
     if kind in ("char", "gpt2") and not size:
         return kind, None
     if kind != "bpe":
-        raise UserError(f"unknown tokenizer '{spec}'; choose one of: {SPEC_CHOICES}")
+        hint = did_you_mean(spec.strip().lower(), ["char", "gpt2", "bpe:8000"])
+        raise UserError(f"unknown tokenizer '{spec}'{hint}; choose one of: {SPEC_CHOICES}")
     try:
         n = int(size)
     except ValueError:

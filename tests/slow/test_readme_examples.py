@@ -1,0 +1,106 @@
+"""Every example command in the README runs as written, shortened.
+
+The commands are read from the README's bash blocks, in order, and run in a shell in a fresh
+folder that holds the inputs they name (`my_text.txt`, `my_corpus/`, `notes/`, `a.txt`,
+`b.txt`, all cut from the test corpus). Training is cut to a few steps and generation to 40
+tokens. A few cannot run here and are skipped, each for a reason: benchmarks (not examples),
+torchrun on 8 GPUs or 2 machines (multi-process training is tested in
+`test_distributed_runs.py`), a CUDA device where there is none, and the Hugging Face Hub
+(offline: `import-hf openai-community/gpt2` reads a tiny local GPT-2 folder instead, so the
+fine-tuning commands after it run as written).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PLAYS, REPO
+
+README = (REPO / "README.md").read_text(encoding="utf-8")
+HUB_GPT2 = "openai-community/gpt2"
+
+
+def readme_commands() -> list[str]:
+    """The README's shell commands outside the Quickstart (whose set-up CI runs), in order,
+    backslash continuations joined and comments dropped."""
+    body = README.split("## Quickstart", 1)[1].split("\n## ", 1)[1]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", body, re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            line = re.sub(r"\s+#\s.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+def skip_reason(command: str) -> str | None:
+    if command.startswith(("python ", "pip ", "python3 ")):
+        return "an installer or a benchmark, not an example of gptscratch"
+    if command.startswith("torchrun"):
+        return "needs several GPUs or machines (see test_distributed_runs.py)"
+    if "--device cuda" in command and not torch.cuda.is_available():
+        return "needs a CUDA GPU"
+    if "roneneldan/TinyStories" in command:
+        return "needs the Hugging Face Hub (offline here)"
+    return None
+
+
+def shortened(command: str, hub_gpt2: Path) -> str:
+    """The command with training cut to a few steps and generation to 40 tokens."""
+    command = command.replace(HUB_GPT2, str(hub_gpt2))
+    if " train " in f" {command} " and "--resume" not in command:
+        stopping = "--stop-at" in command
+        command = re.sub(r"--(max-iters|stop-at) \d+", "", command)
+        command += (" --max-iters 8 --stop-at 4" if stopping else " --max-iters 6")
+        command += " --eval-interval 3 --eval-iters 1 --max-time 0 --sample-tokens 20"
+    if re.search(r"gptscratch (sample|chat)\b", command):
+        command = re.sub(r"--max-new-tokens \d+", "", command) + " --max-new-tokens 40"
+    return command
+
+
+def make_inputs(folder: Path, hub_gpt2: Path) -> None:
+    text = PLAYS.read_text(encoding="utf-8")
+    (folder / "my_text.txt").write_text(text, encoding="utf-8")
+    for sub, names in (("my_corpus", ["one.txt", "two.txt", "three.md"]),
+                       ("notes", ["a.txt", "b.txt"])):
+        (folder / sub).mkdir()
+        for i, name in enumerate(names):
+            (folder / sub / name).write_text(text[i * 20_000:(i + 1) * 20_000], encoding="utf-8")
+    (folder / "a.txt").write_text(text[:30_000], encoding="utf-8")
+    (folder / "b.txt").write_text(text[30_000:], encoding="utf-8")
+    from hf_models import make_hf_model
+
+    make_hf_model(hub_gpt2, vocab_size=50257, n_positions=256, n_embd=16, n_layer=1)
+
+
+@pytest.mark.slow
+def test_every_readme_example_runs(tmp_path: Path, shared_cache: Path) -> None:
+    hub_gpt2 = tmp_path / "hub" / "gpt2"
+    make_inputs(tmp_path, hub_gpt2)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "GPTSCRATCH_CACHE": str(shared_cache)}
+    main_job = shortened("gptscratch train --preset shakespeare-char --data shakespeare "
+                         "--out out/shakespeare-char", hub_gpt2)
+    ran, skipped = [], []
+    for command in [main_job, *readme_commands()]:
+        reason = skip_reason(command)
+        if reason:
+            skipped.append((command, reason))
+            continue
+        line = shortened(command, hub_gpt2) if command != main_job else command
+        proc = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, text=True,
+                              input="Good morrow.\n", capture_output=True, timeout=600)
+        assert proc.returncode == 0, f"{line}\n{proc.stderr[-2000:]}"
+        ran.append(line)
+    # Skipped: the install lines (3), benchmarks (2), torchrun (3), the CUDA example (1) and
+    # the Hub dataset (1); everything else ran.
+    assert len(ran) >= 28, ran
+    assert len(skipped) <= 10, skipped
+    assert (tmp_path / "hf" / "my-gpt2" / "config.json").is_file()
+    assert (tmp_path / "next-token.png").is_file() and (tmp_path / "curves.png").is_file()
