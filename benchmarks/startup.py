@@ -51,7 +51,8 @@ def preset_checkpoint(env: dict[str, str], folder: Path) -> Path:
     run = folder / "run"
     subprocess.run([sys.executable, "-m", "gptscratch", "-q", "train", "--data", "shakespeare",
                     "--out", str(run), "--max-iters", "20", "--eval-interval", "20",
-                    "--eval-iters", "2", "--sample-tokens", "0"], env=env, check=True)
+                    "--eval-iters", "2", "--warmup-iters", "2", "--sample-tokens", "0"],
+                   env=env, check=True)
     return run
 
 
