@@ -12,12 +12,14 @@ This module sits at the bottom of the layers, beside `errors`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gptscratch.errors import UserError
@@ -92,9 +94,13 @@ def atomic_file(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         _as_if_created_plainly(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
+        _fsync(path.parent)
+    except BaseException as exc:
+        written = _size(tmp)
         tmp.unlink(missing_ok=True)
+        _raise_if_disk_full(exc, path, written)
         raise
 
 
@@ -124,17 +130,54 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
     try:
         yield tmp
         _as_if_created_plainly(tmp)
+        for item in [*tmp.rglob("*"), tmp]:  # on disk before it is renamed into place
+            _fsync(item)
         old = old_version(dest)
         if old.exists():
             shutil.rmtree(old)
         if dest.exists():
             os.rename(dest, old)
         os.rename(tmp, dest)
+        _fsync(dest.parent)
         if old.exists():
             shutil.rmtree(old)
-    except BaseException:
+    except BaseException as exc:
+        written = _size(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_disk_full(exc, dest, max(written, _size(dest)))
         raise
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to the disk: a rename is atomic, but
+    after a power cut only what was fsynced is sure to be there."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _size(path: Path) -> int:
+    """Bytes in a file or under a folder (0 if it is gone)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def _raise_if_disk_full(exc: BaseException, dest: Path, needed: int) -> None:
+    """A full disk (or quota, or file-size limit) is the user's to fix: say so in one line."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        free = shutil.disk_usage(dest.parent).free
+        raise UserError(
+            f"no space left to write '{dest}' ({exc.strerror}): it needs about "
+            f"{_megabytes(needed)}, and {_megabytes(free)} is free on its disk; free some "
+            "space or write elsewhere (nothing was lost: the previous version, if any, is "
+            "intact)") from None
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB"
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -149,3 +192,31 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# The file that marks a folder as gptscratch's own (a run folder, a prepared-data folder).
+OWNER_MARKER = ".gptscratch.json"
+
+
+def owned(folder: Path) -> bool:
+    """Whether `folder` carries gptscratch's marker."""
+    return (folder / OWNER_MARKER).is_file()
+
+
+def foreign_entries(folder: Path, ours: Callable[[Path], bool]) -> list[str]:
+    """The entries of an existing folder that are not gptscratch's: none if the folder is
+    empty, carries the marker, or `ours(folder)` recognises it (a folder made before the
+    marker existed); else its entries, to name in a refusal."""
+    if not folder.is_dir() or owned(folder) or ours(folder):
+        return []
+    return sorted(p.name for p in folder.iterdir())
+
+
+def claim(folder: Path, kind: str) -> None:
+    """Create `folder` if needed and mark it as gptscratch's (`kind`: what it holds). Callers
+    check `foreign_entries` first: nothing is written into a folder that is someone else's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not owned(folder):
+        with atomic_file(folder / OWNER_MARKER) as tmp:
+            tmp.write_text(json.dumps({"made_by": "gptscratch", "kind": kind}) + "\n",
+                           encoding="utf-8")

@@ -17,6 +17,7 @@ from gptscratch import api
 from gptscratch.checkpoints import checkpoint as ckpt_mod
 from gptscratch.checkpoints.checkpoint import load_checkpoint, save_checkpoint
 from gptscratch.errors import UserError
+from gptscratch.files import OWNER_MARKER
 from gptscratch.training.metrics import read_metrics
 
 
@@ -97,7 +98,7 @@ def test_crash_mid_save_leaves_previous_checkpoint(tmp_path: Path, tiny_run: Pat
     reloaded = after.build_model()
     original = before.build_model()
     assert torch.equal(reloaded.transformer.wte.weight, original.transformer.wte.weight)
-    assert not [p for p in run.iterdir() if p.name.startswith(".")]
+    assert not [p for p in run.iterdir() if p.name.startswith(".") and p.name != OWNER_MARKER]
 
 
 def test_crash_between_renames_falls_back_to_old(tmp_path: Path, tiny_run: Path) -> None:

@@ -15,7 +15,7 @@ from gptscratch.data.token_files import is_prepared_dir, load_prepared, token_dt
 from gptscratch.errors import UserError
 from gptscratch.files import atomic_file, cache_dir
 
-FILES = ["meta.json", "tokenizer.json", "train.bin", "val.bin"]
+FILES = [".gptscratch.json", "meta.json", "tokenizer.json", "train.bin", "val.bin"]
 
 
 pytestmark = pytest.mark.usefixtures("private_cache")
@@ -138,7 +138,8 @@ def test_crash_while_writing_leaves_no_meta(
     with pytest.raises(KeyboardInterrupt):
         prepare(str(corpus), "gpt2", out)
     assert not is_prepared_dir(out)
-    assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json", "train.bin", "val.bin"]
+    assert sorted(p.name for p in out.iterdir()) == [".gptscratch.json", "tokenizer.json",
+                                                     "train.bin", "val.bin"]
 
 
 def test_atomic_file_removes_the_temp_file_on_error(tmp_path: Path) -> None:

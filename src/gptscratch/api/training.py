@@ -34,6 +34,7 @@ from gptscratch.training.loop import TrainResult
 from gptscratch.training.loop import train as train_loop
 from gptscratch.training.optimizer import check_freeze_layers
 from gptscratch.training.presets import get_preset
+from gptscratch.training.run_folder import RunFolder, check_run_folder, claim_run_folder
 from gptscratch.training.setup import TrainRuntime, start_runtime
 
 __all__ = ["prepare", "load_prepared", "train", "evaluate", "import_hf", "export_hf",
@@ -46,18 +47,30 @@ TRAIN_FIELDS = set(TrainConfig.field_names())
 
 
 def resolve_data(
-    data: str | Path, out_dir: Path, tokenizer: str | Tokenizer | None, default_tokenizer: str,
-    prepare_options: dict[str, Any], runtime: TrainRuntime,
+    data: str | Path, folder: RunFolder, tokenizer: str | Tokenizer | None,
+    default_tokenizer: str, prepare_options: dict[str, Any], runtime: TrainRuntime,
 ) -> PreparedData:
     """A prepared data directory is used as it is (its tokenizer wins unless another one is
-    asked for explicitly); anything else is raw text, prepared (once) into `out_dir/data`.
-    A tokenizer object (a fine-tuned model's own) must be the one the data was prepared with.
-    Under torchrun rank 0 prepares the files; the other ranks then read them."""
+    asked for explicitly); anything else is raw text, prepared (once) into the run folder's
+    `data/`, which a run with checkpoints never lets other text replace. A tokenizer object
+    (a fine-tuned model's own) must be the one the data was prepared with. Under torchrun rank
+    0 prepares the files; the other ranks then read them."""
     with main_rank_first(runtime.ctx):
-        if not is_prepared_dir(data):
-            return prepare(str(data), tokenizer or default_tokenizer, Path(out_dir) / "data",
-                           **prepare_options)
-    prepared = load_prepared(data)
+        if is_prepared_dir(data):
+            prepared = load_prepared(data)
+            _check_tokenizer(prepared, data, tokenizer)
+        else:
+            prepared = prepare(str(data), tokenizer or default_tokenizer, folder.path / "data",
+                               replace=not folder.has_checkpoint, **prepare_options)
+        if runtime.ctx.is_main:
+            claim_run_folder(folder)  # every refusal about the folder and data came first
+    return prepared
+
+
+def _check_tokenizer(prepared: PreparedData, data: str | Path,
+                     tokenizer: str | Tokenizer | None) -> None:
+    """Prepared data serves a run only with the tokenizer asked for (by name, or a fine-tuned
+    model's own)."""
     if tokenizer is not None and not isinstance(tokenizer, str):
         if prepared.tokenizer.fingerprint() != tokenizer.fingerprint():
             raise UserError(
@@ -67,7 +80,6 @@ def resolve_data(
     elif tokenizer is not None and tokenizer != prepared.meta["tokenizer"]:
         raise UserError(f"'{data}' was prepared with the {prepared.meta['tokenizer']} "
                         f"tokenizer, not {tokenizer}; drop --tokenizer or prepare again")
-    return prepared
 
 
 def train(
@@ -112,6 +124,7 @@ def train(
                          prepare_options or {})
     spec = get_preset(preset)
     out = Path(out_dir) if out_dir is not None else Path("out") / preset
+    folder = check_run_folder(out, resume)  # every refusal before the first write
     model_fields = {**spec.model}
     train_config = spec.train
     extra_meta: dict[str, Any] = {"preset": preset}
@@ -120,8 +133,7 @@ def train(
         ckpt = load_checkpoint(out, prefer="latest", verify=False)
         model_fields = {k: v for k, v in ckpt.meta["model_config"].items() if k != "vocab_size"}
         train_config = TrainConfig.from_dict(ckpt.meta["train_config"])
-        if data is None:
-            data = ckpt.meta["data_dir"]
+        data = _resume_data(data, out, Path(ckpt.meta["data_dir"]))
         if "init_from" in ckpt.meta:  # a fine-tuning run keeps its provenance
             extra_meta = {"preset": None, "init_from": ckpt.meta["init_from"]}
     model_fields.update({k: v for k, v in overrides.items() if k in MODEL_FIELDS})
@@ -132,11 +144,35 @@ def train(
         **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
     width = model_fields.get("n_embd", ModelConfig.n_embd)
     runtime = start_runtime(train_config.system, width)
-    prepared = resolve_data(data if data is not None else "shakespeare", out, tokenizer,
+    prepared = resolve_data(data if data is not None else "shakespeare", folder, tokenizer,
                             spec.tokenizer, prepare_options or {}, runtime)
     model_config = ModelConfig(vocab_size=prepared.tokenizer.vocab_size, **model_fields)
     return train_loop(prepared, model_config, train_config, out, runtime=runtime, resume=resume,
                       stop_at=stop_at, extra_meta=extra_meta)
+
+
+def _resume_data(data: str | Path | None, out: Path, recorded: Path) -> str | Path:
+    """The data a resumed run continues on: its own, `recorded` (or the run folder's `data/`
+    when the run folder was moved or copied with it). `data` may name it again (its prepared
+    folder, or the raw text it was prepared from, checked when it is prepared again), but not
+    other data, which would change the run under its checkpoints.
+
+    Raises:
+        UserError: `data` names other data than the run's own, which still exists.
+    """
+    if not is_prepared_dir(recorded) and is_prepared_dir(out / "data"):
+        recorded = out / "data"
+    if data is None or not is_prepared_dir(recorded):
+        return data if data is not None else recorded
+    if is_prepared_dir(data):
+        same = Path(data).resolve() == recorded.resolve()
+    else:  # raw text: prepared again into the run folder's data/, which must be the run's
+        same = (out / "data").resolve() == recorded.resolve()
+    if not same:
+        raise UserError(f"this run was trained on '{recorded}', and --resume continues on it; "
+                        "drop --data (to train on other text, start a new run with "
+                        "--init-from on this one)")
+    return data
 
 
 def _finetune(
@@ -156,8 +192,9 @@ def _finetune(
     train_config = finetune_train_config().replace(
         **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
     check_freeze_layers(train_config.finetune.freeze_layers, model_config.n_layer)
+    folder = check_run_folder(out, resume=False)  # every refusal before the first write
     runtime = start_runtime(train_config.system, model_config.n_embd)
-    prepared = resolve_data(data if data is not None else "shakespeare", out,
+    prepared = resolve_data(data if data is not None else "shakespeare", folder,
                             pretrained.tokenizer, "", prepare_options, runtime)
     log.info("fine-tuning %s (%s tokenizer)", pretrained.source, pretrained.tokenizer.kind)
     return train_loop(prepared, model_config, train_config, out, runtime=runtime,

@@ -22,6 +22,7 @@ from gptscratch.data.sources import read_text_source
 from gptscratch.data.token_files import (
     FORMAT_VERSION,
     PreparedData,
+    check_output_folder,
     is_prepared_dir,
     load_prepared,
     token_dtype,
@@ -92,6 +93,7 @@ def prepare(
     hf_text_column: str = "text",
     hf_data_files: list[str] | None = None,
     progress: bool = True,
+    replace: bool = True,
 ) -> PreparedData:
     """Tokenize a corpus into `out_dir`, or reuse it if it was already prepared the same way
     (`token_files.py` describes the folder and its `meta.json`).
@@ -100,26 +102,24 @@ def prepare(
         source: What to read; see `sources.read_text_source`.
         tokenizer: `char`, `gpt2` or `bpe:N`, or an existing tokenizer to encode with as
             it is (fine-tuning a model keeps the model's own tokenizer).
-        out_dir: Output folder; other files in it are left alone. Defaults to
-            `default_prepared_dir(...)`.
+        out_dir: Output folder: new, empty or gptscratch's own (it is refused otherwise).
+            Defaults to `default_prepared_dir(...)`.
         val_fraction: Share of the text, taken from its end, used for validation.
         lowercase: Lowercase the text first.
-        hf_dataset: Load from this Hugging Face dataset instead of `source`.
-        hf_split: The dataset split.
-        hf_text_column: The dataset column holding text.
-        hf_data_files: Local files for a dataset builder such as `text`.
+        hf_dataset, hf_split, hf_text_column, hf_data_files: Load from this Hugging Face
+            dataset (its split, text column, local files for a builder such as `text`).
         progress: Show a progress bar on a terminal for inputs over 1 MB.
+        replace: Whether data prepared differently in `out_dir` may be replaced (a run's
+            own data, which its checkpoints point at, may not).
 
-    Returns:
-        The prepared folder, opened.
-
-    Raises:
-        UserError: Bad options, an unreadable or empty input, or splits too small to use.
+    Returns the prepared folder, opened. Raises UserError for bad options, an unreadable or
+    empty input, splits too small to use, or an output folder that is not ours to write.
     """
     given = None if isinstance(tokenizer, str) else tokenizer
     spec = _spec_of(tokenizer)  # fail before reading anything
     _check_val_fraction(val_fraction)
     out = Path(out_dir) if out_dir is not None else default_prepared_dir(source, spec, hf_dataset)
+    check_output_folder(out)
     started = time.perf_counter()
     text, description = read_text_source(
         source, hf_split=hf_split, hf_text_column=hf_text_column, hf_dataset=hf_dataset,
@@ -131,7 +131,7 @@ def prepare(
     if given is not None:
         options["tokenizer_fingerprint"] = given.fingerprint()
     key = sha256_bytes(json.dumps(options, sort_keys=True).encode("utf-8"))
-    existing = _reusable(out, key)
+    existing = _reusable(out, key, replace)
     if existing is not None:
         return existing
     train_text, val_text = split_train_val(text, val_fraction)
@@ -170,8 +170,12 @@ def _spec_of(tokenizer: str | Tokenizer) -> str:
     return kind if bpe_size is None else f"{kind}:{bpe_size}"
 
 
-def _reusable(out: Path, key: str) -> PreparedData | None:
-    """The folder's prepared data, if it was made from the same text with the same options."""
+def _reusable(out: Path, key: str, replace: bool) -> PreparedData | None:
+    """The folder's prepared data, if it was made from the same text with the same options.
+
+    Raises:
+        UserError: it holds other data, and `replace` is off.
+    """
     if not is_prepared_dir(out):
         return None
     try:
@@ -180,6 +184,10 @@ def _reusable(out: Path, key: str) -> PreparedData | None:
         logger.info("rewriting %s: %s", out, exc)
         return None
     if existing.meta.get("prepare_key") != key:
+        if not replace:
+            raise UserError(f"'{out}' holds the data this run was trained on "
+                            f"({existing.meta.get('source', 'another corpus')}), not this "
+                            "text; resume without --data, or start a new run with a new --out")
         return None
     logger.info("reusing prepared data in %s (same text and options)", out)
     return existing

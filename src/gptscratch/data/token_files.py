@@ -24,7 +24,7 @@ import numpy as np
 
 from gptscratch.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer
 from gptscratch.errors import UserError
-from gptscratch.files import atomic_file
+from gptscratch.files import atomic_file, claim, foreign_entries
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -66,8 +66,9 @@ def token_dtype(vocab_size: int) -> np.dtype[Any]:
 def write_prepared(
     out: Path, train: np.ndarray, val: np.ndarray, tok: Tokenizer, meta: dict[str, Any]
 ) -> None:
-    """Write the four files, each atomically, with `meta.json` removed first and written last."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write the four files, each atomically, with `meta.json` removed first and written last,
+    into a folder marked as gptscratch's (`check_output_folder` has vouched for it)."""
+    claim(out, "prepared data")
     (out / META_FILE).unlink(missing_ok=True)  # the folder is "not prepared" until the end
     for name, ids in ((TRAIN_FILE, train), (VAL_FILE, val)):
         with atomic_file(out / name) as tmp:
@@ -75,6 +76,22 @@ def write_prepared(
     save_tokenizer(tok, out / TOKENIZER_FILE)
     with atomic_file(out / META_FILE) as tmp:
         tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse to prepare into a folder that holds anyone else's files: it must be new, empty,
+    or gptscratch's (its marker, or a `meta.json` of ours from before the marker existed).
+
+    Raises:
+        UserError: `out` is a file, or a folder with files that are not gptscratch's.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"'{out}' is a file; give a folder for the prepared data")
+    foreign = foreign_entries(out, is_prepared_dir)
+    if foreign:
+        raise UserError(f"'{out}' is not empty ({', '.join(foreign[:5])}) and holds no data "
+                        "gptscratch prepared; gptscratch writes only into folders it made: "
+                        "choose a new or empty --out")
 
 
 def is_prepared_dir(path: Path | str) -> bool:

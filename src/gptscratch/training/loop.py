@@ -240,6 +240,7 @@ def checkpoint_meta(state: TrainState, elapsed: float) -> dict[str, Any]:
             "val_loss": state.val_loss, "best_val_loss": state.best_val, "elapsed": elapsed,
             "tokenizer_kind": tokenizer.kind, "tokenizer_fingerprint": tokenizer.fingerprint(),
             "data_dir": str(state.data.dir.resolve()),
+            "data_key": state.data.meta.get("prepare_key"),
             "precision": state.runtime.precision.name,
             "world_size": state.runtime.ctx.world_size, **state.extra_meta}
 

@@ -53,6 +53,11 @@ def checkpoint_to_resume(out_dir: Path, model_config: ModelConfig,
     if ckpt.meta.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
         raise UserError(f"checkpoint '{ckpt.path}' was trained with a different tokenizer "
                         "than this data's; resume with the same --data")
+    recorded = ckpt.meta.get("data_key")  # absent in checkpoints written before it existed
+    if recorded is not None and recorded != data.meta.get("prepare_key"):
+        raise UserError(f"checkpoint '{ckpt.path}' was trained on other data than "
+                        f"'{data.dir}' ({data.meta.get('source')}); resume with the run's own "
+                        "data (drop --data)")
     return ckpt
 
 

@@ -120,9 +120,9 @@ def total_steps(run: RunConfig, optim: OptimConfig, train_tokens: int, block_siz
     return max(1, math.ceil(run.epochs * train_tokens / per_step))
 
 
-def check_run(data: PreparedData, model_config: ModelConfig, out_dir: Path,
-              resume: bool) -> None:
-    """Refuse, before anything is built, a run that cannot work or would overwrite another."""
+def check_run(data: PreparedData, model_config: ModelConfig) -> None:
+    """Refuse, before anything is built, a run that cannot work on this data. (The run folder
+    itself is checked before the data is prepared: `run_folder.check_run_folder`.)"""
     if model_config.vocab_size != data.tokenizer.vocab_size:
         raise UserError(f"model vocab_size ({model_config.vocab_size}) differs from the "
                         f"tokenizer's ({data.tokenizer.vocab_size}); build the config with the "
@@ -134,9 +134,6 @@ def check_run(data: PreparedData, model_config: ModelConfig, out_dir: Path,
                 f"the {split} split has {n} tokens, fewer than one block of "
                 f"{model_config.block_size}+1; use a smaller --block-size "
                 f"(e.g. {max(8, n // 4)}) or more text")
-    if not resume and (out_dir / "latest").exists():
-        raise UserError(f"'{out_dir}' already holds a run; add --resume to continue it or "
-                        "choose a new --out")
 
 
 def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, out_dir: Path,
@@ -145,7 +142,7 @@ def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, o
            extra_meta: dict[str, Any] | None = None) -> TrainState:
     """Build the state of a run: fresh, from `init_weights` (fine-tuning), or resumed from
     `out_dir/latest`."""
-    check_run(data, model_config, out_dir, resume)
+    check_run(data, model_config)
     ctx, device, seed = runtime.ctx, runtime.device, config.run.seed
     ckpt = checkpoint_to_resume(out_dir, model_config, data) if resume else None
     model = _build_model(model_config, config, runtime, ckpt, init_weights)
