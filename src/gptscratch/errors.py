@@ -24,3 +24,16 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     close: the hint every "unknown ..." message adds."""
     close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal (SIGINT: Ctrl-C, SIGTERM: `kill`, schedulers, containers).
+
+    `message` says where it stopped and how to continue; the CLI prints it and exits with
+    128 + `signum` (130 for SIGINT, 143 for SIGTERM), as a shell does for a killed command.
+    """
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.message = message

@@ -209,3 +209,53 @@ def test_a_tiny_corpus_run_logs_the_memorisation_warning(
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("learn the text by heart" in w for w in warned), warned
     assert any("warm-up (8 steps) is as long as the run (4 steps)" in w for w in warned)
+
+
+def _nan_loss_at(steps: set[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the loss NaN during the given (1-based) optimizer steps."""
+    from gptscratch.model.gpt import lm_loss
+    from gptscratch.training import loop
+
+    calls = {"n": 0}
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1  # one call per micro-batch; grad_accum is 1 here
+        value = lm_loss(logits, targets)
+        return value * float("nan") if calls["n"] in steps else value
+
+    monkeypatch.setattr(loop, "lm_loss", loss)
+
+
+def test_a_non_finite_step_updates_nothing_and_is_counted(
+        tmp_path: Path, tiny_corpus: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    _nan_loss_at({5, 6}, monkeypatch)
+    over = {**TINY_MODEL, **TINY_TRAIN, "max_iters": 10, "log_interval": 10}
+    with caplog.at_level(logging.WARNING, logger="gptscratch"):
+        result = api.train("shakespeare-char", tiny_corpus, tmp_path / "r", overrides=over)
+    assert result.step == 10 and math.isfinite(result.val_loss)
+    record = [r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r][-1]
+    assert record["skipped_updates"] == 2 and math.isfinite(record["loss"])
+    weights = load_checkpoint(tmp_path / "r", "latest").build_model().state_dict()
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert sum("the update is skipped" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_diverged_run_stops_and_keeps_its_last_good_checkpoint(
+        tmp_path: Path, tiny_corpus: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from gptscratch.cli import main
+
+    _nan_loss_at(set(range(7, 100)), monkeypatch)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**TINY_MODEL, **TINY_TRAIN}.items()]
+    code = main(["train", "--data", str(tiny_corpus), "--out", str(tmp_path / "r"), *flags,
+                 "--eval-interval", "4", "--max-bad-steps", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and "Traceback" not in "".join(err)
+    assert sum("the update is skipped" in line for line in err) == 3
+    line = err[-1]
+    assert "training diverged: 3 steps in a row (up to step 9)" in line
+    assert "(step 8)" in line and "--learning-rate" in line  # skipped steps change nothing
+    latest = load_checkpoint(tmp_path / "r", "latest")
+    assert latest.meta["step"] == 8
+    assert all(torch.isfinite(w).all() for w in latest.build_model().state_dict().values())

@@ -15,7 +15,7 @@ from typing import Any
 
 from gptscratch.cli.commands import COMMANDS
 from gptscratch.cli.parser import build_parser
-from gptscratch.errors import UserError
+from gptscratch.errors import Interrupted, UserError
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -59,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(e.message, file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -37,9 +37,12 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 disables clipping
+    # Steps whose loss or gradients are not finite update nothing; this many in a row end
+    # the run (it has diverged), leaving the last good checkpoint.
+    max_bad_steps: int = 5
 
     def __post_init__(self) -> None:
-        _positive(self, "batch_size", "grad_accum")
+        _positive(self, "batch_size", "grad_accum", "max_bad_steps")
         require(self.warmup_iters >= 0, f"warmup_iters ({self.warmup_iters}) must be >= 0")
         require(
             self.learning_rate > 0 and 0 <= self.min_lr <= self.learning_rate,

@@ -209,6 +209,15 @@ def agree(value: float, ctx: DistContext, device: torch.device) -> float:
     return float(t.item())
 
 
+def agree_any(flag: bool, ctx: DistContext, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on any rank."""
+    if not ctx.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()

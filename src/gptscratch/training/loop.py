@@ -26,25 +26,22 @@ from typing import Any
 
 import torch
 
-from gptscratch.checkpoints.checkpoint import link_checkpoint, save_checkpoint
 from gptscratch.data.batches import get_batch
 from gptscratch.data.token_files import PreparedData
-from gptscratch.evaluation.evaluate import estimate_loss
+from gptscratch.errors import Interrupted, UserError
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import lm_loss
+from gptscratch.training.checkpointing import evaluate_and_save
 from gptscratch.training.config import TrainConfig
 from gptscratch.training.distributed import (
     agree,
-    barrier,
-    gather_to_main,
     gradient_sync,
     mean_across_ranks,
-    sum_across_ranks,
 )
-from gptscratch.training.distributed_state import gather_full_state, plain_model, rng_states
 from gptscratch.training.metrics import eta, format_duration, progress_line
 from gptscratch.training.schedule import lr_at
 from gptscratch.training.setup import TrainRuntime, TrainState, set_up, start_runtime
+from gptscratch.training.signals import StopRequests
 
 log = logging.getLogger("gptscratch.train")
 
@@ -90,35 +87,50 @@ def train(
     runtime = runtime or start_runtime(config.system, model_config.n_embd)
     state = set_up(data, model_config, config, Path(out_dir), runtime, resume=resume,
                    init_weights=init_weights, extra_meta=extra_meta)
-    run = config.run
     state.model.train()
     state.started = time.perf_counter()
     state.window.restart()
-    try:
+    signum = None
+    with StopRequests().watching() as stops:
         while state.step < state.max_steps:
             lr = learning_rate(state)
             if lr is None:
                 break
             train_step(state, lr)
-            if state.step % run.log_interval == 0 or state.step == state.max_steps:
-                log_progress(state, lr)
-            stopping = stop_at is not None and state.step >= stop_at
-            if state.step % run.eval_interval == 0 or state.step == state.max_steps or stopping:
-                paused = time.perf_counter()
-                evaluate_and_save(state)
-                state.window.paused += time.perf_counter() - paused  # not training time
-            if stopping:
-                log.info("stopped at step %d as asked; continue with --resume", state.step)
+            signum = stops.requested(state.runtime.ctx, state.runtime.device)
+            if not after_step(state, lr, stop_at, signum is not None):
                 break
-    except KeyboardInterrupt:
-        save_on_interrupt(state)
-        raise
-    if state.saved_step != state.step:
-        evaluate_and_save(state)
+        if state.saved_step != state.step:
+            evaluate_and_save(state)
+    if signum is not None:
+        raise Interrupted(signum, _interrupted_message(state, signum))
     log.info("done: step %d, val loss %.4f, best %.4f, checkpoints in %s", state.step,
              state.val_loss, state.best_val, state.out_dir)
     return TrainResult(state.out_dir, state.step, state.train_loss, state.val_loss,
                        state.best_val, state.elapsed())
+
+
+def after_step(state: TrainState, lr: float, stop_at: int | None, signalled: bool) -> bool:
+    """Log, evaluate and save as the run's intervals (or a stop) ask; False to stop."""
+    run = state.config.run
+    if state.step % run.log_interval == 0 or state.step == state.max_steps:
+        log_progress(state, lr)
+    stopping = signalled or (stop_at is not None and state.step >= stop_at)
+    if state.step % run.eval_interval == 0 or state.step == state.max_steps or stopping:
+        paused = time.perf_counter()
+        evaluate_and_save(state)
+        state.window.paused += time.perf_counter() - paused  # not training time
+    if stopping and not signalled:
+        log.info("stopped at step %d as asked; continue with --resume", state.step)
+    return not stopping
+
+
+def _interrupted_message(state: TrainState, signum: int) -> str:
+    import signal
+
+    return (f"{signal.Signals(signum).name}: stopped at step {state.step}, checkpoint saved in "
+            f"{state.out_dir / 'latest'}; continue with: gptscratch train --out "
+            f"{state.out_dir} --resume")
 
 
 def learning_rate(state: TrainState) -> float | None:
@@ -141,10 +153,16 @@ def learning_rate(state: TrainState) -> float | None:
 
 
 def train_step(state: TrainState, lr: float) -> None:
-    """One optimizer step at learning rate `lr`, over `grad_accum` micro-batches."""
+    """One optimizer step at learning rate `lr`, over `grad_accum` micro-batches.
+
+    A step whose gradient norm is not finite (a NaN or inf loss makes it so) updates nothing:
+    it is skipped with a warning and counted, and `max_bad_steps` of them in a row end the run
+    (`check_finite`). With float16, the GradScaler skips such steps itself, as it should.
+    """
     optim, rt = state.config.optim, state.runtime
     for group in state.optimizer.param_groups:
         group["lr"] = lr
+    step_loss = torch.zeros((), device=rt.device)
     for micro in range(optim.grad_accum):
         x, y = get_batch(state.train_tokens, optim.batch_size, state.model_config.block_size,
                          state.data_rng, rt.device, shard=rt.ctx.shard)
@@ -153,11 +171,13 @@ def train_step(state: TrainState, lr: float) -> None:
             with rt.precision.autocast():
                 loss = lm_loss(state.train_model(x), y) / optim.grad_accum
             state.scaler.scale(loss).backward()
-        state.window.loss += loss.detach()
-    if optim.grad_clip > 0:
-        state.scaler.unscale_(state.optimizer)
-        torch.nn.utils.clip_grad_norm_(state.model.parameters(), optim.grad_clip)
-    state.scaler.step(state.optimizer)
+        step_loss += loss.detach()
+    state.scaler.unscale_(state.optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(),
+                                          optim.grad_clip if optim.grad_clip > 0 else math.inf)
+    if check_finite(state, norm):
+        state.scaler.step(state.optimizer)
+        state.window.loss += step_loss
     state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
     state.step += 1
@@ -165,11 +185,40 @@ def train_step(state: TrainState, lr: float) -> None:
     state.rng = (state.data_rng.get_state(), torch.get_rng_state())
 
 
+def check_finite(state: TrainState, norm: torch.Tensor) -> bool:
+    """Whether this step's gradients may update the model: their norm is finite (the same on
+    every rank, as the gradients are reduced). A float16 run's GradScaler decides for itself.
+
+    Raises:
+        UserError: `max_bad_steps` steps in a row were not finite: the run has diverged.
+    """
+    if state.runtime.precision.needs_scaler:
+        return True
+    full = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
+    if bool(torch.isfinite(full)):  # the one host sync a step needs
+        state.bad_steps = 0
+        return True
+    state.bad_steps += 1
+    state.window.skipped += 1
+    limit = state.config.optim.max_bad_steps
+    log.warning("step %d: the gradient norm is %s; the update is skipped (%d in a row, "
+                "%d allowed)", state.step + 1, float(full), state.bad_steps, limit)
+    if state.bad_steps >= limit:
+        raise UserError(
+            f"training diverged: {limit} steps in a row (up to step {state.step + 1}) had a "
+            f"non-finite loss or gradient; the last good checkpoint is "
+            f"{state.out_dir / 'latest'} (step {state.saved_step}); try a lower "
+            f"--learning-rate (now {state.config.optim.learning_rate:g}), --dtype float32, or "
+            "--grad-clip 1.0, then --resume")
+    return False
+
+
 def log_progress(state: TrainState, lr: float) -> None:
     """The progress line and a metrics.jsonl record for the steps since the last one."""
     ctx, window = state.runtime.ctx, state.window
     # The only host sync of a step, once per log interval.
-    mean_loss = mean_across_ranks(window.loss, ctx).item() / window.steps
+    good = max(1, window.steps - window.skipped)  # skipped steps' losses are not counted
+    mean_loss = mean_across_ranks(window.loss, ctx).item() / good
     per_step = window.seconds_per_step()
     tok_s = state.tokens_per_step / per_step
     mfu = (tok_s * state.flops_per_token / (state.peak_flops * ctx.world_size)
@@ -180,80 +229,11 @@ def log_progress(state: TrainState, lr: float) -> None:
     log.info(progress_line(state.step, end_step, mean_loss, lr, tok_s, elapsed, remaining, mfu,
                            estimated_total=end_step != state.max_steps, paused=window.paused))
     if ctx.is_main:
-        state.metrics.write({"step": state.step, "loss": mean_loss, "lr": lr,
-                             "tokens_per_s": tok_s, "mfu": mfu, "elapsed": elapsed})
+        record = {"step": state.step, "loss": mean_loss, "lr": lr, "tokens_per_s": tok_s,
+                  "mfu": mfu, "elapsed": elapsed}
+        if window.skipped:
+            record["skipped_updates"] = window.skipped
+        state.metrics.write(record)
     window.restart()
 
 
-def evaluate_and_save(state: TrainState) -> None:
-    """Measure train/val loss, log them, save `latest/` (and `best/` if val improved).
-
-    Collective under torchrun: every rank evaluates its share, rank 0 writes.
-    """
-    rt, optim, run = state.runtime, state.config.optim, state.config.run
-    kwargs: dict[str, Any] = dict(
-        batch_size=optim.batch_size, block_size=state.model_config.block_size,
-        iters=run.eval_iters, seed=run.seed + 1, device=rt.device,
-        autocast=rt.precision.autocast, shard=rt.ctx.shard,
-        sum_across=sum_across_ranks if rt.ctx.enabled else None)
-    state.train_loss = estimate_loss(state.eval_model, state.train_tokens, **kwargs)
-    state.val_loss = estimate_loss(state.eval_model, state.val_tokens, **kwargs)
-    elapsed = state.elapsed()
-    rank_rngs = gather_to_main(rng_states(state.rng[1], rt.device), rt.ctx)  # exact resume
-    to_save: torch.nn.Module = state.model
-    if state.config.system.fsdp:  # collective: every rank sends its shards to rank 0
-        weights, optimizer_state = gather_full_state(state.model, state.optimizer)
-        if rt.ctx.is_main:
-            to_save = plain_model(state.model_config, weights)
-    else:
-        optimizer_state = state.optimizer.state_dict()
-    is_best = state.val_loss < state.best_val
-    state.best_val = min(state.best_val, state.val_loss)
-    state.saved_step = state.step
-    if rt.ctx.is_main:
-        log.info("eval at step %d: train loss %.4f, val loss %.4f (perplexity %.2f)",
-                 state.step, state.train_loss, state.val_loss, math.exp(state.val_loss))
-        overfitting = state.overfit.observe(state.train_loss, state.val_loss)
-        if overfitting:
-            log.warning(overfitting)
-        state.metrics.write({"step": state.step, "train_loss": state.train_loss,
-                             "val_loss": state.val_loss,
-                             "val_perplexity": math.exp(state.val_loss), "elapsed": elapsed})
-        training_state: dict[str, Any] = {"optimizer": optimizer_state,
-                                          "scaler": state.scaler.state_dict(),
-                                          "data_rng": state.rng[0], **rank_rngs[0]}
-        if rt.ctx.enabled:
-            training_state["rank_rngs"] = rank_rngs
-        save_checkpoint(state.out_dir / "latest", to_save, state.data.tokenizer,
-                        checkpoint_meta(state, elapsed), training_state)
-        if is_best:
-            link_checkpoint(state.out_dir / "latest", state.out_dir / "best")
-    barrier(rt.ctx)  # the other ranks wait until rank 0 has written the checkpoint
-
-
-def checkpoint_meta(state: TrainState, elapsed: float) -> dict[str, Any]:
-    """The JSON facts of a checkpoint: configs, progress, tokenizer, data, precision."""
-    tokenizer = state.data.tokenizer
-    return {"model_config": state.model_config.to_dict(),
-            "train_config": state.config.to_dict(), "step": state.step,
-            "max_steps": state.max_steps, "train_loss": state.train_loss,
-            "val_loss": state.val_loss, "best_val_loss": state.best_val, "elapsed": elapsed,
-            "tokenizer_kind": tokenizer.kind, "tokenizer_fingerprint": tokenizer.fingerprint(),
-            "data_dir": str(state.data.dir.resolve()),
-            "data_key": state.data.meta.get("prepare_key"),
-            "precision": state.runtime.precision.name,
-            "world_size": state.runtime.ctx.world_size, **state.extra_meta}
-
-
-def save_on_interrupt(state: TrainState) -> None:
-    """Ctrl-C: save a checkpoint of the last whole step (in one process), then stop."""
-    if state.runtime.ctx.enabled:
-        # Saving needs every rank (evaluation and checkpoint are collective), and the
-        # others may be interrupted at another point: keep the last checkpoint instead.
-        log.warning("interrupted at step %d; under torchrun the last checkpoint (step %d) "
-                    "is kept: continue with --resume", state.step, state.saved_step)
-        return
-    log.warning("interrupted at step %d; saving a checkpoint (continue with --resume)",
-                state.step)
-    state.optimizer.zero_grad(set_to_none=True)
-    evaluate_and_save(state)

@@ -53,6 +53,7 @@ class ProgressWindow:
         self.steps = 0
         self.start = time.perf_counter()
         self.paused = 0.0
+        self.skipped = 0  # updates skipped for a non-finite gradient
 
     def seconds_per_step(self) -> float:
         return (time.perf_counter() - self.start - self.paused) / max(self.steps, 1)
@@ -62,6 +63,7 @@ class ProgressWindow:
         self.steps = 0
         self.start = time.perf_counter()
         self.paused = 0.0
+        self.skipped = 0
 
 
 def eta(step: int, max_steps: int, seconds_per_step: float, elapsed: float,

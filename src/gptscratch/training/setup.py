@@ -103,6 +103,7 @@ class TrainState:
     train_loss: float = math.nan
     val_loss: float = math.nan
     saved_step: int = -1  # the step of the last checkpoint
+    bad_steps: int = 0  # steps in a row whose gradients were not finite
     overfit: OverfitWatch = field(default_factory=OverfitWatch)
     elapsed_before: float = 0.0  # training seconds of earlier processes (resume)
     started: float = field(default_factory=time.perf_counter)

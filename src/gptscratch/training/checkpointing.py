@@ -1,0 +1,91 @@
+"""Evaluate and save: the periodic look at the losses, and the checkpoint written with it.
+
+Every `eval_interval` steps (and when a run stops) the loss is measured on fixed train and val
+batches, logged and written to `metrics.jsonl`, and a checkpoint saved as `latest/` (and
+`best/` when val improved), holding everything an exact resume needs: the optimizer, the grad
+scaler, the batch generator and every process's random state. A non-finite loss is never
+saved over the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+
+from gptscratch.checkpoints.checkpoint import link_checkpoint, save_checkpoint
+from gptscratch.errors import UserError
+from gptscratch.evaluation.evaluate import estimate_loss
+from gptscratch.training.distributed import barrier, gather_to_main, sum_across_ranks
+from gptscratch.training.distributed_state import gather_full_state, plain_model, rng_states
+from gptscratch.training.setup import TrainState
+
+log = logging.getLogger("gptscratch.train")
+
+
+def evaluate_and_save(state: TrainState) -> None:
+    """Measure train/val loss, log them, save `latest/` (and `best/` if val improved).
+
+    Collective under torchrun: every rank evaluates its share, rank 0 writes.
+    """
+    rt, optim, run = state.runtime, state.config.optim, state.config.run
+    kwargs: dict[str, Any] = dict(
+        batch_size=optim.batch_size, block_size=state.model_config.block_size,
+        iters=run.eval_iters, seed=run.seed + 1, device=rt.device,
+        autocast=rt.precision.autocast, shard=rt.ctx.shard,
+        sum_across=sum_across_ranks if rt.ctx.enabled else None)
+    state.train_loss = estimate_loss(state.eval_model, state.train_tokens, **kwargs)
+    state.val_loss = estimate_loss(state.eval_model, state.val_tokens, **kwargs)
+    if not (math.isfinite(state.train_loss) and math.isfinite(state.val_loss)):
+        raise UserError(
+            f"evaluation at step {state.step} gave a non-finite loss (train {state.train_loss}, "
+            f"val {state.val_loss}); the last good checkpoint, {state.out_dir / 'latest'} "
+            f"(step {state.saved_step}), is kept; try a lower --learning-rate or --dtype "
+            "float32, then --resume")
+    elapsed = state.elapsed()
+    rank_rngs = gather_to_main(rng_states(state.rng[1], rt.device), rt.ctx)  # exact resume
+    to_save: torch.nn.Module = state.model
+    if state.config.system.fsdp:  # collective: every rank sends its shards to rank 0
+        weights, optimizer_state = gather_full_state(state.model, state.optimizer)
+        if rt.ctx.is_main:
+            to_save = plain_model(state.model_config, weights)
+    else:
+        optimizer_state = state.optimizer.state_dict()
+    is_best = state.val_loss < state.best_val
+    state.best_val = min(state.best_val, state.val_loss)
+    state.saved_step = state.step
+    if rt.ctx.is_main:
+        log.info("eval at step %d: train loss %.4f, val loss %.4f (perplexity %.2f)",
+                 state.step, state.train_loss, state.val_loss, math.exp(state.val_loss))
+        overfitting = state.overfit.observe(state.train_loss, state.val_loss)
+        if overfitting:
+            log.warning(overfitting)
+        state.metrics.write({"step": state.step, "train_loss": state.train_loss,
+                             "val_loss": state.val_loss,
+                             "val_perplexity": math.exp(state.val_loss), "elapsed": elapsed})
+        training_state: dict[str, Any] = {"optimizer": optimizer_state,
+                                          "scaler": state.scaler.state_dict(),
+                                          "data_rng": state.rng[0], **rank_rngs[0]}
+        if rt.ctx.enabled:
+            training_state["rank_rngs"] = rank_rngs
+        save_checkpoint(state.out_dir / "latest", to_save, state.data.tokenizer,
+                        checkpoint_meta(state, elapsed), training_state)
+        if is_best:
+            link_checkpoint(state.out_dir / "latest", state.out_dir / "best")
+    barrier(rt.ctx)  # the other ranks wait until rank 0 has written the checkpoint
+
+
+def checkpoint_meta(state: TrainState, elapsed: float) -> dict[str, Any]:
+    """The JSON facts of a checkpoint: configs, progress, tokenizer, data, precision."""
+    tokenizer = state.data.tokenizer
+    return {"model_config": state.model_config.to_dict(),
+            "train_config": state.config.to_dict(), "step": state.step,
+            "max_steps": state.max_steps, "train_loss": state.train_loss,
+            "val_loss": state.val_loss, "best_val_loss": state.best_val, "elapsed": elapsed,
+            "tokenizer_kind": tokenizer.kind, "tokenizer_fingerprint": tokenizer.fingerprint(),
+            "data_dir": str(state.data.dir.resolve()),
+            "data_key": state.data.meta.get("prepare_key"),
+            "precision": state.runtime.precision.name,
+            "world_size": state.runtime.ctx.world_size, **state.extra_meta}
