@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, cli_error
 
 from gptscratch.cli import main
 from gptscratch.runtime import precision
@@ -24,13 +24,7 @@ def _no_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "Traceback" not in err
-    return last
+run_cli = cli_error  # one line on stderr, `error: ...`, exit code 2
 
 
 @pytest.fixture
@@ -219,3 +213,19 @@ def test_a_misspelt_preset_or_tokenizer_gets_a_suggestion(
         capsys: pytest.CaptureFixture[str]) -> None:
     line = run_cli([*argv, "--out", str(tmp_path / "o")], capsys)
     assert expected in line
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["train", "--batch-size", "x"], "argument --batch-size: invalid int value: 'x'"),
+    (["train", "--bogus", "1"], "unrecognized arguments: --bogus 1"),
+    (["sample"], "the following arguments are required: --ckpt"),
+    (["viz"], "the following arguments are required: PICTURE"),
+])
+def test_argument_errors_are_one_line_with_the_help_hint(
+        argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
+    assert lines[0].endswith("--help'")

@@ -19,7 +19,12 @@ from gptscratch.checkpoints.init_from import load_pretrained
 from gptscratch.checkpoints.pretrained import fit_block_size
 from gptscratch.data.prepare import prepare
 from gptscratch.data.sources import read_text_source
-from gptscratch.data.token_files import PreparedData, is_prepared_dir, load_prepared
+from gptscratch.data.token_files import (
+    PreparedData,
+    check_context_fits,
+    is_prepared_dir,
+    load_prepared,
+)
 from gptscratch.data.tokenizers import Tokenizer, parse_tokenizer_spec
 from gptscratch.errors import UserError
 from gptscratch.evaluation.evaluate import EvalResult, evaluate_tokens
@@ -49,6 +54,7 @@ TRAIN_FIELDS = set(TrainConfig.field_names())
 def resolve_data(
     data: str | Path, folder: RunFolder, tokenizer: str | Tokenizer | None,
     default_tokenizer: str, prepare_options: dict[str, Any], runtime: TrainRuntime,
+    context: int,
 ) -> PreparedData:
     """A prepared data directory is used as it is (its tokenizer wins unless another one is
     asked for explicitly); anything else is raw text, prepared (once) into the run folder's
@@ -59,9 +65,12 @@ def resolve_data(
         if is_prepared_dir(data):
             prepared = load_prepared(data)
             _check_tokenizer(prepared, data, tokenizer)
+            check_context_fits(int(prepared.meta["train_tokens"]),
+                               int(prepared.meta["val_tokens"]), context)
         else:
             prepared = prepare(str(data), tokenizer or default_tokenizer, folder.path / "data",
-                               replace=not folder.has_checkpoint, **prepare_options)
+                               replace=not folder.has_checkpoint, context=context,
+                               **prepare_options)
         if runtime.ctx.is_main:
             claim_run_folder(folder)  # every refusal about the folder and data came first
     return prepared
@@ -142,10 +151,11 @@ def train(
         overrides["max_time"] = None
     train_config = train_config.replace(
         **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
-    width = model_fields.get("n_embd", ModelConfig.n_embd)
-    runtime = start_runtime(train_config.system, width)
+    # The model's shape is checked now; its vocabulary comes with the data, prepared later.
+    shape = ModelConfig(vocab_size=1, **model_fields)
+    runtime = start_runtime(train_config.system, shape.n_embd)
     prepared = resolve_data(data if data is not None else "shakespeare", folder, tokenizer,
-                            spec.tokenizer, prepare_options or {}, runtime)
+                            spec.tokenizer, prepare_options or {}, runtime, shape.block_size)
     model_config = ModelConfig(vocab_size=prepared.tokenizer.vocab_size, **model_fields)
     return train_loop(prepared, model_config, train_config, out, runtime=runtime, resume=resume,
                       stop_at=stop_at, extra_meta=extra_meta)
@@ -195,7 +205,8 @@ def _finetune(
     folder = check_run_folder(out, resume=False)  # every refusal before the first write
     runtime = start_runtime(train_config.system, model_config.n_embd)
     prepared = resolve_data(data if data is not None else "shakespeare", folder,
-                            pretrained.tokenizer, "", prepare_options, runtime)
+                            pretrained.tokenizer, "", prepare_options, runtime,
+                            model_config.block_size)
     log.info("fine-tuning %s (%s tokenizer)", pretrained.source, pretrained.tokenizer.kind)
     return train_loop(prepared, model_config, train_config, out, runtime=runtime,
                       stop_at=stop_at,

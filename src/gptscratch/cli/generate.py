@@ -82,8 +82,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     config = _config(args)
     prompt = _prompt(args)
     loaded = api.load(args.ckpt, args.device, args.dtype)
+    generation = api.stream_chunks(loaded, prompt, config)  # every check, before any output
     _report_load(loaded, config)
-    generation = api.stream_chunks(loaded, prompt, config)
     copy_index = api.corpus_index(args.ckpt) if args.check_copy else None
 
     def after(done: api.Completion) -> None:

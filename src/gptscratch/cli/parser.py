@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import types
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
 from gptscratch.errors import did_you_mean
 
@@ -34,7 +34,11 @@ TRAIN_HELP = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a "did you mean ...?" for a misspelt command or picture name."""
+    """argparse, with one-line errors (like every other error of gptscratch) that point at
+    `--help`, and a "did you mean ...?" for a misspelt command or picture name."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see '{self.prog} --help'\n")
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         if action.choices is not None and value not in action.choices:

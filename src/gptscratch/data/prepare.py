@@ -22,6 +22,7 @@ from gptscratch.data.sources import read_text_source
 from gptscratch.data.token_files import (
     FORMAT_VERSION,
     PreparedData,
+    check_context_fits,
     check_output_folder,
     is_prepared_dir,
     load_prepared,
@@ -94,6 +95,7 @@ def prepare(
     hf_data_files: list[str] | None = None,
     progress: bool = True,
     replace: bool = True,
+    context: int | None = None,
 ) -> PreparedData:
     """Tokenize a corpus into `out_dir`, or reuse it if it was already prepared the same way
     (`token_files.py` describes the folder and its `meta.json`).
@@ -109,11 +111,11 @@ def prepare(
         hf_dataset, hf_split, hf_text_column, hf_data_files: Load from this Hugging Face
             dataset (its split, text column, local files for a builder such as `text`).
         progress: Show a progress bar on a terminal for inputs over 1 MB.
-        replace: Whether data prepared differently in `out_dir` may be replaced (a run's
-            own data, which its checkpoints point at, may not).
+        replace: Whether other data prepared in `out_dir` may be replaced (not a run's own).
+        context: The block size of the model the data is for (checked before any write).
 
     Returns the prepared folder, opened. Raises UserError for bad options, an unreadable or
-    empty input, splits too small to use, or an output folder that is not ours to write.
+    empty input, splits too small, or an output folder that is not ours to write.
     """
     given = None if isinstance(tokenizer, str) else tokenizer
     spec = _spec_of(tokenizer)  # fail before reading anything
@@ -143,6 +145,8 @@ def prepare(
     # The char vocabulary comes from the whole text, so validation characters are covered.
     tok = given or build_tokenizer(spec, text if spec == "char" else train_text)
     train_ids, val_ids = _encode_splits(tok, train_text, val_text, spec, progress)
+    if context is not None:
+        check_context_fits(len(train_ids), len(val_ids), context)
     dtype = token_dtype(tok.vocab_size)
     meta: dict[str, Any] = {
         **options, "tokenizer_kind": tok.kind, "tokenizer_fingerprint": tok.fingerprint(),
@@ -152,13 +156,17 @@ def prepare(
         "val_bytes": len(val_text.encode("utf-8")), "source": description, "prepare_key": key,
     }
     write_prepared(out, train_ids.astype(dtype), val_ids.astype(dtype), tok, meta)
+    _log_prepared(out, meta, time.perf_counter() - started)
+    return PreparedData(dir=out, meta=meta, tokenizer=tok)
+
+
+def _log_prepared(out: Path, meta: dict[str, Any], seconds: float) -> None:
+    tokens = meta["train_tokens"] + meta["val_tokens"]
     logger.info(
         "prepared %s: %s train + %s val tokens (%s, vocabulary %s, %.2f bytes/token) in %.1f s",
-        out, f"{len(train_ids):,}", f"{len(val_ids):,}", spec, f"{tok.vocab_size:,}",
-        (meta["train_bytes"] + meta["val_bytes"]) / (len(train_ids) + len(val_ids)),
-        time.perf_counter() - started,
+        out, f"{meta['train_tokens']:,}", f"{meta['val_tokens']:,}", meta["tokenizer"],
+        f"{meta['vocab_size']:,}", (meta["train_bytes"] + meta["val_bytes"]) / tokens, seconds,
     )  # fmt: skip
-    return PreparedData(dir=out, meta=meta, tokenizer=tok)
 
 
 def _spec_of(tokenizer: str | Tokenizer) -> str:

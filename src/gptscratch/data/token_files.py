@@ -78,6 +78,19 @@ def write_prepared(
         tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def check_context_fits(train_tokens: int, val_tokens: int, context: int) -> None:
+    """Each split must hold more tokens than one context window, or no batch can be drawn.
+
+    Raises:
+        UserError: a split is too short for the model's `context` (its block size).
+    """
+    for split, n in (("train", train_tokens), ("val", val_tokens)):
+        if n <= context:
+            raise UserError(f"the {split} split has {n} tokens, fewer than one block of "
+                            f"{context}+1; use a smaller --block-size (e.g. {max(8, n // 4)}) "
+                            "or more text")
+
+
 def check_output_folder(out: Path) -> None:
     """Refuse to prepare into a folder that holds anyone else's files: it must be new, empty,
     or gptscratch's (its marker, or a `meta.json` of ours from before the marker existed).

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from gptscratch.checkpoints.checkpoint import Checkpoint, load_weights
-from gptscratch.data.token_files import PreparedData, TokenArray
+from gptscratch.data.token_files import PreparedData, TokenArray, check_context_fits
 from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
@@ -128,13 +128,8 @@ def check_run(data: PreparedData, model_config: ModelConfig) -> None:
         raise UserError(f"model vocab_size ({model_config.vocab_size}) differs from the "
                         f"tokenizer's ({data.tokenizer.vocab_size}); build the config with the "
                         "tokenizer's vocab_size")
-    for split in ("train", "val"):
-        n = int(data.meta[f"{split}_tokens"])
-        if n <= model_config.block_size:
-            raise UserError(
-                f"the {split} split has {n} tokens, fewer than one block of "
-                f"{model_config.block_size}+1; use a smaller --block-size "
-                f"(e.g. {max(8, n // 4)}) or more text")
+    check_context_fits(int(data.meta["train_tokens"]), int(data.meta["val_tokens"]),
+                       model_config.block_size)
 
 
 def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, out_dir: Path,
