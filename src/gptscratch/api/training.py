@@ -40,7 +40,7 @@ from gptscratch.training.loop import train as train_loop
 from gptscratch.training.optimizer import check_freeze_layers
 from gptscratch.training.presets import get_preset
 from gptscratch.training.run_folder import RunFolder, check_run_folder, claim_run_folder
-from gptscratch.training.setup import TrainRuntime, start_runtime
+from gptscratch.training.setup import TrainRuntime, check_training_fits, start_runtime
 
 __all__ = ["prepare", "load_prepared", "train", "evaluate", "import_hf", "export_hf",
            "MODEL_FIELDS", "TRAIN_FIELDS", "is_main_process", "shutdown"]
@@ -154,6 +154,7 @@ def train(
     # The model's shape is checked now; its vocabulary comes with the data, prepared later.
     shape = ModelConfig(vocab_size=1, **model_fields)
     runtime = start_runtime(train_config.system, shape.n_embd)
+    check_training_fits(shape, train_config, runtime)  # as far as it is known before the data
     prepared = resolve_data(data if data is not None else "shakespeare", folder, tokenizer,
                             spec.tokenizer, prepare_options or {}, runtime, shape.block_size)
     model_config = ModelConfig(vocab_size=prepared.tokenizer.vocab_size, **model_fields)

@@ -32,6 +32,7 @@ from gptscratch.errors import UserError
 from gptscratch.files import atomic_dir, old_version, sha256_file
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
+from gptscratch.runtime.device import check_fits
 
 FORMAT_VERSION = 1
 WEIGHTS, META = "model.safetensors", "checkpoint.json"
@@ -122,7 +123,10 @@ class Checkpoint:
 
     def build_model(self, device: torch.device | str = "cpu") -> GPT:
         """A GPT with this checkpoint's config and weights, in eval mode."""
-        model = GPT(self.model_config)
+        config = self.model_config
+        check_fits(4 * config.parameter_count(), torch.device("cpu"),
+                   f"the model of '{self.path}'", "use a machine with more memory")
+        model = GPT(config)
         load_weights(self, model)
         return model.to(device).eval()
 
@@ -136,9 +140,15 @@ class Checkpoint:
 
 
 def load_checkpoint(path: Path | str, prefer: str = "best", verify: bool = True) -> Checkpoint:
-    """Find, read and verify a checkpoint (every file against its recorded sha256).
+    """Find, read and check a checkpoint: its metadata's types and ranges, and its files,
+    which must be exactly ours (`model.safetensors`, `tokenizer.json`, optionally
+    `state.pt`), each matching its recorded sha256.
 
-    verify=False reads only the metadata, for a caller that loads (and verifies) it later.
+    verify=False skips the sha256s only, for a caller that reads just the metadata and loads
+    (and so verifies) the checkpoint later.
+
+    Raises:
+        UserError: the checkpoint is missing, unreadable, damaged or not gptscratch's.
     """
     ckpt_dir = resolve_checkpoint(path, prefer)
     try:
@@ -146,18 +156,41 @@ def load_checkpoint(path: Path | str, prefer: str = "best", verify: bool = True)
     except (OSError, ValueError) as e:
         raise UserError(f"checkpoint '{ckpt_dir}' has an unreadable {META} ({e}); "
                         "it is corrupted: use another checkpoint or retrain") from None
-    if not isinstance(meta, dict) or "model_config" not in meta or "files" not in meta:
-        raise UserError(f"'{ckpt_dir / META}' is not a gptscratch checkpoint file; "
-                        "point --ckpt at a directory written by gptscratch train")
+    _check_meta(meta, ckpt_dir / META)
     for name, digest in meta["files"].items() if verify else ():
         f = ckpt_dir / name
-        if not f.exists():
+        if not f.is_file():
             raise UserError(f"checkpoint '{ckpt_dir}' is missing {name}; it is incomplete: "
                             "use another checkpoint or retrain")
         if sha256_file(f) != digest:
             raise UserError(f"checkpoint file '{f}' is truncated or corrupted (sha256 mismatch); "
                             "use another checkpoint (e.g. best/ or latest/) or retrain")
     return Checkpoint(ckpt_dir, meta)
+
+
+def _check_meta(meta: Any, where: Path) -> None:
+    """The metadata must be ours and whole, whatever wrote the file: only known file names
+    (never a path that reaches outside the checkpoint), each with a sha256; the model config
+    within its ranges; numbers that are numbers."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        raise UserError(f"'{where}' is not a gptscratch checkpoint file; point --ckpt at a "
+                        "folder written by gptscratch train or import-hf")
+    files = meta["files"]
+    bad = [n for n in files if n not in (WEIGHTS, TOKENIZER, STATE)
+           or not isinstance(files[n], str) or len(files[n]) != 64]
+    missing = [n for n in (WEIGHTS, TOKENIZER) if n not in files]
+    if bad or missing:
+        what = (f"lists {bad[0]!r:.80} among its files" if bad
+                else f"does not list {missing[0]} among its files")
+        raise UserError(f"'{where}' {what}; it is damaged or not gptscratch's: use another "
+                        "checkpoint or retrain")
+    ModelConfig.from_dict(meta.get("model_config"))  # types and ranges
+    for key in ("step", "train_loss", "val_loss", "best_val_loss", "elapsed"):
+        value = meta.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"'{where}' has {key} = {value!r:.60}, not a number; it is damaged")
+    if not isinstance(meta.get("data_dir", ""), str):
+        raise UserError(f"'{where}' has a data_dir that is not a path; it is damaged")
 
 
 def load_weights(ckpt: Checkpoint, model: nn.Module) -> None:

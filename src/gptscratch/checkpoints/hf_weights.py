@@ -51,6 +51,14 @@ def model_config_from_hf(hf: Mapping[str, Any], where: str) -> ModelConfig:
             activation or LayerNorm epsilon, unscaled or layer-scaled attention,
             cross-attention, an MLP width other than 4 * n_embd).
     """
+    try:
+        return _model_config_from_hf(hf, where)
+    except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong type
+        raise UserError(f"{where} holds a value of the wrong type ({type(e).__name__}: "
+                        f"{str(e)[:80]}); it is not a valid GPT-2 config.json") from None
+
+
+def _model_config_from_hf(hf: Mapping[str, Any], where: str) -> ModelConfig:
     model_type = hf.get("model_type")
     if model_type != "gpt2":
         arch = ", ".join(hf.get("architectures") or []) or "no architectures listed"

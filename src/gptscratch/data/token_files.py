@@ -127,10 +127,15 @@ def load_prepared(dir: Path | str) -> PreparedData:
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
         version = meta["format_version"]
         dtype = np.dtype(meta["dtype"])
-        counts = {TRAIN_FILE: int(meta["train_tokens"]), VAL_FILE: int(meta["val_tokens"])}
+        counts = {TRAIN_FILE: meta["train_tokens"], VAL_FILE: meta["val_tokens"]}
         fingerprint = meta["tokenizer_fingerprint"]
+        numbers = [*counts.values(), meta["vocab_size"], meta["train_bytes"], meta["val_bytes"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"'{folder / META_FILE}' is damaged ({exc!r}); {redo}") from exc
+        raise UserError(f"'{folder / META_FILE}' is damaged ({exc!r:.120}); {redo}") from None
+    if (dtype.name not in ("uint16", "uint32") or not isinstance(fingerprint, str)
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in numbers)):
+        raise UserError(f"'{folder / META_FILE}' holds values of the wrong type or range (a "
+                        f"token type {dtype.name}, counts {numbers}); it is damaged; {redo}")
     if version != FORMAT_VERSION:
         raise UserError(
             f"'{folder}' was prepared in format {version}, this gptscratch reads "

@@ -120,9 +120,9 @@ def script_format(checkpoint: Checkpoint) -> ScriptFormat | None:
         _warn_corpus_gone(str(data_dir))
         return None
     cached = data_dir / "script.json"
-    if cached.exists():
-        d = json.loads(cached.read_text(encoding="utf-8"))
-        return ScriptFormat(d["style"], d["speakers"]) if d else None
+    known = _read_cached(cached)
+    if not isinstance(known, bool):
+        return known
     prepared = load_prepared(data_dir)
     tokens = np.concatenate([prepared.train_tokens(), prepared.val_tokens()])
     found = find_script_format(prepared.tokenizer.decode(tokens.tolist()))
@@ -130,6 +130,23 @@ def script_format(checkpoint: Checkpoint) -> ScriptFormat | None:
         payload = {"style": found.style, "speakers": found.speakers} if found else {}
         Path(tmp).write_text(json.dumps(payload), encoding="utf-8")
     return found
+
+
+def _read_cached(path: Path) -> ScriptFormat | None | bool:  # False: no usable cache
+    """The cached answer of `script_format` (None: not a script), or False when there is no
+    usable cache (absent, or damaged: it is then found again)."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if d == {}:
+        return None
+    speakers = d.get("speakers") if isinstance(d, dict) else None
+    if not (isinstance(speakers, dict) and d.get("style") in ("line", "inline")
+            and len(speakers) >= 2 and all(isinstance(k, str) and k and isinstance(v, int)
+                                           for k, v in speakers.items())):
+        return False
+    return ScriptFormat(str(d["style"]), dict(speakers))
 
 
 @functools.cache

@@ -13,6 +13,11 @@ from typing import Any
 from gptscratch.errors import UserError, require
 
 ACTIVATIONS = ("gelu_tanh", "gelu")
+# Upper bounds far beyond any model this toolkit trains (GPT-2 XL: 50,257 ids, 1,024 context,
+# 48 layers, 25 heads, 1,600 wide), which stop a mistyped flag or a damaged checkpoint from
+# asking for terabytes.
+LIMITS = {"vocab_size": 2**24, "block_size": 2**20, "n_layer": 1024, "n_head": 1024,
+          "n_embd": 2**16}
 
 
 @dataclass(frozen=True)
@@ -40,12 +45,16 @@ class ModelConfig:
     activation: str = "gelu_tanh"
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name, most in LIMITS.items():
             value = getattr(self, name)
             require(
-                isinstance(value, int) and value >= 1,
-                f"{name} ({value}) must be a positive integer; try --{name.replace('_', '-')} 1",
+                isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most,
+                f"{name} ({value!r}) must be a whole number from 1 to {most:,}; "
+                f"try --{name.replace('_', '-')} {min(most, 256)}",
             )
+        for name in ("bias", "tie_embeddings"):
+            require(isinstance(getattr(self, name), bool),
+                    f"{name} ({getattr(self, name)!r}) must be true or false")
         if self.n_embd % self.n_head:
             up = (self.n_embd // self.n_head + 1) * self.n_head
             raise UserError(
@@ -53,8 +62,8 @@ class ModelConfig:
                 f"try --n-embd {up} or an --n-head that divides {self.n_embd}"
             )
         require(
-            0.0 <= self.dropout < 1.0,
-            f"dropout ({self.dropout}) must be in [0, 1); try --dropout 0.1",
+            isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+            f"dropout ({self.dropout!r}) must be in [0, 1); try --dropout 0.1",
         )
         require(
             self.attention in ("auto", "sdpa", "explicit"),
@@ -70,10 +79,27 @@ class ModelConfig:
     def head_size(self) -> int:
         return self.n_embd // self.n_head
 
+    def parameter_count(self) -> int:
+        """Every parameter of the GPT this config builds (a tied head counted once), known
+        before anything is allocated: a config read from a file can be checked against the
+        memory it needs."""
+        C, b = self.n_embd, int(self.bias)
+        norm = C * (1 + b)
+        block = 2 * norm + (C * 3 * C + b * 3 * C) + (C * C + b * C) + (C * 4 * C + b * 4 * C) \
+            + (4 * C * C + b * C)
+        head = 0 if self.tie_embeddings else self.vocab_size * C
+        return (self.vocab_size + self.block_size) * C + self.n_layer * block + norm + head
+
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+    def from_dict(cls, d: Any) -> ModelConfig:
+        """Rebuild from `to_dict()`'s form (unknown names, from a newer version, are ignored).
+
+        Raises:
+            UserError: not a dict, or a field of the wrong type or out of range.
+        """
+        require(isinstance(d, dict), f"a model config must be a JSON object, not {d!r:.60}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})

@@ -48,3 +48,15 @@ def available_memory(device: torch.device) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         return None
+
+
+def check_fits(needed: int, device: torch.device, what: str, fix: str) -> None:
+    """Refuse, before allocating, what cannot fit in the device's free memory.
+
+    Raises:
+        UserError: `what` needs more than is free; the message says `fix`.
+    """
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise UserError(f"{what} needs about {needed / 2**30:,.1f} GiB but only "
+                        f"{free / 2**30:,.1f} GiB is free on {device}; {fix}")

@@ -27,7 +27,7 @@ from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
 from gptscratch.runtime.compile import choose_compile
 from gptscratch.runtime.cpu import keep_freed_memory, set_cpu_float_mode
-from gptscratch.runtime.device import choose_device
+from gptscratch.runtime.device import check_fits, choose_device
 from gptscratch.runtime.precision import Precision, choose_precision
 from gptscratch.training.advice import OverfitWatch, plan_warnings
 from gptscratch.training.config import OptimConfig, RunConfig, SystemConfig, TrainConfig
@@ -121,6 +121,30 @@ def total_steps(run: RunConfig, optim: OptimConfig, train_tokens: int, block_siz
     return max(1, math.ceil(run.epochs * train_tokens / per_step))
 
 
+def least_training_bytes(model: ModelConfig, config: TrainConfig, world_size: int) -> int:
+    """What a training step needs at the very least, before any activation is kept: fp32
+    weights, gradients and AdamW's two moments (16 bytes a parameter; split across processes
+    under FSDP), the (B, T, V) logits and their gradient, and with the explicit attention path
+    one layer's (B, H, T, T) attention scores. A lower bound: a step needs more, so a run it
+    already rules out is refused at once rather than when memory runs out."""
+    state = 16 * model.parameter_count() // (world_size if config.system.fsdp else 1)
+    tokens = config.optim.batch_size * model.block_size
+    scores = (config.optim.batch_size * model.n_head * model.block_size ** 2 * 4
+              if model.attention == "explicit" else 0)
+    return state + 2 * tokens * model.vocab_size * 4 + scores
+
+
+def check_training_fits(model: ModelConfig, config: TrainConfig, runtime: TrainRuntime) -> None:
+    """Refuse a run whose step cannot fit in the device's free memory (`least_training_bytes`).
+
+    Raises:
+        UserError: it cannot fit; the message names what to make smaller.
+    """
+    check_fits(least_training_bytes(model, config, runtime.ctx.world_size), runtime.device,
+               f"training this model at batch {config.optim.batch_size}",
+               "use a smaller --batch-size, --block-size or model")
+
+
 def check_run(data: PreparedData, model_config: ModelConfig) -> None:
     """Refuse, before anything is built, a run that cannot work on this data. (The run folder
     itself is checked before the data is prepared: `run_folder.check_run_folder`.)"""
@@ -130,6 +154,10 @@ def check_run(data: PreparedData, model_config: ModelConfig) -> None:
                         "tokenizer's vocab_size")
     check_context_fits(int(data.meta["train_tokens"]), int(data.meta["val_tokens"]),
                        model_config.block_size)
+    for split in (data.train_tokens(), data.val_tokens()):
+        if len(split) and int(split.max()) >= model_config.vocab_size:  # one pass: ~0.3 s/GB
+            raise UserError(f"'{data.dir}' holds token ids beyond its vocabulary of "
+                            f"{model_config.vocab_size}; it is damaged: prepare the data again")
 
 
 def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, out_dir: Path,
@@ -183,6 +211,7 @@ def _build_model(model_config: ModelConfig, config: TrainConfig, runtime: TrainR
     """The GPT on its device: random (seeded), given weights, or the checkpoint's; frozen
     where fine-tuning asks, sharded under FSDP."""
     ctx, seed = runtime.ctx, config.run.seed
+    check_training_fits(model_config, config, runtime)
     torch.manual_seed(seed)
     model = GPT(model_config).to(runtime.device)
     if ckpt is not None:
