@@ -226,6 +226,9 @@ def evaluate(
 ) -> EvalResult:
     """Loss, perplexity and bits per byte of a checkpoint on its own val split, or on a text
     file / prepared directory given as `data`."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch_size ({batch_size!r}) must be a positive whole number; try "
+                        "--batch-size 16")
     model, tokenizer, checkpoint = load(ckpt, device, dtype="float32")
     precision = choose_precision(dtype, next(model.parameters()).device, model.config.n_embd)
     meta = checkpoint.meta if checkpoint is not None else {}

@@ -35,6 +35,8 @@ from gptscratch.model.gpt import GPT
 from gptscratch.runtime.device import check_fits
 
 FORMAT_VERSION = 1
+# What every checkpoint's model config states (later fields have defaults for older files).
+REQUIRED_SHAPE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
 WEIGHTS, META = "model.safetensors", "checkpoint.json"
 TOKENIZER, STATE = "tokenizer.json", "state.pt"
 
@@ -184,7 +186,12 @@ def _check_meta(meta: Any, where: Path) -> None:
                 else f"does not list {missing[0]} among its files")
         raise UserError(f"'{where}' {what}; it is damaged or not gptscratch's: use another "
                         "checkpoint or retrain")
-    ModelConfig.from_dict(meta.get("model_config"))  # types and ranges
+    shape = meta.get("model_config")
+    missing_shape = [k for k in REQUIRED_SHAPE if not isinstance(shape, dict) or k not in shape]
+    if missing_shape:
+        raise UserError(f"'{where}' has no {missing_shape[0]} in its model_config; it is "
+                        "damaged: use another checkpoint or retrain")
+    ModelConfig.from_dict(shape)  # types and ranges
     for key in ("step", "train_loss", "val_loss", "best_val_loss", "elapsed"):
         value = meta.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, (int, float)):

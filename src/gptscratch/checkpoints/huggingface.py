@@ -176,6 +176,8 @@ def _read_pytorch_bin(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_new_output(out: Path) -> None:
+    if out.name in ("", ".."):  # "", "." and ".." name folders that exist already
+        raise UserError(f"--out '{out}' names no new folder; give the name of one to create")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"'{out}' already exists and is not an empty folder; choose a new --out "
                         "or remove it")

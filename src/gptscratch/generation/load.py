@@ -66,8 +66,8 @@ def load(ckpt: str | Path, device: str = "auto", dtype: str = "auto") -> LoadedM
     set_cpu_float_mode()
     checkpoint = load_checkpoint(ckpt)
     target = choose_device(device)
-    width = int(checkpoint.meta["model_config"]["n_embd"])
-    precision = choose_precision(dtype, target, width, for_inference=True)
+    precision = choose_precision(dtype, target, checkpoint.model_config.n_embd,
+                                 for_inference=True)
     model = checkpoint.build_model(target).to(precision.dtype)
     log.debug("generating in %s (%s)", precision.name, precision.reason)
     return LoadedModel(model, checkpoint.tokenizer(), checkpoint)

@@ -78,7 +78,7 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
         UserError: The dict is not a tokenizer description this version understands.
     """
     kind = d.get("kind") if isinstance(d, dict) else None
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise UserError(f"unknown saved tokenizer kind {kind!r}; expected char, gpt2 or bpe")
     try:
         return KINDS[kind].from_dict(d)
