@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from gptscratch.files import atomic_file
+
 
 def format_duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
@@ -90,15 +92,24 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step`: on resume, a run interrupted after its last checkpoint
-        would otherwise leave steps that will be trained again."""
+        would otherwise leave steps that will be trained again (and a line cut short by a
+        kill, which no reader could parse). Rewritten atomically."""
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        keep = [json.dumps(r) + "\n" for r in read_metrics(self.path) if r.get("step", 0) <= step]
+        with atomic_file(self.path) as tmp:
+            tmp.write_text("".join(keep), encoding="utf-8")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl file."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    """All whole records of a metrics.jsonl file (a last line cut short by a killed process
+    is left out)."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records

@@ -39,9 +39,14 @@ def _is_checkpoint(path: Path) -> bool:
     return (path / META).is_file()
 
 
-def _is_legacy_run(folder: Path) -> bool:
-    """A run folder written before the marker existed: it holds a checkpoint of ours."""
-    return any(_is_checkpoint(folder / name) for name in CHECKPOINTS)
+def _unmarked_run(folder: Path) -> bool:
+    """A run folder of ours without the marker: written before the marker existed (it holds a
+    checkpoint of ours), or by a run killed between preparing its data and marking the folder
+    (it holds our marked `data/` and nothing but the names of a run)."""
+    if any(_is_checkpoint(folder / name) for name in CHECKPOINTS):
+        return True
+    names = {p.name for p in folder.iterdir()}
+    return owned(folder / DATA) and names <= _our_names()
 
 
 def _our_names() -> set[str]:
@@ -61,7 +66,7 @@ def check_run_folder(out: Path, resume: bool) -> RunFolder:
     """
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; give a folder for the run")
-    foreign = foreign_entries(out, _is_legacy_run)
+    foreign = foreign_entries(out, _unmarked_run)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
                                           else "")
