@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -167,13 +168,30 @@ def _size(path: Path) -> int:
 
 def _raise_if_disk_full(exc: BaseException, dest: Path, needed: int) -> None:
     """A full disk (or quota, or file-size limit) is the user's to fix: say so in one line."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    reason = _disk_full_reason(exc)
+    if reason is not None:
         free = shutil.disk_usage(dest.parent).free
         raise UserError(
-            f"no space left to write '{dest}' ({exc.strerror}): it needs about "
+            f"no space left to write '{dest}' ({reason}): it needs about "
             f"{_megabytes(needed)}, and {_megabytes(free)} is free on its disk; free some "
             "space or write elsewhere (nothing was lost: the previous version, if any, is "
             "intact)") from None
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _disk_full_reason(exc: BaseException) -> str | None:
+    """The system's words if `exc` says the disk, quota or file-size limit is exhausted.
+
+    Python raises OSError with an errno; libraries written in Rust (safetensors, tokenizers)
+    raise their own exception types whose message ends "(os error N)"."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        return exc.strerror or os.strerror(exc.errno)
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found and int(found.group(1)) in _DISK_FULL:
+        return os.strerror(int(found.group(1)))
+    return None
 
 
 def _megabytes(n: int) -> str:
