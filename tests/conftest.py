@@ -147,6 +147,29 @@ def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def unreachable_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str, int]]:
+    """The Hub as a machine without internet sees it, whatever this machine's network: the
+    offline flags the suite sets are removed (so gptscratch's own reachability probe runs),
+    the endpoint refuses connections at once and the hub cache is empty. Yields the
+    addresses the probe tried."""
+    import socket
+
+    for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(flag, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    tried: list[tuple[str, int]] = []
+    connect = socket.create_connection
+
+    def recorded(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+        tried.append(address)
+        return connect(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", recorded)
+    return tried
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """~60 KB of play-script text (`fixtures/plays.txt`), copied where tests may write beside

@@ -33,9 +33,11 @@ def go_offline_if_unreachable(timeout: float = 1.0) -> None:
     """
     if hub_offline():
         return
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    address = (endpoint.hostname or "huggingface.co",
+               endpoint.port or (80 if endpoint.scheme == "http" else 443))
     try:
-        socket.create_connection((host or "huggingface.co", 443), timeout=timeout).close()
+        socket.create_connection(address, timeout=timeout).close()
         return
     except OSError as exc:
         logger.debug("Hugging Face Hub unreachable (%s); using offline mode", exc)

@@ -172,13 +172,15 @@ def test_unseen_prompt_characters_are_named(tiny_run: Path,
     assert capsys.readouterr().out == ""  # nothing printed before the error
 
 
-def test_hub_dataset_offline_fails_fast(tmp_path: Path,
+def test_hub_dataset_offline_fails_fast(tmp_path: Path, unreachable_hub: list[tuple[str, int]],
                                         capsys: pytest.CaptureFixture[str]) -> None:
     start = time.perf_counter()
     line = run_cli(["prepare", "--hf-dataset", "roneneldan/TinyStories", "--out",
                     str(tmp_path / "o")], capsys)
     assert time.perf_counter() - start < 5
-    assert "roneneldan/TinyStories" in line
+    assert unreachable_hub == [("127.0.0.1", 9)]  # found out by the probe, not by retries
+    assert "roneneldan/TinyStories" in line and "offline" in line
+    assert not (tmp_path / "o").exists()
 
 
 def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:

@@ -231,16 +231,14 @@ def test_bad_hf_input(kind: str, expected: str, tmp_path: Path,
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_hub_name_offline_fails_within_a_second(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_hub_name_offline_fails_within_a_second(tmp_path: Path,
+                                                unreachable_hub: list[tuple[str, int]],
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """Whatever this machine's network: an unreachable endpoint and an empty hub cache."""
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     start = time.perf_counter()
     line = cli_error(["import-hf", "openai-community/gpt2-medium", "--out",
                       str(tmp_path / "out")], capsys)
     assert time.perf_counter() - start < 1.0
+    assert unreachable_hub == [("127.0.0.1", 9)]
     assert "'openai-community/gpt2-medium'" in line and "offline" in line
     assert not (tmp_path / "out").exists()
 

@@ -106,6 +106,19 @@ def test_ddp_resume_is_exact_and_other_world_sizes_are_told(
 
 
 @pytest.mark.slow
+def test_ddp_resume_with_dropout_is_exact(tmp_path: Path, tiny_corpus: Path) -> None:
+    """With dropout each rank draws its own masks: a resumed run must give every rank back its
+    own random state (a lost or swapped one changes the losses after step 3)."""
+    flags = ["--data", str(tiny_corpus), "--batch-size", "4", "--dropout", "0.2", *FLAGS]
+    torchrun(2, "--out", str(tmp_path / "whole"), *flags)
+    torchrun(2, "--out", str(tmp_path / "split"), *flags, "--stop-at", "3")
+    torchrun(2, "--out", str(tmp_path / "split"), "--resume", "--sample-tokens", "0")
+    whole, split = records(tmp_path / "whole", "loss"), records(tmp_path / "split", "loss")
+    assert [s for s, _ in split] == list(range(1, 7)) and split == whole
+    assert records(tmp_path / "split", "val_loss") == records(tmp_path / "whole", "val_loss")
+
+
+@pytest.mark.slow
 def test_time_budget_stops_all_ranks_at_the_same_step(tmp_path: Path, tiny_corpus: Path) -> None:
     # Ranks follow rank 0's clock: were they to decide alone, one could stop a step early and
     # leave the other waiting in an all-reduce forever (the subprocess timeout would catch it).
