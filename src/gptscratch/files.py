@@ -77,7 +77,7 @@ def _as_if_created_plainly(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
+def atomic_file(path: Path, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to `path`; move it onto `path` if the block succeeds.
 
     The temporary file sits in the same folder, so the final `os.replace` is atomic. If the
@@ -85,6 +85,8 @@ def atomic_file(path: Path) -> Iterator[Path]:
 
     Args:
         path: The file to create or replace. Its folder must exist.
+        size: The bytes it will hold, where known: a full disk's message then says how much
+            space is needed (else it says what was written when the disk filled).
 
     Yields:
         The temporary path to write to.
@@ -101,7 +103,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     except BaseException as exc:
         written = _size(tmp)
         tmp.unlink(missing_ok=True)
-        _raise_if_disk_full(exc, path, written)
+        _raise_if_disk_full(exc, path, max(written, size or 0))
         raise
 
 
@@ -173,7 +175,7 @@ def _raise_if_disk_full(exc: BaseException, dest: Path, needed: int) -> None:
         free = shutil.disk_usage(dest.parent).free
         raise UserError(
             f"no space left to write '{dest}' ({reason}): it needs about "
-            f"{_megabytes(needed)}, and {_megabytes(free)} is free on its disk; free some "
+            f"{_amount(needed)}, and {_amount(free)} is free on its disk; free some "
             "space or write elsewhere (nothing was lost: the previous version, if any, is "
             "intact)") from None
 
@@ -181,21 +183,41 @@ def _raise_if_disk_full(exc: BaseException, dest: Path, needed: int) -> None:
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def _disk_full_reason(exc: BaseException) -> str | None:
-    """The system's words if `exc` says the disk, quota or file-size limit is exhausted.
+def _disk_full_reason(exc: BaseException | None) -> str | None:
+    """The system's words if `exc`, or an error it arose from, says the disk, quota or
+    file-size limit is exhausted.
 
     Python raises OSError with an errno; libraries written in Rust (safetensors, tokenizers)
-    raise their own exception types whose message ends "(os error N)"."""
-    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-        return exc.strerror or os.strerror(exc.errno)
-    found = re.search(r"\(os error (\d+)\)", str(exc))
-    if found and int(found.group(1)) in _DISK_FULL:
-        return os.strerror(int(found.group(1)))
+    raise their own exception types whose message ends "(os error N)"; torch.save into a
+    Python file raises a RuntimeError during the handling of the file's OSError."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            return exc.strerror or os.strerror(exc.errno)
+        found = re.search(r"\(os error (\d+)\)", str(exc))
+        if found and int(found.group(1)) in _DISK_FULL:
+            return os.strerror(int(found.group(1)))
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
 
 
-def _megabytes(n: int) -> str:
-    return f"{n / 2**20:,.1f} MB"
+def append_text(path: Path, text: str) -> None:
+    """Append `text` to a log file (a whole line, say); a full disk is one line, as for
+    `atomic_file` (a line cut short by it is one that readers skip)."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        _raise_if_disk_full(exc, path, len(text.encode()))
+        raise
+
+
+def _amount(n: int) -> str:
+    """Bytes as a person reads them: 950 bytes, 108 kB, 3.4 MB, 12.0 GB."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}" if unit != "kB" else f"{n / scale:.0f} kB"
+    return f"{n} bytes"
 
 
 def sha256_bytes(data: bytes) -> str:

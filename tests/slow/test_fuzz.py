@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import PLAYS, TINY_MODEL, TINY_TRAIN
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gptscratch import api
@@ -190,6 +190,7 @@ def test_a_random_command_line(run: Path, command: str, data: st.DataObject) -> 
     if command == "viz embeddings":
         needs[command].remove("--prompt")
         needs[command].remove("AB")
+    event(command)  # counted per command in --hypothesis-show-statistics
     argv = [*command.split(), *needs.get(command, []), *data.draw(command_lines(command)),
             *BOUNDS.get(command, [])]
     with tempfile.TemporaryDirectory() as tmp:
@@ -216,6 +217,7 @@ def models(run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
        prompt=st.one_of(st.text(max_size=200), st.text(max_size=3).map(lambda t: t * 20_000)))
 def test_any_prompt_for_every_tokenizer(models: dict[str, Path], kind: str,
                                         prompt: str) -> None:
+    event(kind)
     loaded = api.load(models[kind], "cpu")
     with bounded(), contextlib.suppress(UserError):
         done = api.complete(loaded, prompt, max_new_tokens=3, seed=0)

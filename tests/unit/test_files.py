@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 
-from gptscratch.files import atomic_dir, atomic_file, old_version, sha256_bytes, sha256_file
+from gptscratch.errors import UserError
+from gptscratch.files import (
+    append_text,
+    atomic_dir,
+    atomic_file,
+    old_version,
+    sha256_bytes,
+    sha256_file,
+)
 
 
 def test_atomic_dir_replaces_a_folder_whole(tmp_path: Path) -> None:
@@ -62,3 +71,55 @@ def test_written_files_follow_the_umask(tmp_path: Path, umask: int, file_mode: i
     assert (tmp_path / "ckpt").stat().st_mode & 0o777 == dir_mode
     assert (tmp_path / "ckpt" / "w.safetensors").stat().st_mode & 0o777 == file_mode
     assert (tmp_path / "a.png").stat().st_mode & 0o777 == file_mode
+
+
+class RustError(Exception):
+    """As safetensors and tokenizers raise: no errno, "(os error N)" in the message."""
+
+
+@pytest.mark.parametrize(("failure", "reason"), [
+    (OSError(errno.ENOSPC, "No space left on device"), "(No space left on device)"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), "(Disk quota exceeded)"),
+    (RustError("I/O error: File too large (os error 27)"), "(File too large)"),
+])
+def test_a_full_disk_is_one_line_with_the_space_needed(tmp_path: Path, failure: Exception,
+                                                       reason: str) -> None:
+    target = tmp_path / "train.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(UserError) as caught, atomic_file(target, size=110_000) as tmp:
+        tmp.write_bytes(b"x" * 5000)
+        raise failure
+    message = str(caught.value)
+    assert message.startswith(f"no space left to write '{target}' {reason}: it needs about "
+                              "107 kB, and ") and "is free on its disk" in message
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_a_failure_during_another_is_recognised(tmp_path: Path) -> None:
+    """torch.save into a Python file raises a RuntimeError while handling the OSError."""
+    with pytest.raises(UserError, match=r"needs about 3 bytes"), atomic_file(tmp_path / "s") as tmp:
+        tmp.write_bytes(b"abc")
+        try:
+            raise OSError(errno.EFBIG, "File too large")
+        except OSError:
+            raise RuntimeError("unexpected pos 704 vs 598") from None
+
+
+def test_other_errors_are_not_taken_for_a_full_disk(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match="Permission"), atomic_file(tmp_path / "f"):
+        raise OSError(errno.EACCES, "Permission denied")
+    with pytest.raises(RuntimeError), atomic_file(tmp_path / "f"):
+        raise RuntimeError("(os error 13)")
+
+
+def test_appending_to_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "metrics.jsonl"
+    append_text(log, '{"step": 1}\n')
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("builtins.open", full)
+    with pytest.raises(UserError, match=r"'.*metrics.jsonl' \(No space left on device\): it "
+                                        r"needs about 12 bytes"):
+        append_text(log, '{"step": 2}\n')

@@ -72,7 +72,8 @@ def save_checkpoint(
                                      metadata={"format": "pt"})
         save_tokenizer(tokenizer, tmp / TOKENIZER)
         if state is not None:
-            torch.save(state, tmp / STATE)
+            with open(tmp / STATE, "wb") as f:  # a Python file: a failed write keeps its errno
+                torch.save(state, f)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         full = {"format_version": FORMAT_VERSION, **meta, "saved_at": time.time(), "files": files}
         (tmp / META).write_text(json.dumps(full, indent=2) + "\n")

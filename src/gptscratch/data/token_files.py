@@ -71,7 +71,7 @@ def write_prepared(
     claim(out, "prepared data")
     (out / META_FILE).unlink(missing_ok=True)  # the folder is "not prepared" until the end
     for name, ids in ((TRAIN_FILE, train), (VAL_FILE, val)):
-        with atomic_file(out / name) as tmp, open(tmp, "wb") as f:
+        with atomic_file(out / name, size=ids.nbytes) as tmp, open(tmp, "wb") as f:
             # f.write (unlike ndarray.tofile) keeps the errno of a failed write; in pieces,
             # so a large corpus is never copied whole
             for start in range(0, len(ids), 1 << 24):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from gptscratch.files import atomic_file
+from gptscratch.files import append_text, atomic_file
 
 
 def format_duration(seconds: float) -> str:
@@ -87,8 +87,7 @@ class MetricsLog:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step`: on resume, a run interrupted after its last checkpoint
