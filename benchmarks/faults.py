@@ -179,8 +179,8 @@ def render(r: dict[str, Any]) -> str:
         "",
         "| Fault | Cases | Nothing lost or corrupted |",
         "|---|---|---|",
-        f"| kill -9 at random moments, resumed each time | {k['kills']} kills, "
-        f"{k['inside_saves']} inside checkpoint saves | {verdict[not k['problems']]} |",
+        f"| kill -9 at random moments, resumed each time | {k['kills']} kills in {k['runs']} "
+        f"runs, {k['inside_saves']} inside checkpoint saves | {verdict[not k['problems']]} |",
         f"| SIGTERM / SIGINT, resumed; two signals in a row | {len(s['cases'])} | "
         f"{verdict[not s['problems']]} |",
         f"| A full disk while preparing data or saving | {len(d['cases'])} | "
@@ -191,7 +191,8 @@ def render(r: dict[str, Any]) -> str:
         "## kill -9",
         "",
         "A 60-step fp32 run (checkpoint every 5 steps, dropout 0.1) is killed with SIGKILL, "
-        "resumed, killed again, until it ends. Saves are slowed (each fsync sleeps 30 ms) so "
+        "resumed, killed again, until it ends; then the next run starts, until all the kills "
+        "are made. Saves are slowed (each fsync sleeps 30 ms) so "
         "that every third kill lands inside one. After every kill the last checkpoint (or its "
         "`.old` fallback) must load with every file's sha256 verified, and at most the steps "
         "since it may be lost; at the end `metrics.jsonl` must hold steps 1..60 once each and "

@@ -53,6 +53,7 @@ sys.exit(main(sys.argv[2:]))
 
 @dataclass
 class Report:
+    runs: int = 0
     kills: int = 0
     inside_saves: int = 0
     checkpoints_verified: int = 0
@@ -106,29 +107,39 @@ def _wait_and_kill(proc: subprocess.Popen[bytes], run: Path, marker: Path, insid
 
 
 def kill_and_resume(workdir: Path, corpus: Path, kills: int, seed: int = 0) -> Report:
-    """Train to `STEPS`, killed `kills` times (a third inside saves); the report of checks."""
+    """Kill runs to `STEPS` `kills` times in all (a third inside saves), resuming after each;
+    a run that reaches its end is checked and the next one starts. The report of checks."""
     rng, report = random.Random(seed), Report()
     reference = workdir / "reference"
     done = subprocess.run([sys.executable, "-m", "gptscratch", "train", "--data", str(corpus),
                            "--out", str(reference), *TRAIN_FLAGS], capture_output=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    run, marker = workdir / "run", workdir / "saving"
+    while report.kills < kills and not report.problems:
+        report.runs += 1
+        run = workdir / f"run-{report.runs}"
+        _kill_until_done(run, corpus, workdir / "saving", kills, rng, report)
+        _check_end(run, reference, report)
+    return report
+
+
+def _kill_until_done(run: Path, corpus: Path, marker: Path, kills: int, rng: random.Random,
+                     report: Report) -> None:
+    """Start, kill and resume `run` until it ends (the last start, once `kills` are made, is
+    left to finish)."""
     while True:
         marker.unlink(missing_ok=True)
         proc = _start(run, corpus, marker)
-        if report.kills >= kills:
-            _, err = proc.communicate()
-            if proc.returncode != 0:
-                report.problems.append(f"the last resume failed: {err.decode()[-500:]}")
-            break
-        inside = report.kills % 3 == 2
-        if not _wait_and_kill(proc, run, marker, inside, rng):
-            continue  # it finished or failed before the kill: resume anew
-        report.kills += 1
-        report.inside_saves += inside
-        _check_after_kill(run, report)
-    _check_end(run, reference, report)
-    return report
+        if report.kills < kills:
+            inside = report.kills % 3 == 2
+            if _wait_and_kill(proc, run, marker, inside, rng):
+                report.kills += 1
+                report.inside_saves += inside
+                _check_after_kill(run, report)
+                continue
+        _, err = proc.communicate(timeout=600)  # it ended before the kill, or is left to end
+        if proc.returncode != 0:
+            report.problems.append(f"a resume failed: {err.decode()[-500:]}")
+        return
 
 
 def _check_after_kill(run: Path, report: Report) -> None:
