@@ -136,19 +136,28 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
         for item in [*tmp.rglob("*"), tmp]:  # on disk before it is renamed into place
             _fsync(item)
         old = old_version(dest)
-        if old.exists():
-            shutil.rmtree(old)
+        _discard(old, dest)
         if dest.exists():
             os.rename(dest, old)
         os.rename(tmp, dest)
         _fsync(dest.parent)
-        if old.exists():
-            shutil.rmtree(old)
+        _discard(old, dest)
     except BaseException as exc:
         written = _size(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
         _raise_if_disk_full(exc, dest, max(written, _size(dest)))
         raise
+
+
+def _discard(folder: Path, dest: Path) -> None:
+    """Delete `folder` (an old version of `dest`) so that no moment shows it half-deleted
+    under its name: first an atomic rename to a temporary name of `dest` (one a cleanup of a
+    killed save's leftovers removes, like `atomic_dir`'s own), then the deletion."""
+    if not folder.exists():
+        return
+    doomed = folder.with_name(f".{dest.name}.tmp-discarded-{uuid.uuid4().hex[:12]}")
+    os.rename(folder, doomed)
+    shutil.rmtree(doomed)
 
 
 def _fsync(path: Path) -> None:

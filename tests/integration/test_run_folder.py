@@ -105,6 +105,41 @@ def test_a_killed_saves_leftovers_are_cleared(tiny_run: Path, tmp_path: Path) ->
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [OWNER_MARKER]
 
 
+class Killed(BaseException):
+    """Stands for SIGKILL: whatever was under way stops there."""
+
+
+def test_a_kill_while_the_old_version_is_deleted_leaves_no_half_checkpoint(
+        tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by benchmarks/faults.py: a kill in the middle of deleting `latest.old` left it
+    half-deleted under its name, and the run could not be resumed. The old version is now
+    renamed to a temporary name first."""
+    from gptscratch.checkpoints.checkpoint import load_checkpoint
+    from gptscratch.files import atomic_dir
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    step = load_checkpoint(run, "latest").meta["step"]
+    rmtree = shutil.rmtree
+
+    def killed_half_way(path: Path, *args: object, **kwargs: object) -> None:
+        if "ignore_errors" in kwargs:  # atomic_dir's own cleanup after a failure
+            return rmtree(path, *args, **kwargs)
+        next(p for p in sorted(Path(path).iterdir()) if p.name == "checkpoint.json").unlink()
+        raise Killed
+
+    monkeypatch.setattr(shutil, "rmtree", killed_half_way)
+    with pytest.raises(Killed), atomic_dir(run / "latest") as new:  # a save, as checkpoints do
+        for f in (run / "latest").iterdir():
+            shutil.copyfile(f, new / f.name)
+    monkeypatch.undo()
+    assert not (run / "latest.old").exists()
+    assert load_checkpoint(run, "latest").meta["step"] == step
+    result = api.train("shakespeare-char", None, run, resume=True, overrides={"max_iters": 22})
+    assert result.step == 22
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [OWNER_MARKER]
+
+
 def test_a_run_folder_from_before_the_marker_is_recognised(
         tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
