@@ -37,3 +37,17 @@ class Interrupted(Exception):
         super().__init__(message)
         self.signum = signum
         self.message = message
+
+
+def interruption_behind(exc: BaseException) -> Interrupted | None:
+    """The `Interrupted` that caused `exc`, if any: a second signal raised inside code that
+    turned it into its own error (torch.save's writer, called back from C++, reports a
+    failed write as a RuntimeError whose context is the `Interrupted`)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Interrupted):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -231,3 +231,34 @@ def test_argument_errors_are_one_line_with_the_help_hint(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
     assert lines[0].endswith("--help'")
+
+
+def test_a_second_signal_inside_torch_save_exits_as_interrupted(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """torch.save calls our file's write from C++, which turns the `Interrupted` a second
+    signal raises there into a RuntimeError: the CLI still exits 143 with the one line."""
+    import torch
+
+    from gptscratch.cli import commands
+    from gptscratch.errors import Interrupted
+
+    class Signalled(io.BytesIO):
+        """The signal arrives during the third write; the writes after it go on."""
+
+        calls = 0
+
+        def write(self, data: object) -> int:
+            self.calls += 1
+            if self.calls == 3:
+                raise Interrupted(15, "SIGTERM again: stopped at once")
+            return super().write(data)  # type: ignore[arg-type]
+
+    def train(args: object) -> None:
+        torch.save({"w": torch.zeros(1000)}, Signalled())
+
+    with pytest.raises(RuntimeError):  # what torch really raises, not our exception
+        train(None)
+    monkeypatch.setitem(commands.COMMANDS, "train", train)
+    assert main(["train", "--out", str(tmp_path / "o")]) == 143
+    assert capsys.readouterr().err.strip().splitlines() == ["SIGTERM again: stopped at once"]

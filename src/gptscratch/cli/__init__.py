@@ -15,7 +15,7 @@ from typing import Any
 
 from gptscratch.cli.commands import COMMANDS
 from gptscratch.cli.parser import build_parser
-from gptscratch.errors import Interrupted, UserError
+from gptscratch.errors import Interrupted, UserError, interruption_behind
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -67,4 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:
+        stopped = interruption_behind(e)
+        if stopped is None:
+            raise
+        print(stopped.message, file=sys.stderr)
+        return 128 + stopped.signum
     return 0
