@@ -67,7 +67,8 @@ else:
 # ## 1. Data
 #
 # `prepare` reads the corpus (38 plays as play scripts, fetched once and cached), holds out the
-# last 10% for validation, builds a tokenizer and writes the ids to `train.bin` / `val.bin`.
+# last 10% for validation, builds a tokenizer and writes the ids to token files
+# (`train-00000.bin`, `val-00000.bin`: a corpus of many gigabytes gets several shards).
 # A character tokenizer is the simplest possible: one id per distinct character.
 
 # %%

@@ -261,6 +261,19 @@ def foreign_entries(folder: Path, ours: Callable[[Path], bool]) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+def remove_leftovers(folder: Path) -> None:
+    """Delete the temporary files a killed write left in a folder of ours (`atomic_file`'s
+    `.NAME.PID.HEX.tmp`), and nothing else."""
+    if not owned(folder):
+        return
+    for path in folder.glob(".*.tmp"):
+        if _LEFTOVER.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+
+
+_LEFTOVER = re.compile(r"\..+\.\d+\.[0-9a-f]{12}\.tmp")
+
+
 def claim(folder: Path, kind: str) -> None:
     """Create `folder` if needed and mark it as gptscratch's (`kind`: what it holds). Callers
     check `foreign_entries` first: nothing is written into a folder that is someone else's."""

@@ -16,7 +16,7 @@ from hf_models import GPT2_VOCAB, greedy, hf_greedy, make_hf_model, transformers
 
 from gptscratch import api
 from gptscratch.cli import main
-from gptscratch.data.tokenizers import Tokenizer, build_tokenizer
+from gptscratch.data.tokenizers import EOT, CharTokenizer, Tokenizer, build_tokenizer
 from gptscratch.data.tokenizers.gpt2 import gpt2_files
 from gptscratch.data.tokenizers.hf_files import save_hf_tokenizer, tokenizer_from_hf_dir
 
@@ -254,3 +254,13 @@ def test_export_refuses_a_non_empty_folder(tiny_run: Path, tmp_path: Path,
     line = cli_error(["export-hf", "--ckpt", str(tmp_path / "none"), "--out",
                       str(tmp_path / "o")], capsys)
     assert "not found" in line and not (tmp_path / "o").exists()
+
+
+def test_a_char_vocabulary_with_end_of_text_exports_and_comes_back(tmp_path: Path) -> None:
+    tok = CharTokenizer.from_text(VARIED, eot=True)
+    save_hf_tokenizer(tok, tmp_path, 64)
+    check_hf_tokenizer(tok, tmp_path, VARIED[::-1])
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert hf.convert_tokens_to_ids(EOT) == tok.eot_id == tok.vocab_size - 1
+    back = tokenizer_from_hf_dir(tmp_path)
+    assert back is not None and back.fingerprint() == tok.fingerprint()

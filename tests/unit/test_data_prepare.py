@@ -1,4 +1,5 @@
-"""Preparing token files: layout, meta, the split, reuse, atomicity, and real-corpus speed."""
+"""Preparing token files from one text: layout, meta, the split by position, reuse,
+atomicity, and real-corpus speed (many documents, shards and workers: test_data_streaming)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import numpy as np
 import pytest
 
 from gptscratch.data import token_files
-from gptscratch.data.prepare import default_prepared_dir, prepare, split_train_val
+from gptscratch.data.prepare import default_prepared_dir, prepare
+from gptscratch.data.sources import line_cut
 from gptscratch.data.token_files import is_prepared_dir, load_prepared, token_dtype
+from gptscratch.data.tokenizers.base import EOT
 from gptscratch.errors import UserError
 from gptscratch.files import atomic_file, cache_dir
 
-FILES = [".gptscratch.json", "meta.json", "tokenizer.json", "train.bin", "val.bin"]
+FILES = [".gptscratch.json", "meta.json", "tokenizer.json", "train-00000.bin", "val-00000.bin"]
 
 
 pytestmark = pytest.mark.usefixtures("private_cache")
@@ -36,17 +39,20 @@ def test_char_prepare_writes_files_and_meta(corpus: Path, tmp_path: Path) -> Non
     meta = json.loads((data.dir / "meta.json").read_text(encoding="utf-8"))
     assert meta == data.meta
     assert meta["tokenizer"] == "char" and meta["tokenizer_kind"] == "char"
+    # One text is one document: a char vocabulary then needs no end-of-text id.
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == len(set(text))
+    assert meta["eot_id"] is None and data.tokenizer.eot_id is None
     assert meta["tokenizer_fingerprint"] == data.tokenizer.fingerprint()
     assert meta["train_tokens"] + meta["val_tokens"] == len(text)
     assert meta["train_bytes"] + meta["val_bytes"] == len(text.encode("utf-8"))
     assert meta["val_fraction"] == 0.25 and meta["lowercase"] is False
-    assert str(corpus) in meta["source"] and len(meta["source_sha256"]) == 64
+    assert str(corpus) in meta["source"] and meta["source_fingerprint"]["files"][0][1] == len(
+        text.encode("utf-8"))
     train, val = data.train_tokens(), data.val_tokens()
-    assert train.dtype == np.uint16 and isinstance(train, np.memmap)
-    assert (data.dir / "train.bin").stat().st_size == 2 * meta["train_tokens"]
-    train_text = data.tokenizer.decode(train.tolist())
-    val_text = data.tokenizer.decode(val.tolist())
+    assert train.dtype == np.uint16 and len(train) == meta["train_tokens"]
+    assert (data.dir / "train-00000.bin").stat().st_size == 2 * meta["train_tokens"]
+    train_text = data.tokenizer.decode(np.asarray(train).tolist())
+    val_text = data.tokenizer.decode(np.asarray(val).tolist())
     assert train_text + val_text == text
     # The cut lands on a line boundary at or just after the exact 75% point.
     assert train_text.endswith("\n") and val_text.startswith("Line ")
@@ -60,8 +66,9 @@ def test_gpt2_prepare_is_uint16_and_decodes_back(corpus: Path, tmp_path: Path) -
     assert data.meta["dtype"] == "uint16" and data.meta["vocab_size"] == 50257
     assert data.meta["eot_id"] == 50256
     text = corpus.read_text(encoding="utf-8")
-    decoded = data.tokenizer.decode(data.train_tokens().tolist() + data.val_tokens().tolist())
-    assert decoded == text
+    ids = np.concatenate([data.train_tokens(), data.val_tokens()]).tolist()
+    assert data.tokenizer.decode(ids) == text + EOT
+    assert ids == data.tokenizer.encode(text) + [50256]
 
 
 def test_prepare_is_deterministic(corpus: Path, tmp_path: Path) -> None:
@@ -83,9 +90,9 @@ def test_rerun_reuses_and_changed_options_rewrite(corpus: Path, tmp_path: Path) 
     lower = prepare(str(corpus), "char", out, lowercase=True)
     assert lower.meta["lowercase"] is True
     assert lower.meta["vocab_size"] == len(set(corpus.read_text(encoding="utf-8").lower()))
-    assert lower.tokenizer.decode(lower.val_tokens().tolist()).islower()
-    assert lower.meta["source_sha256"] != first.meta["source_sha256"]
-    assert (out / "train.bin").stat().st_mtime_ns != stamps["train.bin"]
+    assert lower.tokenizer.decode(np.asarray(lower.val_tokens()).tolist()).islower()
+    assert lower.meta["prepare_key"] != first.meta["prepare_key"]
+    assert (out / "train-00000.bin").stat().st_mtime_ns != stamps["train-00000.bin"]
     assert load_prepared(out).meta == lower.meta
 
     other = prepare(str(corpus), "gpt2", out, lowercase=True)
@@ -108,15 +115,19 @@ def test_load_prepared_checks_the_files(corpus: Path, tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="not a prepared data folder"):
         load_prepared(tmp_path)
-    raw = (out / "val.bin").read_bytes()
-    (out / "val.bin").write_bytes(raw[:-2])
-    with pytest.raises(UserError, match=r"val.bin' has \d+ bytes but meta.json expects"):
+    raw = (out / "val-00000.bin").read_bytes()
+    (out / "val-00000.bin").write_bytes(raw[:-2])
+    with pytest.raises(UserError, match=r"val-00000.bin' has \d+ bytes but meta.json expects"):
         load_prepared(out)
-    (out / "val.bin").unlink()
-    with pytest.raises(UserError, match="val.bin' is missing"):
+    (out / "val-00000.bin").unlink()
+    with pytest.raises(UserError, match="val-00000.bin' is missing"):
         load_prepared(out)
-    (out / "val.bin").write_bytes(raw)
+    (out / "val-00000.bin").write_bytes(raw[::-1])  # the right size, other contents
     load_prepared(out)
+    with pytest.raises(UserError, match="does not match its sha256"):
+        load_prepared(out, verify=True)
+    (out / "val-00000.bin").write_bytes(raw)
+    load_prepared(out, verify=True)
     (out / "meta.json").write_text("{", encoding="utf-8")
     with pytest.raises(UserError, match="damaged"):
         load_prepared(out)
@@ -138,8 +149,10 @@ def test_crash_while_writing_leaves_no_meta(
     with pytest.raises(KeyboardInterrupt):
         prepare(str(corpus), "gpt2", out)
     assert not is_prepared_dir(out)
-    assert sorted(p.name for p in out.iterdir()) == [".gptscratch.json", "tokenizer.json",
-                                                     "train.bin", "val.bin"]
+    # The shards written before the crash are gone too; the marker and the old tokenizer stay.
+    assert sorted(p.name for p in out.iterdir()) == [".gptscratch.json", "tokenizer.json"]
+    monkeypatch.undo()
+    assert prepare(str(corpus), "gpt2", out).meta["tokenizer"] == "gpt2"
 
 
 def test_atomic_file_removes_the_temp_file_on_error(tmp_path: Path) -> None:
@@ -151,9 +164,13 @@ def test_atomic_file_removes_the_temp_file_on_error(tmp_path: Path) -> None:
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
 
 
-def test_split_train_val_and_bad_fractions(tmp_path: Path) -> None:
-    assert split_train_val("aaaa\nbbbb\ncccc\n", 0.5) == ("aaaa\nbbbb\n", "cccc\n")
-    assert split_train_val("aaaa\nbbbb\n", 0.5) == ("aaaa\n", "bbbb\n")  # already a boundary
+def test_one_text_is_cut_at_a_line_and_bad_fractions(tmp_path: Path) -> None:
+    assert line_cut("aaaa\nbbbb\ncccc\n", 0.5) == len("aaaa\nbbbb\n")
+    assert line_cut("aaaa\nbbbb\n", 0.5) == len("aaaa\n")  # already a boundary
+    path = tmp_path / "t.txt"
+    path.write_text("aaaa\nbbbb\ncccc\n")
+    data = prepare(str(path), "char", tmp_path / "cut", val_fraction=0.5)
+    assert data.tokenizer.decode(np.asarray(data.val_tokens()).tolist()) == "cccc\n"
     for bad in (0.0, 1.0, -0.1, 1.5):
         with pytest.raises(UserError, match="between 0 and 1"):
             prepare("unused", "char", tmp_path / "out", val_fraction=bad)
@@ -202,6 +219,7 @@ def test_shakespeare_gpt2_is_fast(
     tokens = data.meta["train_tokens"] + data.meta["val_tokens"]
     with capfd.disabled():
         print(f"\nprepare(shakespeare, gpt2): {tokens:,} tokens in {seconds:.2f} s")
+    assert data.meta["val_tokens"] > 0 and np.asarray(data.val_tokens())[-1] == 50256
     assert seconds < 30
     assert capfd.readouterr() == ("", "")  # no progress bar when not on a terminal
     assert 1_400_000 < tokens < 1_700_000

@@ -137,12 +137,17 @@ def train(
     model_fields = {**spec.model}
     train_config = spec.train
     extra_meta: dict[str, Any] = {"preset": preset}
+    resume_tokenizer: Tokenizer | None = None
     if resume:
         # Only the saved configs are needed here; the trainer verifies the files when it loads.
         ckpt = load_checkpoint(out, prefer="latest", verify=False)
         model_fields = {k: v for k, v in ckpt.meta["model_config"].items() if k != "vocab_size"}
         train_config = TrainConfig.from_dict(ckpt.meta["train_config"])
         data = _resume_data(data, out, Path(ckpt.meta["data_dir"]))
+        if tokenizer is None and not (is_prepared_dir(data) or is_prepared_dir(out / "data")):
+            # Raw text prepared anew (the run's data is gone) gets the run's own tokenizer,
+            # whatever this version would build from it today.
+            resume_tokenizer = ckpt.tokenizer()
         if "init_from" in ckpt.meta:  # a fine-tuning run keeps its provenance
             extra_meta = {"preset": None, "init_from": ckpt.meta["init_from"]}
     model_fields.update({k: v for k, v in overrides.items() if k in MODEL_FIELDS})
@@ -155,8 +160,9 @@ def train(
     shape = ModelConfig(vocab_size=1, **model_fields)
     runtime = start_runtime(train_config.system, shape.n_embd)
     check_training_fits(shape, train_config, runtime)  # as far as it is known before the data
-    prepared = resolve_data(data if data is not None else "shakespeare", folder, tokenizer,
-                            spec.tokenizer, prepare_options or {}, runtime, shape.block_size)
+    prepared = resolve_data(data if data is not None else "shakespeare", folder,
+                            resume_tokenizer or tokenizer, spec.tokenizer, prepare_options or {},
+                            runtime, shape.block_size)
     model_config = ModelConfig(vocab_size=prepared.tokenizer.vocab_size, **model_fields)
     return train_loop(prepared, model_config, train_config, out, runtime=runtime, resume=resume,
                       stop_at=stop_at, extra_meta=extra_meta)

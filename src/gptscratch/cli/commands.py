@@ -16,7 +16,8 @@ from gptscratch.cli.parser import prepare_options
 def cmd_prepare(args: argparse.Namespace) -> None:
     from gptscratch import api
 
-    data = api.prepare(args.data, args.tokenizer, args.out, **prepare_options(args))
+    data = api.prepare(args.data, args.tokenizer, args.out, force=args.force,
+                       **prepare_options(args))
     print(data.dir)  # the result; what it holds is in the log line above
 
 

@@ -98,14 +98,25 @@ def _add_generation_config_flags(p: argparse.ArgumentParser, skip: set[str]) -> 
 
 def _add_prepare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="fraction of the text held out for validation (default 0.1)")
+                   help="share of the documents (of a single text: of its end) held out for "
+                        "validation (default 0.1)")
     p.add_argument("--lowercase", action="store_true", help="lowercase the text first")
+    p.add_argument("--text-column", "--hf-text-column", dest="text_column", default="text",
+                   help="the field of .jsonl lines, the column of .parquet files and datasets "
+                        "holding the text (default text)")
     p.add_argument("--hf-dataset", default=None, metavar="NAME",
                    help="a Hugging Face dataset name or builder (e.g. 'text' with data files)")
     p.add_argument("--hf-split", default="train", help="dataset split (default train)")
-    p.add_argument("--hf-text-column", default="text", help="column holding the text")
     p.add_argument("--hf-data-files", nargs="+", default=None, metavar="FILE",
                    help="local data files for a dataset builder such as 'text' or 'json'")
+    p.add_argument("--hf-streaming", action="store_true",
+                   help="stream a hub dataset instead of downloading it whole")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="tokenizer processes (default: all cores)")
+    p.add_argument("--bpe-sample", type=float, default=200.0, metavar="MB", dest="bpe_sample_mb",
+                   help="megabytes of text a bpe:N tokenizer learns from (default 200)")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="skip files that are not UTF-8 (with a warning) instead of stopping")
 
 
 def _generation_flags(skip: set[str]) -> argparse.ArgumentParser:
@@ -143,11 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_prepare_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p = sub.add_parser("prepare", parents=[quiet],
-                       help="tokenize a corpus into train.bin / val.bin")
+                       help="tokenize a corpus into token shards for training")
     p.add_argument("--data", default="shakespeare",
                    help="'shakespeare' (built in), a text file, a directory or a glob")
     p.add_argument("--tokenizer", default="char", help="char | gpt2 | bpe:N (default char)")
     p.add_argument("--out", default=None, help="output directory (default: in the cache)")
+    p.add_argument("--force", action="store_true",
+                   help="prepare again even if --out holds the same data")
     _add_prepare_flags(p)
 
 
@@ -258,6 +271,9 @@ def _add_viz_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
 
 
 def prepare_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `prepare` options shared by `prepare` and `train` (`--force` is prepare's own)."""
     return dict(val_fraction=args.val_fraction, lowercase=args.lowercase,
-                hf_dataset=args.hf_dataset, hf_split=args.hf_split,
-                hf_text_column=args.hf_text_column, hf_data_files=args.hf_data_files)
+                text_column=args.text_column, hf_dataset=args.hf_dataset,
+                hf_split=args.hf_split, hf_data_files=args.hf_data_files,
+                hf_streaming=args.hf_streaming, workers=args.workers,
+                bpe_sample_mb=args.bpe_sample_mb, skip_bad_files=args.skip_bad_files)

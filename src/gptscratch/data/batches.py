@@ -10,11 +10,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gptscratch.data.token_files import Tokens
 from gptscratch.errors import UserError
 
 
 def get_batch(
-    tokens: np.ndarray,
+    tokens: Tokens,
     batch_size: int,
     block_size: int,
     generator: torch.Generator,

@@ -1,85 +1,62 @@
-"""Tokenize a corpus once into memory-mapped token files: the step between text and training.
+"""Tokenize a corpus once into sharded, memory-mapped token files: the step between text and
+training.
 
-`prepare` reads the text (`sources`), splits it into train and validation at a line boundary,
-builds the tokenizer (`tokenizers`) and writes the folder that `token_files.py` describes
-(`train.bin` / `val.bin`, `tokenizer.json`, `meta.json`), or reuses it when the same text was
-already prepared the same way. The trainer opens it with `load_prepared` and draws batches
-from the memory maps (`batches.get_batch`).
+`prepare` streams the documents of a source (`sources`), decides each one's split, builds the
+tokenizer from the stream when it learns from the text (`char`, `bpe:N`), tokenizes in
+parallel worker processes (`encode`) and writes the shards as it goes, then `tokenizer.json`
+and, last, `meta.json` (`token_files`). Memory stays bounded whatever the corpus size. A
+folder prepared from the same sources with the same options is reused; the sources are
+recognised by a cheap fingerprint (`Source.fingerprint`), never by reading them again.
+
+Splits: each document goes to validation or training by a hash of its number in the stream
+(`is_val_document`), so a stream of unknown length is split as it goes. If no document landed
+in validation, the last training document moves there. A corpus that is one document (one
+text file, the built-in plays) is cut by position instead: validation is its last
+`val_fraction`, from a line start. Every document ends with the tokenizer's end-of-text token.
+
+An interrupted prepare leaves no `meta.json`, so nothing looks prepared; the next run
+removes its shards and temporary files and rebuilds the folder from the start.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
-from gptscratch.data.sources import read_text_source
+from gptscratch.data.encode import Encoded, default_workers, encode_stream
+from gptscratch.data.learn import learn_tokenizer
+from gptscratch.data.shards import SHARD_TOKENS, ShardWriter
+from gptscratch.data.sources import Source, open_source
+from gptscratch.data.splits import split_by_position, split_pieces
 from gptscratch.data.token_files import (
     FORMAT_VERSION,
     PreparedData,
     check_context_fits,
     check_output_folder,
+    default_prepared_dir,
     is_prepared_dir,
     load_prepared,
+    remove_token_files,
+    start_writing,
     token_dtype,
-    write_prepared,
+    write_meta,
 )
 from gptscratch.data.tokenizers import (
     Tokenizer,
-    build_tokenizer,
     parse_tokenizer_spec,
-    split_for_encoding,
 )
 from gptscratch.errors import UserError
-from gptscratch.files import cache_dir, sha256_bytes
+from gptscratch.files import remove_leftovers, sha256_bytes
 
 logger = logging.getLogger(__name__)
 
-# Text is tokenized in pieces of this many characters, which is also the progress-bar step;
-# below it no bar is shown.
-_PIECE_CHARS = 1_000_000
-
-
-def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
-    """Split `text` into (train, val): val is the last `val_fraction` of it.
-
-    The cut moves forward from the exact point to the next line start, so no line (and no
-    document, since documents are joined by blank lines) is split between the two.
-
-    Raises:
-        UserError: `val_fraction` is not strictly between 0 and 1.
-    """
-    _check_val_fraction(val_fraction)
-    exact = int(len(text) * (1.0 - val_fraction))
-    newline = text.find("\n", max(exact - 1, 0))
-    cut = len(text) if newline < 0 else newline + 1
-    return text[:cut], text[cut:]
-
-
-def _check_val_fraction(val_fraction: float) -> None:
-    if not 0.0 < val_fraction < 1.0:
-        raise UserError(
-            f"val_fraction ({val_fraction}) must be between 0 and 1 (exclusive); try 0.1"
-        )
-
-
-def default_prepared_dir(source: str, tokenizer: str, hf_dataset: str | None = None) -> Path:
-    """Return the folder `prepare` uses when no `out_dir` is given: one per input and tokenizer.
-
-    It sits under `cache_dir()/prepared/`, named after the input plus a short hash of its full
-    path (so two `input.txt` in different folders do not collide).
-    """
-    name = hf_dataset or source
-    full = name if hf_dataset or name == "shakespeare" else str(Path(name).expanduser().resolve())
-    stem = "".join(c if c.isalnum() or c in "-." else "-" for c in Path(name).name)[:40]
-    digest = sha256_bytes(full.encode("utf-8"))[:8]
-    spec = tokenizer.strip().lower().replace(":", "")
-    return cache_dir() / "prepared" / f"{stem or 'data'}-{digest}-{spec}"
+DEFAULT_BPE_SAMPLE_MB = 200.0
 
 
 def prepare(
@@ -89,84 +66,118 @@ def prepare(
     *,
     val_fraction: float = 0.1,
     lowercase: bool = False,
+    text_column: str = "text",
     hf_dataset: str | None = None,
     hf_split: str = "train",
-    hf_text_column: str = "text",
+    hf_text_column: str | None = None,
     hf_data_files: list[str] | None = None,
+    hf_streaming: bool = False,
+    workers: int | None = None,
+    bpe_sample_mb: float = DEFAULT_BPE_SAMPLE_MB,
+    skip_bad_files: bool = False,
+    force: bool = False,
     progress: bool = True,
     replace: bool = True,
     context: int | None = None,
+    shard_tokens: int = SHARD_TOKENS,
 ) -> PreparedData:
     """Tokenize a corpus into `out_dir`, or reuse it if it was already prepared the same way
     (`token_files.py` describes the folder and its `meta.json`).
 
     Args:
-        source: What to read; see `sources.read_text_source`.
+        source: What to read; see `sources.open_source`.
         tokenizer: `char`, `gpt2` or `bpe:N`, or an existing tokenizer to encode with as
             it is (fine-tuning a model keeps the model's own tokenizer).
         out_dir: Output folder: new, empty or gptscratch's own (it is refused otherwise).
             Defaults to `default_prepared_dir(...)`.
-        val_fraction: Share of the text, taken from its end, used for validation.
-        lowercase: Lowercase the text first.
-        hf_dataset, hf_split, hf_text_column, hf_data_files: Load from this Hugging Face
-            dataset (its split, text column, local files for a builder such as `text`).
-        progress: Show a progress bar on a terminal for inputs over 1 MB.
+        val_fraction: Share of the documents (of a one-document corpus: of its end) used for
+            validation.
+        lowercase: Lowercase the text as it streams.
+        text_column: The field or column with the text (JSON lines, parquet, datasets).
+        hf_dataset, hf_split, hf_data_files, hf_streaming: Load this Hugging Face dataset's
+            split (local files for a builder such as `text`; `hf_streaming` streams a hub
+            dataset instead of downloading it). `hf_text_column` is `text_column`'s old name.
+        workers: Tokenizer processes (default: every core this process may use).
+        bpe_sample_mb: For `bpe:N`: the megabytes of training text the merges are learned from.
+        skip_bad_files: Skip files that are not UTF-8 (with a warning) instead of stopping.
+        force: Rebuild even if the folder holds the same data.
+        progress: Show a progress bar on a terminal.
         replace: Whether other data prepared in `out_dir` may be replaced (not a run's own).
-        context: The block size of the model the data is for (checked before any write).
+        context: The block size of the model the data is for: each split must be longer.
+        shard_tokens: The most ids per token file.
 
     Returns the prepared folder, opened. Raises UserError for bad options, an unreadable or
     empty input, splits too small, or an output folder that is not ours to write.
     """
     given = None if isinstance(tokenizer, str) else tokenizer
     spec = _spec_of(tokenizer)  # fail before reading anything
-    _check_val_fraction(val_fraction)
+    _check_options(val_fraction, workers, bpe_sample_mb, shard_tokens)
     out = Path(out_dir) if out_dir is not None else default_prepared_dir(source, spec, hf_dataset)
     check_output_folder(out)
     started = time.perf_counter()
-    text, description = read_text_source(
-        source, hf_split=hf_split, hf_text_column=hf_text_column, hf_dataset=hf_dataset,
-        hf_data_files=hf_data_files)
-    if lowercase:
-        text = text.lower()
-    options = {"format_version": FORMAT_VERSION, "source_sha256": sha256_bytes(text.encode()),
-               "tokenizer": spec, "val_fraction": val_fraction, "lowercase": lowercase}
+    src = open_source(source, text_column=hf_text_column or text_column, hf_dataset=hf_dataset,
+                      hf_split=hf_split, hf_data_files=hf_data_files, hf_streaming=hf_streaming,
+                      skip_bad_files=skip_bad_files)
+    options: dict[str, Any] = {
+        "format_version": FORMAT_VERSION, "source_fingerprint": src.fingerprint,
+        "tokenizer": spec, "val_fraction": val_fraction, "lowercase": lowercase}
     if given is not None:
         options["tokenizer_fingerprint"] = given.fingerprint()
+    if spec.startswith("bpe") and given is None:
+        options["bpe_sample_mb"] = bpe_sample_mb
     key = sha256_bytes(json.dumps(options, sort_keys=True).encode("utf-8"))
-    existing = _reusable(out, key, replace)
+    existing = _reusable(out, key, replace, force)
     if existing is not None:
         return existing
-    train_text, val_text = split_train_val(text, val_fraction)
-    if not val_text.strip():
-        raise UserError(
-            f"the validation split is empty (the last {val_fraction:.0%} of the text has no "
-            "line break to cut at); lower --val-fraction or give more text"
-        )
-    # The char vocabulary comes from the whole text, so validation characters are covered.
-    tok = given or build_tokenizer(spec, text if spec == "char" else train_text)
-    train_ids, val_ids = _encode_splits(tok, train_text, val_text, spec, progress)
-    if context is not None:
-        check_context_fits(len(train_ids), len(val_ids), context)
-    dtype = token_dtype(tok.vocab_size)
-    meta: dict[str, Any] = {
-        **options, "tokenizer_kind": tok.kind, "tokenizer_fingerprint": tok.fingerprint(),
-        "vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "dtype": dtype.name,
-        "train_tokens": len(train_ids), "val_tokens": len(val_ids),
-        "train_bytes": len(train_text.encode("utf-8")),
-        "val_bytes": len(val_text.encode("utf-8")), "source": description, "prepare_key": key,
-    }
-    write_prepared(out, train_ids.astype(dtype), val_ids.astype(dtype), tok, meta)
+    tok = given or learn_tokenizer(spec, src, val_fraction, lowercase, bpe_sample_mb)
+    meta = _write_folder(out, tok, src, {**options, "prepare_key": key}, context,
+                         workers=workers or default_workers(), progress=progress,
+                         shard_tokens=shard_tokens)
     _log_prepared(out, meta, time.perf_counter() - started)
     return PreparedData(dir=out, meta=meta, tokenizer=tok)
 
 
-def _log_prepared(out: Path, meta: dict[str, Any], seconds: float) -> None:
-    tokens = meta["train_tokens"] + meta["val_tokens"]
-    logger.info(
-        "prepared %s: %s train + %s val tokens (%s, vocabulary %s, %.2f bytes/token) in %.1f s",
-        out, f"{meta['train_tokens']:,}", f"{meta['val_tokens']:,}", meta["tokenizer"],
-        f"{meta['vocab_size']:,}", (meta["train_bytes"] + meta["val_bytes"]) / tokens, seconds,
-    )  # fmt: skip
+def _write_folder(out: Path, tok: Tokenizer, src: Source, options: dict[str, Any],
+                  context: int | None, **settings: Any) -> dict[str, Any]:
+    """Write the shards, the tokenizer and, last, `meta.json` (returned). On any failure the
+    token files are removed (and the folder too, if this call made it): nothing is left that
+    looks prepared."""
+    created = not out.exists()
+    start_writing(out)
+    remove_leftovers(out)
+    try:
+        counts = _write_shards(out, tok, src, options["val_fraction"], options["lowercase"],
+                               **settings)
+        _check_splits(counts, options["val_fraction"], src, context)
+        meta: dict[str, Any] = {
+            **options, "tokenizer_kind": tok.kind, "tokenizer_fingerprint": tok.fingerprint(),
+            "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
+            "dtype": token_dtype(tok.vocab_size).name, **counts, "source": src.description,
+        }
+        write_meta(out, tok, meta)  # last: from here on the folder is prepared
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)  # made by this call, holds only its files
+        else:
+            remove_token_files(out)
+        raise
+    return meta
+
+
+def _check_options(val_fraction: float, workers: int | None, bpe_sample_mb: float,
+                   shard_tokens: int) -> None:
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"val_fraction ({val_fraction}) must be between 0 and 1 "
+                        "(exclusive); try 0.1")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise UserError(f"workers ({workers!r}) must be a whole number >= 1; try "
+                        f"--workers {default_workers()}")
+    if not bpe_sample_mb > 0:
+        raise UserError(f"bpe_sample ({bpe_sample_mb}) must be a positive number of "
+                        "megabytes; try --bpe-sample 200")
+    if shard_tokens < 1:
+        raise UserError(f"shard_tokens ({shard_tokens}) must be >= 1")
 
 
 def _spec_of(tokenizer: str | Tokenizer) -> str:
@@ -178,8 +189,8 @@ def _spec_of(tokenizer: str | Tokenizer) -> str:
     return kind if bpe_size is None else f"{kind}:{bpe_size}"
 
 
-def _reusable(out: Path, key: str, replace: bool) -> PreparedData | None:
-    """The folder's prepared data, if it was made from the same text with the same options.
+def _reusable(out: Path, key: str, replace: bool, force: bool) -> PreparedData | None:
+    """The folder's prepared data, if it was made from the same sources with the same options.
 
     Raises:
         UserError: it holds other data, and `replace` is off.
@@ -191,38 +202,92 @@ def _reusable(out: Path, key: str, replace: bool) -> PreparedData | None:
     except UserError as exc:
         logger.info("rewriting %s: %s", out, exc)
         return None
-    if existing.meta.get("prepare_key") != key:
-        if not replace:
-            raise UserError(f"'{out}' holds the data this run was trained on "
-                            f"({existing.meta.get('source', 'another corpus')}), not this "
-                            "text; resume without --data, or start a new run with a new --out")
+    same = existing.meta.get("prepare_key") == key
+    if not same and not replace:
+        raise UserError(f"'{out}' holds the data this run was trained on "
+                        f"({existing.meta.get('source', 'another corpus')}), not this "
+                        "text; resume without --data, or start a new run with a new --out")
+    if not same or force:
         return None
-    logger.info("reusing prepared data in %s (same text and options)", out)
+    logger.info("reusing prepared data in %s (same sources and options; --force rebuilds)", out)
     return existing
 
 
-def _encode_splits(tok: Tokenizer, train_text: str, val_text: str, spec: str,
-                   progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Both splits' ids, with a progress bar on a terminal for inputs over 1 MB."""
-    size = len(train_text) + len(val_text)
-    with tqdm(total=size, unit="char", unit_scale=True, desc=f"tokenizing ({spec})",
-              disable=True if not progress or size <= _PIECE_CHARS else None) as bar:
-        train_ids = _encode(tok, train_text, bar)
-        val_ids = _encode(tok, val_text, bar)
-    if len(train_ids) < 2 or len(val_ids) < 1:
-        raise UserError(
-            f"splits too small ({len(train_ids)} train and {len(val_ids)} validation tokens); "
-            "lower --val-fraction or give more text"
-        )
-    return train_ids, val_ids
+def _write_shards(out: Path, tok: Tokenizer, src: Source, val_fraction: float, lowercase: bool,
+                  *, workers: int, progress: bool, shard_tokens: int) -> dict[str, Any]:
+    """Encode the stream and write each split's shards; returns the counts for `meta.json`."""
+    dtype = token_dtype(tok.vocab_size)
+    counts = {f"{split}_{what}": 0 for split in ("train", "val")
+              for what in ("bytes", "documents")}
+    # Every id holds at least one byte of text, plus one end-of-text id per document.
+    most = None if src.total_bytes is None else src.total_bytes + 1
+    with (ShardWriter(out, "train", dtype, shard_tokens, most) as train,
+          ShardWriter(out, "val", dtype, shard_tokens, most) as val,
+          _progress_bar(src, progress) as bar):
+        writers = {"train": train, "val": val}
+        held: list[Encoded] = []  # the last document: it moves to val if val gets none
+
+        def put(enc: Encoded, split: str) -> None:
+            writers[split].write(enc.ids)
+            counts[f"{split}_bytes"] += enc.num_bytes
+            counts[f"{split}_documents"] += int(enc.end)
+
+        stream = encode_stream(tok, split_pieces(src, val_fraction), workers=workers,
+                               lowercase=lowercase)
+        for enc in stream:
+            bar.update(enc.num_bytes)
+            if src.one_document:
+                put(enc, "val" if enc.val else "train")
+                continue
+            if held and held[0].doc != enc.doc:
+                for h in held:
+                    put(h, "val" if h.val else "train")
+                held = []
+            held.append(enc)
+            bar.set_postfix(documents=f"{enc.doc + 1:,}",
+                            tokens=f"{train.tokens + val.tokens:,}", refresh=False)
+        if held and train.tokens == val.tokens == 0:  # a stream of one document
+            split_by_position(held, tok, val_fraction, writers, counts)
+        else:
+            for h in held:
+                put(h, "val" if h.val or val.tokens == 0 else "train")
+    return {**counts, "train_tokens": train.tokens, "val_tokens": val.tokens,
+            "shards": {"train": train.shards, "val": val.shards}}
 
 
-def _encode(tok: Tokenizer, text: str, bar: tqdm[Any]) -> np.ndarray:
-    """Encode `text` piece by piece (advancing `bar`) into one int array."""
-    arrays = []
-    for piece in split_for_encoding(text, _PIECE_CHARS):
-        arrays.append(tok.encode_array(piece))
-        bar.update(len(piece))
-    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int32)
+def _progress_bar(src: Source, progress: bool) -> tqdm[Any]:
+    """Bytes of text read, with MB/s and, when the size is known in advance, an ETA."""
+    return tqdm(total=src.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+                desc="preparing", disable=True if not progress else None, mininterval=0.5)
 
 
+def _check_splits(counts: dict[str, Any], val_fraction: float, src: Source,
+                  context: int | None) -> None:
+    train, val = counts["train_tokens"], counts["val_tokens"]
+    if train + val == 0:
+        raise UserError(f"{src.description} is empty; give text with some content")
+    if not src.one_document and (train == 0 or val == 0):
+        raise UserError(f"{src.description} holds one document, which cannot be both the "
+                        "training and the validation split; give more documents, or the text "
+                        "as one file (which is split by position)")
+    if val == 0:
+        raise UserError(f"the validation split is empty (the last {val_fraction:.0%} of the "
+                        "text has no line break to cut at); lower --val-fraction or give more "
+                        "text")
+    if train < 2 or val < 1:
+        raise UserError(f"splits too small ({train} train and {val} validation tokens); "
+                        "lower --val-fraction or give more text")
+    if context is not None:
+        check_context_fits(train, val, context)
+
+
+def _log_prepared(out: Path, meta: dict[str, Any], seconds: float) -> None:
+    tokens = meta["train_tokens"] + meta["val_tokens"]
+    documents = meta["train_documents"] + meta["val_documents"]
+    logger.info(
+        "prepared %s: %s train + %s val tokens from %s document%s (%s, vocabulary %s, "
+        "%.2f bytes/token) in %.1f s",
+        out, f"{meta['train_tokens']:,}", f"{meta['val_tokens']:,}", f"{documents:,}",
+        "s" if documents != 1 else "", meta["tokenizer"],
+        f"{meta['vocab_size']:,}", (meta["train_bytes"] + meta["val_bytes"]) / tokens, seconds,
+    )  # fmt: skip

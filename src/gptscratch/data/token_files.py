@@ -1,38 +1,55 @@
-"""The prepared-data folder: memory-mapped token files and the metadata that vouches for them.
+"""The prepared-data folder: sharded, memory-mapped token files and the metadata that vouches
+for them.
 
-`prepare.py` writes a folder of `train.bin` / `val.bin` (flat arrays of token ids),
-`tokenizer.json` and `meta.json`; the trainer, evaluation and script mode open it with
-`load_prepared` and read the ids through memory maps (`PreparedData.train_tokens`), so a
-corpus larger than memory still trains. `meta.json` is written last: a folder with a
+`prepare.py` writes a folder of token shards (`train-00000.bin`, `train-00001.bin`, ...,
+`val-00000.bin`, ...: flat arrays of token ids, each at most `SHARD_TOKENS` long), plus
+`tokenizer.json` and `meta.json`. The trainer, evaluation and script mode open it with
+`load_prepared` and read each split through memory maps as one long array (`TokenSplit`), so
+a corpus far larger than memory still trains. `meta.json` is written last: a folder with a
 `meta.json` is always complete.
 
-`meta.json` holds: `format_version`, `tokenizer` (the spec), `tokenizer_kind`,
+`meta.json` holds: `format_version` (2), `tokenizer` (the spec), `tokenizer_kind`,
 `tokenizer_fingerprint`, `vocab_size`, `eot_id`, `dtype` ("uint16" or "uint32"),
 `train_tokens`, `val_tokens`, `train_bytes` and `val_bytes` (UTF-8 bytes of each split's
-text, for bits per byte), `source` (a description), `source_sha256` (of the final text, after
-lowercasing), `prepare_key` (a hash of that and every option), `val_fraction` and `lowercase`.
+text, for bits per byte), `train_documents`, `val_documents`, `shards` (per split, a list of
+`{"file", "tokens", "sha256"}`), `source` (a description), `source_fingerprint`,
+`prepare_key` (a hash of that and every option), `val_fraction` and `lowercase`. Folders of
+format 1 (one `train.bin` and one `val.bin`, no `shards`) still load.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gptscratch.data.shards import TokenSplit
 from gptscratch.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer
 from gptscratch.errors import UserError
-from gptscratch.files import atomic_file, claim, foreign_entries
+from gptscratch.files import (
+    atomic_file,
+    cache_dir,
+    claim,
+    foreign_entries,
+    sha256_bytes,
+    sha256_file,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 META_FILE = "meta.json"
-TRAIN_FILE = "train.bin"
-VAL_FILE = "val.bin"
 TOKENIZER_FILE = "tokenizer.json"
+SPLITS = ("train", "val")
+# Token files gptscratch writes (format 1's two, format 2's shards): the only ones it removes.
+_TOKEN_FILE = re.compile(r"(train|val)(-\d{5})?\.bin")
 
-TokenArray = np.memmap[Any, np.dtype[Any]]
+
+# What the trainer and evaluation read ids from: a split of shards, or any 1-D int array.
+Tokens = np.ndarray | TokenSplit
 
 
 @dataclass(frozen=True)
@@ -40,8 +57,8 @@ class PreparedData:
     """A prepared folder: its `meta.json` contents and its tokenizer.
 
     Attributes:
-        dir: The folder holding `train.bin`, `val.bin`, `tokenizer.json` and `meta.json`.
-        meta: The parsed `meta.json` (see `prepare` for its keys).
+        dir: The folder holding the token shards, `tokenizer.json` and `meta.json`.
+        meta: The parsed `meta.json` (see the module's docstring for its keys).
         tokenizer: The tokenizer the ids were made with.
     """
 
@@ -49,13 +66,27 @@ class PreparedData:
     meta: dict[str, Any]
     tokenizer: Tokenizer
 
-    def train_tokens(self) -> TokenArray:
-        """Memory-map the training ids: shape (train_tokens,), dtype `meta["dtype"]`."""
-        return np.memmap(self.dir / TRAIN_FILE, dtype=np.dtype(self.meta["dtype"]), mode="r")
+    def tokens(self, split: str) -> TokenSplit:
+        """Memory-map a split's ids ("train" or "val") as one array of `meta["dtype"]`."""
+        dtype = np.dtype(self.meta["dtype"])
+        return TokenSplit([np.memmap(self.dir / s["file"], dtype=dtype, mode="r")
+                           for s in shards_of(self.meta)[split] if s["tokens"]])
 
-    def val_tokens(self) -> TokenArray:
-        """Memory-map the validation ids: shape (val_tokens,), dtype `meta["dtype"]`."""
-        return np.memmap(self.dir / VAL_FILE, dtype=np.dtype(self.meta["dtype"]), mode="r")
+    def train_tokens(self) -> TokenSplit:
+        """The training ids, shape (train_tokens,)."""
+        return self.tokens("train")
+
+    def val_tokens(self) -> TokenSplit:
+        """The validation ids, shape (val_tokens,)."""
+        return self.tokens("val")
+
+
+def shards_of(meta: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Each split's shards, `[{"file", "tokens", ...}]`; format 1's single files as one shard."""
+    if meta.get("format_version") == 1:
+        return {s: [{"file": f"{s}.bin", "tokens": meta[f"{s}_tokens"]}] for s in SPLITS}
+    shards: dict[str, list[dict[str, Any]]] = meta["shards"]
+    return shards
 
 
 def token_dtype(vocab_size: int) -> np.dtype[Any]:
@@ -63,22 +94,40 @@ def token_dtype(vocab_size: int) -> np.dtype[Any]:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def write_prepared(
-    out: Path, train: np.ndarray, val: np.ndarray, tok: Tokenizer, meta: dict[str, Any]
-) -> None:
-    """Write the four files, each atomically, with `meta.json` removed first and written last,
-    into a folder marked as gptscratch's (`check_output_folder` has vouched for it)."""
-    claim(out, "prepared data")
-    (out / META_FILE).unlink(missing_ok=True)  # the folder is "not prepared" until the end
-    for name, ids in ((TRAIN_FILE, train), (VAL_FILE, val)):
-        with atomic_file(out / name, size=ids.nbytes) as tmp, open(tmp, "wb") as f:
-            # f.write (unlike ndarray.tofile) keeps the errno of a failed write; in pieces,
-            # so a large corpus is never copied whole
-            for start in range(0, len(ids), 1 << 24):
-                f.write(ids[start:start + (1 << 24)].tobytes())
+def remove_token_files(out: Path) -> None:
+    """Delete the token files of an earlier prepare in a folder of ours (nothing else)."""
+    for path in out.iterdir():
+        if _TOKEN_FILE.fullmatch(path.name) and path.is_file():
+            path.unlink()
+
+
+def write_meta(out: Path, tok: Tokenizer, meta: dict[str, Any]) -> None:
+    """Write `tokenizer.json`, then `meta.json` (last: it marks the folder complete)."""
     save_tokenizer(tok, out / TOKENIZER_FILE)
     with atomic_file(out / META_FILE) as tmp:
         tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def start_writing(out: Path) -> None:
+    """Make `out` ours and "not prepared" (no `meta.json`) with no old token files, before the
+    first shard is written (`check_output_folder` has vouched for it)."""
+    claim(out, "prepared data")
+    (out / META_FILE).unlink(missing_ok=True)
+    remove_token_files(out)
+
+
+def default_prepared_dir(source: str, tokenizer: str, hf_dataset: str | None = None) -> Path:
+    """Return the folder `prepare` uses when no `out_dir` is given: one per input and tokenizer.
+
+    It sits under `cache_dir()/prepared/`, named after the input plus a short hash of its full
+    path (so two `input.txt` in different folders do not collide).
+    """
+    name = hf_dataset or source
+    full = name if hf_dataset or name == "shakespeare" else str(Path(name).expanduser().resolve())
+    stem = "".join(c if c.isalnum() or c in "-." else "-" for c in Path(name).name)[:40]
+    digest = sha256_bytes(full.encode("utf-8"))[:8]
+    spec = tokenizer.strip().lower().replace(":", "")
+    return cache_dir() / "prepared" / f"{stem or 'data'}-{digest}-{spec}"
 
 
 def check_context_fits(train_tokens: int, val_tokens: int, context: int) -> None:
@@ -115,12 +164,16 @@ def is_prepared_dir(path: Path | str) -> bool:
     return (Path(path) / META_FILE).is_file()
 
 
-def load_prepared(dir: Path | str) -> PreparedData:
+def load_prepared(dir: Path | str, *, verify: bool = False) -> PreparedData:
     """Open a folder written by `prepare`, checking that its files are whole.
 
+    Args:
+        dir: The folder.
+        verify: Also check every shard's sha256 against `meta.json` (reads all the data).
+
     Raises:
-        UserError: No `meta.json`, an unknown format, or token files whose sizes do not
-            match the token counts in `meta.json`, or a tokenizer that does not match.
+        UserError: No `meta.json`, an unknown format, shards whose names, sizes or hashes do
+            not match `meta.json`, or a tokenizer that does not match.
     """
     folder = Path(dir)
     redo = "run prepare on the text again"
@@ -129,31 +182,44 @@ def load_prepared(dir: Path | str) -> PreparedData:
     try:
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
         version = meta["format_version"]
+        if version not in READABLE_VERSIONS:
+            raise UserError(f"'{folder}' was prepared in format {version}, this gptscratch "
+                            f"reads formats {READABLE_VERSIONS}; {redo}")
         dtype = np.dtype(meta["dtype"])
-        counts = {TRAIN_FILE: meta["train_tokens"], VAL_FILE: meta["val_tokens"]}
+        shards = shards_of(meta)
         fingerprint = meta["tokenizer_fingerprint"]
-        numbers = [*counts.values(), meta["vocab_size"], meta["train_bytes"], meta["val_bytes"]]
+        numbers = [meta["train_tokens"], meta["val_tokens"], meta["vocab_size"],
+                   meta["train_bytes"], meta["val_bytes"]]
+        numbers += [s["tokens"] for split in SPLITS for s in shards[split]]
+        names = [s["file"] for split in SPLITS for s in shards[split]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"'{folder / META_FILE}' is damaged ({exc!r:.120}); {redo}") from None
     if (dtype.name not in ("uint16", "uint32") or not isinstance(fingerprint, str)
-            or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in numbers)):
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in numbers)
+            or any(not isinstance(n, str) or not _TOKEN_FILE.fullmatch(n) for n in names)):
         raise UserError(f"'{folder / META_FILE}' holds values of the wrong type or range (a "
-                        f"token type {dtype.name}, counts {numbers}); it is damaged; {redo}")
-    if version != FORMAT_VERSION:
-        raise UserError(
-            f"'{folder}' was prepared in format {version}, this gptscratch reads "
-            f"format {FORMAT_VERSION}; {redo}"
-        )
-    for name, count in counts.items():
-        path = folder / name
-        size = path.stat().st_size if path.is_file() else None
-        if size != count * dtype.itemsize:
-            found = "is missing" if size is None else f"has {size} bytes"
-            raise UserError(
-                f"'{path}' {found} but {META_FILE} expects {count} {dtype.name} tokens "
-                f"({count * dtype.itemsize} bytes); {redo}"
-            )
+                        f"token type {dtype.name}, counts {numbers[:5]}, files {names[:4]}); "
+                        f"it is damaged; {redo}")
+    for split in SPLITS:
+        if sum(s["tokens"] for s in shards[split]) != meta[f"{split}_tokens"]:
+            raise UserError(f"'{folder / META_FILE}' lists {split} shards that do not add up "
+                            f"to its {split}_tokens; it is damaged; {redo}")
+        for shard in shards[split]:
+            _check_shard(folder / shard["file"], shard, dtype, verify, redo)
     tok = load_tokenizer(folder / TOKENIZER_FILE)
     if tok.fingerprint() != fingerprint:
         raise UserError(f"'{folder / TOKENIZER_FILE}' does not match {META_FILE}; {redo}")
     return PreparedData(dir=folder, meta=meta, tokenizer=tok)
+
+
+def _check_shard(path: Path, shard: dict[str, Any], dtype: np.dtype[Any], verify: bool,
+                 redo: str) -> None:
+    count = shard["tokens"]
+    size = path.stat().st_size if path.is_file() else None
+    if size != count * dtype.itemsize:
+        found = "is missing" if size is None else f"has {size} bytes"
+        raise UserError(f"'{path}' {found} but {META_FILE} expects {count} {dtype.name} "
+                        f"tokens ({count * dtype.itemsize} bytes); {redo}")
+    if verify and "sha256" in shard and sha256_file(path) != shard["sha256"]:
+        raise UserError(f"'{path}' does not match its sha256 in {META_FILE}: it changed "
+                        f"after it was written; {redo}")

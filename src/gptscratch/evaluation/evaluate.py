@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from gptscratch.data.batches import get_batch
+from gptscratch.data.token_files import Tokens
 from gptscratch.model.gpt import GPT, lm_loss
 
 AutocastFactory = Callable[[], contextlib.AbstractContextManager[None]]
@@ -27,7 +28,7 @@ AutocastFactory = Callable[[], contextlib.AbstractContextManager[None]]
 @torch.no_grad()
 def estimate_loss(
     model: torch.nn.Module,
-    tokens: np.ndarray,
+    tokens: Tokens,
     *,
     batch_size: int,
     block_size: int,
@@ -88,7 +89,7 @@ class EvalResult:
 @torch.no_grad()
 def evaluate_tokens(
     model: GPT,
-    tokens: np.ndarray,
+    tokens: Tokens,
     *,
     num_bytes: int | None = None,
     batch_size: int = 16,

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from gptscratch.checkpoints.checkpoint import Checkpoint, load_weights
-from gptscratch.data.token_files import PreparedData, TokenArray, check_context_fits
+from gptscratch.data.shards import TokenSplit
+from gptscratch.data.token_files import PreparedData, check_context_fits
 from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
@@ -76,8 +77,8 @@ class TrainState:
     """Everything the loop reads and advances; what a checkpoint records comes from here."""
 
     data: PreparedData
-    train_tokens: TokenArray
-    val_tokens: TokenArray
+    train_tokens: TokenSplit
+    val_tokens: TokenSplit
     model_config: ModelConfig
     config: TrainConfig
     out_dir: Path
@@ -155,7 +156,7 @@ def check_run(data: PreparedData, model_config: ModelConfig) -> None:
     check_context_fits(int(data.meta["train_tokens"]), int(data.meta["val_tokens"]),
                        model_config.block_size)
     for split in (data.train_tokens(), data.val_tokens()):
-        if len(split) and int(split.max()) >= model_config.vocab_size:  # one pass: ~0.3 s/GB
+        if len(split) and split.max() >= model_config.vocab_size:  # one pass: ~0.3 s/GB
             raise UserError(f"'{data.dir}' holds token ids beyond its vocabulary of "
                             f"{model_config.vocab_size}; it is damaged: prepare the data again")
 

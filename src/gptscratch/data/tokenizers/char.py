@@ -2,28 +2,31 @@
 
 The simplest tokenizer, and the one the `shakespeare-char` preset learns from: the vocabulary
 is the sorted set of characters in the text, so every id is a letter, digit or punctuation
-mark a learner can read.
+mark a learner can read. A corpus of several documents adds one last id for `<|endoftext|>`,
+the token that ends each document; a single text (the built-in plays) needs none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from gptscratch.data.tokenizers.base import fingerprint_of
+from gptscratch.data.tokenizers.base import EOT, fingerprint_of
 from gptscratch.errors import UserError
 
 
 class CharTokenizer:
-    """One id per character; the vocabulary is the sorted set of the corpus characters."""
+    """One id per character; the vocabulary is the sorted set of the corpus characters, then
+    `<|endoftext|>` (id `len(chars)`) when `eot` is set."""
 
     kind = "char"
 
-    def __init__(self, chars: Sequence[str]) -> None:
+    def __init__(self, chars: Sequence[str], eot: bool = False) -> None:
         """Build from the vocabulary, which must be distinct single characters in sorted order."""
         self._chars = list(chars)
+        self._eot = eot
         if not self._chars or any(len(c) != 1 for c in self._chars):
             raise UserError("a char vocabulary needs at least one single-character entry")
         if self._chars != sorted(set(self._chars)):
@@ -33,22 +36,29 @@ class CharTokenizer:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CharTokenizer:
         """Rebuild from `to_dict()`'s form."""
-        return cls(d["chars"])
+        eot = d.get("eot", False)
+        if not isinstance(eot, bool):
+            raise UserError(f"a saved char tokenizer's 'eot' must be true or false, not {eot!r}")
+        return cls(d["chars"], eot=eot)
 
     @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        """Build the vocabulary from every character that appears in `text`."""
-        if not text:
+    def from_text(cls, text: str | Iterable[str], eot: bool = False) -> CharTokenizer:
+        """Build the vocabulary from every character in `text` (a string, or a stream of
+        pieces), plus `<|endoftext|>` if `eot`."""
+        chars: set[str] = set()
+        for piece in [text] if isinstance(text, str) else text:
+            chars.update(piece)
+        if not chars:
             raise UserError("the char tokenizer needs training text; give a non-empty input")
-        return cls(sorted(set(text)))
+        return cls(sorted(chars), eot=eot)
 
     @property
     def vocab_size(self) -> int:
-        return len(self._chars)
+        return len(self._chars) + self._eot
 
     @property
     def eot_id(self) -> int | None:
-        return None
+        return len(self._chars) if self._eot else None
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.encode_array(text).tolist()
@@ -73,10 +83,14 @@ class CharTokenizer:
         return ids.astype(np.int32)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return "".join(self._chars[i] for i in ids)
+        n = len(self._chars)
+        return "".join(self._chars[i] if i != n else EOT for i in ids)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "chars": list(self._chars)}
+        d: dict[str, Any] = {"kind": self.kind, "chars": list(self._chars)}
+        if self._eot:  # absent otherwise: older vocabularies keep their fingerprint
+            d["eot"] = True
+        return d
 
     def fingerprint(self) -> str:
         return fingerprint_of(self.to_dict())

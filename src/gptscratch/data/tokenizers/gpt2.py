@@ -118,6 +118,7 @@ class GPT2Tokenizer:
 
     def __init__(self) -> None:
         self._enc = gpt2_encoding()
+        self.threads: int | None = None  # encode_array's threads (None: one per core)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPT2Tokenizer:
@@ -143,10 +144,10 @@ class GPT2Tokenizer:
 
     def encode_array(self, text: str) -> np.ndarray:
         """Encode `text` to an int32 array, on all cores over newline-aligned pieces."""
-        pieces = split_for_encoding(text, _CHUNK_CHARS)
+        pieces = split_for_encoding(text, _CHUNK_CHARS) if self.threads != 1 else [text]
         if len(pieces) <= 1:
             return np.asarray(self._enc.encode_ordinary(text), dtype=np.int32)
-        threads = min(len(pieces), os.cpu_count() or 1)
+        threads = min(len(pieces), self.threads or os.cpu_count() or 1)
         lists = self._enc.encode_ordinary_batch(pieces, num_threads=threads)
         return np.concatenate([np.asarray(ids, dtype=np.int32) for ids in lists])
 

@@ -50,6 +50,8 @@ def hf_tokenizer_json(tok: Tokenizer) -> str:
                                           unk_token=None))
         hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
         hf.decoder = decoders.Fuse()  # join the characters back with nothing between them
+        if tok.eot_id is not None:
+            hf.add_special_tokens([EOT])  # the next id, len(chars), as in ours
         return str(hf.to_str())
     raise UserError(f"cannot export a {tok.kind!r} tokenizer; expected char, gpt2 or bpe")
 
@@ -111,7 +113,10 @@ def tokenizer_from_hf_dir(folder: Path) -> Tokenizer | None:
             chars = sorted(model["vocab"], key=model["vocab"].__getitem__)
             if all(len(c) == 1 for c in chars) and chars == sorted(chars) and [
                     model["vocab"][c] for c in chars] == list(range(len(chars))):
-                return CharTokenizer(chars)
+                added = json.loads(text).get("added_tokens") or []
+                eot = any(isinstance(a, dict) and a.get("content") == EOT
+                          and a.get("id") == len(chars) for a in added)
+                return CharTokenizer(chars, eot=eot)
         raise UserError(f"'{path}' holds a {kind} tokenizer, which gptscratch cannot run; "
                         "it runs byte-level BPE (GPT-2's or trained) and char vocabularies")
     vocab, merges = folder / "vocab.json", folder / "merges.txt"

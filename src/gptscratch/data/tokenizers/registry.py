@@ -11,6 +11,7 @@ evaluation and checkpoints rebuild it with `tokenizer_from_dict` / `load_tokeniz
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,13 @@ def parse_tokenizer_spec(spec: str) -> tuple[str, int | None]:
     return kind, n
 
 
-def build_tokenizer(spec: str, text: str | None = None) -> Tokenizer:
+def build_tokenizer(spec: str, text: str | Iterable[str] | None = None) -> Tokenizer:
     """Build the tokenizer that `spec` names (`char`, `gpt2` or `bpe:N`).
 
     Args:
         spec: The tokenizer spec.
-        text: The corpus the `char` vocabulary or the `bpe` merges are learned from; not
-            needed for `gpt2`.
+        text: The corpus the `char` vocabulary or the `bpe` merges are learned from (a string
+            or a stream of pieces); not needed for `gpt2`.
     """
     kind, n = parse_tokenizer_spec(spec)
     if kind == "gpt2":

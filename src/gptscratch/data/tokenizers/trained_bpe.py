@@ -10,7 +10,7 @@ over newline-aligned pieces. The whole trained tokenizer travels as one JSON str
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,28 +57,26 @@ class BPETokenizer:
         return cls.from_json(d["tokenizer_json"])
 
     @classmethod
-    def train(cls, text: str, vocab_size: int) -> BPETokenizer:
+    def train(cls, text: str | Iterable[str], vocab_size: int) -> BPETokenizer:
         """Train a byte-level BPE with `vocab_size` ids (at most) on `text`.
 
         Args:
-            text: Training text; fed to the trainer in pieces, never through a temp file.
+            text: Training text, or a stream of pieces of it (cut where
+                `split_for_encoding` cuts); fed to the trainer in pieces, never through a
+                temp file.
             vocab_size: Requested vocabulary size, `<|endoftext|>` included. A small corpus
                 may support fewer merges, giving a smaller vocabulary (logged as a warning).
         """
-        if not text:
-            raise UserError("the bpe tokenizer needs training text; give a non-empty input")
         from tokenizers import ByteLevelBPETokenizer
 
-        pieces = split_for_encoding(text, _TRAIN_CHUNK_CHARS)
+        seen = [0]  # characters fed to the trainer
+        pieces = _counted(split_for_encoding(text, _TRAIN_CHUNK_CHARS)
+                          if isinstance(text, str) else text, seen)
         trainer = ByteLevelBPETokenizer()
-        trainer.train_from_iterator(
-            pieces,
-            vocab_size=vocab_size,
-            min_frequency=2,
-            special_tokens=[EOT],
-            show_progress=False,
-            length=len(pieces),
-        )
+        trainer.train_from_iterator(pieces, vocab_size=vocab_size, min_frequency=2,
+                                    special_tokens=[EOT], show_progress=False)
+        if not seen[0]:
+            raise UserError("the bpe tokenizer needs training text; give a non-empty input")
         tok = cls.from_json(trainer.to_str())
         if tok.vocab_size < vocab_size:
             logger.warning(
@@ -113,3 +111,11 @@ class BPETokenizer:
 
     def fingerprint(self) -> str:
         return fingerprint_of(self.to_dict())
+
+
+def _counted(pieces: Iterable[str], seen: list[int]) -> Iterator[str]:
+    """The non-empty pieces, adding their length to `seen[0]`."""
+    for piece in pieces:
+        if piece:
+            seen[0] += len(piece)
+            yield piece

