@@ -200,3 +200,18 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Pat
     out = tmp_path_factory.mktemp("run") / "tiny"
     api.train("shakespeare-char", tiny_corpus, out, overrides={**TINY_MODEL, **TINY_TRAIN})
     return out
+
+
+@pytest.fixture
+def hf_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Import `datasets` in offline mode with its cache in tmp_path.
+
+    The offline flags are read at import time; another test module may have imported the
+    libraries already, so their config values are set directly as well.
+    """
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -262,3 +264,55 @@ def test_a_second_signal_inside_torch_save_exits_as_interrupted(
     monkeypatch.setitem(commands.COMMANDS, "train", train)
     assert main(["train", "--out", str(tmp_path / "o")]) == 143
     assert capsys.readouterr().err.strip().splitlines() == ["SIGTERM again: stopped at once"]
+
+
+def _folder_with(tmp_path: Path, name: str, data: bytes) -> Path:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "good.txt").write_text("A good document.\nIt has two lines.\n")
+    (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.mark.parametrize(("name", "data", "expected"), [
+    ("bad.txt", "caf\xe9\n".encode("latin-1"),
+     r"input file '.*bad.txt' is not valid UTF-8 \(bad byte at byte offset 3\).*"
+     r"--skip-bad-files"),
+    ("bad.jsonl", b'{"text": "fine"}\n{"text": broken}\n', r".*bad.jsonl:2 is not JSON"),
+    ("bad.jsonl", b'{"body": "no text field"}\n',
+     r".*bad.jsonl:1 has no 'text' field; its fields are: body \(choose one with "
+     r"--text-column\)"),
+    ("bad.parquet", b"PAR1 not really", r"'.*bad.parquet' is not a readable parquet file"),
+    ("bad.txt.gz", b"not gzip at all", r"cannot read input file '.*bad.txt.gz'"),
+])
+def test_bad_files_in_a_corpus(name: str, data: bytes, expected: str, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _folder_with(tmp_path, name, data)
+    out = tmp_path / "prepared"
+    line = run_cli(["prepare", "--data", str(folder), "--out", str(out)], capsys)
+    assert re.fullmatch(f"error: {expected}.*", line), line
+    assert not out.exists()  # nothing left, let alone something that looks prepared
+
+
+def test_skip_bad_files_skips_them_with_a_warning(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _folder_with(tmp_path, "bad.txt", "caf\xe9\n".encode("latin-1"))
+    (folder / "more.md").write_text("Another good document.\n")
+    out = tmp_path / "prepared"
+    assert main(["prepare", "--data", str(folder), "--out", str(out), "--skip-bad-files",
+                 "--tokenizer", "gpt2"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 file that is not UTF-8" in err and "bad.txt" in err
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["train_documents"] + meta["val_documents"] == 2
+
+
+def test_an_empty_corpus_after_filtering(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "blank.jsonl"
+    path.write_text('{"text": ""}\n{"text": "   "}\n{"text": null}\n')
+    for tokenizer in ("char", "gpt2", "bpe:300"):
+        line = run_cli(["prepare", "--data", str(path), "--tokenizer", tokenizer, "--out",
+                        str(tmp_path / "out")], capsys)
+        assert line == f"error: input file '{path}' is empty; give text with some content"
+        assert not (tmp_path / "out").exists()

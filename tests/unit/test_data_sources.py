@@ -18,21 +18,6 @@ from gptscratch.files import sha256_bytes
 pytestmark = pytest.mark.usefixtures("private_cache")
 
 
-@pytest.fixture
-def hf_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Import `datasets` in offline mode with its cache in tmp_path.
-
-    The offline flags are read at import time; another test module may have imported the
-    libraries already, so their config values are set directly as well.
-    """
-    import datasets
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
-
-
 def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

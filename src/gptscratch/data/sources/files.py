@@ -106,7 +106,7 @@ def _file_documents(path: Path, column: str, skip_bad: bool,
     kind, compression = _kind(path)
     try:
         if kind == "text":
-            pieces = _guarded(text_pieces(path, compression), path, skip_bad)
+            pieces = _guarded(text_pieces(path, compression), path, skip_bad, skipped)
             first = next(pieces, None)  # the first megabyte: a bad file fails here, early
             if first is not None:
                 yield Document(str(path), _chain(first, pieces))
@@ -123,15 +123,22 @@ def _file_documents(path: Path, column: str, skip_bad: bool,
         raise UserError(f"cannot read input file '{path}' ({exc}); check it") from exc
 
 
-def _guarded(pieces: Iterator[str], path: Path, skip_bad: bool) -> Iterator[str]:
+def _guarded(pieces: Iterator[str], path: Path, skip_bad: bool,
+             skipped: list[str]) -> Iterator[str]:
     """A text file's pieces; an error after the first one (the file is read as it streams)
     becomes a one-line UserError, or with `skip_bad` ends the document where it happened."""
+    started = False
     try:
-        yield from pieces
+        for piece in pieces:
+            started = True
+            yield piece
     except NotUtf8 as exc:
+        if not started:
+            raise  # before any text: the caller skips the whole file, or stops
         if not skip_bad:
             raise UserError(_not_utf8(exc)) from None
         logger.warning("%s: kept the text before it, skipped the rest of the file", exc)
+        skipped.append(str(path))
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise UserError(f"cannot read input file '{path}' ({exc}); check it") from exc
 

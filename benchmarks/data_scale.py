@@ -1,0 +1,264 @@
+"""Preparing corpora larger than memory: gptscratch's streaming `prepare` against the machine's
+limit and against nanoGPT's approach, with the GPT-2 tokenizer, on corpora generated here.
+
+Rows, each on the same documents in the same run:
+- ours: `gptscratch prepare --data FOLDER --tokenizer gpt2 --workers N` as a subprocess;
+- tiktoken in memory (the limit): every document already in memory, then tiktoken's
+  `encode_ordinary_batch` on all cores (only the encoding is timed; its memory is the corpus);
+- nanoGPT's approach (`data/openwebtext/prepare.py`): `datasets` `load_dataset` +
+  `map(num_proc=N)` with tiktoken, then one uint16 memmap written in batches (with its own
+  Hugging Face cache, which it fills with Arrow files).
+Wall time, MB/s of text, and peak RSS of the whole process tree (sampled from /proc every
+0.1 s). Ours is also run on a corpus twice the size, to show memory does not grow with it,
+and on one large single file. Token counts are checked: ours must equal tiktoken's
+per-document counts plus one end-of-text token per document.
+
+    python benchmarks/data_scale.py                       # 2 GB and 1 GB folders, 500 MB file
+    python benchmarks/data_scale.py --gb 0.1 --repeats 1  # a quick look
+
+Prints a table and writes benchmarks/results/data_scale.json. Run it alone: it keeps both
+cores busy, and needs about 3x the largest corpus in free disk space.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "data_scale.json"
+MB = 2**20
+
+IN_MEMORY = r"""
+import json, sys, time
+from pathlib import Path
+from gptscratch.data.tokenizers.gpt2 import gpt2_encoding
+files = sorted(Path(sys.argv[1]).glob("*.txt"))
+docs = [f.read_text(encoding="utf-8") for f in files]
+enc = gpt2_encoding()
+started = time.perf_counter()
+ids = enc.encode_ordinary_batch(docs, num_threads=int(sys.argv[2]))
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "counts": [len(x) for x in ids]}))
+"""
+
+NANOGPT = r"""
+import sys
+from pathlib import Path
+import numpy as np
+from datasets import load_dataset
+from gptscratch.data.tokenizers.gpt2 import gpt2_encoding
+folder, workers, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+enc = gpt2_encoding()
+def process(example):
+    ids = enc.encode_ordinary(example["text"]) + [enc.eot_token]
+    return {"ids": ids, "len": len(ids)}
+files = sorted(str(p) for p in Path(folder).glob("*.txt"))
+ds = load_dataset("text", data_files=files, sample_by="document", split="train",
+                  num_proc=workers)
+tokenized = ds.map(process, remove_columns=["text"], num_proc=workers)
+total = int(np.sum(tokenized["len"], dtype=np.uint64))
+arr = np.memmap(out, dtype=np.uint16, mode="w+", shape=(total,))
+index = 0
+shards = min(64, len(tokenized))
+for i in range(shards):
+    batch = tokenized.shard(num_shards=shards, index=i, contiguous=True).with_format("numpy")
+    ids = np.concatenate(batch["ids"])
+    arr[index:index + len(ids)] = ids
+    index += len(ids)
+arr.flush()
+print(total)
+"""
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of `root` and all its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    total = 0
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run `cmd`; its wall time, peak process-tree RSS and stdout."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    peak = [0]
+
+    def watch() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - started
+    watcher.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} failed ({proc.returncode}): {err[-2000:]}")
+    return {"seconds": seconds, "peak_rss": peak[0], "stdout": out}
+
+
+def make_corpus(folder: Path, total_bytes: int, documents: int, seed: int) -> int:
+    """Write `documents` text files of about `total_bytes` in all, each made of blocks of
+    consecutive lines of the built-in plays in a shuffled order; returns the bytes written."""
+    from gptscratch.data.shakespeare import shakespeare_text
+
+    lines = shakespeare_text().splitlines(keepends=True)
+    blocks = ["".join(lines[i:i + 40]) for i in range(0, len(lines), 40)]
+    rng = random.Random(seed)
+    folder.mkdir(parents=True)
+    per_doc = total_bytes // documents
+    written = 0
+    for d in range(documents):
+        parts, size = [], 0
+        while size < per_doc:
+            block = rng.choice(blocks)
+            parts.append(block)
+            size += len(block.encode("utf-8"))
+        (folder / f"doc-{d:05d}.txt").write_text("".join(parts), encoding="utf-8")
+        written += size
+    return written
+
+
+def ours(data: Path, out: Path, workers: int) -> dict[str, Any]:
+    run = measure([sys.executable, "-m", "gptscratch", "prepare", "--data", str(data),
+                   "--tokenizer", "gpt2", "--out", str(out), "--workers", str(workers),
+                   "--force", "--quiet"])
+    meta = json.loads((out / "meta.json").read_text())
+    run["tokens"] = meta["train_tokens"] + meta["val_tokens"]
+    run["documents"] = meta["train_documents"] + meta["val_documents"]
+    run["shards"] = len(meta["shards"]["train"]) + len(meta["shards"]["val"])
+    return run
+
+
+def in_memory(folder: Path, workers: int) -> dict[str, Any]:
+    run = measure([sys.executable, "-c", IN_MEMORY, str(folder), str(workers)])
+    result = json.loads(run["stdout"])
+    run.update(encode_seconds=result["seconds"], counts=result["counts"])
+    return run
+
+
+def nanogpt(folder: Path, workers: int, scratch: Path) -> dict[str, Any]:
+    cache = scratch / "hf-cache"
+    run = measure([sys.executable, "-c", NANOGPT, str(folder), str(workers),
+                   str(scratch / "nanogpt.bin")],
+                  env={"HF_DATASETS_CACHE": str(cache), "HF_DATASETS_OFFLINE": "1",
+                       "HF_HUB_OFFLINE": "1"})
+    run["tokens"] = int(run["stdout"].strip())
+    shutil.rmtree(cache, ignore_errors=True)
+    (scratch / "nanogpt.bin").unlink(missing_ok=True)
+    return run
+
+
+def summary(runs: list[dict[str, Any]], size: int, key: str = "seconds") -> dict[str, Any]:
+    times = [r[key] for r in runs]
+    rss = [r["peak_rss"] for r in runs]
+    return {"runs": len(runs), "seconds": statistics.median(times), "seconds_min": min(times),
+            "seconds_max": max(times), "mb_per_s": size / MB / statistics.median(times),
+            "peak_rss_mb": max(rss) / MB, "peak_rss_mb_each": [round(r / MB) for r in rss]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gb", type=float, default=2.0, help="size of the main corpus")
+    parser.add_argument("--documents", type=int, default=600)
+    parser.add_argument("--single-gb", type=float, default=0.5, help="size of the one file")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--scratch", type=Path, default=None, help="where corpora are written")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="data-scale-", dir=args.scratch))
+    rows: dict[str, Any] = {}
+    try:
+        big, half, single = scratch / "big", scratch / "half", scratch / "single"
+        size = make_corpus(big, int(args.gb * 2**30), args.documents, seed=1)
+        half_size = make_corpus(half, int(args.gb * 2**29), args.documents // 2, seed=2)
+        single_size = make_corpus(single, int(args.single_gb * 2**30), 1, seed=3)
+        print(f"corpora: {size / MB:,.0f} MB in {args.documents} documents, "
+              f"{half_size / MB:,.0f} MB in {args.documents // 2}, one file of "
+              f"{single_size / MB:,.0f} MB", flush=True)
+        limit = [in_memory(big, args.workers) for _ in range(args.repeats)]
+        rows["tiktoken in memory"] = summary(limit, size, "encode_seconds")
+        expected = sum(limit[0]["counts"]) + args.documents
+        ours_runs = [ours(big, scratch / "out", args.workers) for _ in range(args.repeats)]
+        rows["ours"] = summary(ours_runs, size)
+        rows["ours"]["tokens_match_tiktoken_plus_eot"] = all(
+            r["tokens"] == expected for r in ours_runs)
+        rows["ours"]["shards"] = ours_runs[0]["shards"]
+        nano = [nanogpt(big, args.workers, scratch) for _ in range(args.repeats)]
+        rows["nanoGPT's approach"] = summary(nano, size)
+        rows["nanoGPT's approach"]["tokens_match"] = all(r["tokens"] == expected for r in nano)
+        shutil.rmtree(scratch / "out", ignore_errors=True)
+        rows["ours, half the corpus"] = summary(
+            [ours(half, scratch / "out", args.workers) for _ in range(args.repeats)], half_size)
+        shutil.rmtree(scratch / "out", ignore_errors=True)
+        rows["ours, one file"] = summary(
+            [ours(single / "doc-00000.txt", scratch / "out", args.workers)
+             for _ in range(args.repeats)], single_size)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    report(rows, args, size, half_size, single_size)
+
+
+def report(rows: dict[str, Any], args: argparse.Namespace, size: int, half_size: int,
+           single_size: int) -> None:
+    sizes = {"ours, half the corpus": half_size, "ours, one file": single_size}
+    print("\n| Row | Text | Runs | Seconds (median, min-max) | MB/s | Peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        text = sizes.get(name, size) / MB
+        print(f"| {name} | {text:,.0f} MB | {row['runs']} | {row['seconds']:.1f} "
+              f"({row['seconds_min']:.1f}-{row['seconds_max']:.1f}) | {row['mb_per_s']:.1f} | "
+              f"{row['peak_rss_mb']:,.0f} MB |")
+    ours_rate, limit_rate = rows["ours"]["mb_per_s"], rows["tiktoken in memory"]["mb_per_s"]
+    print(f"\nours / tiktoken in memory: {ours_rate / limit_rate:.2f}x (target >= 0.8); "
+          f"tokens equal tiktoken's plus one <|endoftext|> per document: "
+          f"{rows['ours']['tokens_match_tiktoken_plus_eot']}")
+    RESULTS.write_text(json.dumps({
+        "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "command": " ".join(["python", *sys.argv]),
+        "workers": args.workers, "documents": args.documents, "rows": rows,
+        "ours_over_tiktoken": ours_rate / limit_rate,
+    }, indent=2) + "\n")
+    print(f"wrote {RESULTS.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
