@@ -1,10 +1,10 @@
 """Every example command in the README runs as written, shortened.
 
 The commands are read from the README's bash blocks, in order, and run in a shell in a fresh
-folder that holds the inputs they name (`my_text.txt`, `my_corpus/`, `notes/`, `a.txt`,
-`b.txt`, all cut from the test corpus). Training is cut to a few steps and generation to 40
-tokens. A few cannot run here and are skipped, each for a reason: benchmarks (not examples),
-torchrun on 8 GPUs or 2 machines (multi-process training is tested in
+folder that holds the inputs they name (`my_text.txt`, `my_corpus/`, `notes/`, `big_folder/`,
+`a.txt`, `b.txt`, all cut from the test corpus). Training is cut to a few steps of batches
+of 2, and generation to 40 tokens. A few cannot run here and are skipped, each for a reason:
+benchmarks (not examples), torchrun on 8 GPUs or 2 machines (multi-process training is tested in
 `test_distributed_runs.py`), a CUDA device where there is none, and the Hugging Face Hub
 (offline: `import-hf openai-community/gpt2` reads a tiny local GPT-2 folder instead, so the
 fine-tuning commands after it run as written).
@@ -59,6 +59,8 @@ def shortened(command: str, hub_gpt2: Path) -> str:
         command = re.sub(r"--(max-iters|stop-at) \d+", "", command)
         command += (" --max-iters 8 --stop-at 4" if stopping else " --max-iters 6")
         command += " --eval-interval 3 --eval-iters 1 --max-time 0 --sample-tokens 20"
+        if "--batch-size" not in command:  # a GPT-2-vocabulary preset: 24 s a step at 16x2
+            command += " --batch-size 2 --grad-accum 1"
     if re.search(r"gptscratch (sample|chat)\b", command):
         command = re.sub(r"--max-new-tokens \d+", "", command) + " --max-new-tokens 40"
     return command
@@ -68,7 +70,8 @@ def make_inputs(folder: Path, hub_gpt2: Path) -> None:
     text = PLAYS.read_text(encoding="utf-8")
     (folder / "my_text.txt").write_text(text, encoding="utf-8")
     for sub, names in (("my_corpus", ["one.txt", "two.txt", "three.md"]),
-                       ("notes", ["a.txt", "b.txt"])):
+                       ("notes", ["a.txt", "b.txt"]),
+                       ("big_folder", ["part-1.txt", "part-2.txt", "part-3.txt"])):
         (folder / sub).mkdir()
         for i, name in enumerate(names):
             (folder / sub / name).write_text(text[i * 20_000:(i + 1) * 20_000], encoding="utf-8")

@@ -117,10 +117,11 @@ def test_hf_missing_column_lists_columns(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("hf_offline")
-def test_hf_hub_name_offline_fails_fast() -> None:
+@pytest.mark.parametrize("streaming", [False, True])
+def test_hf_hub_name_offline_fails_fast(streaming: bool) -> None:
     started = time.perf_counter()
     with pytest.raises(UserError) as info:
-        read_text_source("", hf_dataset="roneneldan/TinyStories")
+        read_text_source("", hf_dataset="roneneldan/TinyStories", hf_streaming=streaming)
     assert time.perf_counter() - started < 1.0
     assert str(info.value) == (
         "could not load Hugging Face dataset 'roneneldan/TinyStories': offline and not in the "

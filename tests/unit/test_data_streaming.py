@@ -290,9 +290,36 @@ def test_a_bad_file_mid_stream_is_one_line_or_skipped(tmp_path: Path,
 
 
 def test_prepare_option_errors(folder: Path, tmp_path: Path) -> None:
-    for kwargs, needle in (({"workers": 0}, "workers"), ({"bpe_sample_mb": 0}, "bpe_sample"),
+    for kwargs, needle in (({"workers": 0}, "workers"), ({"workers": 10_000}, "4 per core"),
+                           ({"bpe_sample_mb": 0}, "bpe_sample"),
+                           ({"bpe_sample_mb": float("inf")}, "bpe_sample"),
+                           ({"bpe_sample_mb": float("nan")}, "bpe_sample"),
                            ({"val_fraction": 1.0}, "between 0 and 1")):
         with pytest.raises(UserError, match=needle):
             prepare(str(folder), "gpt2", tmp_path / "out", **kwargs)  # type: ignore[arg-type]
     assert not (tmp_path / "out").exists()
     assert prepare_module.DEFAULT_BPE_SAMPLE_MB > 0
+
+
+def test_whole_corpus_readers_take_it_a_piece_at_a_time(folder: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Script mode's speaker scan and the embedding picture's token counts read the corpus in
+    pieces; the copy check refuses a corpus too large to index, in one line."""
+    from gptscratch.api import understanding
+    from gptscratch.generation import script
+    from gptscratch.viz.embeddings import frequent_token_ids
+
+    data = prepare(str(folder), "char", tmp_path / "out")
+    whole = np.concatenate([data.train_tokens(), data.val_tokens()])
+    counts = np.bincount(np.asarray(data.train_tokens()), minlength=data.tokenizer.vocab_size)
+    assert frequent_token_ids(data.dir, 5).tolist() == np.argsort(
+        -counts, kind="stable")[:5].tolist()
+    monkeypatch.setattr(script, "_SCAN_CHUNK", 1000)
+    pieces = list(script._corpus_text(data))
+    assert len(pieces) > 5 and "".join(pieces) == data.tokenizer.decode(whole.tolist())
+    monkeypatch.setattr(script, "_SCAN_TOKENS", 3000)
+    assert len(list(script._corpus_text(data))) == 3
+    assert understanding.corpus_index(data.dir) is not None
+    monkeypatch.setattr(understanding, "COPY_CHECK_MAX_TOKENS", 100)
+    with pytest.raises(UserError, match="indexes the whole training text in memory"):
+        understanding.corpus_index(data.dir)

@@ -92,6 +92,10 @@ def explain(ckpt: ModelSource, prompt: str, *, device: str = "auto") -> list[Sta
     return explain_prompt(model, tokenizer, prompt)
 
 
+# About 400 MB of text: the index of a larger corpus would not fit a laptop's memory.
+COPY_CHECK_MAX_TOKENS = 100_000_000
+
+
 def corpus_index(source: str | Path) -> CorpusIndex:
     """An index of a training corpus for `check_copy`: from a checkpoint or run directory (its
     training split), a prepared data directory (its train.bin), or a raw text source."""
@@ -103,7 +107,14 @@ def corpus_index(source: str | Path) -> CorpusIndex:
                             "corpus itself (a text file or prepared directory)")
     if is_prepared_dir(where):
         prepared = load_prepared(where)
-        text = prepared.tokenizer.decode(np.asarray(prepared.train_tokens()).tolist())
+        tokens = prepared.train_tokens()
+        if len(tokens) > COPY_CHECK_MAX_TOKENS:
+            raise UserError(f"the copy check indexes the whole training text in memory, and "
+                            f"'{where}' holds {len(tokens):,} training ids (the limit is "
+                            f"{COPY_CHECK_MAX_TOKENS:,}); check against a part of it from "
+                            "Python: api.check_copy(api.corpus_index('part.txt'), text)")
+        text = "".join(prepared.tokenizer.decode(np.asarray(tokens[i:i + 1_000_000]).tolist())
+                       for i in range(0, len(tokens), 1_000_000))
     else:
         text, _ = read_text_source(where)
     return CorpusIndex(text)

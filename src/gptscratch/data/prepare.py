@@ -142,7 +142,11 @@ def _write_folder(out: Path, tok: Tokenizer, src: Source, options: dict[str, Any
     """Write the shards, the tokenizer and, last, `meta.json` (returned). On any failure the
     token files are removed (and the folder too, if this call made it): nothing is left that
     looks prepared."""
-    created = not out.exists()
+    made = None  # the highest folder this call creates, if any
+    if not out.exists():
+        made = out
+        while not made.parent.exists():
+            made = made.parent
     start_writing(out)
     remove_leftovers(out)
     try:
@@ -156,8 +160,8 @@ def _write_folder(out: Path, tok: Tokenizer, src: Source, options: dict[str, Any
         }
         write_meta(out, tok, meta)  # last: from here on the folder is prepared
     except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)  # made by this call, holds only its files
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)  # made by this call, holds only its files
         else:
             remove_token_files(out)
         raise
@@ -169,11 +173,12 @@ def _check_options(val_fraction: float, workers: int | None, bpe_sample_mb: floa
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction ({val_fraction}) must be between 0 and 1 "
                         "(exclusive); try 0.1")
+    cores = default_workers()
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
-        raise UserError(f"workers ({workers!r}) must be a whole number >= 1; try "
-                        f"--workers {default_workers()}")
-    if not bpe_sample_mb > 0:
+                                or not 1 <= workers <= 4 * cores):
+        raise UserError(f"workers ({workers!r}) must be a whole number from 1 to {4 * cores} "
+                        f"(4 per core: more only costs memory); try --workers {cores}")
+    if not 0 < bpe_sample_mb < float("inf"):
         raise UserError(f"bpe_sample ({bpe_sample_mb}) must be a positive number of "
                         "megabytes; try --bpe-sample 200")
     if shard_tokens < 1:

@@ -17,14 +17,14 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from gptscratch.checkpoints.checkpoint import Checkpoint
-from gptscratch.data.token_files import is_prepared_dir, load_prepared
+from gptscratch.data.token_files import PreparedData, is_prepared_dir, load_prepared
 from gptscratch.errors import UserError
 from gptscratch.files import atomic_file
 
@@ -33,6 +33,8 @@ log = logging.getLogger("gptscratch")
 # A speaker name: starts with a capital, then up to ~40 name characters ("FIRST CITIZEN",
 # "Lady Capulet", "MR. DARCY"). It never contains a colon.
 _NAME = r"[A-Z][A-Za-z0-9' .,&-]{0,40}"
+# Script mode finds a corpus's speakers in its first 50M ids, decoded a million at a time.
+_SCAN_CHUNK, _SCAN_TOKENS = 1_000_000, 50_000_000
 _LINE_LABEL = re.compile(rf"(?:^|\n)\n(?P<name>{_NAME}):[ \t]*\n")
 _INLINE_LABEL = re.compile(rf"(?m)^(?P<name>{_NAME}): +\S")
 
@@ -96,16 +98,19 @@ class NameShape:
         return all(w[0].isupper() or w in self.joiners for w in words)
 
 
-def find_script_format(text: str, min_speeches: int = 2) -> ScriptFormat | None:
-    """Find the speakers of a script corpus; None when the text is not a script.
+def find_script_format(text: str | Iterable[str], min_speeches: int = 2) -> ScriptFormat | None:
+    """Find the speakers of a script corpus (its text, or its text in pieces); None when the
+    text is not a script.
 
     A name counts as a speaker once it heads at least `min_speeches` speeches, which filters
     out one-off lines that merely end in a colon; a script needs two speakers at least.
     """
-    found = {}
-    for style, pattern in (("line", _LINE_LABEL), ("inline", _INLINE_LABEL)):
-        counts = Counter(m["name"].strip() for m in pattern.finditer(text))
-        found[style] = {n: c for n, c in counts.most_common() if c >= min_speeches}
+    counts = {"line": Counter[str](), "inline": Counter[str]()}
+    for piece in [text] if isinstance(text, str) else text:
+        for style, pattern in (("line", _LINE_LABEL), ("inline", _INLINE_LABEL)):
+            counts[style].update(m["name"].strip() for m in pattern.finditer(piece))
+    found = {style: {n: c for n, c in counted.most_common() if c >= min_speeches}
+             for style, counted in counts.items()}
     style = max(found, key=lambda s: sum(found[s].values()))
     if len(found[style]) < 2:
         return None
@@ -123,13 +128,24 @@ def script_format(checkpoint: Checkpoint) -> ScriptFormat | None:
     known = _read_cached(cached)
     if not isinstance(known, bool):
         return known
-    prepared = load_prepared(data_dir)
-    tokens = np.concatenate([prepared.train_tokens(), prepared.val_tokens()])
-    found = find_script_format(prepared.tokenizer.decode(tokens.tolist()))
+    found = find_script_format(_corpus_text(load_prepared(data_dir)))
     with atomic_file(cached) as tmp:
         payload = {"style": found.style, "speakers": found.speakers} if found else {}
         Path(tmp).write_text(json.dumps(payload), encoding="utf-8")
     return found
+
+
+def _corpus_text(prepared: PreparedData) -> Iterator[str]:
+    """The corpus's text, decoded a million ids at a time, up to `_SCAN_TOKENS` ids: a corpus
+    of gigabytes is never decoded whole (its speakers show up long before its end)."""
+    seen = 0
+    for tokens in (prepared.train_tokens(), prepared.val_tokens()):
+        for start in range(0, len(tokens), _SCAN_CHUNK):
+            if seen >= _SCAN_TOKENS:
+                return
+            ids = np.asarray(tokens[start:start + _SCAN_CHUNK]).tolist()
+            seen += len(ids)
+            yield prepared.tokenizer.decode(ids)
 
 
 def _read_cached(path: Path) -> ScriptFormat | None | bool:  # False: no usable cache

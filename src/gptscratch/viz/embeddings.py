@@ -55,8 +55,11 @@ def frequent_token_ids(data_dir: str | Path, n: int) -> np.ndarray | None:
     """The n most frequent token ids of a prepared folder's training split (None if gone)."""
     if not is_prepared_dir(data_dir):
         return None
-    tokens = load_prepared(data_dir).train_tokens()
-    counts = np.bincount(np.asarray(tokens))
+    prepared = load_prepared(data_dir)
+    tokens, counts = prepared.train_tokens(), np.zeros(prepared.meta["vocab_size"], np.int64)
+    for start in range(0, len(tokens), 10_000_000):  # a corpus of GBs, a piece at a time
+        counts += np.bincount(np.asarray(tokens[start:start + 10_000_000]),
+                              minlength=len(counts))[:len(counts)]
     return np.argsort(-counts, kind="stable")[:n]
 
 
