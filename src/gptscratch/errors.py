@@ -26,11 +26,13 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """A run stopped by a signal (SIGINT: Ctrl-C, SIGTERM: `kill`, schedulers, containers).
 
     `message` says where it stopped and how to continue; the CLI prints it and exits with
     128 + `signum` (130 for SIGINT, 143 for SIGTERM), as a shell does for a killed command.
+    Like KeyboardInterrupt it is not an `Exception`: code that catches every error (logging's
+    handlers, which would print a traceback and carry on) lets it through.
     """
 
     def __init__(self, signum: int, message: str) -> None:

@@ -316,3 +316,21 @@ def test_an_empty_corpus_after_filtering(tmp_path: Path,
                         str(tmp_path / "out")], capsys)
         assert line == f"error: input file '{path}' is empty; give text with some content"
         assert not (tmp_path / "out").exists()
+
+
+def test_a_second_signal_while_a_line_is_logged_is_not_swallowed() -> None:
+    """Logging's handlers catch every Exception a write raises, print a traceback and carry
+    on (found by benchmarks/faults.py: two SIGINTs 5 ms apart): a stop must get through."""
+    import logging
+
+    from gptscratch.errors import Interrupted
+
+    class Signalled(io.StringIO):
+        def write(self, text: str) -> int:
+            raise Interrupted(2, "SIGINT again: stopped at once")
+
+    log = logging.getLogger("gptscratch.test-second-signal")
+    log.addHandler(logging.StreamHandler(Signalled()))
+    log.propagate = False
+    with pytest.raises(Interrupted):
+        log.warning("eval at step %d", 31)
