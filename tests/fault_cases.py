@@ -182,7 +182,7 @@ def disk_full_outcome(proc: subprocess.CompletedProcess[str], case: str) -> Outc
 
 
 def full_disk_prepare(out: Path, corpus: Path, file_limit: int) -> Outcome:
-    """Prepare `corpus` (its train.bin is larger than `file_limit`) into a new folder."""
+    """Prepare `corpus` (its train-00000.bin is larger than `file_limit`) into a new folder."""
     proc = limited_cli(["prepare", "--data", str(corpus), "--out", str(out)], file_limit)
     case = f"prepare, files limited to {file_limit:,} bytes"
     outcome = disk_full_outcome(proc, case)

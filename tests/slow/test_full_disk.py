@@ -21,8 +21,8 @@ from fault_cases import (
 
 
 def test_data_that_does_not_fit(tmp_path: Path, tiny_corpus: Path) -> None:
-    outcome = full_disk_prepare(tmp_path / "d", tiny_corpus, 20_000)  # train.bin: 108 kB
-    assert outcome.problems == [] and "train.bin" in outcome.said
+    outcome = full_disk_prepare(tmp_path / "d", tiny_corpus, 20_000)  # train-00000.bin: 108 kB
+    assert outcome.problems == [] and "train-00000.bin" in outcome.said
 
 
 @pytest.fixture(scope="module")
