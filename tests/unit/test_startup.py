@@ -10,8 +10,8 @@ import sys
 
 HEAVY = ("torch", "numpy", "transformers", "datasets", "matplotlib", "tokenizers", "tiktoken",
          "safetensors")
-COMMANDS = ["prepare", "train", "sample", "chat", "eval", "explain", "viz", "import-hf",
-            "export-hf"]
+COMMANDS = ["prepare", "train", "sample", "chat", "eval", "explain", "viz", "report",
+            "import-hf", "export-hf"]
 
 
 def imported_after(code: str) -> list[str]:

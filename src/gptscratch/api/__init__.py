@@ -10,10 +10,10 @@
     api.export_hf("out/mine", "hf/mine")                       # for transformers
 
 This is the top of the layer stack (beside the CLI): `training.py` composes data, checkpoints,
-runtime and training; `generation.py` text generation; `understanding.py` the pictures, explain
-and the copy check; `system.py` the torch build. It never prints. Each name is imported from
-its module on first use, so a command pays only for what it runs (`sample` never loads the
-distributed-training code).
+runtime and training; `generation.py` text generation; `understanding.py` the pictures, explain,
+the copy check and the run report; `system.py` the torch build. It never prints. Each name is
+imported from its module on first use, so a command pays only for what it runs (`sample` never
+loads the distributed-training code).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         import_hf,
         is_main_process,
         load_prepared,
+        merge_lora,
         prepare,
         shutdown,
         train,
@@ -59,25 +60,27 @@ if TYPE_CHECKING:
         plot_embeddings,
         plot_logit_lens,
         plot_next_token,
+        report,
     )
 
 _MODULES = {
     "generation": ["load", "stream_chunks", "complete", "stream", "generate", "chat_session",
                    "GenerationConfig", "LoadedModel", "Chunk", "Completion", "Generation"],
     "training": ["prepare", "load_prepared", "train", "evaluate", "import_hf", "export_hf",
-                 "MODEL_FIELDS", "TRAIN_FIELDS", "is_main_process", "shutdown"],
+                 "merge_lora", "MODEL_FIELDS", "TRAIN_FIELDS", "is_main_process", "shutdown"],
     "system": ["describe_build"],
     "understanding": ["plot_curves", "plot_attention", "plot_next_token", "plot_embeddings",
                       "plot_logit_lens", "explain", "format_stages", "check_copy",
-                      "corpus_index", "describe_copy"],
+                      "corpus_index", "describe_copy", "report"],
 }
 _HOME = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = ["load", "stream_chunks", "complete", "stream", "generate", "chat_session",
            "GenerationConfig", "LoadedModel", "Chunk", "Completion", "Generation", "prepare",
-           "load_prepared", "train", "evaluate", "import_hf", "export_hf", "MODEL_FIELDS",
+           "load_prepared", "train", "evaluate", "import_hf", "export_hf", "merge_lora",
+           "MODEL_FIELDS",
            "TRAIN_FIELDS", "is_main_process", "shutdown", "describe_build", "plot_curves",
            "plot_attention", "plot_next_token", "plot_embeddings", "plot_logit_lens", "explain",
-           "format_stages", "check_copy", "corpus_index", "describe_copy"]
+           "format_stages", "check_copy", "corpus_index", "describe_copy", "report"]
 
 
 def __getattr__(name: str) -> Any:

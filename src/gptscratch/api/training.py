@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from gptscratch.checkpoints.adapters import merge_checkpoint
 from gptscratch.checkpoints.checkpoint import load_checkpoint
 from gptscratch.checkpoints.huggingface import export_hf, import_hf
 from gptscratch.checkpoints.init_from import load_pretrained
@@ -34,15 +35,17 @@ from gptscratch.runtime.cpu import set_cpu_float_mode
 from gptscratch.runtime.precision import choose_precision
 from gptscratch.training.config import TrainConfig
 from gptscratch.training.distributed import is_main_process, main_rank_first, shutdown
-from gptscratch.training.finetune import finetune_model_config, finetune_train_config
+from gptscratch.training.finetune import finetune_model_config, finetune_train_config, lora_plan
 from gptscratch.training.loop import TrainResult
 from gptscratch.training.loop import train as train_loop
 from gptscratch.training.optimizer import check_freeze_layers
 from gptscratch.training.presets import get_preset
+from gptscratch.training.resume import resumed_provenance
 from gptscratch.training.run_folder import RunFolder, check_run_folder, claim_run_folder
 from gptscratch.training.setup import TrainRuntime, check_training_fits, start_runtime
+from gptscratch.training.tracking import check_loggers
 
-__all__ = ["prepare", "load_prepared", "train", "evaluate", "import_hf", "export_hf",
+__all__ = ["prepare", "load_prepared", "train", "evaluate", "import_hf", "export_hf", "merge_lora",
            "MODEL_FIELDS", "TRAIN_FIELDS", "is_main_process", "shutdown"]
 
 log = logging.getLogger("gptscratch.api")
@@ -131,6 +134,10 @@ def train(
     if init_from is not None and not resume:
         return _finetune(init_from, data, out_dir, tokenizer, stop_at, overrides,
                          prepare_options or {})
+    if overrides.get("lora_rank") and not resume:
+        raise UserError("--lora-rank trains adapters on a trained model; give it with "
+                        "--init-from SOURCE (a gptscratch run or checkpoint, or a Hugging Face "
+                        "GPT-2)")
     spec = get_preset(preset)
     out = Path(out_dir) if out_dir is not None else Path("out") / preset
     folder = check_run_folder(out, resume)  # every refusal before the first write
@@ -148,14 +155,14 @@ def train(
             # Raw text prepared anew (the run's data is gone) gets the run's own tokenizer,
             # whatever this version would build from it today.
             resume_tokenizer = ckpt.tokenizer()
-        if "init_from" in ckpt.meta:  # a fine-tuning run keeps its provenance
-            extra_meta = {"preset": None, "init_from": ckpt.meta["init_from"]}
+        extra_meta = resumed_provenance(ckpt.meta, train_config, overrides, out) or extra_meta
     model_fields.update({k: v for k, v in overrides.items() if k in MODEL_FIELDS})
     if ({"max_iters", "epochs"} & set(overrides)) and "max_time" not in overrides:
         # An explicit run length replaces the preset's wall-clock budget.
         overrides["max_time"] = None
     train_config = train_config.replace(
         **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
+    check_loggers(train_config.run.loggers)  # a missing package, before anything is written
     # The model's shape is checked now; its vocabulary comes with the data, prepared later.
     shape = ModelConfig(vocab_size=1, **model_fields)
     runtime = start_runtime(train_config.system, shape.n_embd)
@@ -166,6 +173,15 @@ def train(
     model_config = ModelConfig(vocab_size=prepared.tokenizer.vocab_size, **model_fields)
     return train_loop(prepared, model_config, train_config, out, runtime=runtime, resume=resume,
                       stop_at=stop_at, extra_meta=extra_meta)
+
+
+def merge_lora(ckpt: str | Path, out_dir: str | Path) -> Path:
+    """Fold a LoRA run's adapters into its base model and write a plain checkpoint to
+    `out_dir` (a new or empty folder); `export_hf` takes it. Returns `out_dir`."""
+    set_cpu_float_mode()
+    out = merge_checkpoint(ckpt, out_dir)
+    log.info("merged the adapters of %s into %s", ckpt, out)
+    return out
 
 
 def _resume_data(data: str | Path | None, out: Path, recorded: Path) -> str | Path:
@@ -209,6 +225,10 @@ def _finetune(
     train_config = finetune_train_config().replace(
         **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
     check_freeze_layers(train_config.finetune.freeze_layers, model_config.n_layer)
+    extra_meta: dict[str, Any] = {"preset": None, "init_from": str(pretrained.source)}
+    if train_config.finetune.lora_rank:
+        extra_meta["lora"] = lora_plan(init_from, pretrained, model_config, train_config)
+    check_loggers(train_config.run.loggers)
     folder = check_run_folder(out, resume=False)  # every refusal before the first write
     runtime = start_runtime(train_config.system, model_config.n_embd)
     prepared = resolve_data(data if data is not None else "shakespeare", folder,
@@ -216,8 +236,7 @@ def _finetune(
                             model_config.block_size)
     log.info("fine-tuning %s (%s tokenizer)", pretrained.source, pretrained.tokenizer.kind)
     return train_loop(prepared, model_config, train_config, out, runtime=runtime,
-                      stop_at=stop_at,
-                      extra_meta={"preset": None, "init_from": str(pretrained.source)},
+                      stop_at=stop_at, extra_meta=extra_meta,
                       init_weights=fit_block_size(pretrained.state_dict,
                                                   model_config.block_size))
 

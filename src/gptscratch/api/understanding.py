@@ -1,5 +1,5 @@
-"""The Python API for understanding a model: pictures, a walk through the forward pass, and a
-memorisation check.
+"""The Python API for understanding a model: pictures, a walk through the forward pass, a
+memorisation check, and the HTML report that compares runs.
 
 Each picture function takes a run or checkpoint directory (read in full precision) or an
 already loaded model, draws with `gptscratch.viz` and returns the path of the PNG; the data
@@ -26,10 +26,12 @@ from gptscratch.viz import curves as viz_curves
 from gptscratch.viz import distribution as viz_distribution
 from gptscratch.viz import embeddings as viz_embeddings
 from gptscratch.viz import logit_lens as viz_logit_lens
+from gptscratch.viz import report as viz_report
+from gptscratch.viz.run_summary import RunSummary, load_run
 
 __all__ = ["plot_curves", "plot_attention", "plot_next_token", "plot_embeddings",
            "plot_logit_lens", "explain", "format_stages", "corpus_index", "check_copy",
-           "describe_copy"]
+           "describe_copy", "report"]
 
 
 def _model_of(ckpt: ModelSource, device: str) -> LoadedModel:
@@ -137,3 +139,30 @@ def check_copy(corpus: str | Path | CorpusIndex, text: str, *, n: int = 4) -> Co
     """
     index = corpus if isinstance(corpus, CorpusIndex) else corpus_index(corpus)
     return index.check(text, n=n)
+
+
+def report(runs: Sequence[str | Path], out: str | Path = "report.html") -> Path:
+    """One self-contained HTML file comparing runs: settings, losses, curves, samples over
+    training, the copy check of each run's last sample, steps, tokens and wall time.
+
+    Args:
+        runs: run folders written by `train`, shown side by side in this order.
+        out: the .html file; an existing file is replaced only if it is an earlier report.
+    """
+    viz_report.check_out(out)  # before the runs are read and their corpora indexed
+    summaries = [load_run(r) for r in runs]
+    copies = {s.name: _last_sample_copy(s) for s in summaries}
+    return viz_report.write_report(summaries, out, copies)
+
+
+def _last_sample_copy(run: RunSummary) -> CopyReport | str | None:
+    """The copy check of a run's last sample against its training data; why not, if not."""
+    if not run.samples:
+        return None
+    data = run.data_dir if is_prepared_dir(run.data_dir) else run.path / "data"
+    if not is_prepared_dir(data):
+        return f"the training data '{run.data_dir}' is gone"
+    try:
+        return check_copy(corpus_index(data), run.samples[-1][1])
+    except UserError as e:  # a corpus too large to index
+        return str(e)

@@ -1,7 +1,8 @@
 """Checkpoints as plain data, written atomically.
 
 A checkpoint is a directory:
-  model.safetensors  the weights (tensors only, no pickled code)
+  model.safetensors  the weights (tensors only, no pickled code); a LoRA run's holds only its
+                     adapters, and checkpoint.json names their base (`adapters.py`)
   checkpoint.json    model and training config, step, losses, and a sha256 of every file
   tokenizer.json     the tokenizer, so sampling needs nothing but this directory
   state.pt           optimizer, grad scaler, RNG states and data position; loads with
@@ -27,11 +28,13 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from gptscratch.checkpoints.adapters import build_lora_model, is_lora_checkpoint
 from gptscratch.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer
 from gptscratch.errors import UserError
 from gptscratch.files import atomic_dir, old_version, sha256_file
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
+from gptscratch.model.lora import has_lora, lora_state_dict
 from gptscratch.runtime.device import check_fits
 
 FORMAT_VERSION = 1
@@ -67,9 +70,14 @@ def save_checkpoint(
         state: optimizer / scaler / RNG tensors and plain values for exact resume.
     """
     with atomic_dir(Path(dest)) as tmp:
-        # save_model (not save_file) copes with the tied embedding / LM head weights.
-        safetensors.torch.save_model(unwrap(model), str(tmp / WEIGHTS),
-                                     metadata={"format": "pt"})
+        if has_lora(unwrap(model)):  # a LoRA run: the adapters alone (`adapters.py`)
+            safetensors.torch.save_file(
+                {n: t.contiguous() for n, t in lora_state_dict(unwrap(model)).items()},
+                str(tmp / WEIGHTS), metadata={"format": "pt"})
+        else:
+            # save_model (not save_file) copes with the tied embedding / LM head weights.
+            safetensors.torch.save_model(unwrap(model), str(tmp / WEIGHTS),
+                                         metadata={"format": "pt"})
         save_tokenizer(tokenizer, tmp / TOKENIZER)
         if state is not None:
             with open(tmp / STATE, "wb") as f:  # a Python file: a failed write keeps its errno
@@ -77,6 +85,20 @@ def save_checkpoint(
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         full = {"format_version": FORMAT_VERSION, **meta, "saved_at": time.time(), "files": files}
         (tmp / META).write_text(json.dumps(full, indent=2) + "\n")
+
+
+def check_new_folder(out: Path) -> None:
+    """Refuse an output folder that exists with something in it (a checkpoint or export is
+    written only where nothing of the user's can be replaced).
+
+    Raises:
+        UserError: `out` names no new folder, or one that is not empty.
+    """
+    if out.name in ("", ".."):  # "", "." and ".." name folders that exist already
+        raise UserError(f"--out '{out}' names no new folder; give the name of one to create")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"'{out}' already exists and is not an empty folder; choose a new --out "
+                        "or remove it")
 
 
 def link_checkpoint(src: Path, dest: Path) -> None:
@@ -129,6 +151,8 @@ class Checkpoint:
         config = self.model_config
         check_fits(4 * config.parameter_count(), torch.device("cpu"),
                    f"the model of '{self.path}'", "use a machine with more memory")
+        if is_lora_checkpoint(self.meta):  # base + adapters
+            return build_lora_model(self).to(device).eval()
         model = GPT(config)
         load_weights(self, model)
         return model.to(device).eval()
@@ -197,6 +221,12 @@ def _check_meta(meta: Any, where: Path) -> None:
         value = meta.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"'{where}' has {key} = {value!r:.60}, not a number; it is damaged")
+    lora = meta.get("lora")
+    if lora is not None and not (
+            isinstance(lora, dict) and isinstance(lora.get("rank"), int)
+            and isinstance(lora.get("alpha"), (int, float)) and isinstance(lora.get("base"), str)
+            and isinstance(lora.get("base_sha256"), str) and isinstance(lora.get("targets"), str)):
+        raise UserError(f"'{where}' has a damaged lora entry; use another checkpoint or retrain")
     if not isinstance(meta.get("data_dir", ""), str):
         raise UserError(f"'{where}' has a data_dir that is not a path; it is damaged")
 

@@ -22,7 +22,8 @@ import safetensors
 import safetensors.torch
 import torch
 
-from gptscratch.checkpoints.checkpoint import load_checkpoint, save_checkpoint
+from gptscratch.checkpoints.adapters import is_lora_checkpoint
+from gptscratch.checkpoints.checkpoint import check_new_folder, load_checkpoint, save_checkpoint
 from gptscratch.checkpoints.hf_weights import (
     hf_config_from_model,
     model_config_from_hf,
@@ -175,14 +176,6 @@ def _read_pytorch_bin(path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in loaded.items()}
 
 
-def _check_new_output(out: Path) -> None:
-    if out.name in ("", ".."):  # "", "." and ".." name folders that exist already
-        raise UserError(f"--out '{out}' names no new folder; give the name of one to create")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"'{out}' already exists and is not an empty folder; choose a new --out "
-                        "or remove it")
-
-
 def import_hf(source: str, out_dir: Path | str) -> Path:
     """Convert a Hugging Face GPT-2 (folder or hub name) into a gptscratch checkpoint.
 
@@ -193,7 +186,7 @@ def import_hf(source: str, out_dir: Path | str) -> Path:
         The checkpoint folder (`out_dir`).
     """
     out = Path(out_dir)
-    _check_new_output(out)
+    check_new_folder(out)
     hf = read_hf_model(source)
     # On the meta device no memory is allocated and no random init runs (a 1.5B model would
     # spend seconds on it); assign=True then adopts the loaded tensors as the parameters.
@@ -220,8 +213,12 @@ def export_hf(ckpt: Path | str, out_dir: Path | str) -> Path:
         The exported folder (`out_dir`).
     """
     out = Path(out_dir)
-    _check_new_output(out)
+    check_new_folder(out)
     checkpoint = load_checkpoint(ckpt)
+    if is_lora_checkpoint(checkpoint.meta):
+        raise UserError(f"'{checkpoint.path}' holds LoRA adapters, not a whole model; fold them "
+                        f"into their base first: gptscratch merge-lora --ckpt {ckpt} --out DIR, "
+                        "then export DIR")
     config, tokenizer = checkpoint.model_config, checkpoint.tokenizer()
     model = checkpoint.build_model("cpu")
     tensors = state_dict_to_hf(model.state_dict(), config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gptscratch.checkpoints.adapters import is_lora_checkpoint, merged_model
 from gptscratch.checkpoints.checkpoint import META, load_checkpoint
 from gptscratch.checkpoints.huggingface import read_hf_model
 from gptscratch.checkpoints.pretrained import Pretrained
@@ -23,8 +24,11 @@ def load_pretrained(source: str | Path) -> Pretrained:
     path = Path(source).expanduser()
     if path.is_dir() and not (path / "config.json").is_file():
         ckpt = load_checkpoint(path)
-        model = ckpt.build_model("cpu")
-        return Pretrained(ckpt.model_config, dict(model.state_dict()), ckpt.tokenizer(),
+        if is_lora_checkpoint(ckpt.meta):  # start from base + adapters, folded together
+            config, model = merged_model(ckpt)
+        else:
+            config, model = ckpt.model_config, ckpt.build_model("cpu")
+        return Pretrained(config, dict(model.state_dict()), ckpt.tokenizer(),
                           f"gptscratch checkpoint {ckpt.path}")
     if path.is_file() and path.name == META:
         return load_pretrained(path.parent)

@@ -14,6 +14,7 @@ import torch
 
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.model.config import ModelConfig
+from gptscratch.model.gpt import GPT
 
 
 @dataclass(frozen=True)
@@ -35,3 +36,21 @@ def fit_block_size(state: Mapping[str, torch.Tensor], block_size: int) -> dict[s
     fitted = dict(state)
     fitted["transformer.wpe.weight"] = state["transformer.wpe.weight"][:block_size]
     return fitted
+
+
+def adopt_weights(config: ModelConfig, weights: Mapping[str, torch.Tensor]) -> GPT:
+    """A GPT whose parameters are `weights`' own tensors (made contiguous fp32 where needed),
+    built on the meta device so nothing is initialised or allocated twice."""
+    with torch.device("meta"):
+        model = GPT(config)
+    model.load_state_dict({k: _own_storage(v.float()) for k, v in weights.items()}, assign=True)
+    if config.tie_embeddings:  # assign gives the head a Parameter of its own: share it again
+        model.lm_head.weight = model.transformer.wte.weight
+    return model
+
+
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a copy where it is a view into a larger tensor (a cropped position table),
+    which safetensors would refuse to save."""
+    whole = t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    return t if whole else t.clone()

@@ -65,6 +65,12 @@ def cmd_viz(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from gptscratch import api
+
+    print(f"wrote {api.report(args.runs, args.out)}")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from gptscratch import api
 
@@ -80,6 +86,14 @@ def cmd_import_hf(args: argparse.Namespace) -> None:
     print(f"imported {args.source} into {out}; try: gptscratch sample --ckpt {out}")
 
 
+def cmd_merge_lora(args: argparse.Namespace) -> None:
+    from gptscratch import api
+
+    out = api.merge_lora(args.ckpt, args.out)
+    print(f"merged the adapters of {args.ckpt} into {out}; try: gptscratch sample --ckpt {out}"
+          f" or gptscratch export-hf --ckpt {out} --out DIR")
+
+
 def cmd_export_hf(args: argparse.Namespace) -> None:
     from gptscratch import api
 
@@ -90,5 +104,6 @@ def cmd_export_hf(args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample, "chat": cmd_chat,
-    "eval": cmd_eval, "explain": cmd_explain, "viz": cmd_viz, "import-hf": cmd_import_hf,
-    "export-hf": cmd_export_hf}
+    "eval": cmd_eval, "explain": cmd_explain, "viz": cmd_viz, "report": cmd_report,
+    "import-hf": cmd_import_hf,
+    "export-hf": cmd_export_hf, "merge-lora": cmd_merge_lora}

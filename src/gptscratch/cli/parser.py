@@ -30,6 +30,15 @@ TRAIN_HELP = {
     "freeze_embeddings": "fine-tuning: keep the embeddings (and a tied LM head) fixed",
     "freeze_layers": "fine-tuning: keep the first K Transformer blocks fixed",
     "fsdp": "under torchrun: shard weights, gradients and optimizer state across processes",
+    "activation_checkpointing": "recompute each block's activations in the backward pass: "
+                                "less memory, ~1/3 more compute",
+    "lora_rank": "fine-tuning with --init-from: train rank-R LoRA adapters on a frozen model "
+                 "(0: off)",
+    "lora_alpha": "LoRA: the adapters' change is scaled by alpha / rank",
+    "lora_dropout": "LoRA: dropout on the adapters' input",
+    "lora_targets": "LoRA: the layers to adapt, comma-separated: attn, mlp, head",
+    "loggers": "also log to tensorboard, csv or wandb (repeatable, or comma-separated)",
+    "eval_sample_tokens": "tokens sampled at each evaluation for loggers and report (0: none)",
 }
 
 
@@ -62,12 +71,15 @@ def _add_config_flags(p: argparse.ArgumentParser, cls: Any, skip: set[str],
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         kind = _field_type(hints[f.name])
         help_text = f"{helps.get(f.name, f.name.replace('_', ' '))} (preset default)"
         if kind is bool:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                            default=None, help=help_text)
+        elif get_origin(kind) is tuple:  # repeatable; the config splits "a,b"
+            p.add_argument(flag, dest=f.name, action="append", default=None,
+                           metavar=flag[2:].upper(), help=help_text)
         else:
             p.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
                            help=help_text)
@@ -235,6 +247,10 @@ def _add_hf_parsers(sub: Any, quiet: argparse.ArgumentParser) -> None:
                        help="write a checkpoint as a Hugging Face GPT-2 folder for transformers")
     p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
     p.add_argument("--out", required=True, help="folder to create")
+    p = sub.add_parser("merge-lora", parents=[quiet],
+                       help="fold a LoRA run's adapters into its base: a plain checkpoint")
+    p.add_argument("--ckpt", required=True, help="a LoRA run directory or checkpoint directory")
+    p.add_argument("--out", required=True, help="checkpoint folder to create")
 
 
 def _add_viz_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
@@ -268,6 +284,9 @@ def _add_viz_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int, default=120,
                    help="tokens to label, the most frequent in the training data (default 120)")
     picture("logit-lens", "what each layer would predict at each position of a prompt", True)
+    p = sub.add_parser("report", parents=[quiet], help="runs side by side in one HTML file")
+    p.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="run directories")
+    p.add_argument("--out", default="report.html", help="HTML file (default report.html)")
 
 
 def prepare_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -20,6 +20,26 @@ LIMITS = {"vocab_size": 2**24, "block_size": 2**20, "n_layer": 1024, "n_head": 1
           "n_embd": 2**16}
 
 
+# What `--lora-targets` may name (`model.lora.TARGETS` says which layers each adapts). Here,
+# with no torch import, so the trainer's config can check the names as it is built.
+LORA_TARGETS = ("attn", "mlp", "head")
+
+
+def parse_targets(spec: str) -> tuple[str, ...]:
+    """`"attn,mlp"` -> ("attn", "mlp"), in LORA_TARGETS' order, each named once.
+
+    Raises:
+        UserError: a name that is not a target (the valid ones are listed), or none at all.
+    """
+    names = [n.strip() for n in str(spec).split(",") if n.strip()]
+    unknown = [n for n in names if n not in LORA_TARGETS]
+    if unknown or not names:
+        raise UserError(f"--lora-targets {spec!r}: {unknown[0] if unknown else 'nothing'} is "
+                        f"not a LoRA target; choose from {', '.join(LORA_TARGETS)} "
+                        "(comma-separated, e.g. --lora-targets attn,mlp)")
+    return tuple(n for n in LORA_TARGETS if n in names)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of a GPT. Letters used in the code: B batch, T time, C = n_embd, H = n_head,

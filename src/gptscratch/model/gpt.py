@@ -15,6 +15,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from gptscratch.model.attention import CausalSelfAttention
@@ -69,6 +70,10 @@ class GPT(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        # Training may ask to keep only each block's input and recompute the rest in the
+        # backward pass (`features`): activation memory of ~1 block instead of L, for one more
+        # forward pass of compute. Never used at generation (no backward there).
+        self.activation_checkpointing = False
         self.transformer = Transformer(config)
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying (Press & Wolf 2017): the output head reuses the token embedding matrix,
@@ -120,7 +125,12 @@ class GPT(nn.Module):
         head to the last position only, which saves a (T, C) x (C, V) matmul per step."""
         x = self._embed(idx, kv_cache)
         for i, block in enumerate(self.transformer.blocks()):
-            x = block(x, kv_cache.layers[i] if kv_cache is not None else None)
+            if self.activation_checkpointing and self.training and kv_cache is None:
+                # Dropout masks are the same in the recomputation: checkpoint saves and
+                # restores the random state (preserve_rng_state, its default).
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, kv_cache.layers[i] if kv_cache is not None else None)
         if kv_cache is not None:
             kv_cache.advance(idx.size(1))
         return self.transformer.ln_f(x)

@@ -19,7 +19,13 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if x.numel() == x.size(-1) and w.dtype == torch.bfloat16 and w.device.type == "cpu":
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            # A frozen weight stored in bf16 to halve its memory (LoRA fine-tuning) read by an
+            # fp32 caller: compute in the weight's dtype, as autocast would, answer in x's.
+            b = self.bias.to(w.dtype) if self.bias is not None else None
+            return F.linear(x.to(w.dtype), w, b).to(x.dtype)
+        if (x.numel() == x.size(-1) and w.dtype == torch.bfloat16 == x.dtype
+                and w.device.type == "cpu"):
             y = torch.mv(w, x.reshape(-1))  # one row: a matrix-vector product
             if self.bias is not None:
                 y = y + self.bias

@@ -1,10 +1,10 @@
 """Evaluate and save: the periodic look at the losses, and the checkpoint written with it.
 
 Every `eval_interval` steps (and when a run stops) the loss is measured on fixed train and val
-batches, logged and written to `metrics.jsonl`, and a checkpoint saved as `latest/` (and
-`best/` when val improved), holding everything an exact resume needs: the optimizer, the grad
-scaler, the batch generator and every process's random state. A non-finite loss is never
-saved over the last good checkpoint.
+batches, logged and written to `metrics.jsonl` with a short text sample (`samples.py`), and
+a checkpoint saved as `latest/` (and `best/` when val improved), holding everything an exact
+resume needs: the optimizer, the grad scaler, the batch generator and every process's random
+state. A non-finite loss is never saved over the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import logging
 import math
 from typing import Any
 
-import torch
-
 from gptscratch.checkpoints.checkpoint import link_checkpoint, save_checkpoint
 from gptscratch.errors import UserError
 from gptscratch.evaluation.evaluate import estimate_loss
+from gptscratch.model.gpt import GPT
 from gptscratch.training.distributed import barrier, gather_to_main, sum_across_ranks
 from gptscratch.training.distributed_state import gather_full_state, plain_model, rng_states
+from gptscratch.training.samples import sample_at_step
 from gptscratch.training.setup import TrainState
 
 log = logging.getLogger("gptscratch.train")
@@ -46,7 +46,7 @@ def evaluate_and_save(state: TrainState) -> None:
             "float32, then --resume")
     elapsed = state.elapsed()
     rank_rngs = gather_to_main(rng_states(state.rng[1], rt.device), rt.ctx)  # exact resume
-    to_save: torch.nn.Module = state.model
+    to_save: GPT = state.model
     if state.config.system.fsdp:  # collective: every rank sends its shards to rank 0
         weights, optimizer_state = gather_full_state(state.model, state.optimizer)
         if rt.ctx.is_main:
@@ -65,6 +65,9 @@ def evaluate_and_save(state: TrainState) -> None:
         state.metrics.write({"step": state.step, "train_loss": state.train_loss,
                              "val_loss": state.val_loss,
                              "val_perplexity": math.exp(state.val_loss), "elapsed": elapsed})
+        if run.eval_sample_tokens:  # from the plain model (FSDP: the one gathered to save)
+            state.metrics.write_sample(state.step, sample_at_step(
+                to_save, state.data.tokenizer, run.eval_sample_tokens, run.seed, state.step))
         training_state: dict[str, Any] = {"optimizer": optimizer_state,
                                           "scaler": state.scaler.state_dict(),
                                           "data_rng": state.rng[0], **rank_rngs[0]}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from gptscratch.errors import require
+from gptscratch.model.config import parse_targets
 
 
 def _positive(section: Any, *names: str) -> None:
@@ -58,9 +59,29 @@ class OptimConfig:
         require(self.grad_clip >= 0, f"grad_clip ({self.grad_clip}) must be >= 0 (0 disables)")
 
 
+LOGGERS = ("jsonl", "tensorboard", "csv", "wandb")  # jsonl (metrics.jsonl) is always on
+MAX_EVAL_SAMPLE_TOKENS = 10_000  # a sample to read, not a corpus: it runs at every evaluation
+
+
+def _check_loggers(run: Any) -> None:
+    """`loggers` as a tuple of known names: a list (JSON) or "a,b" strings are split, repeats
+    dropped."""
+    given = [run.loggers] if isinstance(run.loggers, str) else list(run.loggers)
+    names: list[str] = []
+    for item in given:
+        require(isinstance(item, str), f"loggers ({run.loggers!r}) must be logger names")
+        names += [n.strip() for n in item.split(",") if n.strip()]
+    names = list(dict.fromkeys(names))
+    for name in names:
+        require(name in LOGGERS, f"unknown logger {name!r}; choose from {', '.join(LOGGERS)} "
+                                 "(e.g. --logger tensorboard)")
+    object.__setattr__(run, "loggers", tuple(names))  # frozen: normalised once, when built
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """How long to train, how often to evaluate and log, and the seed of everything random."""
+    """How long to train, how often to evaluate and log (and to which loggers), and the seed of
+    everything random."""
 
     max_iters: int = 2000  # optimizer steps; `epochs` overrides it when set
     epochs: float | None = None
@@ -70,9 +91,21 @@ class RunConfig:
     eval_iters: int = 20
     log_interval: int = 10
     seed: int = 1337
+    # Where the metrics go besides metrics.jsonl (always written): any of LOGGERS
+    # (`tracking.py`); the flag repeats or takes a comma-separated list.
+    loggers: tuple[str, ...] = field(default=(), metadata={"flag": "--logger"})
+    # Tokens of text sampled from the model at each evaluation, for the loggers and
+    # `gptscratch report` (0: none).
+    eval_sample_tokens: int = 100
 
     def __post_init__(self) -> None:
         _positive(self, "max_iters", "eval_interval", "eval_iters")
+        _check_loggers(self)
+        require(isinstance(self.eval_sample_tokens, int)
+                and not isinstance(self.eval_sample_tokens, bool)
+                and 0 <= self.eval_sample_tokens <= MAX_EVAL_SAMPLE_TOKENS,
+                f"eval_sample_tokens ({self.eval_sample_tokens}) must be a whole number from 0 "
+                f"(none) to {MAX_EVAL_SAMPLE_TOKENS:,}; try --eval-sample-tokens 100")
         require(self.log_interval >= 1, f"log_interval ({self.log_interval}) must be >= 1")
         require(
             self.epochs is None or self.epochs > 0,
@@ -99,6 +132,9 @@ class SystemConfig:
     # Under torchrun: shard parameters, gradients and optimizer state across the processes
     # (FSDP) instead of keeping a full copy on each (DDP). For models that do not fit one GPU.
     fsdp: bool = False
+    # Keep only each block's input during the forward pass and recompute the rest during
+    # the backward: activations shrink from ~L blocks' worth to one, for ~1/3 more compute.
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         # dtype and device are checked against the machine where they are resolved
@@ -111,11 +147,17 @@ class SystemConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Fine-tuning: parameters kept fixed (they are left out of the optimizer). Freezing the
-    embeddings also freezes a tied LM head, which is the same matrix."""
+    """Fine-tuning: parameters kept fixed (they are left out of the optimizer), or LoRA
+    adapters (`model.lora`) trained on a frozen model. Freezing the embeddings also freezes a
+    tied LM head, which is the same matrix."""
 
     freeze_embeddings: bool = False
     freeze_layers: int = 0  # the first K Transformer blocks
+    lora_rank: int = 0  # R of the LoRA adapters; 0: no LoRA, every unfrozen weight trains
+    # The adapters' change is scaled by alpha / R; 16 at rank 8 is LitGPT's and common usage.
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0  # dropout on the adapters' input
+    lora_targets: str = "attn"  # comma-separated: attn, mlp, head (`model.lora.TARGETS`)
 
     def __post_init__(self) -> None:
         require(
@@ -123,6 +165,18 @@ class FinetuneConfig:
             f"freeze_layers ({self.freeze_layers}) must be a whole number >= 0; "
             "try --freeze-layers 0",
         )
+        require(
+            isinstance(self.lora_rank, int) and not isinstance(self.lora_rank, bool)
+            and self.lora_rank >= 0,
+            f"lora_rank ({self.lora_rank}) must be a whole number >= 1 (0: no LoRA); "
+            "try --lora-rank 8",
+        )
+        require(isinstance(self.lora_alpha, (int, float)) and 0 < self.lora_alpha < 1e6,
+                f"lora_alpha ({self.lora_alpha}) must be > 0; try --lora-alpha 16")
+        require(isinstance(self.lora_dropout, (int, float)) and 0 <= self.lora_dropout < 1,
+                f"lora_dropout ({self.lora_dropout}) must be in [0, 1); try --lora-dropout 0.05")
+        if self.lora_rank:
+            parse_targets(self.lora_targets)  # names checked now, the rank against the model
 
 
 SECTIONS: dict[str, type[Any]] = {

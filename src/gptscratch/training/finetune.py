@@ -1,4 +1,5 @@
-"""Fine-tuning: the training defaults and model rules of a run started with `--init-from`.
+"""Fine-tuning: the training defaults and model rules of a run started with `--init-from`,
+and the plan of a LoRA run (`lora_plan`: its checks, and the `lora` entry of its checkpoints).
 
 The source (`checkpoints.init_from.load_pretrained`) fixes the model's shape and tokenizer:
 only dropout, the attention path and a shorter context (the position table is cropped, see
@@ -10,12 +11,22 @@ building the model, freezes what the fine-tuning section asks
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import torch
+
+from gptscratch.checkpoints.adapters import base_source, lora_meta, state_hash
+from gptscratch.checkpoints.pretrained import Pretrained
 from gptscratch.errors import UserError
-from gptscratch.model.config import ModelConfig
+from gptscratch.model.config import ModelConfig, parse_targets
+from gptscratch.model.gpt import GPT
+from gptscratch.model.lora import check_rank
 from gptscratch.training.config import TrainConfig
+
+log = logging.getLogger("gptscratch.train")
 
 # Fields a fine-tuning run may change without touching the weights' shapes.
 FREE_FIELDS = ("dropout", "attention")
@@ -52,3 +63,22 @@ def finetune_model_config(base: ModelConfig, overrides: Mapping[str, Any]) -> Mo
             raise UserError(f"{flag} ({value}) cannot change a model loaded with --init-from "
                             f"(its {name} is {getattr(base, name)}); drop {flag}")
     return dataclasses.replace(base, **overrides)
+
+
+def lora_plan(init_from: str | Path, pretrained: Pretrained, model_config: ModelConfig,
+               train_config: TrainConfig) -> dict[str, Any]:
+    """The `lora` entry of a LoRA run's checkpoints, with every refusal its settings can
+    cause made now, before anything is written."""
+    ft = train_config.finetune
+    if train_config.system.fsdp:
+        raise UserError("--lora-rank trains with one copy of the model per process (DDP); "
+                        "drop --fsdp (the adapters are small enough not to need sharding)")
+    if ft.freeze_layers or ft.freeze_embeddings:
+        raise UserError("--lora-rank already freezes every weight of the model; drop "
+                        "--freeze-layers / --freeze-embeddings")
+    with torch.device("meta"):
+        check_rank(GPT(model_config), ft.lora_rank, parse_targets(ft.lora_targets))
+    log.info("LoRA: rank %d adapters on %s (alpha %g)", ft.lora_rank, ft.lora_targets,
+             ft.lora_alpha)
+    return lora_meta(ft.lora_rank, ft.lora_alpha, ft.lora_dropout, ft.lora_targets,
+                     base_source(init_from), state_hash(pretrained.state_dict))

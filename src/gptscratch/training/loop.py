@@ -9,9 +9,11 @@ so `resume=True` continues exactly where the run stopped (`resume.py` puts that 
 Started by torchrun, the same loop trains with DDP or FSDP: the multi-process parts live in
 `distributed.py` and `distributed_state.py`; `setup.py` builds the state this loop advances.
 
-Speed: the loop never waits for the device inside a step (losses are summed on the device and
-read once per log interval), batches come from memory-mapped token files (pinned and copied
-asynchronously on CUDA), and the progress line shows tokens/s and MFU (`mfu.py`).
+Speed: the loop never waits for the device inside a step (losses and gradient norms are summed
+on the device and read once per log interval), batches come from memory-mapped token files
+(pinned and copied asynchronously on CUDA), and the progress line shows tokens/s and MFU
+(`mfu.py`). Its records go to `metrics.jsonl` and to the loggers `--logger` asks for
+(`tracking.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +41,11 @@ from gptscratch.training.distributed import (
     gradient_sync,
     mean_across_ranks,
 )
-from gptscratch.training.metrics import eta, format_duration, progress_line
+from gptscratch.training.metrics import eta, format_duration, progress_line, read_metrics
 from gptscratch.training.schedule import lr_at
 from gptscratch.training.setup import TrainRuntime, TrainState, set_up, start_runtime
 from gptscratch.training.signals import StopRequests
+from gptscratch.training.tracking import check_loggers, open_sinks
 
 log = logging.getLogger("gptscratch.train")
 
@@ -85,13 +89,19 @@ def train(
             ignored on resume, where the checkpoint's weights win.
     """
     runtime = runtime or start_runtime(config.system, model_config.n_embd)
+    check_loggers(config.run.loggers)  # before anything is written
     state = set_up(data, model_config, config, Path(out_dir), runtime, resume=resume,
                    init_weights=init_weights, extra_meta=extra_meta)
+    if runtime.ctx.is_main:
+        state.metrics.attach(open_sinks(
+            config.run.loggers, state.out_dir, {**model_config.to_dict(), **config.to_dict()},
+            read_metrics(state.metrics.path) if state.metrics.path.exists() else [],
+            state.step if resume else None))
     state.model.train()
     state.started = time.perf_counter()
     state.window.restart()
     signum = None
-    with StopRequests().watching() as stops:
+    with StopRequests().watching() as stops, closing(state.metrics):
         while state.step < state.max_steps:
             lr = learning_rate(state)
             if lr is None:
@@ -178,6 +188,9 @@ def train_step(state: TrainState, lr: float) -> None:
     if check_finite(state, norm):
         state.scaler.step(state.optimizer)
         state.window.loss += step_loss
+        full = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
+        # On the device, no sync; float16's scaler may still skip an inf norm: counted as 0.
+        state.window.grad_norm += torch.where(torch.isfinite(full), full, 0.0).detach()
     state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
     state.step += 1
@@ -230,7 +243,8 @@ def log_progress(state: TrainState, lr: float) -> None:
                            estimated_total=end_step != state.max_steps, paused=window.paused))
     if ctx.is_main:
         record = {"step": state.step, "loss": mean_loss, "lr": lr, "tokens_per_s": tok_s,
-                  "mfu": mfu, "elapsed": elapsed}
+                  "mfu": mfu, "grad_norm": window.grad_norm.item() / good,  # before clipping
+                  "elapsed": elapsed}
         if window.skipped:
             record["skipped_updates"] = window.skipped
         state.metrics.write(record)

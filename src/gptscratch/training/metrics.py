@@ -1,8 +1,9 @@
 """Training telemetry: `metrics.jsonl` (one JSON object a line) and the progress line.
 
-`ProgressWindow` gathers what a progress line reports (the summed loss, kept on the device
-so a step never waits for it, the steps and the time since the last line); `eta` forecasts
-the time left and where the run ends; `progress_line` formats it all.
+`ProgressWindow` gathers what a progress line reports (the summed loss and gradient norm, kept
+on the device so a step never waits for them, the steps and the time since the last line);
+`eta` forecasts the time left and where the run ends; `progress_line` formats it all.
+`MetricsLog` writes the records, and hands them on to the loggers asked for (`tracking.py`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gptscratch.files import append_text, atomic_file
+
+if TYPE_CHECKING:
+    from gptscratch.training.tracking import Sink
 
 
 def format_duration(seconds: float) -> str:
@@ -52,6 +56,7 @@ class ProgressWindow:
 
     def __init__(self, device: torch.device) -> None:
         self.loss = torch.zeros((), device=device)
+        self.grad_norm = torch.zeros((), device=device)  # summed over the updating steps
         self.steps = 0
         self.start = time.perf_counter()
         self.paused = 0.0
@@ -62,6 +67,7 @@ class ProgressWindow:
 
     def restart(self) -> None:
         self.loss.zero_()
+        self.grad_norm.zero_()
         self.steps = 0
         self.start = time.perf_counter()
         self.paused = 0.0
@@ -80,14 +86,33 @@ def eta(step: int, max_steps: int, seconds_per_step: float, elapsed: float,
 
 
 class MetricsLog:
-    """Appends records to `metrics.jsonl` in the run directory, flushed line by line."""
+    """Appends records to `metrics.jsonl` in the run directory, flushed line by line, and
+    passes each to the attached sinks (TensorBoard, CSV, wandb: `tracking.open_sinks`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.sinks: list[Sink] = []
         path.parent.mkdir(parents=True, exist_ok=True)
+
+    def attach(self, sinks: list[Sink]) -> None:
+        self.sinks.extend(sinks)
 
     def write(self, record: dict[str, Any]) -> None:
         append_text(self.path, json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink.write(record)
+
+    def write_sample(self, step: int, text: str) -> None:
+        """A text sampled from the model at `step`: the record {"step", "sample"}."""
+        append_text(self.path, json.dumps({"step": step, "sample": text}) + "\n")
+        for sink in self.sinks:
+            sink.write_sample(step, text)
+
+    def close(self) -> None:
+        """Close the sinks (TensorBoard's writer, the wandb run); metrics.jsonl needs none."""
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            sink.close()
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step`: on resume, a run interrupted after its last checkpoint

@@ -14,6 +14,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,10 +23,13 @@ from gptscratch.checkpoints.checkpoint import Checkpoint, load_checkpoint
 from gptscratch.data.token_files import PreparedData
 from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig
+from gptscratch.training.config import TrainConfig
 from gptscratch.training.distributed import DistContext
 from gptscratch.training.distributed_state import load_optimizer_state, restore_rng
 
 log = logging.getLogger("gptscratch.train")
+
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 
 
 @dataclass(frozen=True)
@@ -94,3 +98,27 @@ def restore_training_state(
     return ResumePoint(step, float(ckpt.meta.get("best_val_loss", math.inf)),
                        float(ckpt.meta.get("elapsed", 0.0)), float(ckpt.meta["train_loss"]),
                        float(ckpt.meta["val_loss"]))
+
+
+def resumed_provenance(meta: dict[str, Any], saved: TrainConfig, overrides: dict[str, Any],
+                  out: Path) -> dict[str, Any] | None:
+    """What a resumed fine-tuning run keeps of its checkpoint's provenance (None: not one):
+    the source, and a LoRA run's adapters' settings and base, which the run's overrides must
+    leave as they are.
+
+    Raises:
+        UserError: the overrides add LoRA to a run or change a LoRA run's settings.
+    """
+    if "lora" not in meta and overrides.get("lora_rank"):
+        raise UserError("--lora-rank cannot be added to a run as it resumes; start a LoRA run "
+                        f"from this one: --init-from {out} --lora-rank {overrides['lora_rank']} "
+                        "--out NEW")
+    changed = sorted(k for k in LORA_FIELDS
+                     if k in overrides and overrides[k] != saved.to_dict()[k])
+    if "lora" in meta and changed:
+        raise UserError(f"--{changed[0].replace('_', '-')} cannot change when a LoRA run "
+                        "resumes (its adapters have their shape); drop it, or start a new run")
+    if "init_from" not in meta:
+        return None
+    kept = {"preset": None, "init_from": meta["init_from"]}
+    return {**kept, "lora": meta["lora"]} if "lora" in meta else kept

@@ -20,12 +20,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from gptscratch.checkpoints.adapters import add_adapters, load_adapter_weights, load_base_state
 from gptscratch.checkpoints.checkpoint import Checkpoint, load_weights
+from gptscratch.checkpoints.pretrained import adopt_weights, fit_block_size
 from gptscratch.data.shards import TokenSplit
 from gptscratch.data.token_files import PreparedData, check_context_fits
 from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
+from gptscratch.model.lora import store_frozen_in_bf16
 from gptscratch.runtime.compile import choose_compile
 from gptscratch.runtime.cpu import keep_freed_memory, set_cpu_float_mode
 from gptscratch.runtime.device import check_fits, choose_device
@@ -38,6 +41,7 @@ from gptscratch.training.distributed import (
     shard_model,
     wrap_model,
 )
+from gptscratch.training.memory import MemoryEstimate, estimate_training_memory, memory_fix
 from gptscratch.training.metrics import MetricsLog, ProgressWindow, format_duration
 from gptscratch.training.mfu import flops_per_token, peak_flops
 from gptscratch.training.optimizer import freeze_parameters, make_optimizer
@@ -122,28 +126,20 @@ def total_steps(run: RunConfig, optim: OptimConfig, train_tokens: int, block_siz
     return max(1, math.ceil(run.epochs * train_tokens / per_step))
 
 
-def least_training_bytes(model: ModelConfig, config: TrainConfig, world_size: int) -> int:
-    """What a training step needs at the very least, before any activation is kept: fp32
-    weights, gradients and AdamW's two moments (16 bytes a parameter; split across processes
-    under FSDP), the (B, T, V) logits and their gradient, and with the explicit attention path
-    one layer's (B, H, T, T) attention scores. A lower bound: a step needs more, so a run it
-    already rules out is refused at once rather than when memory runs out."""
-    state = 16 * model.parameter_count() // (world_size if config.system.fsdp else 1)
-    tokens = config.optim.batch_size * model.block_size
-    scores = (config.optim.batch_size * model.n_head * model.block_size ** 2 * 4
-              if model.attention == "explicit" else 0)
-    return state + 2 * tokens * model.vocab_size * 4 + scores
-
-
-def check_training_fits(model: ModelConfig, config: TrainConfig, runtime: TrainRuntime) -> None:
-    """Refuse a run whose step cannot fit in the device's free memory (`least_training_bytes`).
+def check_training_fits(model: ModelConfig, config: TrainConfig, runtime: TrainRuntime,
+                        fine_tuning: bool = False) -> MemoryEstimate:
+    """Refuse a run whose step cannot fit in the device's free memory (`memory.py`'s
+    estimate); return the estimate.
 
     Raises:
-        UserError: it cannot fit; the message names what to make smaller.
+        UserError: it cannot fit; the message names what to change.
     """
-    check_fits(least_training_bytes(model, config, runtime.ctx.world_size), runtime.device,
-               f"training this model at batch {config.optim.batch_size}",
-               "use a smaller --batch-size, --block-size or model")
+    estimate = estimate_training_memory(model, config, runtime.ctx.world_size,
+                                        low_precision=runtime.precision.dtype != torch.float32)
+    check_fits(estimate.total, runtime.device,
+               f"training this model at batch {config.optim.batch_size} x "
+               f"{model.block_size} ({estimate.describe()})", memory_fix(config, fine_tuning))
+    return estimate
 
 
 def check_run(data: PreparedData, model_config: ModelConfig) -> None:
@@ -170,7 +166,8 @@ def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, o
     check_run(data, model_config)
     ctx, device, seed = runtime.ctx, runtime.device, config.run.seed
     ckpt = checkpoint_to_resume(out_dir, model_config, data) if resume else None
-    model = _build_model(model_config, config, runtime, ckpt, init_weights)
+    lora = ckpt.meta.get("lora") if ckpt is not None else (extra_meta or {}).get("lora")
+    model = _build_model(model_config, config, runtime, ckpt, init_weights, lora)
     optimizer = make_optimizer(model, config.optim, device)
     scaler = torch.amp.GradScaler(device.type, enabled=runtime.precision.needs_scaler)
     data_rng = torch.Generator().manual_seed(seed)
@@ -207,19 +204,35 @@ def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, o
 
 
 def _build_model(model_config: ModelConfig, config: TrainConfig, runtime: TrainRuntime,
-                 ckpt: Checkpoint | None,
-                 init_weights: Mapping[str, torch.Tensor] | None) -> GPT:
+                 ckpt: Checkpoint | None, init_weights: Mapping[str, torch.Tensor] | None,
+                 lora: Mapping[str, Any] | None = None) -> GPT:
     """The GPT on its device: random (seeded), given weights, or the checkpoint's; frozen
-    where fine-tuning asks, sharded under FSDP."""
+    where fine-tuning asks, with LoRA adapters where `lora` (a checkpoint's `lora` entry)
+    describes them, sharded under FSDP."""
     ctx, seed = runtime.ctx, config.run.seed
-    check_training_fits(model_config, config, runtime)
+    estimate = check_training_fits(model_config, config, runtime,
+                                   fine_tuning=init_weights is not None or lora is not None)
+    log.info("memory estimate per process: %s", estimate.describe())
     torch.manual_seed(seed)
-    model = GPT(model_config).to(runtime.device)
-    if ckpt is not None:
+    if ckpt is not None and lora is None:
+        model = GPT(model_config)
         load_weights(ckpt, model)  # before FSDP shards the parameters
-    elif init_weights is not None:
-        model.load_state_dict(init_weights)
-    freeze_parameters(model, config.finetune)
+    else:
+        base = (fit_block_size(load_base_state(ckpt), model_config.block_size)
+                if ckpt is not None else init_weights)
+        # Fine-tuning: the given weights become the parameters (no random init, no copy: a
+        # 1.5B model would otherwise be held twice).
+        model = adopt_weights(model_config, base) if base is not None else GPT(model_config)
+        if lora is not None:
+            add_adapters(model, lora)
+        if ckpt is not None:  # a LoRA run resumed: its base, then its adapters
+            load_adapter_weights(ckpt, model)
+    if lora is None:
+        freeze_parameters(model, config.finetune)
+    elif runtime.precision.dtype == torch.bfloat16:
+        store_frozen_in_bf16(model)
+    model.to(runtime.device)
+    model.activation_checkpointing = config.system.activation_checkpointing
     if config.system.fsdp:
         shard_model(model, ctx)
     if ctx.rank > 0:

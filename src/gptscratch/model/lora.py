@@ -1,0 +1,164 @@
+"""LoRA: fine-tune a big model by training two small matrices per layer (Hu et al. 2021).
+
+Full fine-tuning updates every weight W (out x in) and keeps AdamW's two moments for each:
+16 bytes a parameter, ~24 GB for GPT-2 XL. LoRA freezes W and learns a low-rank change
+instead:
+
+    y = x W^T + b  +  (alpha / R) * x A^T B^T        A: (R, in), B: (out, R), R << in, out
+
+Only A and B train: for GPT-2 small at rank 8 on the attention projections that is 0.44M of
+124M parameters. B starts at zero, so at step 0 the model is exactly the pretrained one; A
+starts random (the same uniform init as nn.Linear's weight), so B's first gradient, which is
+proportional to A x, is not zero. Dividing by R makes alpha, not R, set how large the change
+is, so a learning rate tuned at one rank carries over to another. When training is done the
+change folds into the weight, W' = W + (alpha / R) B A (`merge_lora`), and the model runs at
+the original speed with no trace of the adapters.
+
+The adapter keeps the layer's parameter names (`c_attn.weight`, `c_attn.bias`) and adds
+`c_attn.lora_A` and `c_attn.lora_B`, so the base weights load as they always did and a
+checkpoint can hold the adapters alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gptscratch.errors import UserError
+from gptscratch.model.config import parse_targets
+from gptscratch.model.linear import Linear
+
+__all__ = ["LoRALinear", "TARGETS", "parse_targets", "target_layers", "check_rank", "add_lora",
+           "lora_state_dict", "is_lora_parameter", "has_lora", "merge_lora", "store_frozen_in_bf16"]
+
+# The Linear layers (by the end of their names) each of `--lora-targets`' names adapts.
+TARGETS: dict[str, tuple[str, ...]] = {
+    "attn": ("attn.c_attn", "attn.c_proj"),  # the q, k, v projection and the output
+    "mlp": ("mlp.c_fc", "mlp.c_proj"),
+    "head": ("lm_head",),
+}
+
+
+class LoRALinear(Linear):
+    """A frozen Linear layer plus a trainable low-rank change, (alpha / R) * B A.
+
+    Built from the layer it adapts, sharing its weight and bias (so a tied LM head stays tied
+    to the token embedding, which the adapter leaves alone).
+    """
+
+    def __init__(self, base: Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight
+        self.bias = base.bias
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        self.rank, self.alpha = rank, alpha
+        self.scaling = alpha / rank
+        device = base.weight.device
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=device))
+        # nn.Linear's own init (Kaiming-uniform with a = sqrt(5)), as the LoRA paper's code does.
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (..., in) -> (..., out). The low-rank path never forms the (out, in) product:
+        # (..., in) @ (in, R) @ (R, out) costs R * (in + out) per row instead of in * out.
+        y = super().forward(x)  # the frozen layer (its weight may be stored in bf16)
+        change = (self.lora_dropout(x) @ self.lora_A.t()) @ self.lora_B.t()  # (..., out)
+        return y + self.scaling * change
+
+    def merged_weight(self) -> torch.Tensor:
+        """W + (alpha / R) B A, in fp32 then cast to the weight's dtype: the layer with the
+        change folded in."""
+        delta = self.scaling * (self.lora_B.float() @ self.lora_A.float())  # (out, in)
+        return (self.weight.float() + delta).to(self.weight.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"rank={self.rank}, alpha={self.alpha:g}")
+
+
+def target_layers(model: nn.Module, targets: tuple[str, ...]) -> list[tuple[str, Linear]]:
+    """The (name, layer) pairs of `model`'s Linear layers that `targets` adapt."""
+    ends = tuple(end for t in targets for end in TARGETS[t])
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, Linear) and (name == "lm_head" and "lm_head" in ends
+                                          or name.endswith(tuple("." + e for e in ends)))]
+
+
+def check_rank(model: nn.Module, rank: int, targets: tuple[str, ...]) -> None:
+    """A rank of at least 1 and no larger than the smallest adapted layer's sides (a larger
+    "low-rank" change would have more parameters than the layer, and no more expressive power).
+
+    Raises:
+        UserError: the rank is out of range; the message gives the range.
+    """
+    layers = target_layers(model, targets)
+    most = min(min(m.in_features, m.out_features) for _, m in layers)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= most:
+        raise UserError(f"--lora-rank ({rank}) must be a whole number from 1 to {most} (the "
+                        f"smallest side of the adapted layers); try --lora-rank {min(8, most)}")
+
+
+def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
+             targets: tuple[str, ...] = ("attn",)) -> list[str]:
+    """Freeze every parameter of `model` and put a LoRA adapter on each targeted Linear layer
+    (in place). Returns the adapted layers' names."""
+    check_rank(model, rank, targets)
+    model.requires_grad_(False)
+    names = []
+    for name, layer in target_layers(model, targets):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, LoRALinear(layer, rank, alpha, dropout))
+        names.append(name)
+    return names
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapters' tensors only (`...lora_A`, `...lora_B`): what a LoRA checkpoint holds."""
+    return {n: p.detach() for n, p in model.named_parameters() if is_lora_parameter(n)}
+
+
+def is_lora_parameter(name: str) -> bool:
+    return name.endswith((".lora_A", ".lora_B"))
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its layer's weight and put a plain Linear back (in place).
+
+    A LoRA head on a tied LM head cannot fold into the shared matrix without changing the
+    token embedding too, so the head gets its own weight; the caller's config must then say
+    `tie_embeddings=False`.
+    """
+    for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]:
+        plain = Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                       device=layer.weight.device, dtype=layer.weight.dtype)
+        plain.weight.copy_(layer.merged_weight())
+        if layer.bias is not None and plain.bias is not None:
+            plain.bias.copy_(layer.bias)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, plain)
+    return model
+
+
+def store_frozen_in_bf16(model: nn.Module) -> None:
+    """Keep the frozen Linear weights of a LoRA run in bf16: half their memory, and what
+    bf16 autocast would cast them to at every step anyway. A weight shared with the token
+    embedding (a tied head) stays fp32."""
+    shared = model.get_submodule("transformer.wte").weight
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear) and not m.weight.requires_grad and m.weight is not shared:
+                m.weight.data = m.weight.data.to(torch.bfloat16)

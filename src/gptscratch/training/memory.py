@@ -1,0 +1,114 @@
+"""Will this run fit? The memory a training step needs, estimated before anything is built.
+
+Four parts, each a plain formula of the configs:
+  weights      every parameter: 4 bytes, or 2 for frozen matrices kept in bf16 (LoRA, bf16 runs)
+  gradients    4 bytes a trainable parameter
+  optimizer    AdamW's two moments: 8 bytes a trainable parameter
+  activations  what the forward pass keeps for the backward, per micro-batch of B x T tokens:
+               about 16 C values a token a layer (the inputs of the LayerNorms, the four
+               projections and GELU, and q, k, v and the attention output; H T more with the
+               explicit attention path's score matrix), and the (B, T, V) logits three times
+               (logits, their softmax in the loss, their gradient). Activation checkpointing
+               keeps only each block's input (C a token a layer) and recomputes one block at a
+               time.
+Full fine-tuning is dominated by 16 bytes a parameter (GPT-2 XL: ~25 GB before activations);
+LoRA trains ~0.1-1 % of them, so the frozen weights and the activations are what is left.
+It is an estimate (allocator slack, compiled graphs and the data loader are not counted), and
+the run is refused only when the estimate itself exceeds the free memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gptscratch.model.config import ModelConfig
+from gptscratch.model.lora import TARGETS, parse_targets
+from gptscratch.training.config import TrainConfig
+
+# Values kept for the backward pass per token, per layer, in units of C (see above).
+ACTIVATIONS_PER_LAYER = 16
+
+
+def lora_parameter_count(model: ModelConfig, rank: int, targets: str) -> int:
+    """Parameters of the LoRA adapters: R * (in + out) for each adapted Linear layer."""
+    C, V = model.n_embd, model.vocab_size
+    sides = {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, 4 * C),
+             "mlp.c_proj": (4 * C, C)}
+    total = 0
+    for target in parse_targets(targets):
+        for layer in TARGETS[target]:
+            if layer == "lm_head":
+                total += rank * (C + V)
+            else:
+                total += model.n_layer * rank * sum(sides[layer])
+    return total
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a training step needs, by part."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    def describe(self) -> str:
+        parts = [("weights", self.weights), ("gradients", self.gradients),
+                 ("optimizer state", self.optimizer), ("activations", self.activations)]
+        return " + ".join(f"{name} {_size(n)}" for name, n in parts) + \
+            f" = {_size(self.total)}"
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def estimate_training_memory(model: ModelConfig, config: TrainConfig, world_size: int = 1,
+                             low_precision: bool = False) -> MemoryEstimate:
+    """The memory a training step of `model` under `config` needs on one process.
+
+    Args:
+        model: the model's shape.
+        config: batch, LoRA, activation checkpointing, FSDP.
+        world_size: processes; FSDP splits weights, gradients and optimizer state across them.
+        low_precision: the run autocasts to bf16 / fp16, so activations are mostly 2-byte and
+            LoRA's frozen matrices are kept in bf16.
+    """
+    params = model.parameter_count()
+    ft = config.finetune
+    C, L, T = model.n_embd, model.n_layer, model.block_size
+    B = config.optim.batch_size
+    if ft.lora_rank:
+        trainable = lora_parameter_count(model, ft.lora_rank, ft.lora_targets)
+        matrices = L * 12 * C * C  # the blocks' Linear weights, frozen
+        weights = 4 * params + 4 * trainable - (2 * matrices if low_precision else 0)
+    else:
+        trainable = params
+        weights = 4 * params
+    shards = world_size if config.system.fsdp else 1
+    per_token_layer = (C if config.system.activation_checkpointing
+                       else ACTIVATIONS_PER_LAYER * C)
+    scores = model.n_head * T if model.attention == "explicit" else 0
+    value_bytes = 3 if low_precision else 4  # a mix of bf16 copies and fp32 values
+    kept = B * T * (L * per_token_layer + scores) * value_bytes
+    if config.system.activation_checkpointing:  # one block recomputed at a time
+        kept += B * T * (ACTIVATIONS_PER_LAYER * C + scores) * value_bytes
+    logits = 3 * B * T * model.vocab_size * 4
+    return MemoryEstimate(weights // shards, 4 * trainable // shards, 8 * trainable // shards,
+                          kept + logits)
+
+
+def memory_fix(config: TrainConfig, fine_tuning: bool) -> str:
+    """What to change to need less memory, for the refusal's message."""
+    options = []
+    if fine_tuning and not config.finetune.lora_rank:
+        options.append("--lora-rank 8 (train adapters, not every weight)")
+    if not config.system.activation_checkpointing:
+        options.append("--activation-checkpointing")
+    options.append(f"a smaller --batch-size (now {config.optim.batch_size}) or --block-size")
+    return "use " + ", ".join(options[:-1]) + (" or " if len(options) > 1 else "") + options[-1]

@@ -1,0 +1,45 @@
+"""The text sample taken at each evaluation: how the model writes as training goes on.
+
+`evaluate_and_save` asks for `eval_sample_tokens` tokens from the plain model (rank 0 only),
+written to `metrics.jsonl` and the loggers as {"step", "sample"}; `gptscratch report` shows
+them in order. The sample draws only from its own generator, seeded from the run's seed and
+the step, so the global RNG and the batch generator are untouched: a resumed run stays
+bit-identical to an uninterrupted one, and two runs with one seed sample alike.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gptscratch.data.tokenizers import Tokenizer
+from gptscratch.model.decoding import Decoder
+from gptscratch.model.gpt import GPT
+from gptscratch.model.sampling import SamplingConfig
+
+SAMPLING = SamplingConfig(temperature=0.8)  # the CLI's default, so it reads like `sample`
+
+
+def start_ids(tokenizer: Tokenizer) -> list[int]:
+    """Where a sample starts: the end-of-text token (a document's start), else a newline,
+    else the first token of the vocabulary."""
+    if tokenizer.eot_id is not None:
+        return [tokenizer.eot_id]
+    return tokenizer.encode("\n")[-1:] or [0]
+
+
+def sample_at_step(model: GPT, tokenizer: Tokenizer, tokens: int, seed: int, step: int) -> str:
+    """`tokens` tokens of text from `model`, reproducible from (`seed`, `step`).
+
+    The model runs in eval mode (no dropout) and is put back in the mode it was in. Its
+    weights' dtype is the compute dtype (float32 during training: a short sample is cheap).
+    """
+    device = model.transformer.wte.weight.device
+    generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+    was_training = model.training
+    model.eval()
+    try:
+        decoder = Decoder(model, [start_ids(tokenizer)])
+        ids = [decoder.step(SAMPLING, generator).ids for _ in range(tokens)]  # (1,) each
+    finally:
+        model.train(was_training)
+    return tokenizer.decode(torch.cat(ids).tolist() if ids else [])

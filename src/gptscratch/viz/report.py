@@ -1,0 +1,197 @@
+"""The run report: one self-contained HTML file that lays runs side by side.
+
+For each run (`run_summary.RunSummary`): its settings (those that differ between the runs
+highlighted), final and best losses, steps, tokens seen and wall time, its training curves
+(`curves.plot_curves`), the samples taken at each evaluation, and the copy check of the last
+one (`evaluation.memorisation`, done by the caller: `api.report`). Pictures are inlined as
+base64 PNG data and the styles as one <style> block, so the file opens anywhere, offline, and
+can be mailed or archived as it is; it holds no script and no link to anything outside it.
+Every text that comes from a run (names, settings, samples) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gptscratch.errors import UserError
+from gptscratch.evaluation.memorisation import CopyReport
+from gptscratch.files import atomic_file
+from gptscratch.training.metrics import format_duration
+from gptscratch.viz.canvas import TITLE_SIZE, new_figure, save_png, style_axes
+from gptscratch.viz.curves import plot_curves
+from gptscratch.viz.run_summary import RunSummary
+
+MARKER = "<!-- written by gptscratch report -->"  # a file with it may be replaced
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+tr.differs td { background: #fff4c2; }
+pre { background: #f7f7f7; padding: 8px; white-space: pre-wrap; max-width: 1300px; }
+img { max-width: 100%; border: 1px solid #ddd; }
+.note { color: #666; }
+"""
+
+
+def check_out(out: str | Path) -> Path:
+    """The report's path, refused when writing it would destroy something.
+
+    Raises:
+        UserError: `out` is a folder, does not end in .html, or is a file that is not an
+            earlier report of ours.
+    """
+    path = Path(out)
+    if path.is_dir():
+        raise UserError(f"--out '{out}' is a folder; give a file name such as "
+                        f"{path / 'report.html'}")
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"--out '{out}' must end in .html; try --out "
+                        f"{path.with_suffix('.html')}")
+    if path.exists():
+        with path.open("rb") as f:
+            head = f.read(len(MARKER) + 64)
+        if MARKER.encode() not in head:
+            raise UserError(f"'{out}' exists and is not a gptscratch report; choose another "
+                            "--out or move it away")
+    return path
+
+
+def _data_uri(png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+
+
+def _val_overlay(runs: Sequence[RunSummary], out: Path) -> Path | None:
+    """Every run's val loss on one plot (None when no run has evaluated yet)."""
+    if not any(r.evals for r in runs):
+        return None
+    fig = new_figure(10.0, 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    for i, run in enumerate(runs):
+        if run.evals:
+            ax.plot([r["step"] for r in run.evals], [r["val_loss"] for r in run.evals],
+                    color=f"C{i % 10}", lw=2, marker="o", ms=4, label=run.name)
+    style_axes(ax, "Validation loss of every run", "step", "val loss (nats per token)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    fig.suptitle("Runs compared", fontsize=TITLE_SIZE)
+    return save_png(fig, out)
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return f"{value:.{digits}f}"
+    return "n/a"
+
+
+def _setting(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return format_duration(seconds) if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def _row(label: str, cells: Sequence[str], css: str = "") -> str:
+    """A table row: `cells` are HTML already (escaped where they hold run text)."""
+    cls = f' class="{css}"' if css else ""
+    return f"<tr{cls}><th>{html.escape(label)}</th>" + "".join(
+        f"<td>{c}</td>" for c in cells) + "</tr>\n"
+
+
+def _summary_table(runs: Sequence[RunSummary]) -> str:
+    esc = html.escape
+    rows = [
+        _row("run", [f"<b>{esc(r.name)}</b>" for r in runs]),
+        _row("steps", [str(r.steps) for r in runs]),
+        _row("tokens seen", [f"{r.tokens_seen:,}" if r.tokens_seen else "n/a" for r in runs]),
+        _row("wall time", [_duration(r.wall_time) for r in runs]),
+        _row("final train loss", [_number(r.final.get("train_loss")) for r in runs]),
+        _row("final val loss", [_number(r.final.get("val_loss")) for r in runs]),
+        _row("best val loss", [f"{_number(r.best.get('val_loss'))} (step {r.best['step']})"
+                               if r.best else "n/a" for r in runs]),
+    ]
+    return "<table>\n" + "".join(rows) + "</table>\n"
+
+
+def _settings_table(runs: Sequence[RunSummary]) -> str:
+    """Every setting of every run; the rows whose values differ between runs highlighted."""
+    names = list(dict.fromkeys(k for r in runs for k in r.settings))
+    if not names:
+        return '<p class="note">No settings: no run has a checkpoint yet.</p>\n'
+    rows = []
+    for name in names:
+        values = [html.escape(_setting(r.settings[name])) if name in r.settings else "n/a"
+                  for r in runs]
+        rows.append(_row(name, values, "differs" if len(set(values)) > 1 else ""))
+    return ('<table>\n' + _row("setting", [html.escape(r.name) for r in runs])
+            + "".join(rows) + "</table>\n")
+
+
+def _copy_text(copy: CopyReport | str | None) -> str:
+    if copy is None:
+        return '<p class="note">Copy check: no sample to check.</p>\n'
+    if isinstance(copy, str):
+        return f'<p class="note">Copy check: not available ({html.escape(copy)}).</p>\n'
+    return (f"<p>Copy check of the last sample: its longest span found verbatim in the "
+            f"training text is {len(copy.longest)} characters; {100 * copy.overlap:.1f}% of "
+            f"its word {copy.n}-grams occur there.</p>\n"
+            f"<pre>{html.escape(copy.longest)}</pre>\n")
+
+
+def _run_section(run: RunSummary, picture: Path, copy: CopyReport | str | None) -> str:
+    parts = [f"<h2>{html.escape(run.name)}</h2>\n",
+             f'<img src="{_data_uri(picture)}" alt="training curves of '
+             f'{html.escape(run.name, quote=True)}">\n', "<h3>Samples over training</h3>\n"]
+    if not run.samples:
+        parts.append('<p class="note">No samples (eval_sample_tokens was 0, or the run '
+                     "predates them).</p>\n")
+    for step, text in run.samples:
+        parts.append(f"<p>step {step}</p>\n<pre>{html.escape(text)}</pre>\n")
+    parts.append(_copy_text(copy))
+    return "".join(parts)
+
+
+def render_report(runs: Sequence[RunSummary], pictures: Sequence[Path],
+                  overlay: Path | None, copies: Mapping[str, CopyReport | str | None]) -> str:
+    """The whole HTML page; `pictures` are the runs' curves, in order."""
+    title = "Training report: " + ", ".join(r.name for r in runs)
+    head = (f"<!DOCTYPE html>\n{MARKER}\n<html><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>\n"
+            f"<h1>{html.escape(title)}</h1>\n")
+    body = ["<h2>Summary</h2>\n", _summary_table(runs)]
+    if overlay is not None:
+        body.append(f'<img src="{_data_uri(overlay)}" alt="val loss of every run">\n')
+    body += ["<h2>Settings</h2>\n", _settings_table(runs)]
+    body += [_run_section(r, p, copies.get(r.name))
+             for r, p in zip(runs, pictures, strict=True)]
+    return head + "".join(body) + "</body></html>\n"
+
+
+def write_report(runs: Sequence[RunSummary], out: str | Path,
+                 copies: Mapping[str, CopyReport | str | None]) -> Path:
+    """Draw the pictures, render the page and write it to `out` atomically; return the path.
+
+    Args:
+        runs: the runs, in the order they are shown.
+        out: the .html file (see `check_out`).
+        copies: by run name, the copy check of its last sample, or why there is none.
+    """
+    path = check_out(out)
+    if not runs:
+        raise UserError("no runs given; pass at least one run folder, e.g. --runs out/run")
+    with tempfile.TemporaryDirectory() as tmp:
+        pictures = [plot_curves([r.path], Path(tmp) / f"run{i}.png") for i, r in enumerate(runs)]
+        overlay = _val_overlay(runs, Path(tmp) / "overlay.png")
+        page = render_report(runs, pictures, overlay, copies)
+    with atomic_file(path) as part:
+        part.write_text(page, encoding="utf-8")
+    return path
