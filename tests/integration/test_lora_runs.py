@@ -221,3 +221,19 @@ def test_resume_refuses_other_lora_settings(lora_run: Path, capsys: pytest.Captu
                                             ) -> None:
     assert "--lora-rank cannot change when a LoRA run resumes" in cli_error(
         ["train", "--out", str(lora_run), "--resume", "--lora-rank", "8"], capsys)
+
+
+def test_a_run_that_cannot_fit_is_refused_before_anything_is_written(
+        base: Path, tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptscratch.runtime import device
+
+    # Room for the tiny base (~0.1 MB) but not for training it (~1.6 MB).
+    monkeypatch.setattr(device, "available_memory", lambda _: 500_000)
+    out = tmp_path / "run"
+    message = cli_error(["train", "--init-from", str(base), "--data", str(tiny_corpus),
+                         "--out", str(out), "--max-iters", "1"], capsys)
+    assert "needs about" in message and "weights" in message and "activations" in message
+    assert "--lora-rank 8" in message and "--activation-checkpointing" in message
+    assert not out.exists()
+

@@ -133,6 +133,28 @@ def test_time_budget_stops_all_ranks_at_the_same_step(tmp_path: Path, tiny_corpu
     assert 0 < meta["step"] < 100000
 
 
+@pytest.mark.slow
+def test_lora_under_ddp_reproduces_the_single_process_run(
+        single_and_ddp: tuple[Path, Path, str], tmp_path: Path, tiny_corpus: Path) -> None:
+    """LoRA adapters on a frozen model, 2 ranks x batch 4 against 1 process x batch 8: the same
+    losses and the same adapters (DDP reduces only the trainable adapters' gradients)."""
+    base, _, _ = single_and_ddp
+    lora = ["--lora-rank", "4", "--lora-targets", "attn,mlp", "--learning-rate", "1e-2"]
+    api.train(init_from=base, data=tiny_corpus, out_dir=tmp_path / "one",
+              overrides={**OVERRIDES, "batch_size": 8, "lora_rank": 4,
+                         "lora_targets": "attn,mlp", "learning_rate": 1e-2})
+    torchrun(2, "--init-from", str(base), "--data", str(tiny_corpus), "--out",
+             str(tmp_path / "two"), "--batch-size", "4", *FLAGS, *lora)
+    one, two = records(tmp_path / "one", "loss"), records(tmp_path / "two", "loss")
+    assert [s for s, _ in two] == list(range(1, 7)) == [s for s, _ in one]
+    assert np.allclose([v for _, v in one], [v for _, v in two], rtol=1e-5, atol=1e-6)
+    with safe_open(str(tmp_path / "two" / "latest" / "model.safetensors"), "pt") as f:
+        adapters = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    with safe_open(str(tmp_path / "one" / "latest" / "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == set(adapters)
+        assert all(torch.allclose(f.get_tensor(k), adapters[k], atol=1e-5) for k in adapters)
+
+
 # --- FSDP ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

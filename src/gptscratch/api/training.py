@@ -231,6 +231,7 @@ def _finetune(
     check_loggers(train_config.run.loggers)
     folder = check_run_folder(out, resume=False)  # every refusal before the first write
     runtime = start_runtime(train_config.system, model_config.n_embd)
+    check_training_fits(model_config, train_config, runtime, fine_tuning=True)
     prepared = resolve_data(data if data is not None else "shakespeare", folder,
                             pretrained.tokenizer, "", prepare_options, runtime,
                             model_config.block_size)

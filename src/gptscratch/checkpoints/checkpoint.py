@@ -153,8 +153,11 @@ class Checkpoint:
                    f"the model of '{self.path}'", "use a machine with more memory")
         if is_lora_checkpoint(self.meta):  # base + adapters
             return build_lora_model(self).to(device).eval()
-        model = GPT(config)
-        load_weights(self, model)
+        # On the meta device nothing is initialised or allocated: the file's tensors become the
+        # weights, so a 1.5B model is held once, not twice, while it loads.
+        with torch.device("meta"):
+            model = GPT(config)
+        load_weights(self, model, assign=True)
         return model.to(device).eval()
 
     def training_state(self) -> dict[str, Any]:
@@ -231,13 +234,18 @@ def _check_meta(meta: Any, where: Path) -> None:
         raise UserError(f"'{where}' has a data_dir that is not a path; it is damaged")
 
 
-def load_weights(ckpt: Checkpoint, model: nn.Module) -> None:
-    """Load the checkpoint's weights into `model`, which must have the same shape."""
+def load_weights(ckpt: Checkpoint, model: nn.Module, assign: bool = False) -> None:
+    """Load the checkpoint's weights into `model`, which must have the same shape; with
+    `assign`, the tensors read from the file become the parameters (for a model built on the
+    meta device)."""
     try:
-        missing, unexpected = safetensors.torch.load_model(
-            unwrap(model), str(ckpt.path / WEIGHTS), strict=False
-        )
-    except safetensors.SafetensorError as e:
+        if assign:
+            missing, unexpected = _assign_weights(ckpt, unwrap(model))
+        else:
+            lists = safetensors.torch.load_model(unwrap(model), str(ckpt.path / WEIGHTS),
+                                                 strict=False)
+            missing, unexpected = set(lists[0]), set(lists[1])
+    except (safetensors.SafetensorError, OSError) as e:
         raise UserError(f"cannot read weights in '{ckpt.path}' ({e}); the file is corrupted: "
                         "use another checkpoint or retrain") from None
     except RuntimeError as e:
@@ -248,3 +256,22 @@ def load_weights(ckpt: Checkpoint, model: nn.Module) -> None:
         raise UserError(f"checkpoint '{ckpt.path}' does not match the model (missing "
                         f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); "
                         "use the checkpoint's own config or a new --out")
+
+
+def _assign_weights(ckpt: Checkpoint, model: nn.Module) -> tuple[set[str], set[str]]:
+    """The file's tensors as `model`'s parameters; the names missing and unexpected (nothing is
+    assigned unless both are empty). A tied head, saved under one of its two names, is shared
+    again."""
+    tensors = safetensors.torch.load_file(str(ckpt.path / WEIGHTS))
+    own = model.state_dict(keep_vars=True)
+    tied = isinstance(model, GPT) and model.config.tie_embeddings
+    head, embedding = "lm_head.weight", "transformer.wte.weight"
+    if tied and (head in tensors) != (embedding in tensors):
+        tensors.setdefault(head, tensors.get(embedding))  # type: ignore[arg-type]
+        tensors.setdefault(embedding, tensors[head])
+    missing, unexpected = set(own) - set(tensors), set(tensors) - set(own)
+    if not (missing or unexpected):
+        model.load_state_dict(tensors, assign=True)
+        if tied:
+            model.lm_head.weight = model.transformer.wte.weight  # type: ignore[union-attr]
+    return missing, unexpected
