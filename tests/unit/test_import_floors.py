@@ -3,6 +3,7 @@
 From the bottom: `errors`; the file and hub helpers; the data, the model and the runtime
 (none of which knows the others); checkpoints (a model and its tokenizer on disk); evaluation;
 text generation and training (side by side, neither importing the other); pictures; the
+HTTP server (built on generation, served through the API); the
 Python API; and the CLI on top, which calls only the API (and reads the config dataclasses
 to build its flags). A prompt thus goes from the CLI to the logits without climbing back.
 """
@@ -23,6 +24,7 @@ FLOORS = [
     {"evaluation"},
     {"generation", "training"},
     {"viz"},
+    {"server"},
     {"api"},
     {"cli"},
 ]

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 HEAVY = ("torch", "numpy", "transformers", "datasets", "matplotlib", "tokenizers", "tiktoken",
-         "safetensors")
-COMMANDS = ["prepare", "train", "sample", "chat", "eval", "explain", "viz", "report",
+         "safetensors", "fastapi", "uvicorn")
+COMMANDS = ["prepare", "train", "sample", "chat", "eval", "explain", "viz", "report", "serve",
             "import-hf", "export-hf"]
 
 

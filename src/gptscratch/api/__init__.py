@@ -11,7 +11,8 @@
 
 This is the top of the layer stack (beside the CLI): `training.py` composes data, checkpoints,
 runtime and training; `generation.py` text generation; `understanding.py` the pictures, explain,
-the copy check and the run report; `system.py` the torch build. It never prints. Each name is
+the copy check and the run report; `system.py` the torch build; `serving.py` the
+OpenAI-compatible HTTP server (`gptscratch.server`). It never prints. Each name is
 imported from its module on first use, so a command pays only for what it runs (`sample` never
 loads the distributed-training code).
 """
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         stream,
         stream_chunks,
     )
+    from gptscratch.api.serving import serve, server_app
     from gptscratch.api.system import describe_build
     from gptscratch.api.training import (
         MODEL_FIELDS,
@@ -69,6 +71,7 @@ _MODULES = {
     "training": ["prepare", "load_prepared", "train", "evaluate", "import_hf", "export_hf",
                  "merge_lora", "MODEL_FIELDS", "TRAIN_FIELDS", "is_main_process", "shutdown"],
     "system": ["describe_build"],
+    "serving": ["serve", "server_app"],
     "understanding": ["plot_curves", "plot_attention", "plot_next_token", "plot_embeddings",
                       "plot_logit_lens", "explain", "format_stages", "check_copy",
                       "corpus_index", "describe_copy", "report"],
@@ -80,7 +83,8 @@ __all__ = ["load", "stream_chunks", "complete", "stream", "generate", "chat_sess
            "MODEL_FIELDS",
            "TRAIN_FIELDS", "is_main_process", "shutdown", "describe_build", "plot_curves",
            "plot_attention", "plot_next_token", "plot_embeddings", "plot_logit_lens", "explain",
-           "format_stages", "check_copy", "corpus_index", "describe_copy", "report"]
+           "format_stages", "check_copy", "corpus_index", "describe_copy", "report", "serve",
+           "server_app"]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from gptscratch.cli.generate import cmd_chat, cmd_sample
 from gptscratch.cli.parser import prepare_options
+from gptscratch.cli.serve import cmd_serve
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -106,4 +107,4 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample, "chat": cmd_chat,
     "eval": cmd_eval, "explain": cmd_explain, "viz": cmd_viz, "report": cmd_report,
     "import-hf": cmd_import_hf,
-    "export-hf": cmd_export_hf, "merge-lora": cmd_merge_lora}
+    "export-hf": cmd_export_hf, "merge-lora": cmd_merge_lora, "serve": cmd_serve}

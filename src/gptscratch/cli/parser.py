@@ -13,6 +13,7 @@ import dataclasses
 import types
 from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
+from gptscratch.cli.serve import add_serve_parser
 from gptscratch.errors import did_you_mean
 
 # Fields of the config dataclasses that become `train` flags, with their help text.
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_parsers(sub, quiet)
     _add_viz_parser(sub, quiet)
     _add_hf_parsers(sub, quiet)
+    add_serve_parser(sub, quiet)
     return parser
 
 

@@ -1,0 +1,125 @@
+"""The HTTP application: OpenAI's routes over one served model, and how to run it.
+
+`build_app` wires the routes (`GET /health`, `GET /v1/models`, `POST /v1/completions`,
+`POST /v1/chat/completions`, and the playground page at `/` with its two routes) to a
+`Served` model and its engine, checks the optional API key
+(a Bearer token, as the `openai` client sends it) and makes every error OpenAI-shaped
+(`errors`). CORS is off: a browser page on another origin cannot call the server. `run`
+serves the app with uvicorn until interrupted, starting and stopping the engine around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
+
+from gptscratch.generation.load import LoadedModel
+from gptscratch.server.completions import Served, chat, complete
+from gptscratch.server.engine import Engine
+from gptscratch.server.errors import APIError, install_error_handlers
+from gptscratch.server.playground import add_playground
+from gptscratch.server.schemas import ChatRequest, CompletionRequest, Limits
+
+log = logging.getLogger("gptscratch")
+
+
+def _key_check(api_key: str | None) -> Any:
+    """A dependency refusing requests without `Authorization: Bearer <api_key>` (none when
+    no key is set)."""
+
+    async def check(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), api_key):
+            raise APIError(401, "invalid or missing API key; send 'Authorization: Bearer "
+                                "<key>' with the key the server was started with",
+                           code="invalid_api_key")
+
+    return Depends(check)
+
+
+def build_app(served: Served, api_key: str | None = None) -> FastAPI:
+    """The FastAPI application serving `served` (its engine is started and stopped with
+    the application's lifespan)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not served.engine.alive:
+            served.engine.start()
+        try:
+            yield
+        finally:
+            served.engine.stop()
+
+    app = FastAPI(title="gptscratch", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.served = served  # for tests and tools that look inside
+    install_error_handlers(app)
+    auth = [_key_check(api_key)]
+    started = int(time.time())
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        if not served.engine.alive:
+            raise APIError(503, "the generation engine is not running", code="engine_stopped")
+        return {"status": "ok", "model": served.name}
+
+    @app.get("/v1/models", dependencies=auth)
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [
+            {"id": served.name, "object": "model", "created": started, "owned_by": "gptscratch",
+             "context_length": served.loaded.model.config.block_size}]}
+
+    @app.get("/v1/models/{model_id}", dependencies=auth)
+    async def model(model_id: str) -> dict[str, Any]:
+        served.check_model(model_id)
+        return {"id": served.name, "object": "model", "created": started,
+                "owned_by": "gptscratch"}
+
+    @app.post("/v1/completions", dependencies=auth)
+    async def completions(body: CompletionRequest) -> Response:
+        return await complete(served, body)
+
+    @app.post("/v1/chat/completions", dependencies=auth)
+    async def chat_completions(body: ChatRequest) -> Response:
+        return await chat(served, body)
+
+    add_playground(app, served, auth)
+    return app
+
+
+def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve `app` until Ctrl-C (uvicorn's h11 protocol: its ASGI 2.3 lets a streaming
+    response notice a client that disconnects, so the row is freed at once)."""
+    import uvicorn
+
+    log.info("serving on http://%s:%d/v1 (OpenAI-compatible; Ctrl-C stops)", host, port)
+    uvicorn.run(app, host=host, port=port, http="h11", log_level="warning")
+
+
+def model_name(loaded: LoadedModel) -> str:
+    """The served model's name: its run folder (`out/shakespeare-char` for its best/ or
+    latest/ checkpoint), else its checkpoint folder."""
+    if loaded.checkpoint is None:
+        return "gptscratch"
+    path = loaded.checkpoint.path.resolve()
+    return path.parent.name if path.name in ("best", "latest") else path.name
+
+
+def create_app(loaded: LoadedModel, limits: Limits | None = None, *, name: str | None = None,
+               max_batch: int = 8, max_queue: int = 64,
+               api_key: str | None = None) -> FastAPI:
+    """The application serving a loaded model, with its own (not yet started) engine."""
+    engine = Engine(loaded.model, loaded.tokenizer, max_batch, max_queue)
+    served = Served(loaded, engine, name or model_name(loaded), limits or Limits(),
+                    loaded.corpus_script())
+    return build_app(served, api_key)

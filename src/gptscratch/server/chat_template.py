@@ -1,0 +1,78 @@
+"""Chat messages as a play script: how a base model trained on plays holds a conversation.
+
+A gptscratch model is a base model: it has seen play scripts, not chat transcripts. So the
+conversation is rendered as a scene, in the layout of the training corpus (script mode,
+`generation.script`), and the model writes the next speech:
+
+    <system and developer messages, each on its own lines, as a prologue>
+
+    USER:
+    <the user's message>
+
+    ASSISTANT:
+    <an earlier answer>
+
+    USER:
+    <the user's message>
+
+    ASSISTANT:
+                                        <- the model continues here
+
+(the "inline" layout, `USER: message`, for corpora written that way). A message's `name`
+field is the character who speaks it, so a Shakespeare model can be asked to play ROMEO
+answering JULIET; without one, user messages are spoken by USER and answers by ASSISTANT
+(names the corpus's speakers are matched to ignoring case). The answer ends where the next
+speaker's heading begins (`script.NextSpeakerStop`), which is never part of the reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gptscratch.generation.script import NextSpeakerStop, ScriptFormat, add_speech, speaker_prompt
+from gptscratch.server.errors import APIError
+from gptscratch.server.schemas import ChatMessage
+
+USER, ASSISTANT = "USER", "ASSISTANT"
+
+
+def _speaker(message: ChatMessage, script: ScriptFormat | None) -> str:
+    default = ASSISTANT if message.role == "assistant" else USER
+    name = (message.name or default).strip()
+    if not name or ":" in name or "\n" in name:
+        raise APIError(400, f"a message's name ({message.name!r}) must be a speaker name "
+                            "without colons or line breaks", "messages")
+    return (script.resolve(name) if script is not None else None) or name
+
+
+def render_chat(messages: Sequence[ChatMessage], script: ScriptFormat | None,
+                assistant: str | None = None) -> tuple[str, str]:
+    """The prompt a conversation becomes, and the character the model speaks as.
+
+    Args:
+        messages: the conversation, oldest first.
+        script: the training corpus's layout and speakers (None: "line" layout).
+        assistant: the model's character (default: the name of the last assistant message,
+            else ASSISTANT).
+
+    Raises:
+        APIError: no user or assistant message, or a name that cannot head a speech.
+    """
+    style = script.style if script is not None else "line"
+    prologue = [m.text.strip() for m in messages if m.role in ("system", "developer")]
+    speeches = [m for m in messages if m.role in ("user", "assistant")]
+    if not speeches:
+        raise APIError(400, "messages needs at least one user message", "messages")
+    transcript = "\n".join(p for p in prologue if p)
+    transcript = transcript + "\n" if transcript else ""
+    for message in speeches:
+        transcript = add_speech(transcript, _speaker(message, script), message.text, style)
+    answers = [m for m in speeches if m.role == "assistant"]
+    if assistant is None:
+        assistant = _speaker(answers[-1], script) if answers else ASSISTANT
+    return speaker_prompt(transcript, assistant, style), assistant
+
+
+def next_speaker_stop(script: ScriptFormat | None) -> NextSpeakerStop:
+    """The rule that ends the model's speech where another character's begins."""
+    return NextSpeakerStop(script)

@@ -1,0 +1,168 @@
+"""The two generation endpoints: /v1/completions and /v1/chat/completions.
+
+Each checks its request (`schemas`), turns it into engine rows (`jobs`), and answers with the
+whole result or streams it as server-sent events (`responses`). A completion's prompt may be
+one string or several; a chat's messages become one script-mode prompt (`chat_template`)
+whose answer ends where the next speaker begins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from gptscratch.generation.load import LoadedModel
+from gptscratch.generation.script import ScriptFormat
+from gptscratch.generation.stops import StopRule, StopStrings
+from gptscratch.server.chat_template import next_speaker_stop, render_chat
+from gptscratch.server.engine import Engine
+from gptscratch.server.errors import APIError, error_body
+from gptscratch.server.jobs import Job, encode, rows_for
+from gptscratch.server.responses import (
+    Finished,
+    Header,
+    chat_choice,
+    chat_delta,
+    completion_choice,
+    sse,
+    usage,
+)
+from gptscratch.server.schemas import (
+    ChatRequest,
+    CompletionRequest,
+    GenerationRequest,
+    Limits,
+    check_request,
+    sampling_config,
+)
+
+DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+@dataclass
+class Served:
+    """What the endpoints share: the model, its engine, its name and the limits."""
+
+    loaded: LoadedModel
+    engine: Engine
+    name: str
+    limits: Limits
+    script: ScriptFormat | None = None
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.name:
+            raise APIError(404, f"the model '{model}' does not exist; this server serves "
+                                f"'{self.name}'", "model", "model_not_found")
+
+
+def event_stream(objects: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    return StreamingResponse(sse(objects), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _failed(results: list[Finished]) -> None:
+    broken = next((r for r in results if r.finish_reason == "error"), None)
+    if broken is not None:
+        raise APIError(500 if broken.error != "the server is shutting down" else 503,
+                       f"generation failed: {broken.error}")
+
+
+def _start(served: Served, req: GenerationRequest, prompts: list[list[int]],
+           max_tokens: int, rules: list[StopRule], top: int | None) -> Job:
+    return Job(served.engine, rows_for(prompts, req.n, max_tokens, sampling_config(req),
+                                       req.seed, rules, top))
+
+
+async def complete(served: Served, req: CompletionRequest) -> Response:
+    """POST /v1/completions."""
+    served.check_model(req.model)
+    max_tokens = check_request(req, served.limits, DEFAULT_COMPLETION_TOKENS)
+    texts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+    if not texts:
+        raise APIError(400, "prompt is an empty list; give at least one prompt", "prompt")
+    prompts = [encode(served.loaded.tokenizer, t, served.limits, "prompt") for t in texts]
+    rules: list[StopRule] = [StopStrings(req.stops)] if req.stops else []
+    job = _start(served, req, prompts, max_tokens, rules, req.logprobs)
+    header = Header("text_completion", served.name, "cmpl")
+    used = usage(sum(map(len, prompts)), 0)
+    if req.stream:
+        return event_stream(_completion_chunks(job, header, req, texts, used))
+    results = [Finished.of(events) for events in await job.collect()]
+    _failed(results)
+    choices = []
+    for index, result in enumerate(results):
+        echo = texts[index // req.n] if req.echo else ""
+        choices.append(completion_choice(index, echo + result.text,
+                                         result.tokens if req.logprobs is not None else None,
+                                         result.finish_reason, len(echo)))
+    used = usage(used["prompt_tokens"], sum(r.completion_tokens for r in results))
+    return JSONResponse(header.wrap(choices, usage=used))
+
+
+async def _completion_chunks(job: Job, header: Header, req: CompletionRequest,
+                             texts: list[str], used: dict[str, int]
+                             ) -> AsyncIterator[dict[str, Any]]:
+    generated = 0
+    offsets = [len(texts[i // req.n]) if req.echo else 0 for i in range(len(job.handles))]
+    if req.echo:
+        for index in range(len(job.handles)):
+            yield header.wrap([completion_choice(index, texts[index // req.n], None, None)])
+    async for index, event in job.events():
+        if event.finish_reason == "error":
+            yield error_body(500, f"generation failed: {event.error}")
+            return
+        tokens = event.tokens if req.logprobs is not None else None
+        if event.text or event.finish_reason or tokens:
+            yield header.wrap([completion_choice(index, event.text, tokens,
+                                                 event.finish_reason, offsets[index])])
+        offsets[index] += len(event.text)
+        generated += event.completion_tokens
+    if req.stream_options is not None and req.stream_options.include_usage:
+        yield header.wrap([], usage=usage(used["prompt_tokens"], generated))
+
+
+async def chat(served: Served, req: ChatRequest) -> Response:
+    """POST /v1/chat/completions."""
+    served.check_model(req.model)
+    max_tokens = check_request(req, served.limits, served.limits.max_tokens)
+    if not req.messages:
+        raise APIError(400, "messages is empty; give at least one user message", "messages")
+    prompt, _ = render_chat(req.messages, served.script)
+    ids = encode(served.loaded.tokenizer, prompt, served.limits, "messages")
+    rules: list[StopRule] = [next_speaker_stop(served.script)]
+    if req.stops:
+        rules.insert(0, StopStrings(req.stops))
+    top = (req.top_logprobs or 0) if req.logprobs else None
+    job = _start(served, req, [ids], max_tokens, rules, top)
+    header = Header("chat.completion", served.name, "chatcmpl")
+    if req.stream:
+        header.object = "chat.completion.chunk"
+        return event_stream(_chat_chunks(job, header, req, len(ids)))
+    results = [Finished.of(events) for events in await job.collect()]
+    _failed(results)
+    choices = [chat_choice(i, r.text, r.tokens if req.logprobs else None,
+                           r.finish_reason) for i, r in enumerate(results)]
+    used = usage(len(ids), sum(r.completion_tokens for r in results))
+    return JSONResponse(header.wrap(choices, usage=used))
+
+
+async def _chat_chunks(job: Job, header: Header, req: ChatRequest,
+                       prompt_tokens: int) -> AsyncIterator[dict[str, Any]]:
+    for index in range(len(job.handles)):
+        yield header.wrap([chat_delta(index, {"role": "assistant", "content": ""}, None, None)])
+    generated = 0
+    async for index, event in job.events():
+        if event.finish_reason == "error":
+            yield error_body(500, f"generation failed: {event.error}")
+            return
+        tokens = event.tokens if req.logprobs else None
+        if event.text or tokens:
+            yield header.wrap([chat_delta(index, {"content": event.text}, tokens, None)])
+        if event.finish_reason is not None:
+            yield header.wrap([chat_delta(index, {}, None, event.finish_reason)])
+        generated += event.completion_tokens
+    if req.stream_options is not None and req.stream_options.include_usage:
+        yield header.wrap([], usage=usage(prompt_tokens, generated))

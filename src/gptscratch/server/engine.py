@@ -1,0 +1,224 @@
+"""The batching engine: one thread owns the model and decodes every request's rows together.
+
+Requests arrive as rows (`RowRequest`: prompt ids, length, sampling settings, seed, stop
+rules) into a bounded queue. Before every decoding step, waiting rows join the running batch
+(up to `max_batch`) and finished or abandoned rows leave it: continuous batching, so a short
+request never waits for a long one to end.
+
+Each row keeps everything that shapes its text to itself: its own `SamplingConfig`, its own
+seeded `torch.Generator`, its own penalty history, and its own context window. The window
+follows `model.decoding.Decoder`'s rule for a prompt decoded alone (the last block_size
+prompt tokens, then a slide to the last `window_keep` tokens when the cache is full), so a
+row's tokens do not depend on which other rows share its batch. When rows join or a row
+slides, the batch's `Decoder` is rebuilt from every row's window (one prefill); rows that leave
+are dropped from its cache in place. A row sampled with seed s therefore gives what
+`generation.stream.complete` gives for the same prompt and seed s. (Its logits agree to about
+5e-7 in fp32, not bit for bit: in a padded batch a row goes through the masked attention
+kernel, and it is prefilled again whenever rows join. Re-prefilling every row on a join is
+the simple, correct choice; merging a new row's cache into the batch's would save it.)
+
+The engine knows token ids and text, not HTTP: each row reports `RowEvent`s to a callback (the
+server turns them into response chunks).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from gptscratch.data.tokenizers import Tokenizer
+from gptscratch.generation.stops import apply_rules
+from gptscratch.model.decoding import Decoder
+from gptscratch.model.gpt import GPT
+from gptscratch.model.sampling import sample_next_token
+from gptscratch.server.rows import (
+    EngineStopped,
+    QueueFull,
+    Row,
+    RowEvent,
+    RowRequest,
+    Sink,
+    TokenInfo,
+)
+
+log = logging.getLogger("gptscratch")
+
+
+class Engine:
+    """Decodes the rows of every request in one batch, on a thread of its own.
+
+    Args:
+        model: the GPT, in eval mode (only this engine's thread runs it).
+        tokenizer: turns each row's ids into text for its stop rules and events.
+        max_batch: the most rows decoded together.
+        max_queue: the most rows waiting to join; beyond it `submit` raises `QueueFull`.
+    """
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch: int = 8,
+                 max_queue: int = 64) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.block_size = model.config.block_size
+        self.device = model.transformer.wte.weight.device
+        self._waiting: deque[Row] = deque()
+        self._running: list[Row] = []
+        self._decoder: Decoder | None = None
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.largest_batch = 0  # the most rows one step decoded (for tests and logs)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="gptscratch-engine",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the current step, then end every row with an error and stop the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        for row in [*self._running, *self._waiting]:
+            row.send(RowEvent("", finish_reason="error", error="the server is shutting down"))
+        self._running, self._waiting = [], deque()
+
+    def submit(self, requests: Sequence[RowRequest], sinks: Sequence[Sink]) -> list[Row]:
+        """Queue the rows of one request, all or none.
+
+        Raises:
+            QueueFull: fewer than len(requests) places are free in the queue.
+            EngineStopped: the engine is not running.
+        """
+        rows = [Row(r, s) for r, s in zip(requests, sinks, strict=True)]
+        with self._cond:
+            if not self.alive:
+                raise EngineStopped("the generation engine is not running")
+            if len(self._waiting) + len(rows) > self.max_queue:
+                raise QueueFull(f"the queue is full ({self.max_queue} waiting rows); "
+                                "retry later")
+            self._waiting.extend(rows)
+            self._cond.notify_all()
+        return rows
+
+    def cancel(self, rows: Sequence[Row]) -> None:
+        """Abandon rows (their client left): they leave the batch before the next step."""
+        for row in rows:
+            row.cancelled = True
+        with self._cond:
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._waiting and not self._running:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                joined = self._admit()
+            self._leave([i for i, r in enumerate(self._running) if r.cancelled])
+            if not self._running:
+                continue
+            try:
+                self._step(joined)
+            except Exception as exc:  # a bug or an out-of-memory: fail these rows, go on
+                log.exception("generation failed")
+                for row in self._running:
+                    row.send(RowEvent("", finish_reason="error", error=str(exc)))
+                self._running, self._decoder = [], None
+
+    def _admit(self) -> bool:
+        """Move waiting rows into the batch while there is room; True if any joined."""
+        joined = False
+        while self._waiting and len(self._running) < self.max_batch:
+            row = self._waiting.popleft()
+            if row.cancelled:
+                continue
+            if row.request.max_tokens == 0:
+                row.send(RowEvent("", finish_reason="length"))
+                continue
+            row.begin(self.device, self.model.config.vocab_size, self.block_size)
+            self._running.append(row)
+            joined = True
+        return joined
+
+    def _leave(self, gone: list[int]) -> None:
+        """Drop rows (indices into the batch) from the batch and from the decoder's cache."""
+        if not gone:
+            return
+        keep = [i for i in range(len(self._running)) if i not in set(gone)]
+        self._running = [self._running[i] for i in keep]
+        if not keep:
+            self._decoder = None
+        elif self._decoder is not None:
+            self._decoder.keep(torch.tensor(keep, device=self.device))
+
+    @torch.inference_mode()
+    def _step(self, joined: bool) -> None:
+        """One token for every running row."""
+        slid = [row.slide_if_full(self.block_size) for row in self._running]
+        decoder = self._decoder
+        cache_full = (decoder is not None and decoder.cache is not None
+                      and decoder.cache.length >= self.block_size)
+        if decoder is None or joined or any(slid) or cache_full:
+            decoder = self._decoder = Decoder(self.model, [r.window() for r in self._running])
+        self.largest_batch = max(self.largest_batch, decoder.batch)
+        logits = decoder.logits()  # (B, V) fp32
+        logprobs = F.log_softmax(logits, dim=-1)  # (B, V)
+        chosen = [sample_next_token(logits[i:i + 1], row.request.sampling, row.generator,
+                                    row.history) for i, row in enumerate(self._running)]
+        ids = torch.cat(chosen)  # (B, 1)
+        decoder.append(ids)
+        finished = []
+        for i, (row, token) in enumerate(zip(self._running, ids[:, 0].tolist(), strict=True)):
+            if row.history is not None:
+                row.history.add(chosen[i])
+            if self._advance(row, token, logprobs[i]):
+                finished.append(i)
+        self._leave(finished)
+
+    def _token_info(self, row: Row, token: int, logprobs: torch.Tensor) -> TokenInfo:
+        top: tuple[tuple[str, float], ...] = ()
+        n = row.request.top_logprobs or 0
+        if n > 0:
+            values, indices = torch.topk(logprobs, min(n, logprobs.size(-1)))
+            top = tuple((self.tokenizer.decode([t]), v) for t, v in
+                        zip(indices.tolist(), values.tolist(), strict=True))
+        return TokenInfo(token, self.tokenizer.decode([token]), float(logprobs[token]), top)
+
+    def _advance(self, row: Row, token: int, logprobs: torch.Tensor) -> bool:
+        """Add a sampled token to its row and report what became safe; True when it ended."""
+        row.offsets.append(len(row.text))
+        row.context.append(token)
+        row.generated.append(token)
+        if row.request.top_logprobs is not None:
+            row.pending.append(self._token_info(row, token, logprobs))
+        text = row.text = self.tokenizer.decode(row.generated)
+        cut, safe = apply_rules(text, row.request.rules)
+        if cut is not None:  # keep the tokens whose text begins before the cut
+            starts = row.offsets[len(row.offsets) - len(row.pending):]
+            shown = [t for t, at in zip(row.pending, starts, strict=True) if at < cut]
+            self._finish(row, text[row.emitted:cut], shown, "stop")
+            return True
+        if len(row.generated) >= row.request.max_tokens:
+            self._finish(row, text[row.emitted:], row.pending, "length")
+            return True
+        if safe > row.emitted:
+            row.send(RowEvent(text[row.emitted:safe], tuple(row.pending)))
+            row.emitted, row.pending = safe, []
+        return False
+
+    def _finish(self, row: Row, text: str, tokens: list[TokenInfo], reason: str) -> None:
+        row.send(RowEvent(text, tuple(tokens), reason, len(row.generated)))

@@ -1,0 +1,225 @@
+"""`gptscratch serve` through the official `openai` client: the routes, the response shapes
+and every error, on the tiny char model, against `api.complete` as the oracle (the server must
+write what the library writes for the same prompt, settings and seed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import cli_error
+from serving import client, openai, post, running
+
+from gptscratch import api
+
+PROMPT = "ROMEO:\nWhat"
+LIMIT = 64
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_run: Path) -> Any:
+    return api.load(tiny_run, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def url(loaded: Any) -> Any:
+    app = api.server_app(loaded, max_batch=4, max_tokens_per_request=LIMIT,
+                         max_prompt_tokens=200)
+    with running(app) as served:
+        yield served
+
+
+def expected(loaded: Any, prompt: str = PROMPT, **options: Any) -> Any:
+    """What the library generates: the oracle."""
+    return api.complete(loaded, prompt, **options)[0]
+
+
+def test_health_and_models_name_the_run(url: str) -> None:
+    assert post(url, "/health", method="GET")[:1] == (200,)
+    assert [m.id for m in client(url).models.list().data] == ["tiny"]
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(temperature=0.9, seed=3),
+                                      dict(temperature=1.0, seed=5, top_p=0.9,
+                                           presence_penalty=0.5)])
+def test_a_completion_is_what_the_library_writes(url: str, loaded: Any,
+                                                 settings: dict[str, Any]) -> None:
+    """40 tokens: the char model's 32-token window slides on the way."""
+    out = client(url).completions.create(model="tiny", prompt=PROMPT, max_tokens=40, **settings)
+    want = expected(loaded, max_new_tokens=40, **settings)
+    assert out.choices[0].text == want.text
+    assert out.choices[0].finish_reason == "length"
+    assert out.object == "text_completion"
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (len(PROMPT), 40)
+
+
+def test_streaming_gives_the_same_text_in_pieces(url: str, loaded: Any) -> None:
+    chunks = list(client(url).completions.create(model="tiny", prompt=PROMPT, max_tokens=30,
+                                                 temperature=0.8, seed=11, stream=True))
+    assert len(chunks) > 2
+    assert "".join(c.choices[0].text for c in chunks) == expected(
+        loaded, max_new_tokens=30, temperature=0.8, seed=11).text
+    assert [c.choices[0].finish_reason for c in chunks][-1] == "length"
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+
+
+def test_a_stop_string_ends_the_text_and_is_never_sent(url: str, loaded: Any) -> None:
+    greedy = expected(loaded, max_new_tokens=40, temperature=0.0).text
+    stop = greedy[12:15]
+    want = greedy[:greedy.find(stop)]
+    c = client(url)
+    out = c.completions.create(model="tiny", prompt=PROMPT, max_tokens=40, temperature=0,
+                               stop=[stop, "zzz"])
+    assert (out.choices[0].text, out.choices[0].finish_reason) == (want, "stop")
+    streamed = list(c.completions.create(model="tiny", prompt=PROMPT, max_tokens=40,
+                                         temperature=0, stop=stop, stream=True))
+    assert "".join(s.choices[0].text for s in streamed) == want
+    assert streamed[-1].choices[0].finish_reason == "stop"
+
+
+def test_n_choices_of_several_prompts_are_seeded_one_by_one(url: str, loaded: Any) -> None:
+    prompts = [PROMPT, "JULIET:\n"]
+    out = client(url).completions.create(model="tiny", prompt=prompts, max_tokens=12, n=2,
+                                         temperature=1.0, seed=7)
+    assert [c.index for c in out.choices] == [0, 1, 2, 3]
+    for c in out.choices:  # choice j of prompt i: seed 7 + j
+        want = expected(loaded, prompts[c.index // 2], max_new_tokens=12, temperature=1.0,
+                        seed=7 + c.index % 2)
+        assert c.text == want.text
+    assert out.usage.prompt_tokens == sum(map(len, prompts))
+    assert out.usage.completion_tokens == 4 * 12
+
+
+def test_logprobs_are_the_models_with_the_top_alternatives(url: str, loaded: Any) -> None:
+    out = client(url).completions.create(model="tiny", prompt=PROMPT, max_tokens=10,
+                                         temperature=0, logprobs=3, echo=True)
+    choice = out.choices[0]
+    want = expected(loaded, max_new_tokens=10, temperature=0.0)
+    assert choice.text == PROMPT + want.text
+    lp = choice.logprobs
+    assert "".join(lp.tokens) == want.text
+    assert lp.token_logprobs == pytest.approx(want.logprobs, abs=1e-5)
+    assert lp.text_offset[0] == len(PROMPT)
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert len(top) == 3
+        best = max(top, key=top.get)  # greedy: the chosen token is the most likely one
+        assert (best, top[best]) == (token, pytest.approx(logprob, abs=1e-6))
+
+
+def test_chat_streams_the_characters_next_speech(url: str, loaded: Any) -> None:
+    from gptscratch.server.chat_template import render_chat
+    from gptscratch.server.schemas import ChatMessage
+
+    messages = [{"role": "system", "content": "A street in Verona."},
+                {"role": "user", "content": "Good morrow, cousin.", "name": "BENVOLIO"},
+                {"role": "assistant", "content": "Is the day so young?", "name": "ROMEO"},
+                {"role": "user", "content": "But new struck nine.", "name": "BENVOLIO"}]
+    prompt, speaker = render_chat([ChatMessage(**m) for m in messages],  # type: ignore[arg-type]
+                                  loaded.corpus_script())
+    assert speaker == "ROMEO" and prompt.endswith("But new struck nine.\n\nROMEO:\n")
+    want = expected(loaded, prompt, max_new_tokens=60, temperature=0.0,
+                    until_next_speaker=True)
+    c = client(url)
+    chunks = list(c.chat.completions.create(model="tiny", messages=messages,  # type: ignore
+                                            max_tokens=60, temperature=0, stream=True))
+    assert chunks[0].object == "chat.completion.chunk"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == want.text
+    assert chunks[-1].choices[0].finish_reason == want.finish_reason
+    whole = c.chat.completions.create(model="tiny", messages=messages,  # type: ignore
+                                      max_tokens=60, temperature=0)
+    assert whole.choices[0].message.content == want.text
+
+
+def error_of(url: str, body: Any, path: str = "/v1/completions",
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    status, _, answer = post(url, path, body, headers)
+    assert isinstance(answer, dict) and set(answer) == {"error"}, answer
+    assert set(answer["error"]) == {"message", "type", "param", "code"}
+    assert "Traceback" not in answer["error"]["message"]
+    return status, answer["error"]
+
+
+GOOD = {"model": "tiny", "prompt": "ROMEO:", "max_tokens": 4}
+
+
+@pytest.mark.parametrize(("body", "status", "param", "says"), [
+    (b'{"prompt": "ROMEO:", ', 400, None, "not valid JSON"),
+    ({**GOOD, "temperature": "hot"}, 422, "temperature", "temperature"),
+    ({**GOOD, "max_tokens": [1]}, 422, "max_tokens", "max_tokens"),
+    ({"model": "tiny"}, 422, "prompt", "prompt"),
+    ({**GOOD, "temperature": -0.5}, 400, "temperature", "temperature (-0.5) must be >= 0"),
+    ({**GOOD, "top_p": 0}, 400, "top_p", "(0, 1]"),
+    ({**GOOD, "top_p": 1.5}, 400, "top_p", "(0, 1]"),
+    ({**GOOD, "max_tokens": LIMIT + 1}, 400, "max_tokens", f"allows per request ({LIMIT})"),
+    ({**GOOD, "prompt": "ROMEO: " * 40}, 413, "prompt", "at most 200"),
+    ({**GOOD, "prompt": "ROMEO: ☃ é"}, 400, "prompt", "'☃', 'é'"),
+    ({**GOOD, "stop": [""]}, 400, "stop", "empty"),
+    ({**GOOD, "model": "gpt-4"}, 404, "model", "'gpt-4' does not exist"),
+])
+def test_bad_requests_get_openai_shaped_errors(url: str, body: Any, status: int,
+                                               param: str | None, says: str) -> None:
+    got, error = error_of(url, body)
+    assert (got, error["param"]) == (status, param), error
+    assert says in error["message"]
+    assert client(url).completions.create(**GOOD).choices[0].finish_reason  # still serving
+
+
+def test_the_openai_client_raises_its_own_errors(url: str) -> None:
+    c = client(url)
+    with pytest.raises(openai.BadRequestError, match="top_p"):
+        c.completions.create(model="tiny", prompt="ROMEO:", top_p=2.0)
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "Hi"}])
+
+
+def test_unknown_routes_and_no_cors(url: str) -> None:
+    status, error = error_of(url, GOOD, path="/v1/embeddings")
+    assert status == 404 and "/v1/embeddings" in error["message"]
+    _, headers, _ = post(url, "/v1/models", None, {"Origin": "http://evil.example"},
+                         method="GET")
+    assert not any(h.lower().startswith("access-control") for h in headers)
+
+
+def test_an_api_key_is_required_when_set(loaded: Any) -> None:
+    with running(api.server_app(loaded, api_key="sesame")) as url:
+        status, error = error_of(url, GOOD)
+        assert status == 401 and error["code"] == "invalid_api_key"
+        assert error_of(url, GOOD, headers={"Authorization": "Bearer nope"})[0] == 401
+        with pytest.raises(openai.AuthenticationError):
+            client(url, api_key="wrong").models.list()
+        assert client(url, api_key="sesame").completions.create(**GOOD).choices
+        assert post(url, "/health", method="GET")[0] == 200  # no key needed
+
+
+def test_a_full_queue_is_a_429(loaded: Any) -> None:
+    with running(api.server_app(loaded, max_batch=1, max_queue=2)) as url:
+        status, error = error_of(url, {**GOOD, "n": 3})
+        assert status == 429 and error["type"] == "rate_limit_error"
+        with pytest.raises(openai.RateLimitError):
+            client(url).completions.create(**GOOD, n=3)
+        assert len(client(url).completions.create(**GOOD, n=2).choices) == 2
+
+
+def test_serve_without_the_extra_names_the_pip_command(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tiny_run: Path) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "fastapi" else real(name, *a))
+    line = cli_error(["serve", "--ckpt", str(tiny_run)], capsys)
+    assert 'pip install -c constraints.txt -e ".[serve]"' in line
+    line = cli_error(["serve", "--ckpt", str(tiny_run), "--max-batch", "0"], capsys)
+    assert "max_batch (0) must be >= 1" in line
+
+
+def test_a_stopped_engine_is_a_503_and_the_server_says_so(loaded: Any) -> None:
+    app = api.server_app(loaded)
+    with running(app) as url:
+        app.state.served.engine.stop()
+        assert post(url, "/health", method="GET")[0] == 503
+        status, error = error_of(url, GOOD)
+        assert status == 503 and error["code"] == "engine_stopped"
