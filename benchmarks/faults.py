@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from fault_cases import (  # noqa: E402 (the test helpers live in tests/)
+    SIGNAL_STEPS,
     Outcome,
     double_signal,
     full_disk_checkpoint,
@@ -101,7 +102,7 @@ def signals(work: Path, n: int) -> dict[str, Any]:
     cases = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         for i in range(n):
-            step = rng.randint(5, 250)
+            step = rng.randint(5, SIGNAL_STEPS - 20)
             cases.append(case(f"{signum.name} after step {step}, resumed", signal_and_resume(
                 work / f"{signum.name}-{i}", CORPUS, reference, signum, step)))
         for delay in (0.0, 0.005, 0.02, 0.05, 0.2)[:max(1, n + 2)]:

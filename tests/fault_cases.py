@@ -37,7 +37,7 @@ from gptscratch.training.metrics import read_metrics
 MODEL = ["--block-size=32", "--n-layer=2", "--n-head=2", "--n-embd=32", "--dtype=float32",
          "--device=cpu", "--sample-tokens=0", "--eval-iters=1", "--warmup-iters=2",
          "--max-time=0"]
-SIGNAL_STEPS = 300
+SIGNAL_STEPS = 120  # long enough to signal mid-run, short enough for CI (~1 s a 10 steps)
 SIGNAL_FLAGS = [*MODEL, f"--max-iters={SIGNAL_STEPS}", "--eval-interval=100000",
                 "--log-interval=1", "--batch-size=4", "--dropout=0.1"]
 DOUBLE_SIGNAL_EVERY = 20  # checkpoints every 20 steps, so one exists when the signals come

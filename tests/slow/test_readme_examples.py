@@ -3,11 +3,11 @@
 The commands are read from the README's bash blocks, in order, and run in a shell in a fresh
 folder that holds the inputs they name (`my_text.txt`, `my_corpus/`, `notes/`, `big_folder/`,
 `a.txt`, `b.txt`, all cut from the test corpus). Training is cut to a few steps of batches
-of 2, and generation to 40 tokens. A few cannot run here and are skipped, each for a reason:
-benchmarks (not examples), torchrun on 8 GPUs or 2 machines (multi-process training is tested in
-`test_distributed_runs.py`), a CUDA device where there is none, and the Hugging Face Hub
-(offline: `import-hf openai-community/gpt2` reads a tiny local GPT-2 folder instead, so the
-fine-tuning commands after it run as written).
+of 2, generation to 40 tokens, and `eval` to a small file. A few cannot run here and are
+skipped, each for a reason: benchmarks (not examples), torchrun on 8 GPUs or 2 machines
+(multi-process training is tested in `test_distributed_runs.py`), a CUDA device where there is
+none, and the Hugging Face Hub (offline: `import-hf openai-community/gpt2` reads a tiny local
+GPT-2 folder instead, so the fine-tuning commands after it run as written).
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ def shortened(command: str, hub_gpt2: Path) -> str:
         command += " --eval-interval 3 --eval-iters 1 --max-time 0 --sample-tokens 20"
         if "--batch-size" not in command:  # a GPT-2-vocabulary preset: 24 s a step at 16x2
             command += " --batch-size 2 --grad-accum 1"
+    if command.startswith("gptscratch eval") and "--data" not in command:
+        # Scoring the built-in corpus's whole val split (0.5M tokens) takes ~50 s here; the
+        # val-split path itself is tested in integration/test_cli.py.
+        command += " --data a.txt"
     if re.search(r"gptscratch (sample|chat)\b", command):
         command = re.sub(r"--max-new-tokens \d+", "", command) + " --max-new-tokens 40"
     return command
