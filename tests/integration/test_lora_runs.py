@@ -237,3 +237,12 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_is_written(
     assert "--lora-rank 8" in message and "--activation-checkpointing" in message
     assert not out.exists()
 
+
+
+def test_serve_loads_base_plus_adapters(lora_run: Path) -> None:
+    serving = pytest.importorskip("serving")
+    want = api.complete(lora_run, "ROMEO:", max_new_tokens=12, temperature=0.0)[0].text
+    with serving.running(api.server_app(lora_run, device="cpu", dtype="float32")) as url:
+        out = serving.client(url).completions.create(
+            model=lora_run.name, prompt="ROMEO:", max_tokens=12, temperature=0.0)
+    assert out.choices[0].text == want
