@@ -128,10 +128,12 @@ class Engine:
                 if self._stopping:
                     return
                 joined = self._admit()
-            self._leave([i for i, r in enumerate(self._running) if r.cancelled])
-            if not self._running:
-                continue
+            if joined:  # the decoder holds only the old rows; `_step` rebuilds it anyway
+                self._decoder = None
             try:
+                self._leave([i for i, r in enumerate(self._running) if r.cancelled])
+                if not self._running:
+                    continue
                 self._step(joined)
             except Exception as exc:  # a bug or an out-of-memory: fail these rows, go on
                 log.exception("generation failed")
