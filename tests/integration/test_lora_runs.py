@@ -185,7 +185,6 @@ def test_lora_on_a_hugging_face_gpt2_with_a_tied_head(tmp_path: Path, tiny_corpu
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--lora-rank", "0"], None),
     (["--lora-rank", "33"], "must be a whole number from 1 to 32"),
     (["--lora-rank", "4", "--lora-targets", "attn,ffn"], "ffn is not a LoRA target; choose "
                                                          "from attn, mlp, head"),
@@ -195,9 +194,7 @@ def test_lora_on_a_hugging_face_gpt2_with_a_tied_head(tmp_path: Path, tiny_corpu
 ])
 def test_bad_lora_settings_exit_2_in_one_line_and_write_nothing(
         base: Path, tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        extra: list[str], expected: str | None) -> None:
-    if expected is None:
-        return  # rank 0 is "no LoRA": a plain fine-tune, covered in test_finetune.py
+        extra: list[str], expected: str) -> None:
     out = tmp_path / "run"
     message = cli_error(["train", "--init-from", str(base), "--data", str(tiny_corpus),
                          "--out", str(out), "--max-iters", "1", *extra], capsys)

@@ -21,9 +21,9 @@ import safetensors.torch
 import torch
 
 from gptscratch.errors import UserError
-from gptscratch.model.config import ModelConfig
+from gptscratch.model.config import ModelConfig, parse_targets
 from gptscratch.model.gpt import GPT
-from gptscratch.model.lora import add_lora, merge_lora, parse_targets
+from gptscratch.model.lora import add_lora, merge_lora
 
 if TYPE_CHECKING:
     from gptscratch.checkpoints.checkpoint import Checkpoint

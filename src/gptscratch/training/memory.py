@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gptscratch.model.config import ModelConfig
-from gptscratch.model.lora import TARGETS, parse_targets
+from gptscratch.model.config import ModelConfig, parse_targets
+from gptscratch.model.lora import TARGETS
 from gptscratch.training.config import TrainConfig
 
 # Values kept for the backward pass per token, per layer, in units of C (see above).
