@@ -96,10 +96,37 @@ def _model_config_from_hf(hf: Mapping[str, Any], where: str) -> ModelConfig:
         raise UserError(f"{where} describes an invalid GPT-2: {e}") from None
 
 
+def check_gpt2_expressible(config: ModelConfig) -> None:
+    """Refuse a model that GPT-2's format cannot hold: one built with a modern-recipe option
+    other than GPT-2's. The two GELUs map onto HF's `gelu_new` and `gelu` (see
+    `hf_config_from_model`); `zero_init_proj` only sets the starting weights, so it exports.
+
+    Raises:
+        UserError: one line naming the first such option and its GPT-2 value.
+    """
+    gpt2 = {"positions": "learned", "norm": "layernorm", "qk_norm": False, "logit_softcap": 0.0}
+    for name, value in gpt2.items():
+        if getattr(config, name) != value:
+            raise UserError(
+                f"cannot export to Hugging Face GPT-2: this model has {name}="
+                f"{getattr(config, name)!r}, which GPT-2's format cannot express (it needs "
+                f"{name}={value!r}); use it with gptscratch itself (sample, eval, serve)")
+    if config.activation not in ("gelu_tanh", "gelu"):  # HF's gelu_new and gelu
+        raise UserError(
+            f"cannot export to Hugging Face GPT-2: this model has activation="
+            f"{config.activation!r}, which GPT-2's format cannot express (it needs gelu_tanh or "
+            "gelu); use it with gptscratch itself (sample, eval, serve)")
+
+
 def hf_config_from_model(
     config: ModelConfig, bos_token_id: int | None, eos_token_id: int | None
 ) -> dict[str, Any]:
-    """The config.json that makes transformers build a GPT2LMHeadModel of this shape."""
+    """The config.json that makes transformers build a GPT2LMHeadModel of this shape.
+
+    Raises:
+        UserError: the model has an option GPT-2 cannot express (`check_gpt2_expressible`).
+    """
+    check_gpt2_expressible(config)
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -184,7 +211,11 @@ def state_dict_to_hf(
 
     A model without biases gets zero biases (the same function); a tied head is left out
     (transformers re-ties it to `transformer.wte.weight`).
+
+    Raises:
+        UserError: the model has an option GPT-2 cannot express (`check_gpt2_expressible`).
     """
+    check_gpt2_expressible(config)
     hf: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         if name == "lm_head.weight" and config.tie_embeddings:

@@ -9,7 +9,13 @@ MODEL_HELP = {
     "dropout": "dropout probability", "bias": "biases in Linear and LayerNorm layers",
     "attention": "auto | sdpa | explicit",
     "tie_embeddings": "share the token embedding with the LM head",
-    "activation": "gelu_tanh (GPT-2's) | gelu (exact; a faster kernel on CPU)",
+    "activation": "gelu_tanh (GPT-2's) | gelu (exact; a faster kernel on CPU) | relu2 "
+                  "(relu(x)^2, Primer) | swiglu (gated MLP, ~8C/3 wide)",
+    "positions": "learned (GPT-2's position table) | rope (rotary q and k, RoFormer)",
+    "norm": "layernorm (GPT-2's) | rmsnorm (no mean, no bias)",
+    "qk_norm": "RMSNorm each head's queries and keys before attention",
+    "zero_init_proj": "start the attention and MLP output projections at zero",
+    "logit_softcap": "bound the logits: X * tanh(logits / X), as Gemma 2 (0: off)",
 }
 
 
@@ -26,4 +32,7 @@ TRAIN_HELP = {
     "lora_targets": "LoRA: the layers to adapt, comma-separated: attn, mlp, head",
     "loggers": "also log to tensorboard, csv or wandb (repeatable, or comma-separated)",
     "eval_sample_tokens": "tokens sampled at each evaluation for loggers and report (0: none)",
+    "optimizer": "adamw | muon (Muon for the blocks' weight matrices, AdamW for the rest)",
+    "muon_lr": "Muon's peak learning rate, scaled by the same schedule as --learning-rate",
+    "muon_momentum": "Muon's Nesterov momentum",
 }

@@ -91,6 +91,11 @@ def _embedding_stages(model: GPT, tokenizer: Tokenizer, ids: list[int],
     stages.add("token embedding", f"{_shape(idx)} -> {_shape(tok)}",
                f"each id picks its row of the ({cfg.vocab_size}, {C}) table wte: a learned "
                "vector per token", tok, _stats(tok))
+    if model.transformer.wpe is None:
+        stages.add("rotary positions", _shape(tok), "no position vector is added: each "
+                   "block's attention turns its queries and keys by angles set by their "
+                   "positions (RoPE)", tok, _stats(tok))
+        return tok
     pos = model.transformer.wpe(torch.arange(T, device=device))
     x = tok + pos
     stages.add("+ position embedding", f"{_shape(pos)} -> {_shape(x)}",
@@ -145,7 +150,7 @@ def _head_stages(model: GPT, tokenizer: Tokenizer, x: torch.Tensor, top: int,
     x = model.transformer.ln_f(x)
     stages.add("final LayerNorm", _shape(x), "ln_f normalises the stream once more before the "
                "read-out", x, _stats(x))
-    logits = model.lm_head(x)
+    logits = model.logits(x)
     stages.add("LM head", f"{_shape(x)} -> {_shape(logits)}",
                f"a Linear C -> V sharing its weight with wte: a score for each of the "
                f"{model.config.vocab_size} tokens at every position", logits)

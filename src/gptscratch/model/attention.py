@@ -15,6 +15,10 @@ Two paths compute the same thing:
 
 During generation a `LayerCache` (see kv_cache.py) supplies the keys and values of earlier
 tokens, so only the new tokens' q, k and v are computed.
+
+Two options of the modern recipe act on q and k before either path runs, so both paths see
+the same q and k: `qk_norm` (RMSNorm of each head's queries and keys) and rotary position
+embeddings (`positions="rope"`, rotary.py), which turn q and k by their positions.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from torch import nn
 
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.kv_cache import LayerCache
+from gptscratch.model.layers import RMSNorm
 from gptscratch.model.linear import Linear
+from gptscratch.model.rotary import apply_rotary, rotary_angles
 
 
 def explicit_attention(
@@ -100,8 +106,16 @@ class CausalSelfAttention(nn.Module):
         # Output projection mixes the heads back together: C -> C.
         self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # QK-norm (Dehghani et al. 2023, ViT-22B; modded-nanogpt): unit-RMS queries and keys
+        # cap how large a score can grow, which stopped the attention-logit blow-ups that
+        # diverged their large runs and tolerates higher learning rates. A learned gain of D
+        # channels, shared by the heads, lets attention sharpen again.
+        self.q_norm: RMSNorm | None = RMSNorm(config.head_size) if config.qk_norm else None
+        self.k_norm: RMSNorm | None = RMSNorm(config.head_size) if config.qk_norm else None
+        self.rotary = config.positions == "rope"
 
-    def _split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _split_heads(self, x: torch.Tensor, cache: LayerCache | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         # Multi-head attention is only a reshape: (B, T, C) -> (B, T, H, D) -> (B, H, T, D).
@@ -109,6 +123,16 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, H, D).transpose(1, 2)
         k = k.view(B, T, H, D).transpose(1, 2)
         v = v.view(B, T, H, D).transpose(1, 2)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # RMSNorm over D, per head and position
+        if self.rotary:
+            # The new tokens' positions: 0..T-1, or from the cache, which counts each row
+            # from its first real token (left-padded rows) and after the cached ones.
+            positions = (cache.cache.positions(T) if cache is not None  # (B, T)
+                         else torch.arange(T, device=x.device))  # (T,)
+            cos, sin = rotary_angles(positions, D)
+            # Keys enter the cache already turned, so each is rotated once, when it is new.
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v
 
     def _merge_heads(self, y: torch.Tensor) -> torch.Tensor:
@@ -119,7 +143,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         """x: (B, T, C) -> (B, T, C). With a cache, x holds only the new positions and the
         keys and values of earlier ones come from the cache."""
-        q, k, v = self._split_heads(x)
+        q, k, v = self._split_heads(x, cache)
         mask = None
         if cache is not None:
             k, v = cache.update(k, v)  # (B, H, S, D): the cached positions, then the new ones

@@ -7,12 +7,15 @@ and the fix.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
 from gptscratch.errors import UserError, require
 
-ACTIVATIONS = ("gelu_tanh", "gelu")
+ACTIVATIONS = ("gelu_tanh", "gelu", "relu2", "swiglu")
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
 # Upper bounds far beyond any model this toolkit trains (GPT-2 XL: 50,257 ids, 1,024 context,
 # 48 layers, 25 heads, 1,600 wide), which stop a mistyped flag or a damaged checkpoint from
 # asking for terabytes.
@@ -40,13 +43,25 @@ def parse_targets(spec: str) -> tuple[str, ...]:
     return tuple(n for n in LORA_TARGETS if n in names)
 
 
+def swiglu_hidden(n_embd: int) -> int:
+    """The hidden width of a SwiGLU MLP: 8C/3 rounded up to a multiple of 64.
+
+    SwiGLU has three C x hidden matrices (gate, up, down) where GELU's MLP has two C x 4C
+    ones; 2/3 of 4C keeps the parameters (and FLOPs) equal, 3 * C * 8C/3 = 2 * C * 4C, as in
+    Shazeer 2020 and LLaMA. Rounding up to a multiple of 64 keeps the matmuls on whole
+    hardware tiles (LLaMA rounds to 256); it adds a little at small widths (C = 384: exactly
+    1,024; C = 768: 2,048).
+    """
+    return 64 * math.ceil(8 * n_embd / 3 / 64)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of a GPT. Letters used in the code: B batch, T time, C = n_embd, H = n_head,
     D = C // H head size, V = vocab_size, L = n_layer."""
 
     vocab_size: int = 65
-    block_size: int = 256  # longest context the model can see (learned position embeddings)
+    block_size: int = 256  # longest context the model sees at once (and the KV cache holds)
     n_layer: int = 6
     n_head: int = 6
     n_embd: int = 384
@@ -60,9 +75,17 @@ class ModelConfig:
     tie_embeddings: bool = True
     # The MLP's GELU: "gelu_tanh", GPT-2's tanh approximation (what its weights were trained
     # with), or "gelu", the exact x * Phi(x) (as in nanoGPT and HF's "gelu" models), whose
-    # kernel runs ~3x faster on CPU (though the shakespeare-char preset ended worse with it).
+    # kernel runs ~3x faster on CPU (though the shakespeare-char preset ended worse with it);
+    # "relu2", relu(x)^2, or "swiglu", a gated MLP of width `swiglu_hidden` (layers.py).
     # Checkpoints saved before this field existed are GPT-2 style: "gelu_tanh".
     activation: str = "gelu_tanh"
+    # The "modern GPT recipe" options (model/rotary.py, layers.py, attention.py, gpt.py). Each
+    # default is GPT-2's, so older checkpoints and Hugging Face GPT-2 models load unchanged.
+    positions: str = "learned"  # "learned" table wpe, or "rope": rotary q and k, no table
+    norm: str = "layernorm"  # or "rmsnorm": no mean, no bias
+    qk_norm: bool = False  # RMSNorm of each head's queries and keys before attention
+    zero_init_proj: bool = False  # residual output projections start at zero
+    logit_softcap: float = 0.0  # logits = cap * tanh(logits / cap); 0 is off
 
     def __post_init__(self) -> None:
         for name, most in LIMITS.items():
@@ -72,7 +95,7 @@ class ModelConfig:
                 f"{name} ({value!r}) must be a whole number from 1 to {most:,}; "
                 f"try --{name.replace('_', '-')} {min(most, 256)}",
             )
-        for name in ("bias", "tie_embeddings"):
+        for name in ("bias", "tie_embeddings", "qk_norm", "zero_init_proj"):
             require(isinstance(getattr(self, name), bool),
                     f"{name} ({getattr(self, name)!r}) must be true or false")
         if self.n_embd % self.n_head:
@@ -91,24 +114,52 @@ class ModelConfig:
         )
         require(
             self.activation in ACTIVATIONS,
-            f"activation ({self.activation!r}) must be {' or '.join(ACTIVATIONS)}; "
+            f"activation ({self.activation!r}) must be {', '.join(ACTIVATIONS)}; "
             "try --activation gelu_tanh",
+        )
+        self._check_modern_options()
+
+    def _check_modern_options(self) -> None:
+        require(self.positions in POSITIONS,
+                f"positions ({self.positions!r}) must be learned or rope; try --positions rope")
+        require(self.norm in NORMS,
+                f"norm ({self.norm!r}) must be layernorm or rmsnorm; try --norm rmsnorm")
+        D = self.head_size
+        if self.positions == "rope" and D % 2:
+            raise UserError(
+                f"positions 'rope' needs an even head size, but n_embd / n_head = "
+                f"{self.n_embd} / {self.n_head} = {D} (rotary turns pairs of channels); try "
+                f"--n-embd {self.n_embd + self.n_head} or --positions learned")
+        cap = self.logit_softcap
+        require(
+            isinstance(cap, (int, float)) and not isinstance(cap, bool) and math.isfinite(cap)
+            and cap >= 0,
+            f"logit_softcap ({cap!r}) must be 0 (off) or a positive number; "
+            "try --logit-softcap 30",
         )
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
 
+    @property
+    def mlp_hidden(self) -> int:
+        """The MLP's hidden width: 4C (GPT-2's), or `swiglu_hidden(C)` for SwiGLU."""
+        return swiglu_hidden(self.n_embd) if self.activation == "swiglu" else 4 * self.n_embd
+
     def parameter_count(self) -> int:
         """Every parameter of the GPT this config builds (a tied head counted once), known
         before anything is allocated: a config read from a file can be checked against the
         memory it needs."""
-        C, b = self.n_embd, int(self.bias)
-        norm = C * (1 + b)
-        block = 2 * norm + (C * 3 * C + b * 3 * C) + (C * C + b * C) + (C * 4 * C + b * 4 * C) \
-            + (4 * C * C + b * C)
+        C, b, hidden = self.n_embd, int(self.bias), self.mlp_hidden
+        norm = C * (1 + b) if self.norm == "layernorm" else C  # RMSNorm has a gain only
+        fc_out = 2 * hidden if self.activation == "swiglu" else hidden  # SwiGLU: gate and up
+        attn = (C * 3 * C + b * 3 * C) + (C * C + b * C) + 2 * self.head_size * self.qk_norm
+        mlp = (C * fc_out + b * fc_out) + (hidden * C + b * C)
+        block = 2 * norm + attn + mlp
         head = 0 if self.tie_embeddings else self.vocab_size * C
-        return (self.vocab_size + self.block_size) * C + self.n_layer * block + norm + head
+        table = self.block_size if self.positions == "learned" else 0  # wpe
+        return (self.vocab_size + table) * C + self.n_layer * block + norm + head
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

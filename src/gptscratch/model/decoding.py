@@ -129,7 +129,7 @@ class Decoder:
             h = self._prefill(T - window_keep(self.block_size))  # slide the window
         else:
             h = self.model.features(self.seq[:, -1:], self.cache)[:, -1]
-        return self.model.lm_head(h).float()
+        return self.model.logits(h).float()
 
     @torch.inference_mode()
     def append(self, ids: torch.Tensor) -> None:

@@ -7,6 +7,11 @@ Data flow for a batch of token ids idx (B, T):
   -> logits (B, T, V): for each position, a score for every possible next token.
 The loss (`lm_loss`) is a separate function so generation and training share one forward.
 Generation passes a `KVCache` (kv_cache.py) so each step feeds only the new tokens.
+
+`ModelConfig`'s modern-recipe options change single steps of this flow, each defaulting to
+GPT-2's: rotary positions inside attention instead of the `wpe` table (rotary.py), RMSNorm for
+LayerNorm and ReLU^2 / SwiGLU MLPs (layers.py), QK-norm (attention.py), zero-initialised
+output projections and soft-capped logits (below).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from torch import nn
 from gptscratch.model.attention import CausalSelfAttention
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.kv_cache import KVCache, LayerCache
-from gptscratch.model.layers import MLP, LayerNorm
+from gptscratch.model.layers import make_mlp, make_norm
 from gptscratch.model.linear import Linear
 
 
@@ -30,10 +35,10 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)  # LayerNorm, or RMSNorm
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = make_mlp(config)  # GELU (GPT-2's), ReLU^2 or SwiGLU
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         # The residual stream x carries information straight through; each sub-layer only adds a
@@ -55,10 +60,12 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embedding
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # learned positions
+        # Learned positions, one row per position; rotary positions need no table.
+        self.wpe: nn.Embedding | None = (nn.Embedding(config.block_size, config.n_embd)
+                                         if config.positions == "learned" else None)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.ln_f = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = make_norm(config)
 
     def blocks(self) -> list[Block]:
         return [b for b in self.h if isinstance(b, Block)]
@@ -83,9 +90,16 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
         # GPT-2 scales the init of each residual branch's last projection by 1/sqrt(2 * L): the
         # residual stream sums 2 * L branches, and this keeps its variance from growing with L.
+        # zero_init_proj (modded-nanogpt's speedruns) goes further: every branch starts at
+        # exactly zero, so each block starts as the identity and the untrained network is just
+        # embedding -> final norm -> head; the branches grow in from there (the first
+        # gradients reach c_proj, whose input is not zero).
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -102,7 +116,7 @@ class GPT(nn.Module):
         A tied token embedding is counted once: it is shared with the LM head.
         """
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and self.transformer.wpe is not None:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -112,13 +126,14 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence length {start + T} exceeds block_size "
                              f"{self.config.block_size}")
-        tok_emb = self.transformer.wte(idx)  # (B, T, C)
-        if kv_cache is None:
-            pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
-        else:
-            pos = kv_cache.positions(T)  # (B, T): each row counts from its first real token
-        pos_emb = self.transformer.wpe(pos)  # (T, C) broadcast over B, or (B, T, C)
-        return self.transformer.drop(tok_emb + pos_emb)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if self.transformer.wpe is not None:  # rotary positions act in attention instead
+            if kv_cache is None:
+                pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
+            else:
+                pos = kv_cache.positions(T)  # (B, T): each row counts from its first real token
+            x = x + self.transformer.wpe(pos)  # (T, C) broadcast over B, or (B, T, C)
+        return self.transformer.drop(x)
 
     def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """The final hidden states, (B, T, C): what the LM head reads. Generation applies the
@@ -135,13 +150,21 @@ class GPT(nn.Module):
             kv_cache.advance(idx.size(1))
         return self.transformer.ln_f(x)
 
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The read-out, (..., C) final hidden states -> (..., V) logits: the LM head, then the
+        soft cap when the config has one. Generation calls it on the last position only."""
+        logits = self.lm_head(features)
+        if self.config.logit_softcap > 0:
+            logits = softcap(logits, self.config.logit_softcap)
+        return logits
+
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """idx: (B, T) int64 token ids -> logits (B, T, V).
 
         Without a cache, T <= block_size. With one, idx holds the T tokens that follow the
         `kv_cache.length` cached ones (length + T <= block_size), and the cache grows by T.
         """
-        return self.lm_head(self.features(idx, kv_cache))
+        return self.logits(self.features(idx, kv_cache))
 
     def new_kv_cache(self, batch: int, pad: torch.Tensor | None = None,
                      dtype: torch.dtype | None = None) -> KVCache:
@@ -160,7 +183,14 @@ class GPT(nn.Module):
         for block in self.transformer.blocks():
             x, att = block.forward_with_weights(x)
             maps.append(att)
-        return self.lm_head(self.transformer.ln_f(x)), maps
+        return self.logits(self.transformer.ln_f(x)), maps
+
+
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap) (Gemma 2; modded-nanogpt): about the identity for small logits,
+    never beyond +-cap. It keeps the model from pushing a few logits ever higher to make its
+    predictions overconfident, which steadied training and lowered the final loss there."""
+    return cap * torch.tanh(logits / cap)
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,9 @@ They sit between the embeddings and the output head: every block normalises its 
 (LayerNorm), mixes information across positions (attention, in `attention.py`) and then
 transforms each position on its own (the MLP below), adding each result back to the residual
 stream. Parameter names (`c_fc`, `c_proj`, `ln_1`...) follow GPT-2's so real weights map 1:1.
+
+After GPT-2's pieces come the "modern recipe" alternatives a `ModelConfig` may pick: RMSNorm
+for LayerNorm, and ReLU^2 or SwiGLU MLPs for the GELU one; `make_norm` and `make_mlp` choose.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ class LayerNorm(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward network: C -> 4C -> GELU -> C."""
+    """Position-wise feed-forward network, GPT-2's: C -> 4C -> GELU -> C."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -88,3 +91,87 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, T, C) -> (B, T, 4C) -> (B, T, C)
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+# --- The modern recipe's alternatives -------------------------------------------------------
+
+NORM_EPS = 1e-5  # RMSNorm's epsilon, the same as LayerNorm's
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * weight.
+
+    LayerNorm without the mean subtraction and the bias: they found the re-centring adds
+    nothing but work, and the rescaling alone keeps the activations in range. Over the last
+    dimension, whatever its size: C in a block, D for the per-head queries and keys of
+    `qk_norm` (attention.py).
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # F.rms_norm computes the formula above in one kernel. Under CPU bf16 autocast (which,
+        # unlike for layer_norm, does not upcast rms_norm's input) the queries and keys arrive
+        # in bf16: the gain follows x's dtype, or the kernel falls back to a slow path.
+        return F.rms_norm(x, (x.size(-1),), self.weight.to(x.dtype), NORM_EPS)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    """The normalisation of a block's inputs and of the final stream: C channels."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd)
+    return LayerNorm(config.n_embd, bias=config.bias)
+
+
+def relu_squared(x: torch.Tensor) -> torch.Tensor:
+    """ReLU(x)^2 (So et al. 2021, "Primer"): their architecture search found it reached a
+    given loss with less training compute than GELU; one cheap op, zero for negative x."""
+    return F.relu(x).square()
+
+
+class ReLU2MLP(nn.Module):
+    """Position-wise feed-forward network with ReLU^2: C -> 4C -> relu(x)^2 -> C."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.c_proj = Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        return self.dropout(self.c_proj(relu_squared(self.c_fc(x))))
+
+
+class SwiGLUMLP(nn.Module):
+    """Gated feed-forward network, SwiGLU (Shazeer 2020, as in PaLM and LLaMA):
+    y = W2 (silu(x W1) * (x W3)), hidden width `config.mlp_hidden` (~8C/3, see
+    `config.swiglu_hidden`: three matrices at 2/3 the width cost what GELU's two cost).
+
+    One projection of x opens a gate (silu(x W1) = x W1 * sigmoid(x W1)) that scales a second,
+    linear one (x W3) element by element; Shazeer found these gated units beat ReLU and GELU at
+    equal parameters. `c_fc` computes W1 and W3 at once (C -> 2 * hidden; its first half of
+    rows is W1, the gate), as `c_attn` computes q, k and v at once: one matmul, GPT-2's names,
+    and LoRA's "mlp" target adapts the gate and the up-projection together.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = Linear(config.n_embd, 2 * config.mlp_hidden, bias=config.bias)
+        self.c_proj = Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.c_fc(x).chunk(2, dim=-1)  # (B, T, C) -> 2 x (B, T, hidden)
+        return self.dropout(self.c_proj(F.silu(gate) * up))  # (B, T, hidden) -> (B, T, C)
+
+
+def make_mlp(config: ModelConfig) -> nn.Module:
+    """The feed-forward network `config.activation` names."""
+    if config.activation == "relu2":
+        return ReLU2MLP(config)
+    if config.activation == "swiglu":
+        return SwiGLUMLP(config)
+    return MLP(config)  # gelu_tanh (GPT-2's) or the exact gelu

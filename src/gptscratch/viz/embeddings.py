@@ -18,6 +18,7 @@ import torch
 from gptscratch.data.token_files import is_prepared_dir, load_prepared
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.model.gpt import GPT
+from gptscratch.model.rotary import rotary_angles
 from gptscratch.viz.canvas import (
     LABEL_SIZE,
     TITLE_SIZE,
@@ -41,7 +42,9 @@ class EmbeddingPicture:
         coords: (N, 2) their embeddings projected on the first two principal components of the
             whole (V, C) embedding matrix.
         explained: (2,) fraction of the variance each component explains.
-        position_similarity: (P, P) cosine similarity between position embeddings.
+        position_similarity: (P, P) cosine similarity between position embeddings (for
+            rotary positions, between the positions' (cos, sin) rotation angles).
+        positions: what the position panel shows, "wpe" or "rotary".
     """
 
     ids: np.ndarray
@@ -49,6 +52,7 @@ class EmbeddingPicture:
     coords: np.ndarray
     explained: np.ndarray
     position_similarity: np.ndarray
+    positions: str = "wpe"
 
 
 def frequent_token_ids(data_dir: str | Path, n: int) -> np.ndarray | None:
@@ -74,7 +78,11 @@ def embedding_picture(
             char vocabulary is all of them).
     """
     wte = model.transformer.wte.weight.detach().float().cpu()  # (V, C)
-    wpe = model.transformer.wpe.weight.detach().float().cpu()  # (P, C)
+    if model.transformer.wpe is not None:
+        wpe = model.transformer.wpe.weight.detach().float().cpu()  # (P, C)
+    else:  # rotary: a position's code is its angles; their similarity depends on p - s only
+        cos, sin = rotary_angles(torch.arange(model.config.block_size), model.config.head_size)
+        wpe = torch.cat([cos, sin], dim=-1)  # (P, D)
     centred = wte - wte.mean(dim=0)
     # PCA through the eigenvectors of the (C, C) covariance: cheap even for V = 50257.
     eigvals, eigvecs = torch.linalg.eigh(centred.T @ centred / max(1, wte.size(0) - 1))
@@ -91,6 +99,7 @@ def embedding_picture(
         coords=coords,
         explained=explained.numpy(),
         position_similarity=(unit @ unit.T).numpy(),
+        positions="wpe" if model.transformer.wpe is not None else "rotary",
     )
 
 
@@ -109,7 +118,7 @@ def plot_embeddings(pic: EmbeddingPicture, out: str | Path) -> Path:
                f"principal component 1 ({pic.explained[0]:.0%} of variance)",
                f"principal component 2 ({pic.explained[1]:.0%} of variance)")
     image = ax_pos.imshow(pic.position_similarity, cmap="RdBu_r", vmin=-1, vmax=1)
-    style_axes(ax_pos, "Position embeddings (wpe): cosine similarity",
+    style_axes(ax_pos, f"Position embeddings ({pic.positions}): cosine similarity",
                "position", "position")
     bar = fig.colorbar(image, ax=ax_pos, fraction=0.046, pad=0.04)
     bar.set_label("cosine similarity", fontsize=LABEL_SIZE)

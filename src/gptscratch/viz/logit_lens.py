@@ -64,13 +64,15 @@ def logit_lens(model: GPT, tokenizer: Tokenizer, prompt: str) -> LogitLens:
     try:
         T = idx.size(1)
         pos = torch.arange(T, device=idx.device)
-        x = model.transformer.wte(idx) + model.transformer.wpe(pos)  # (1, T, C)
+        x = model.transformer.wte(idx)  # (1, T, C)
+        if model.transformer.wpe is not None:  # rotary positions act inside attention
+            x = x + model.transformer.wpe(pos)
         streams = [x]
         for block in model.transformer.blocks():
             x = block(x)
             streams.append(x)
         # The same read-out the model uses at the end, applied to every stage: (R, T, V).
-        probs = torch.stack([F.softmax(model.lm_head(model.transformer.ln_f(s))[0].float(), -1)
+        probs = torch.stack([F.softmax(model.logits(model.transformer.ln_f(s))[0].float(), -1)
                              for s in streams])
     finally:
         model.train(was_training)
