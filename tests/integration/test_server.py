@@ -93,18 +93,80 @@ def test_n_choices_of_several_prompts_are_seeded_one_by_one(url: str, loaded: An
 
 def test_logprobs_are_the_models_with_the_top_alternatives(url: str, loaded: Any) -> None:
     out = client(url).completions.create(model="tiny", prompt=PROMPT, max_tokens=10,
-                                         temperature=0, logprobs=3, echo=True)
+                                         temperature=0, logprobs=3)
     choice = out.choices[0]
     want = expected(loaded, max_new_tokens=10, temperature=0.0)
-    assert choice.text == PROMPT + want.text
+    assert choice.text == want.text
     lp = choice.logprobs
     assert "".join(lp.tokens) == want.text
     assert lp.token_logprobs == pytest.approx(want.logprobs, abs=1e-5)
-    assert lp.text_offset[0] == len(PROMPT)
+    assert lp.text_offset[0] == 0
     for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
         assert len(top) == 3
         best = max(top, key=top.get)  # greedy: the chosen token is the most likely one
         assert (best, top[best]) == (token, pytest.approx(logprob, abs=1e-6))
+
+
+def prompt_logprobs(loaded: Any, ids: list[int]) -> list[float | None]:
+    """The oracle for scoring a prompt: each token's log-probability given the tokens before
+    it, from one plain forward per window (the first window whole, then windows whose ends
+    move half a window at a time, each scoring its new tokens)."""
+    import torch
+
+    block, out = loaded.model.config.block_size, [None]
+    ends = [min(len(ids), block)]
+    while ends[-1] < len(ids):
+        ends.append(min(len(ids), ends[-1] + block // 2))
+    for k, end in enumerate(ends):
+        begin = max(0, end - block)
+        with torch.no_grad():
+            logits = loaded.model(torch.tensor([ids[begin:end]]))[0]
+        logprobs = torch.log_softmax(logits.float(), -1)
+        out += [float(logprobs[i - 1 - begin, ids[i]])
+                for i in range(1 if k == 0 else ends[k - 1], end)]
+    return out
+
+
+@pytest.mark.parametrize("prompt", [PROMPT, "ROMEO:\nWhat say you? " * 4])  # 88 > 32 tokens
+def test_echo_with_logprobs_scores_the_prompt(url: str, loaded: Any, prompt: str) -> None:
+    """OpenAI's echo + logprobs (how evaluation harnesses score text): the prompt's tokens
+    come first, the first with no log-probability, then the generated ones; with
+    max_tokens 0 only the prompt, scored."""
+    ids = loaded.tokenizer.encode(prompt)
+    c = client(url)
+    out = c.completions.create(model="tiny", prompt=prompt, max_tokens=5, temperature=0,
+                               logprobs=2, echo=True)
+    want = expected(loaded, prompt, max_new_tokens=5, temperature=0.0)
+    lp = out.choices[0].logprobs
+    assert out.choices[0].text == prompt + want.text
+    assert "".join(lp.tokens) == prompt + want.text
+    assert lp.text_offset[:3] == [0, 1, 2] and lp.text_offset[len(ids)] == len(prompt)
+    scores = prompt_logprobs(loaded, ids)
+    assert lp.token_logprobs[0] is None
+    assert lp.token_logprobs[1:len(ids)] == pytest.approx(scores[1:], abs=1e-5)
+    assert lp.token_logprobs[len(ids):] == pytest.approx(want.logprobs, abs=1e-5)
+    assert lp.top_logprobs[0] is None and all(len(top) == 2 for top in lp.top_logprobs[1:])
+    only = c.completions.create(model="tiny", prompt=prompt, max_tokens=0, logprobs=0,
+                                echo=True)
+    assert (only.choices[0].text, only.choices[0].finish_reason) == (prompt, "length")
+    assert only.choices[0].logprobs.token_logprobs[1:] == pytest.approx(scores[1:], abs=1e-5)
+    chunks = list(c.completions.create(model="tiny", prompt=prompt, max_tokens=5,
+                                       temperature=0, logprobs=2, echo=True, stream=True))
+    assert "".join(ch.choices[0].text for ch in chunks) == prompt + want.text
+    assert chunks[0].choices[0].logprobs.tokens == list(lp.tokens[:len(ids)])
+
+
+def test_a_prompt_of_token_ids_is_the_same_as_its_text(url: str, loaded: Any) -> None:
+    ids = loaded.tokenizer.encode(PROMPT)
+    c = client(url)
+    want = expected(loaded, max_new_tokens=8, temperature=0.0)
+    one = c.completions.create(model="tiny", prompt=ids, max_tokens=8, temperature=0,
+                               echo=True)
+    assert one.choices[0].text == PROMPT + want.text
+    assert one.usage.prompt_tokens == len(ids)
+    two = c.completions.create(model="tiny", prompt=[ids, ids[:3]], max_tokens=8,
+                               temperature=0)
+    assert two.choices[0].text == want.text and len(two.choices) == 2
 
 
 def test_chat_streams_the_characters_next_speech(url: str, loaded: Any) -> None:
@@ -132,6 +194,30 @@ def test_chat_streams_the_characters_next_speech(url: str, loaded: Any) -> None:
     assert whole.choices[0].message.content == want.text
 
 
+def test_chat_choices_are_seeded_one_by_one_and_stream_by_index(url: str,
+                                                                  loaded: Any) -> None:
+    from gptscratch.server.chat_template import render_chat
+    from gptscratch.server.schemas import ChatMessage
+
+    messages = [{"role": "user", "content": "Good morrow, cousin.", "name": "BENVOLIO"}]
+    prompt, _ = render_chat([ChatMessage(**m) for m in messages],  # type: ignore[arg-type]
+                            loaded.corpus_script())
+    wants = [expected(loaded, prompt, max_new_tokens=30, temperature=1.0, seed=3 + j,
+                      until_next_speaker=True).text for j in range(3)]
+    assert len(set(wants)) > 1  # the seeds give different speeches
+    c = client(url)
+    whole = c.chat.completions.create(model="tiny", messages=messages,  # type: ignore
+                                      max_tokens=30, temperature=1.0, seed=3, n=3)
+    assert [ch.message.content for ch in whole.choices] == wants
+    texts = ["", "", ""]
+    for chunk in c.chat.completions.create(model="tiny", messages=messages,  # type: ignore
+                                           max_tokens=30, temperature=1.0, seed=3, n=3,
+                                           stream=True):
+        for ch in chunk.choices:
+            texts[ch.index] += ch.delta.content or ""
+    assert texts == wants
+
+
 def error_of(url: str, body: Any, path: str = "/v1/completions",
              headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     status, _, answer = post(url, path, body, headers)
@@ -157,6 +243,10 @@ GOOD = {"model": "tiny", "prompt": "ROMEO:", "max_tokens": 4}
     ({**GOOD, "prompt": "ROMEO: ☃ é"}, 400, "prompt", "'☃', 'é'"),
     ({**GOOD, "stop": [""]}, 400, "stop", "empty"),
     ({**GOOD, "model": "gpt-4"}, 404, "model", "'gpt-4' does not exist"),
+    ({**GOOD, "prompt": [5, 99999]}, 400, "prompt", "token id 99999, outside"),
+    ({**GOOD, "prompt": [[]]}, 400, "prompt", "empty list of token ids"),
+    ({**GOOD, "prompt": [1] * 201}, 413, "prompt", "at most 200"),
+    ({**GOOD, "prompt": [1, "a"]}, 422, "prompt", "prompt"),
 ])
 def test_bad_requests_get_openai_shaped_errors(url: str, body: Any, status: int,
                                                param: str | None, says: str) -> None:

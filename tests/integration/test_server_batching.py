@@ -94,6 +94,23 @@ def test_a_client_that_leaves_frees_its_row(loaded: Any) -> None:
         assert time.monotonic() - began < 30
 
 
+def test_a_client_that_leaves_before_a_whole_answer_frees_its_row(loaded: Any) -> None:
+    """Without streaming nothing is written until the end, so the server must ask whether the
+    client is still there: a 100,000-token answer nobody waits for must not hold the batch.
+    (Chat's whole answers wait the same way, in `Job.collect`.)"""
+    app = api.server_app(loaded, max_batch=1, max_tokens_per_request=100_000)
+    body = {"model": "tiny", "max_tokens": 100_000, "temperature": 1.0, "prompt": "ROMEO:"}
+    with running(app) as url:
+        with pytest.raises(openai.APITimeoutError):
+            client(url, timeout=1.0).post("/completions", body=body, cast_to=object)
+        began = time.monotonic()
+        out = client(url, timeout=30).completions.create(model="tiny", prompt="ROMEO:",
+                                                         max_tokens=5, temperature=0)
+        assert out.choices[0].finish_reason == "length"
+        assert time.monotonic() - began < 10
+        assert not app.state.served.engine._running
+
+
 class ScriptedHead(torch.nn.Module):
     """An LM head that always predicts the next token of a fixed script: (B, C) -> (B, V)."""
 
@@ -171,3 +188,50 @@ def test_a_failed_step_is_an_error_and_the_server_goes_on() -> None:
         out = c.completions.create(model="gptscratch", prompt="Hi", max_tokens=2,
                                    temperature=0)
         assert out.choices[0].text == " to be"
+
+
+def test_rows_joining_leaving_and_sliding_in_one_step_each_get_their_own_text(
+        loaded: Any) -> None:
+    """Drives the engine step by step (its thread not started) through the cases that move
+    rows in and out of the decoder's cache in one turn: rows join while a running row leaves;
+    a row joins and leaves before its first step; a row's window slides (the char model's
+    window is 32) while another joins. Every row that runs to the end must read as it does
+    alone (greedy), whatever happened around it."""
+    from gptscratch.model.sampling import SamplingConfig
+    from gptscratch.server.engine import Engine
+    from gptscratch.server.rows import RowEvent, RowRequest
+
+    engine = Engine(loaded.model, loaded.tokenizer, max_batch=4)
+    engine._thread = threading.current_thread()  # `submit` requires a live engine
+    prompts = ["ROMEO:\n", "First Citizen:\nBefore we proceed any further", "What", "BRU",
+               "MENENIUS:\nWhy", "A"]
+    lengths = [45, 12, 30, 20, 25, 9]
+    texts = {i: "" for i in range(len(prompts))}
+    ended: dict[int, str | None] = {}
+
+    def submit(i: int) -> Any:
+        def sink(event: RowEvent, i: int = i) -> None:
+            texts[i] += event.text
+            if event.finish_reason:
+                ended[i] = event.finish_reason
+        request = RowRequest(tuple(loaded.tokenizer.encode(prompts[i])), lengths[i],
+                             SamplingConfig(temperature=0.0))
+        return engine.submit([request], [sink])[0]
+
+    rows = [submit(0), submit(1)]
+    for _ in range(5):
+        engine.run_once()
+    rows += [submit(2), submit(3)]
+    engine.cancel([rows[1]])  # leaves in the turn the others join
+    engine.run_once()
+    rows.append(submit(4))
+    engine.run_once()  # row 4 joins...
+    engine.cancel([rows[4]])  # ...and leaves before its second token
+    rows.append(submit(5))
+    for _ in range(60):
+        engine.run_once()
+    assert set(ended) == {0, 2, 3, 5} and set(ended.values()) == {"length"}
+    assert engine._decoder is None and not engine._running
+    for i in ended:
+        want = api.complete(loaded, prompts[i], max_new_tokens=lengths[i], temperature=0)[0]
+        assert texts[i] == want.text, (i, prompts[i])

@@ -167,3 +167,64 @@ def test_one_row_bf16_linear_path_matches_f_linear() -> None:
     torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
     batch = torch.randn(3, 5, 64, dtype=torch.bfloat16)  # more rows: the ordinary path
     torch.testing.assert_close(layer(batch), F.linear(batch, layer.weight, layer.bias))
+
+
+def _greedy_logits(decoder: Decoder, steps: int) -> list[torch.Tensor]:
+    """Feed back the argmax `steps` times; each step's (B, V) logits."""
+    out = []
+    for _ in range(steps):
+        logits = decoder.logits()
+        out.append(logits)
+        decoder.append(logits.argmax(-1, keepdim=True))
+    return out
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_rows_added_mid_decoding_get_what_they_get_alone(shared: bool) -> None:
+    """The serving engine's join: rows prefilled on their own and merged into a running batch
+    (shorter and longer than it) give the logits they give alone, and the running rows are
+    untouched; then rows leave and the common padding is trimmed."""
+    model = _model(n_layer=2, n_head=2, n_embd=16, block_size=16, bias=True)
+    first = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    joining = [[9, 10, 11, 12, 13, 14, 15, 16, 17], [3, 1, 4, 1, 5, 9, 2, 6, 5]] if shared \
+        else [[9, 10, 11, 12, 13, 14, 15, 16, 17], [20]]
+    if shared:
+        joining[1] = joining[0]
+    decoder = Decoder(model, first)
+    before = _greedy_logits(decoder, 3)
+    decoder.add(joining)
+    after = _greedy_logits(decoder, 4)
+    decoder.keep(torch.tensor([1, 3]))  # the shortest-context rows leave...
+    decoder.drop_common_padding()  # ...and what only they used is trimmed
+    assert decoder.cache is not None and int(decoder.cache.pad.min()) == 0
+    last = _greedy_logits(decoder, 3)
+    for row, prompt in enumerate(first):
+        alone = _greedy_logits(Decoder(model, [prompt]), 10)
+        got = [s[row] for s in before] + [s[row] for s in after]
+        if row == 1:
+            got += [s[0] for s in last]
+        torch.testing.assert_close(torch.stack(got), torch.stack(alone[:len(got)])[:, 0],
+                                   rtol=0, atol=1e-5)
+    for j, prompt in enumerate(joining):
+        alone = _greedy_logits(Decoder(model, [prompt]), 7)
+        got = [s[2 + j] for s in after] + ([s[1] for s in last] if j == 1 else [])
+        torch.testing.assert_close(torch.stack(got), torch.stack(alone[:len(got)])[:, 0],
+                                   rtol=0, atol=1e-5)
+
+
+def test_a_cache_shifts_and_refuses_to_drop_real_positions() -> None:
+    model = _model(n_layer=1, n_head=1, n_embd=8, block_size=8)
+    cache = model.new_kv_cache(2, torch.tensor([0, 2]))
+    with torch.no_grad():
+        model.features(torch.tensor([[1, 2, 3], [0, 0, 4]]), cache)
+    k = cache.k.clone()
+    cache.shift(3)
+    assert cache.length == 6 and cache.pad.tolist() == [3, 5]
+    torch.testing.assert_close(cache.k[:, :, :, 3:6], k[:, :, :, :3])
+    assert not cache.k[:, :, :, :3].any()
+    cache.shift(-3)
+    torch.testing.assert_close(cache.k, k)
+    with pytest.raises(ValueError):
+        cache.shift(-1)  # row 0 has no padding to give
+    with pytest.raises(ValueError):
+        cache.shift(6)  # past the cache's 8 positions

@@ -165,3 +165,55 @@ class Decoder:
         if self.history is not None:
             self.history.reorder(rows)
         self._shared_prompt = False
+
+    @torch.inference_mode()
+    def add(self, prompts: Sequence[Sequence[int]]) -> None:
+        """Add rows to a batch already decoding with the cache, without running its rows again.
+
+        The new prompts are prefilled on their own, all but their last token; their cache rows
+        join this batch's, lined up at the newest position (the shorter side gains left
+        padding). The next `logits()` then feeds every row its newest token in one step. A
+        joining row computes what it would alone, up to the rounding of the masked kernel.
+        (Re-prefilling the whole batch instead would cost a joining row's prompt for every
+        row already running.)
+        """
+        if not self.use_cache or self.cache is None or self.history is not None:
+            raise ValueError("add() needs a batch that has started decoding with the cache "
+                             "and keeps no penalty history")
+        new = Decoder(self.model, prompts)
+        new._prefill_context()
+        assert new.cache is not None
+        width = max(self.seq.size(1), new.seq.size(1))
+        self.pad = torch.cat([self.pad + width - self.seq.size(1),
+                              new.pad + width - new.seq.size(1)])
+        self.seq = torch.cat([F.pad(self.seq, (width - self.seq.size(1), 0)),
+                              F.pad(new.seq, (width - new.seq.size(1), 0))])  # (B, T)
+        first = int(self.rows.max()) + 1 if self.rows.numel() else 0
+        self.rows = torch.cat([self.rows, new.rows + first])
+        self.prompts += new.prompts
+        self.cache.extend(new.cache)
+        self._shared_prompt = False
+
+    def _prefill_context(self) -> None:
+        """Fill a fresh cache with every row's window but its newest token (the state
+        `logits()` expects between steps)."""
+        T = self.seq.size(1)
+        start = max(0, T - self.block_size)
+        pad = (self.pad - start).clamp(min=0)
+        if self._shared_prompt and self.batch > 1:  # n samples of one prompt: prefill it once
+            self.cache = self.model.new_kv_cache(1, pad[:1])
+            if T - 1 > start:
+                self.model.features(self.seq[:1, start:-1], self.cache)
+            self.cache.reorder(torch.zeros(self.batch, dtype=torch.long, device=pad.device))
+        else:
+            self.cache = self.model.new_kv_cache(self.batch, pad)
+            if T - 1 > start:
+                self.model.features(self.seq[:, start:-1], self.cache)
+        self._shared_prompt = False
+
+    @torch.inference_mode()
+    def drop_common_padding(self) -> None:
+        """Trim the cache's leading slots that every row pads (left behind when the longest
+        rows leave), so the cache fills no sooner than the remaining rows need."""
+        if self.cache is not None and self.batch:
+            self.cache.shift(-int(self.cache.pad.min()))

@@ -68,7 +68,14 @@ class KVCache:
         self.length = 0  # positions filled so far, the same for every row
         self.pad = pad if pad is not None else torch.zeros(batch, dtype=torch.long, device=device)
         self.padded = bool(self.pad.any())
-        self.layers = [LayerCache(self, i) for i in range(n_layer)]
+
+    @property
+    def layers(self) -> list[LayerCache]:
+        """One view per layer, made when asked: a list kept on the cache would refer back to
+        it, and a cache in a reference cycle waits for Python's cyclic garbage collector
+        instead of being freed when its last user lets go (a server that made a cache per
+        request grew by one batch's cache per round of requests until it did)."""
+        return [LayerCache(self, i) for i in range(self.k.size(0))]
 
     @property
     def batch(self) -> int:
@@ -112,4 +119,36 @@ class KVCache:
         self.k = self.k.index_select(1, rows)
         self.v = self.v.index_select(1, rows)
         self.pad = self.pad.index_select(0, rows)
+        self.padded = bool(self.pad.any())
+
+    def shift(self, columns: int) -> None:
+        """Move every row's keys and values `columns` positions later (> 0: each row gains that
+        much left padding) or earlier (< 0: drop leading slots that are padding in every row).
+        Positions count from each row's first real token, so no row's computation changes;
+        the batching engine lines caches up with this, and trims what rows that left wasted."""
+        length = self.length + columns
+        if columns == 0:
+            return
+        if not 0 <= length <= self.max_len or columns < -int(self.pad.min()):
+            raise ValueError(f"cannot shift a cache of {self.length} positions by {columns}")
+        kept = slice(0, self.length) if columns > 0 else slice(-columns, self.length)
+        to = slice(max(0, columns), length)
+        for buffer in (self.k, self.v):
+            buffer[:, :, :, to] = buffer[:, :, :, kept].clone()  # (L, B, H, T, D)
+            buffer[:, :, :, length:].zero_()
+            if columns > 0:
+                buffer[:, :, :, :columns].zero_()
+        self.pad = self.pad + columns
+        self.padded = bool(self.pad.any())
+        self.length = length
+
+    def extend(self, other: KVCache) -> None:
+        """Append `other`'s rows after this cache's, lined up at the newest position: the one
+        holding fewer positions is shifted right, its rows padded on the left."""
+        length = max(self.length, other.length)
+        self.shift(length - self.length)
+        other.shift(length - other.length)
+        self.k = torch.cat([self.k, other.k], dim=1)
+        self.v = torch.cat([self.v, other.v], dim=1)
+        self.pad = torch.cat([self.pad, other.pad])
         self.padded = bool(self.pad.any())

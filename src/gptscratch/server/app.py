@@ -86,12 +86,12 @@ def build_app(served: Served, api_key: str | None = None) -> FastAPI:
                 "owned_by": "gptscratch"}
 
     @app.post("/v1/completions", dependencies=auth)
-    async def completions(body: CompletionRequest) -> Response:
-        return await complete(served, body)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await complete(served, body, request.is_disconnected)
 
     @app.post("/v1/chat/completions", dependencies=auth)
-    async def chat_completions(body: ChatRequest) -> Response:
-        return await chat(served, body)
+    async def chat_completions(body: ChatRequest, request: Request) -> Response:
+        return await chat(served, body, request.is_disconnected)
 
     add_playground(app, served, auth)
     return app

@@ -8,7 +8,7 @@ whose answer ends where the next speaker begins.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from gptscratch.generation.stops import StopRule, StopStrings
 from gptscratch.server.chat_template import next_speaker_stop, render_chat
 from gptscratch.server.engine import Engine
 from gptscratch.server.errors import APIError, error_body
-from gptscratch.server.jobs import Job, encode, rows_for
+from gptscratch.server.jobs import Job, check_ids, encode, rows_for
 from gptscratch.server.responses import (
     Finished,
     Header,
@@ -40,6 +40,7 @@ from gptscratch.server.schemas import (
 )
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
+ClientLeft = Callable[[], Awaitable[bool]] | None
 
 
 @dataclass
@@ -71,33 +72,52 @@ def _failed(results: list[Finished]) -> None:
 
 
 def _start(served: Served, req: GenerationRequest, prompts: list[list[int]],
-           max_tokens: int, rules: list[StopRule], top: int | None) -> Job:
+           max_tokens: int, rules: list[StopRule], top: int | None,
+           score_prompt: bool = False) -> Job:
     return Job(served.engine, rows_for(prompts, req.n, max_tokens, sampling_config(req),
-                                       req.seed, rules, top))
+                                       req.seed, rules, top, score_prompt))
 
 
-async def complete(served: Served, req: CompletionRequest) -> Response:
-    """POST /v1/completions."""
+def _prompts(served: Served, prompt: Any) -> tuple[list[str], list[list[int]]]:
+    """The request's prompts (one text, several texts, one list of token ids, or several) as
+    texts (ids decoded, for echo) and as token ids."""
+    tokenizer, limits = served.loaded.tokenizer, served.limits
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        prompt = [prompt]
+    if not prompt:
+        raise APIError(400, "prompt is an empty list; give at least one prompt", "prompt")
+    vocab = served.loaded.model.config.vocab_size
+    ids = [encode(tokenizer, p, limits, "prompt") if isinstance(p, str)
+           else check_ids(list(p), vocab, limits, "prompt") for p in prompt]
+    texts = [p if isinstance(p, str) else tokenizer.decode(i)
+             for p, i in zip(prompt, ids, strict=True)]
+    return texts, ids
+
+
+async def complete(served: Served, req: CompletionRequest, left: ClientLeft = None
+                   ) -> Response:
+    """POST /v1/completions; `left` tells whether the client has gone (`Job.collect`)."""
     served.check_model(req.model)
     max_tokens = check_request(req, served.limits, DEFAULT_COMPLETION_TOKENS)
-    texts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
-    if not texts:
-        raise APIError(400, "prompt is an empty list; give at least one prompt", "prompt")
-    prompts = [encode(served.loaded.tokenizer, t, served.limits, "prompt") for t in texts]
+    texts, prompts = _prompts(served, req.prompt)
     rules: list[StopRule] = [StopStrings(req.stops)] if req.stops else []
-    job = _start(served, req, prompts, max_tokens, rules, req.logprobs)
+    scored = req.echo and req.logprobs is not None
+    job = _start(served, req, prompts, max_tokens, rules, req.logprobs, scored)
     header = Header("text_completion", served.name, "cmpl")
     used = usage(sum(map(len, prompts)), 0)
     if req.stream:
         return event_stream(_completion_chunks(job, header, req, texts, used))
-    results = [Finished.of(events) for events in await job.collect()]
+    collected = await job.collect(left)
+    if collected is None:
+        return Response(status_code=499)  # nobody is listening (nginx's code for this)
+    results = [Finished.of(events) for events in collected]
     _failed(results)
     choices = []
     for index, result in enumerate(results):
         echo = texts[index // req.n] if req.echo else ""
-        choices.append(completion_choice(index, echo + result.text,
-                                         result.tokens if req.logprobs is not None else None,
-                                         result.finish_reason, len(echo)))
+        tokens = [*result.prompt_tokens, *result.tokens] if req.logprobs is not None else None
+        choices.append(completion_choice(index, echo + result.text, tokens,
+                                         result.finish_reason, 0 if scored else len(echo)))
     used = usage(used["prompt_tokens"], sum(r.completion_tokens for r in results))
     return JSONResponse(header.wrap(choices, usage=used))
 
@@ -105,15 +125,19 @@ async def complete(served: Served, req: CompletionRequest) -> Response:
 async def _completion_chunks(job: Job, header: Header, req: CompletionRequest,
                              texts: list[str], used: dict[str, int]
                              ) -> AsyncIterator[dict[str, Any]]:
+    """Echoed prompts first (with logprobs, each when its scores arrive), then the text."""
     generated = 0
     offsets = [len(texts[i // req.n]) if req.echo else 0 for i in range(len(job.handles))]
-    if req.echo:
+    if req.echo and req.logprobs is None:
         for index in range(len(job.handles)):
             yield header.wrap([completion_choice(index, texts[index // req.n], None, None)])
     async for index, event in job.events():
         if event.finish_reason == "error":
             yield error_body(500, f"generation failed: {event.error}")
             return
+        if event.prompt_tokens:
+            yield header.wrap([completion_choice(index, texts[index // req.n],
+                                                 event.prompt_tokens, None)])
         tokens = event.tokens if req.logprobs is not None else None
         if event.text or event.finish_reason or tokens:
             yield header.wrap([completion_choice(index, event.text, tokens,
@@ -124,8 +148,8 @@ async def _completion_chunks(job: Job, header: Header, req: CompletionRequest,
         yield header.wrap([], usage=usage(used["prompt_tokens"], generated))
 
 
-async def chat(served: Served, req: ChatRequest) -> Response:
-    """POST /v1/chat/completions."""
+async def chat(served: Served, req: ChatRequest, left: ClientLeft = None) -> Response:
+    """POST /v1/chat/completions; `left` as for `complete`."""
     served.check_model(req.model)
     max_tokens = check_request(req, served.limits, served.limits.max_tokens)
     if not req.messages:
@@ -141,7 +165,10 @@ async def chat(served: Served, req: ChatRequest) -> Response:
     if req.stream:
         header.object = "chat.completion.chunk"
         return event_stream(_chat_chunks(job, header, req, len(ids)))
-    results = [Finished.of(events) for events in await job.collect()]
+    collected = await job.collect(left)
+    if collected is None:
+        return Response(status_code=499)  # nobody is listening (nginx's code for this)
+    results = [Finished.of(events) for events in collected]
     _failed(results)
     choices = [chat_choice(i, r.text, r.tokens if req.logprobs else None,
                            r.finish_reason) for i, r in enumerate(results)]

@@ -9,13 +9,13 @@ Each row keeps everything that shapes its text to itself: its own `SamplingConfi
 seeded `torch.Generator`, its own penalty history, and its own context window. The window
 follows `model.decoding.Decoder`'s rule for a prompt decoded alone (the last block_size
 prompt tokens, then a slide to the last `window_keep` tokens when the cache is full), so a
-row's tokens do not depend on which other rows share its batch. When rows join or a row
-slides, the batch's `Decoder` is rebuilt from every row's window (one prefill); rows that leave
-are dropped from its cache in place. A row sampled with seed s therefore gives what
+row's tokens do not depend on which other rows share its batch. A row that joins, or whose
+window slides, is prefilled on its own and its cache rows are merged into the batch's
+(`Decoder.add`); the rows already running are never computed again. Rows that leave are
+dropped from the cache in place. A row sampled with seed s therefore gives what
 `generation.stream.complete` gives for the same prompt and seed s. (Its logits agree to about
 5e-7 in fp32, not bit for bit: in a padded batch a row goes through the masked attention
-kernel, and it is prefilled again whenever rows join. Re-prefilling every row on a join is
-the simple, correct choice; merging a new row's cache into the batch's would save it.)
+kernel, and its newest prompt token is fed in the batch's step, not in its prefill.)
 
 The engine knows token ids and text, not HTTP: each row reports `RowEvent`s to a callback (the
 server turns them into response chunks).
@@ -127,55 +127,105 @@ class Engine:
                     self._cond.wait()
                 if self._stopping:
                     return
-                joined = self._admit()
-            if joined:  # the decoder holds only the old rows; `_step` rebuilds it anyway
-                self._decoder = None
-            try:
-                self._leave([i for i, r in enumerate(self._running) if r.cancelled])
-                if not self._running:
-                    continue
-                self._step(joined)
-            except Exception as exc:  # a bug or an out-of-memory: fail these rows, go on
-                log.exception("generation failed")
-                for row in self._running:
-                    row.send(RowEvent("", finish_reason="error", error=str(exc)))
-                self._running, self._decoder = [], None
+            self.run_once()
 
-    def _admit(self) -> bool:
-        """Move waiting rows into the batch while there is room; True if any joined."""
-        joined = False
+    def run_once(self) -> None:
+        """One turn of the engine: waiting rows join (a row asked to score its prompt reports
+        that first), abandoned rows leave, and every running row gets one token. The engine's
+        thread calls it in a loop; tests call it directly to choose what happens in each step."""
+        with self._cond:
+            joined = self._admit()
+        try:
+            for row in joined:
+                if row.request.score_prompt:
+                    row.send(RowEvent("", prompt_tokens=self._score(row)))
+                if row.request.max_tokens == 0:
+                    row.send(RowEvent("", finish_reason="length"))
+            self._leave([i for i, r in enumerate(self._running) if r.cancelled])
+            if self._running:
+                self._step()
+        except Exception as exc:  # a bug or an out-of-memory: fail these rows, go on
+            log.exception("generation failed")
+            for row in {id(r): r for r in [*joined, *self._running]}.values():
+                row.send(RowEvent("", finish_reason="error", error=str(exc)))
+            self._running, self._decoder = [], None
+
+    def _admit(self) -> list[Row]:
+        """Move waiting rows into the batch while there is room, after the rows the decoder
+        holds (`self._running[:decoder.batch]`), where `_step` prefills them. Returns every row
+        taken from the queue, including those asking for no tokens, which do not join."""
+        taken = []
         while self._waiting and len(self._running) < self.max_batch:
             row = self._waiting.popleft()
             if row.cancelled:
                 continue
-            if row.request.max_tokens == 0:
-                row.send(RowEvent("", finish_reason="length"))
-                continue
             row.begin(self.device, self.model.config.vocab_size, self.block_size)
-            self._running.append(row)
-            joined = True
-        return joined
+            taken.append(row)
+            if row.request.max_tokens > 0:
+                self._running.append(row)
+        return taken
+
+    @torch.inference_mode()
+    def _score(self, row: Row) -> tuple[TokenInfo, ...]:
+        """The prompt's tokens with their log-probabilities, each given the tokens before it:
+        one forward pass per window, and past block_size, windows half a window apart so
+        every token is scored with at least half a window of context."""
+        ids, half = row.request.prompt_ids, max(1, self.block_size // 2)
+        infos = [TokenInfo(ids[0], self.tokenizer.decode([ids[0]]), None)]
+        scored = 1
+        while scored < len(ids):
+            end = min(len(ids), max(self.block_size, scored + half))
+            begin = max(0, end - self.block_size)
+            window = torch.tensor([ids[begin:end]], device=self.device)  # (1, W)
+            logprobs = F.log_softmax(self.model(window)[0].float(), dim=-1)  # (W, V)
+            infos += [self._token_info(row, ids[i], logprobs[i - 1 - begin])
+                      for i in range(scored, end)]
+            scored = end
+        return tuple(infos)
+
+    def _in_decoder(self) -> int:
+        return self._decoder.batch if self._decoder is not None else 0
 
     def _leave(self, gone: list[int]) -> None:
         """Drop rows (indices into the batch) from the batch and from the decoder's cache."""
         if not gone:
             return
-        keep = [i for i in range(len(self._running)) if i not in set(gone)]
+        held, gone_set = self._in_decoder(), set(gone)
+        keep = [i for i in range(len(self._running)) if i not in gone_set]
         self._running = [self._running[i] for i in keep]
-        if not keep:
+        inside = [i for i in keep if i < held]
+        if self._decoder is None or len(inside) == held:
+            return
+        if not inside:
             self._decoder = None
-        elif self._decoder is not None:
-            self._decoder.keep(torch.tensor(keep, device=self.device))
+            return
+        self._decoder.keep(torch.tensor(inside, device=self.device))
+        self._decoder.drop_common_padding()
+
+    def _prepare(self) -> Decoder:
+        """Bring the decoder up to date with the batch: rows that joined, and rows whose window
+        slid, are prefilled on their own and merged in; the others are left as they are."""
+        held = self._in_decoder()
+        redo = [i for i, row in enumerate(self._running)
+                if i >= held or row.slide_if_full(self.block_size)]
+        if self._decoder is None or len(redo) == len(self._running):
+            self._decoder = Decoder(self.model, [r.window() for r in self._running])
+            return self._decoder
+        if not redo:
+            return self._decoder
+        stay = [i for i in range(len(self._running)) if i not in set(redo)]
+        if len(stay) < held:  # rows that slid leave the cache, to be prefilled again
+            self._decoder.keep(torch.tensor(stay, device=self.device))
+            self._decoder.drop_common_padding()
+        self._running = [self._running[i] for i in stay] + [self._running[i] for i in redo]
+        self._decoder.add([self._running[i].window() for i in range(len(stay),
+                                                                    len(self._running))])
+        return self._decoder
 
     @torch.inference_mode()
-    def _step(self, joined: bool) -> None:
+    def _step(self) -> None:
         """One token for every running row."""
-        slid = [row.slide_if_full(self.block_size) for row in self._running]
-        decoder = self._decoder
-        cache_full = (decoder is not None and decoder.cache is not None
-                      and decoder.cache.length >= self.block_size)
-        if decoder is None or joined or any(slid) or cache_full:
-            decoder = self._decoder = Decoder(self.model, [r.window() for r in self._running])
+        decoder = self._prepare()
         self.largest_batch = max(self.largest_batch, decoder.batch)
         logits = decoder.logits()  # (B, V) fp32
         logprobs = F.log_softmax(logits, dim=-1)  # (B, V)

@@ -11,8 +11,9 @@ cancels its rows, which leave the batch before the next step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import UserError
@@ -22,6 +23,8 @@ from gptscratch.server.engine import Engine
 from gptscratch.server.errors import APIError
 from gptscratch.server.rows import EngineStopped, QueueFull, RowEvent, RowRequest
 from gptscratch.server.schemas import Limits
+
+LISTEN_S = 0.25  # how often a request waiting for its whole answer checks its client
 
 
 def encode(tokenizer: Tokenizer, text: str, limits: Limits, param: str) -> list[int]:
@@ -46,12 +49,30 @@ def encode(tokenizer: Tokenizer, text: str, limits: Limits, param: str) -> list[
     return ids
 
 
+def check_ids(ids: list[int], vocab_size: int, limits: Limits, param: str) -> list[int]:
+    """A prompt given as token ids, checked like a text prompt.
+
+    Raises:
+        APIError: 400 for no ids or an id outside the vocabulary; 413 for too many.
+    """
+    if not ids:
+        raise APIError(400, f"{param} is an empty list of token ids; give at least one", param)
+    bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise APIError(400, f"{param} has token id {bad}, outside this model's vocabulary "
+                            f"(0 to {vocab_size - 1})", param, "unknown_token")
+    if len(ids) > limits.max_prompt_tokens:
+        raise APIError(413, f"{param} has {len(ids):,} tokens; this server takes at most "
+                            f"{limits.max_prompt_tokens:,}", param, "prompt_too_long")
+    return ids
+
+
 def rows_for(prompts: Sequence[list[int]], n: int, max_tokens: int, sampling: SamplingConfig,
-             seed: int | None, rules: Sequence[StopRule],
-             top_logprobs: int | None) -> list[RowRequest]:
+             seed: int | None, rules: Sequence[StopRule], top_logprobs: int | None,
+             score_prompt: bool = False) -> list[RowRequest]:
     """Row i * n + j is choice j of prompt i, seeded with seed + j."""
     return [RowRequest(tuple(ids), max_tokens, sampling, None if seed is None else seed + j,
-                       tuple(rules), top_logprobs)
+                       tuple(rules), top_logprobs, score_prompt)
             for ids in prompts for j in range(n)]
 
 
@@ -91,9 +112,23 @@ class Job:
             if self.open:
                 self.engine.cancel(self.handles)
 
-    async def collect(self) -> list[list[RowEvent]]:
-        """Every row's events, once all rows have finished."""
+    async def collect(self, left: Callable[[], Awaitable[bool]] | None = None
+                      ) -> list[list[RowEvent]] | None:
+        """Every row's events, once all rows have finished; None if `left()` says the client
+        has gone first (asked every quarter second), and then its rows are cancelled: an
+        answer that nobody will read must not hold rows of the batch to max_tokens."""
         out: list[list[RowEvent]] = [[] for _ in self.handles]
-        async for index, event in self.events():
-            out[index].append(event)
+
+        async def gather() -> None:
+            async for index, event in self.events():
+                out[index].append(event)
+
+        task = asyncio.ensure_future(gather())
+        while not (await asyncio.wait({task}, timeout=LISTEN_S))[0]:
+            if left is not None and await left():
+                task.cancel()  # `events` cancels the rows as it unwinds
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return None
+        task.result()
         return out

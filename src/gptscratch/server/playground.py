@@ -72,7 +72,7 @@ async def _token_events(job: Job, tokenizer: Any, prompt_ids: list[int]
     yield {"prompt_ids": prompt_ids, "prompt_tokens": [tokenizer.decode([i]) for i in prompt_ids]}
     async for _, event in job.events():
         for t in event.tokens:
-            yield {"id": t.id, "text": t.text, "prob": math.exp(t.logprob),
+            yield {"id": t.id, "text": t.text, "prob": math.exp(t.logprob or 0.0),  # never None
                    "top": [{"text": text, "prob": math.exp(lp)} for text, lp in t.top]}
         if event.finish_reason is not None:
             yield {"finish_reason": event.finish_reason, "error": event.error}

@@ -48,12 +48,13 @@ def completion_logprobs(tokens: Sequence[TokenInfo], offset: int) -> dict[str, A
         offsets.append(offset)
         offset += len(t.text)
     return {"tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-            "top_logprobs": [dict(t.top) for t in tokens], "text_offset": offsets}
+            "top_logprobs": [None if t.logprob is None else dict(t.top) for t in tokens],
+            "text_offset": offsets}  # (a prompt's first token has no score, as in OpenAI's)
 
 
 def chat_logprobs(tokens: Sequence[TokenInfo]) -> dict[str, Any]:
     """The chat layout: one entry per token with its bytes and alternatives."""
-    def entry(text: str, logprob: float) -> dict[str, Any]:
+    def entry(text: str, logprob: float | None) -> dict[str, Any]:
         return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
     return {"content": [{**entry(t.text, t.logprob),
@@ -70,12 +71,14 @@ class Finished:
     finish_reason: str
     completion_tokens: int
     error: str | None = None
+    prompt_tokens: tuple[TokenInfo, ...] = ()
 
     @classmethod
     def of(cls, events: Sequence[RowEvent]) -> Finished:
         last = events[-1]
         return cls("".join(e.text for e in events), [t for e in events for t in e.tokens],
-                   last.finish_reason or "length", last.completion_tokens, last.error)
+                   last.finish_reason or "length", last.completion_tokens, last.error,
+                   tuple(t for e in events for t in e.prompt_tokens))
 
 
 def completion_choice(index: int, text: str, tokens: Sequence[TokenInfo] | None,

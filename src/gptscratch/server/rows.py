@@ -21,25 +21,28 @@ log = logging.getLogger("gptscratch")
 
 @dataclass(frozen=True)
 class TokenInfo:
-    """One generated token: its id, its text, its log-probability under the model (before
-    temperature, penalties and filters) and the most likely alternatives, best first."""
+    """One token: its id, its text, its log-probability under the model (before temperature,
+    penalties and filters; None for a prompt's first token, which has no context) and the
+    most likely alternatives, best first."""
 
     id: int
     text: str
-    logprob: float
+    logprob: float | None
     top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class RowEvent:
     """What a row reports: newly safe text, the tokens behind it, and on its last event the
-    finish reason ("stop", "length", or "error" with `error` set) and its token count."""
+    finish reason ("stop", "length", or "error" with `error` set) and its token count. A row
+    asked to score its prompt first reports its prompt's tokens (`prompt_tokens`) alone."""
 
     text: str
     tokens: tuple[TokenInfo, ...] = ()
     finish_reason: str | None = None
     completion_tokens: int = 0
     error: str | None = None
+    prompt_tokens: tuple[TokenInfo, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,9 @@ class RowRequest:
     rules: stop rules (`generation.stops`); the text they cut is never reported.
     top_logprobs: None for no log-probabilities; N >= 0 for each token's log-probability and
         its N most likely alternatives.
+    score_prompt: also report the prompt's tokens with their log-probabilities (and
+        top_logprobs alternatives), before generating: OpenAI's echo with logprobs, which
+        evaluation harnesses use to score text (often with max_tokens 0).
     """
 
     prompt_ids: tuple[int, ...]
@@ -60,6 +66,7 @@ class RowRequest:
     seed: int | None = None
     rules: tuple[StopRule, ...] = ()
     top_logprobs: int | None = None
+    score_prompt: bool = False
 
 
 class QueueFull(Exception):

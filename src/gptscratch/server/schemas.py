@@ -62,10 +62,11 @@ class GenerationRequest(BaseModel):
 
 
 class CompletionRequest(GenerationRequest):
-    """POST /v1/completions: `logprobs` is the number of alternatives per token (0: the
-    chosen token's only); `echo` repeats the prompt before the text."""
+    """POST /v1/completions: `prompt` is text, token ids, or a list of either; `logprobs` is
+    the number of alternatives per token (0: the chosen token's only); `echo` repeats the
+    prompt before the text (with `logprobs`, with its tokens' log-probabilities)."""
 
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = None
     echo: bool = False
 
