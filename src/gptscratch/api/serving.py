@@ -30,7 +30,7 @@ def require_serve_extra() -> None:
                         f"{SERVE_INSTALL}")
 
 
-def server_app(model: ModelSource, *, name: str | None = None, max_batch: int = 8,
+def server_app(model: ModelSource, *, name: str | None = None, max_batch: int | None = None,
                max_tokens_per_request: int = 512, max_prompt_tokens: int = 8192,
                max_queue: int = 64, api_key: str | None = None, device: str = "auto",
                dtype: str = "auto") -> FastAPI:
@@ -40,14 +40,16 @@ def server_app(model: ModelSource, *, name: str | None = None, max_batch: int = 
     Args:
         model: a run or checkpoint directory, or a model from `load`.
         name: the model's name in the API (default: its run folder's name).
-        max_batch: the most rows (sequences) decoded together.
+        max_batch: the most rows (sequences) decoded together (None: as many as fit a
+            quarter of the free memory, at most 64; `server.engine.default_max_batch`).
         max_tokens_per_request: the largest `max_tokens` a request may ask for.
         max_prompt_tokens: the longest prompt accepted, in tokens (longer: 413).
         max_queue: the most rows waiting for a place in the batch (more: 429).
         api_key: if set, every /v1 request must send `Authorization: Bearer <api_key>`.
         device, dtype: where and in which dtype to run a checkpoint loaded here.
     """
-    for field, value in (("max_batch", max_batch), ("max_queue", max_queue),
+    rows = 1 if max_batch is None else max_batch  # None: chosen by the engine
+    for field, value in (("max_batch", rows), ("max_queue", max_queue),
                          ("max_tokens_per_request", max_tokens_per_request),
                          ("max_prompt_tokens", max_prompt_tokens)):
         flag = "--" + field.replace("_", "-")

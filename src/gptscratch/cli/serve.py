@@ -18,8 +18,9 @@ def add_serve_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--max-batch", type=int, default=8, metavar="N",
-                   help="the most sequences decoded together (default 8)")
+    p.add_argument("--max-batch", type=int, default=None, metavar="N",
+                   help="the most sequences decoded together (default: 64, or as many as "
+                        "a quarter of the free memory holds)")
     p.add_argument("--max-tokens-per-request", type=int, default=512, metavar="N",
                    help="the largest max_tokens a request may ask for (default 512)")
     p.add_argument("--max-prompt-tokens", type=int, default=8192, metavar="N",

@@ -22,7 +22,7 @@ from fastapi.responses import Response
 
 from gptscratch.generation.load import LoadedModel
 from gptscratch.server.completions import Served, chat, complete
-from gptscratch.server.engine import Engine
+from gptscratch.server.engine import Engine, default_max_batch
 from gptscratch.server.errors import APIError, install_error_handlers
 from gptscratch.server.playground import add_playground
 from gptscratch.server.schemas import ChatRequest, CompletionRequest, Limits
@@ -116,9 +116,13 @@ def model_name(loaded: LoadedModel) -> str:
 
 
 def create_app(loaded: LoadedModel, limits: Limits | None = None, *, name: str | None = None,
-               max_batch: int = 8, max_queue: int = 64,
+               max_batch: int | None = None, max_queue: int = 64,
                api_key: str | None = None) -> FastAPI:
-    """The application serving a loaded model, with its own (not yet started) engine."""
+    """The application serving a loaded model, with its own (not yet started) engine
+    (`max_batch` None: `default_max_batch`)."""
+    if max_batch is None:
+        max_batch = default_max_batch(loaded.model)
+        log.info("decoding up to %d sequences together (set it with --max-batch)", max_batch)
     engine = Engine(loaded.model, loaded.tokenizer, max_batch, max_queue)
     served = Served(loaded, engine, name or model_name(loaded), limits or Limits(),
                     loaded.corpus_script())
