@@ -235,3 +235,19 @@ def test_rows_joining_leaving_and_sliding_in_one_step_each_get_their_own_text(
     for i in ended:
         want = api.complete(loaded, prompts[i], max_new_tokens=lengths[i], temperature=0)[0]
         assert texts[i] == want.text, (i, prompts[i])
+
+
+def test_the_default_batch_fits_a_quarter_of_the_free_memory(loaded: Any, monkeypatch: Any
+                                                             ) -> None:
+    from gptscratch.model.decoding import generation_bytes
+    from gptscratch.server import engine
+
+    row = generation_bytes(loaded.model, 1)
+    monkeypatch.setattr(engine, "available_memory", lambda device: 40 * row)
+    assert engine.default_max_batch(loaded.model) == 10
+    monkeypatch.setattr(engine, "available_memory", lambda device: 10**15)
+    assert engine.default_max_batch(loaded.model) == engine.MOST_ROWS
+    monkeypatch.setattr(engine, "available_memory", lambda device: row)
+    assert engine.default_max_batch(loaded.model) == 1
+    app = api.server_app(loaded)
+    assert app.state.served.engine.max_batch == 1  # what the CLI gets without --max-batch
