@@ -191,8 +191,8 @@ def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
          str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown preset 'nope'; choose one of shakespeare-char, shakespeare-bpe, "
-        "gpt2-small"]
+        "error: unknown preset 'nope'; choose one of shakespeare-char, shakespeare-char-gpt2, "
+        "shakespeare-char-modern, shakespeare-bpe, gpt2-small"]
 
 
 @pytest.mark.parametrize(("argv", "hint"), [

@@ -23,6 +23,7 @@ from gptscratch import api
 from gptscratch.checkpoints.checkpoint import load_checkpoint
 from gptscratch.errors import UserError
 from gptscratch.training.metrics import read_metrics
+from gptscratch.training.optimizer import state_by_name
 
 FLAGS = ["--block-size", "32", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
          "--max-iters", "6", "--eval-interval", "3", "--eval-iters", "2", "--log-interval", "1",
@@ -208,3 +209,53 @@ def test_fsdp_resume_is_exact_and_moves_between_fsdp_ddp_and_one_process(
     result = api.train("shakespeare-char", None, split, resume=True,
                        overrides={"max_iters": 8, "fsdp": False})
     assert result.step == 8
+
+
+# --- Muon ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def muon_runs(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> dict[str, Path]:
+    """`--optimizer muon` three ways: one process with batch 8; DDP and FSDP with 2 ranks of
+    batch 4 (under FSDP each rank gathers every matrix to orthogonalise it, `muon.py`)."""
+    base = tmp_path_factory.mktemp("muon")
+    api.train("shakespeare-char", tiny_corpus, base / "single",
+              overrides={**OVERRIDES, "batch_size": 8, "optimizer": "muon"})
+    for mode in ("ddp", "fsdp"):
+        torchrun(2, "--data", str(tiny_corpus), "--out", str(base / mode), "--batch-size", "4",
+                 *FLAGS, "--optimizer", "muon", *(["--fsdp"] if mode == "fsdp" else []))
+    return {"single": base / "single", "ddp": base / "ddp", "fsdp": base / "fsdp"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_muon_on_two_ranks_reproduces_the_single_process_run(muon_runs: dict[str, Path],
+                                                             mode: str) -> None:
+    single, two = muon_runs["single"], muon_runs[mode]
+    assert [s for s, _ in records(two, "loss")] == list(range(1, 7))
+    assert np.allclose([v for _, v in records(single, "loss")],
+                       [v for _, v in records(two, "loss")], rtol=1e-5, atol=1e-6)
+    assert np.allclose([v for _, v in records(single, "val_loss")],
+                       [v for _, v in records(two, "val_loss")], rtol=1e-5, atol=1e-6)
+    a = load_checkpoint(single, "latest").build_model().state_dict()
+    b = load_checkpoint(two, "latest").build_model().state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    # The momentum buffers too: under FSDP gathered from the ranks' shards, keyed by name.
+    one_state = torch.load(single / "latest" / "state.pt", weights_only=True)["optimizer"]
+    two_state = torch.load(two / "latest" / "state.pt", weights_only=True)["optimizer"]
+    model = load_checkpoint(single, "latest").build_model()
+    one = state_by_name(one_state, model)
+    two = state_by_name(two_state, model) if mode == "ddp" else two_state  # FSDP: by name
+    name = "transformer.h.1.mlp.c_fc.weight"
+    assert two["param_groups"][2]["muon"] and name in two["param_groups"][2]["params"]
+    assert torch.allclose(one["state"][name]["momentum_buffer"],
+                          two["state"][name]["momentum_buffer"], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_muon_fsdp_resume_is_exact(muon_runs: dict[str, Path], tmp_path: Path,
+                                   tiny_corpus: Path) -> None:
+    split = tmp_path / "split"
+    torchrun(2, "--data", str(tiny_corpus), "--out", str(split), "--batch-size", "4", *FLAGS,
+             "--optimizer", "muon", "--fsdp", "--stop-at", "3")
+    torchrun(2, "--out", str(split), "--resume", "--sample-tokens", "0")  # muon, fsdp kept
+    assert records(split, "loss") == records(muon_runs["fsdp"], "loss")

@@ -18,6 +18,7 @@ from gptscratch.errors import UserError
 from gptscratch.evaluation.evaluate import estimate_loss
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
+from gptscratch.training.config import OptimConfig
 from gptscratch.training.distributed import (
     DistContext,
     backend_for,
@@ -28,7 +29,7 @@ from gptscratch.training.distributed import (
     wrap_model,
 )
 from gptscratch.training.distributed_state import load_optimizer_state
-from gptscratch.training.optimizer import parameter_groups, state_by_name
+from gptscratch.training.optimizer import make_optimizer, parameter_groups, state_by_name
 
 
 def test_context_from_torchrun_environment() -> None:
@@ -83,6 +84,33 @@ def test_optimizer_state_by_name_loads_like_the_positional_one() -> None:
     a, b = opt.state_dict(), fresh.state_dict()
     assert [{**g, "betas": list(g["betas"])} for g in a["param_groups"]] == b["param_groups"]
     assert len(a["param_groups"]) == 2 and a["state"].keys() == b["state"].keys()
+    for i, st in a["state"].items():
+        assert all(torch.equal(st[k], b["state"][i][k]) for k in st)
+
+
+def test_muon_state_by_name_loads_like_the_positional_one() -> None:
+    """The same for `--optimizer muon`: its third group, of the blocks' matrices, and their
+    momentum buffers, keyed by name and loaded back through the FSDP path's loader."""
+    def trained() -> tuple[GPT, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = GPT(ModelConfig(vocab_size=20, **TINY_MODEL))
+        model.transformer.h[0].requires_grad_(False)
+        return model, make_optimizer(model, OptimConfig(optimizer="muon"), torch.device("cpu"))
+
+    model, opt = trained()
+    model(torch.randint(0, 20, (2, 8))).sum().backward()
+    opt.step()
+    named = state_by_name(opt.state_dict(), model)
+    assert set(named["state"]["transformer.h.1.mlp.c_fc.weight"]) == {"momentum_buffer"}
+    assert set(named["state"]["transformer.wte.weight"]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert named["param_groups"][2]["muon"] and named["param_groups"][2]["params"] == [
+        f"transformer.h.1.{m}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                                "mlp.c_proj")]
+    fresh_model, fresh = trained()
+    load_optimizer_state(fresh_model, fresh, named)
+    a, b = opt.state_dict(), fresh.state_dict()
+    assert [{**g, "betas": list(g["betas"])} for g in a["param_groups"]] == b["param_groups"]
+    assert len(a["param_groups"]) == 3 and a["state"].keys() == b["state"].keys()
     for i, st in a["state"].items():
         assert all(torch.equal(st[k], b["state"][i][k]) for k in st)
 

@@ -11,11 +11,14 @@ entry) always says which section it belongs to: `TrainConfig.from_dict` / `to_di
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from gptscratch.errors import require
+from gptscratch.errors import did_you_mean, require
 from gptscratch.model.config import parse_targets
+
+OPTIMIZERS = ("adamw", "muon")  # `optimizer.make_optimizer`
 
 
 def _positive(section: Any, *names: str) -> None:
@@ -27,7 +30,8 @@ def _positive(section: Any, *names: str) -> None:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """How each step learns: batch, AdamW, the learning-rate schedule, clipping."""
+    """How each step learns: batch, the optimizer (AdamW, or Muon with AdamW), the
+    learning-rate schedule, clipping."""
 
     batch_size: int = 32
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -41,9 +45,25 @@ class OptimConfig:
     # Steps whose loss or gradients are not finite update nothing; this many in a row end
     # the run (it has diverged), leaving the last good checkpoint.
     max_bad_steps: int = 5
+    # adamw: AdamW for every parameter. muon: Muon (`muon.py`) for the Transformer blocks'
+    # weight matrices, AdamW (the settings above) for the rest; weight_decay applies to both,
+    # at each one's rate.
+    optimizer: str = "adamw"
+    # The Muon group's peak rate (modded-nanogpt's 0.02); the schedule scales it as it scales
+    # learning_rate (warmup, cosine decay to min_lr / learning_rate of it).
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95  # Muon's Nesterov momentum (modded-nanogpt's 0.95)
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size", "grad_accum", "max_bad_steps")
+        require(self.optimizer in OPTIMIZERS,
+                f"optimizer ({self.optimizer!r}) must be one of {', '.join(OPTIMIZERS)}"
+                f"{did_you_mean(str(self.optimizer), OPTIMIZERS)}; try --optimizer adamw")
+        require(isinstance(self.muon_lr, (int, float)) and 0 < self.muon_lr < math.inf,
+                f"muon_lr ({self.muon_lr}) must be > 0; try --muon-lr 0.02")
+        require(isinstance(self.muon_momentum, (int, float)) and 0 <= self.muon_momentum < 1,
+                f"muon_momentum ({self.muon_momentum}) must be in [0, 1); "
+                "try --muon-momentum 0.95")
         require(self.warmup_iters >= 0, f"warmup_iters ({self.warmup_iters}) must be >= 0")
         require(
             self.learning_rate > 0 and 0 <= self.min_lr <= self.learning_rate,

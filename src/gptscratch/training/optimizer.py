@@ -1,4 +1,5 @@
-"""AdamW with two parameter groups: weight decay for matrices, none for biases and norms.
+"""AdamW with two parameter groups: weight decay for matrices, none for biases and norms;
+or, with `--optimizer muon`, a third group of the blocks' matrices for Muon (`muon.py`).
 
 Decay pulls weights towards zero, a regulariser that suits the matmul weights and embeddings
 (2-D tensors); biases and LayerNorm gains (1-D) only shift or scale and are left free, as in
@@ -15,7 +16,9 @@ from torch import nn
 
 from gptscratch.errors import UserError
 from gptscratch.model.gpt import GPT
+from gptscratch.model.lora import is_lora_parameter
 from gptscratch.training.config import FinetuneConfig, OptimConfig
+from gptscratch.training.muon import MuonWithAdamW
 
 
 def check_freeze_layers(freeze_layers: int, n_layer: int) -> None:
@@ -35,29 +38,58 @@ def freeze_parameters(model: GPT, config: FinetuneConfig) -> None:
     check_freeze_layers(config.freeze_layers, model.config.n_layer)
     if config.freeze_embeddings:
         model.transformer.wte.requires_grad_(False)
-        model.transformer.wpe.requires_grad_(False)
+        if model.transformer.wpe is not None:  # rotary positions have no table
+            model.transformer.wpe.requires_grad_(False)
     for block in model.transformer.blocks()[: config.freeze_layers]:
         block.requires_grad_(False)
     # The final LayerNorm is never frozen, so something always trains.
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
-    """Split trainable parameters into a decayed (dim >= 2) and a non-decayed group."""
-    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+def is_muon_weight(name: str, p: nn.Parameter) -> bool:
+    """Whether `--optimizer muon` gives this parameter to Muon: a 2-D weight inside a
+    Transformer block (the attention and MLP Linear layers). Not a LoRA adapter: those are
+    low-rank factors, not a layer's map, and keep AdamW as every other parameter does."""
+    return name.startswith("transformer.h.") and p.dim() == 2 and not is_lora_parameter(name)
+
+
+def _named_groups(model: nn.Module, muon: bool) -> list[list[tuple[str, nn.Parameter]]]:
+    """The trainable parameters, by name, split into the groups of `parameter_groups`, in its
+    order: decayed, not decayed, and with `muon` the Muon group last."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # tied: once
+    hidden = [(n, p) for n, p in named if muon and is_muon_weight(n, p)]
+    rest = [(n, p) for n, p in named if not (muon and is_muon_weight(n, p))]
+    groups = [[(n, p) for n, p in rest if p.dim() >= 2], [(n, p) for n, p in rest if p.dim() < 2]]
+    return [*groups, hidden] if muon else groups
+
+
+def parameter_groups(model: nn.Module, weight_decay: float,
+                     muon: dict[str, object] | None = None) -> list[dict[str, object]]:
+    """Split trainable parameters into a decayed (dim >= 2) and a non-decayed group; with
+    `muon` (the Muon group's settings, `muon_group`) the blocks' matrices form a third group,
+    decayed too, that `MuonWithAdamW` updates with Muon."""
+    groups = _named_groups(model, muon is not None)
+    out: list[dict[str, object]] = [
+        {"params": [p for _, p in groups[0]], "weight_decay": weight_decay},
+        {"params": [p for _, p in groups[1]], "weight_decay": 0.0},
     ]
+    if muon is not None:
+        out.append({"params": [p for _, p in groups[2]], "weight_decay": weight_decay, **muon})
+    return out
+
+
+def muon_group(config: OptimConfig) -> dict[str, object]:
+    """The Muon group's settings: the flag, its rate relative to AdamW's (the schedule sets
+    every group's `lr` to AdamW's rate: see `muon.py`) and its momentum."""
+    return {"muon": True, "lr_scale": config.muon_lr / config.learning_rate,
+            "momentum": config.muon_momentum}
 
 
 def state_by_name(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     """An `optimizer.state_dict()` (parameters numbered in `parameter_groups` order) keyed by
     parameter name instead, the form `torch.distributed.checkpoint` loads into sharded models.
     """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # tied: once
-    order = [n for n, p in named if p.dim() >= 2] + [n for n, p in named if p.dim() < 2]
+    muon = any(g.get("muon") for g in state["param_groups"])
+    order = [n for group in _named_groups(model, muon) for n, _ in group]
     return {
         "state": {order[i]: v for i, v in state["state"].items()},
         "param_groups": [{**g, "params": [order[i] for i in g["params"]]}
@@ -67,8 +99,13 @@ def state_by_name(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
 
 def make_optimizer(
     model: nn.Module, config: OptimConfig, device: torch.device
-) -> torch.optim.AdamW:
-    """AdamW over the two groups; the fused kernel where this PyTorch offers it for the device."""
+) -> torch.optim.Optimizer:
+    """AdamW over the two groups, the fused kernel where this PyTorch offers it for the device;
+    or, with `optimizer="muon"`, Muon for the blocks' matrices and AdamW for the rest."""
+    if config.optimizer == "muon":
+        return MuonWithAdamW(
+            parameter_groups(model, config.weight_decay, muon_group(config)),
+            lr=config.learning_rate, betas=(config.beta1, config.beta2))
     fused_ok = "fused" in inspect.signature(torch.optim.AdamW).parameters and device.type in (
         "cuda",
         "cpu",

@@ -100,6 +100,17 @@ def restore_training_state(
                        float(ckpt.meta["val_loss"]))
 
 
+def check_same_optimizer(ckpt: Checkpoint, optimizer: str) -> None:
+    """Refuse to resume with another `--optimizer` than the run's: AdamW's state does not fit
+    Muon's groups (`optimizer.py`), nor the reverse. Checkpoints from before the option
+    trained with AdamW."""
+    was = ckpt.meta.get("train_config", {}).get("optimizer", "adamw")
+    if was != optimizer:
+        raise UserError(f"checkpoint '{ckpt.path}' was trained with --optimizer {was}, not "
+                        f"{optimizer}; resume with --optimizer {was}, or start a new run from "
+                        f"it with --init-from {ckpt.path} --optimizer {optimizer} --out NEW")
+
+
 def resumed_provenance(meta: dict[str, Any], saved: TrainConfig, overrides: dict[str, Any],
                   out: Path) -> dict[str, Any] | None:
     """What a resumed fine-tuning run keeps of its checkpoint's provenance (None: not one):

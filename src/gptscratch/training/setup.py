@@ -45,7 +45,11 @@ from gptscratch.training.memory import MemoryEstimate, estimate_training_memory,
 from gptscratch.training.metrics import MetricsLog, ProgressWindow, format_duration
 from gptscratch.training.mfu import flops_per_token, peak_flops
 from gptscratch.training.optimizer import freeze_parameters, make_optimizer
-from gptscratch.training.resume import checkpoint_to_resume, restore_training_state
+from gptscratch.training.resume import (
+    check_same_optimizer,
+    checkpoint_to_resume,
+    restore_training_state,
+)
 
 log = logging.getLogger("gptscratch.train")
 
@@ -166,6 +170,8 @@ def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, o
     check_run(data, model_config)
     ctx, device, seed = runtime.ctx, runtime.device, config.run.seed
     ckpt = checkpoint_to_resume(out_dir, model_config, data) if resume else None
+    if ckpt is not None:
+        check_same_optimizer(ckpt, config.optim.optimizer)
     lora = ckpt.meta.get("lora") if ckpt is not None else (extra_meta or {}).get("lora")
     model = _build_model(model_config, config, runtime, ckpt, init_weights, lora)
     optimizer = make_optimizer(model, config.optim, device)
