@@ -157,6 +157,22 @@ def test_lora_parameter_count_matches_the_built_adapters() -> None:
         assert lora_parameter_count(CONFIG, 3, targets) == built, targets
 
 
+def test_lora_parameter_count_follows_the_mlp_and_a_rope_model_builds_from_its_base() -> None:
+    """SwiGLU's wider c_fc (gate and up) and narrower hidden side are counted; a base with no
+    position table (rotary) loads for LoRA."""
+    from dataclasses import replace
+
+    from gptscratch.checkpoints.pretrained import fit_block_size
+
+    config = replace(CONFIG, activation="swiglu", positions="rope")
+    model = GPT(config)
+    fitted = fit_block_size(model.state_dict(), config.block_size)
+    assert "transformer.wpe.weight" not in fitted
+    add_lora(model, rank=3, alpha=1.0, targets=parse_targets("attn,mlp"))
+    built = sum(p.numel() for p in lora_state_dict(model).values())
+    assert lora_parameter_count(config, 3, "attn,mlp") == built
+
+
 def test_memory_estimate_parts() -> None:
     config = TrainConfig().replace(batch_size=4)
     full = estimate_training_memory(CONFIG, config)

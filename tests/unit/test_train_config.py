@@ -9,8 +9,9 @@ import pytest
 
 from gptscratch.cli.parser import build_parser
 from gptscratch.errors import UserError
+from gptscratch.model.config import ModelConfig
 from gptscratch.training.config import SECTIONS, TrainConfig
-from gptscratch.training.presets import PRESETS
+from gptscratch.training.presets import MODERN_RECIPE, PRESETS, get_preset
 
 
 def test_field_names_are_unique_across_sections() -> None:
@@ -52,6 +53,24 @@ def test_presets_build() -> None:
     for make in PRESETS.values():
         preset = make()
         assert isinstance(preset.train, TrainConfig)
+
+
+def test_the_shakespeare_char_variants() -> None:
+    """-gpt2 is today's shakespeare-char; -modern is it with exactly MODERN_RECIPE changed, each
+    setting landing in the model or the training config, and both build a valid model."""
+    char, gpt2, modern = (get_preset(f"shakespeare-char{s}") for s in ("", "-gpt2", "-modern"))
+    assert (gpt2.tokenizer, gpt2.model, gpt2.train) == (char.tokenizer, char.model, char.train)
+    assert modern.tokenizer == char.tokenizer
+    model_changes = {k: v for k, v in modern.model.items() if char.model.get(k) != v}
+    train_changes = {k: v for k, v in modern.train.to_dict().items()
+                     if char.train.to_dict()[k] != v}
+    assert {**model_changes, **train_changes} == MODERN_RECIPE
+    assert set(model_changes) == set(MODERN_RECIPE) - {"optimizer"}
+    assert modern.train.optim.optimizer == "muon"
+    for preset in (gpt2, modern):
+        config = ModelConfig(vocab_size=65, **preset.model)
+        assert config.block_size == 128 and config.n_layer == 3
+    assert ModelConfig(vocab_size=65, **modern.model).positions == "rope"
 
 
 def test_train_config_validation() -> None:

@@ -119,7 +119,8 @@ def build_lora_model(ckpt: Checkpoint) -> GPT:
     """Base + adapters, on the CPU in fp32: what sampling, evaluation and resume run."""
     config = ckpt.model_config
     state = load_base_state(ckpt)
-    state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:config.block_size]
+    if "transformer.wpe.weight" in state:  # rotary positions have no table
+        state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:config.block_size]
     model = GPT(config)
     model.load_state_dict(state)
     add_adapters(model, ckpt.meta["lora"])

@@ -34,7 +34,8 @@ def fit_block_size(state: Mapping[str, torch.Tensor], block_size: int) -> dict[s
     later rows; dropping them is exact for sequences that fit.
     """
     fitted = dict(state)
-    fitted["transformer.wpe.weight"] = state["transformer.wpe.weight"][:block_size]
+    if "transformer.wpe.weight" in state:  # rotary positions have no table to cut
+        fitted["transformer.wpe.weight"] = state["transformer.wpe.weight"][:block_size]
     return fitted
 
 
