@@ -18,9 +18,10 @@
 #
 # Self-attention built up by hand (one head, the causal mask, softmax, then many heads as a
 # reshape), each piece checked numerically against gptscratch's own module; layer
-# normalisation against batch normalisation on real activations; and the hyperparameters that
-# matter, with a small learning-rate sweep. The guides in `docs/concepts/` say the same in
-# prose, with links to the code.
+# normalisation against batch normalisation on real activations; the hyperparameters that
+# matter, with a small learning-rate sweep; and what the "modern recipe" changed since GPT-2
+# (rotary positions, RMSNorm, Muon), ending with a tiny GPT-2 and a tiny modern model trained
+# side by side. The guides in `docs/concepts/` say the same in prose, with links to the code.
 #
 # `GPTSCRATCH_NOTEBOOK_SMALL=1` makes it run in seconds (the test suite does this).
 
@@ -42,7 +43,11 @@ import gptscratch
 from gptscratch import api
 from gptscratch.data.batches import get_batch
 from gptscratch.model.attention import explicit_attention
+from gptscratch.model.layers import LayerNorm, RMSNorm
+from gptscratch.model.rotary import apply_rotary, rotary_angles
+from gptscratch.training.muon import NS_COEFFICIENTS, newton_schulz
 from gptscratch.training.schedule import lr_at
+from gptscratch.viz.curves import load_curves
 
 torch.manual_seed(0)
 if SMALL:
@@ -51,21 +56,30 @@ if SMALL:
                  warmup_iters=5, dtype="float32")
     SWEEP = dict(max_iters=20, eval_interval=10, eval_iters=2, log_interval=5, batch_size=8,
                  warmup_iters=2, dtype="float32")
+    RACE = dict(max_iters=60, eval_interval=30, eval_iters=4, log_interval=5, batch_size=8,
+                warmup_iters=10, dtype="float32")
 else:
     MODEL = dict(block_size=64, n_layer=4, n_head=4, n_embd=128)
     TRAIN = dict(max_iters=800, eval_interval=200, eval_iters=10, log_interval=50,
                  batch_size=16, warmup_iters=50)
     SWEEP = dict(max_iters=200, eval_interval=50, eval_iters=5, log_interval=25, batch_size=16,
                  warmup_iters=20)
+    RACE = dict(max_iters=400, eval_interval=100, eval_iters=10, log_interval=10,
+                batch_size=16, warmup_iters=40)
+# Section 6's side by side: one tiny shape for a GPT-2-style and a modern model.
+TINY = dict(block_size=64, n_layer=2, n_head=4, n_embd=64)
 
 # %% [markdown]
 # A small model trained on the built-in Shakespeare gives real weights and activations to look
-# at (a minute on a laptop CPU; seconds in the small size).
+# at (a minute on a laptop CPU; seconds in the small size). Sections 1 to 5 take apart GPT-2's
+# architecture, so the model is the `shakespeare-char-gpt2` preset's (learned positions,
+# LayerNorm, GELU, AdamW); section 6 shows what the modern recipe of `shakespeare-char`
+# changes.
 
 # %%
 data = gptscratch.prepare("shakespeare", tokenizer="char")
-gptscratch.train("shakespeare-char", data=data.dir, out_dir=OUT,
-                 overrides={**MODEL, **TRAIN, "max_time": 0})
+gptscratch.train("shakespeare-char-gpt2", data=data.dir, out_dir=OUT,
+                      overrides={**MODEL, **TRAIN, "max_time": 0})
 model, tok, _ = gptscratch.load(OUT, device="cpu")
 C, H = model.config.n_embd, model.config.n_head
 D = C // H
@@ -285,9 +299,9 @@ plt.show()
 runs = []
 for lr in (3e-4, 3e-3, 3e-2):
     run = f"{OUT}-lr{lr:g}"
-    gptscratch.train("shakespeare-char", data=data.dir, out_dir=run,
-                     overrides={**MODEL, **SWEEP, "learning_rate": lr, "min_lr": lr / 10,
-                                "max_time": 0})
+    gptscratch.train("shakespeare-char-gpt2", data=data.dir, out_dir=run,
+                          overrides={**MODEL, **SWEEP, "learning_rate": lr, "min_lr": lr / 10,
+                                     "max_time": 0})
     runs.append(run)
 display(Image(filename=api.plot_curves(runs, f"{OUT}/lr-sweep.png")))
 
@@ -298,3 +312,163 @@ display(Image(filename=api.plot_curves(runs, f"{OUT}/lr-sweep.png")))
 # smoother but fewer updates per second on a CPU); dropout (only helps once the model can
 # overfit); weight decay and gradient clipping (stability). `gptscratch train --help` lists
 # every knob.
+
+# %% [markdown]
+# ## 6. The modern recipe
+#
+# Models trained since GPT-2 keep its shape and change single pieces: rotary positions,
+# RMSNorm, QK-norm, ReLU² or SwiGLU, an untied head, zero-initialised projections, soft-capped
+# logits, the Muon optimizer. `docs/concepts/modern-recipe.md` explains each one and where it
+# lives in the code. Here are three of them up close, then all of them at work.
+#
+# **Rotary positions** turn each query and key by an angle proportional to its position
+# (channel pair j by `p · θ_j`) instead of adding a position vector. The score of a query at
+# position m against a key at position n then depends on m − n only. Place one unit vector at
+# every position as both query and key, turn each copy with gptscratch's `rotary_angles` and
+# `apply_rotary`, and compare every pair:
+
+# %%
+P, D_rot = 48, 64
+unit = F.normalize(torch.randn(D_rot, generator=torch.Generator().manual_seed(0)), dim=0)
+
+
+def turned(vector: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """`vector` (D,) placed at each of `positions` (P,) and turned by rotary: (P, D)."""
+    cos, sin = rotary_angles(positions, vector.numel())  # (P, D/2) each
+    return apply_rotary(vector.expand(1, 1, positions.numel(), -1), cos, sin)[0, 0]
+
+
+pos = torch.arange(P)
+rot_scores = turned(unit, pos) @ turned(unit, pos).T  # (P, P): query at m, key at n
+later = turned(unit, pos + 1000) @ turned(unit, pos + 1000).T  # every position moved by 1000
+
+fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+im = axes[0].imshow(rot_scores.masked_fill(~torch.ones(P, P, dtype=torch.bool).tril(),
+                                           float("nan")), cmap="viridis")
+axes[0].set(title="q·k of the same vector, turned by rotary", xlabel="key position n",
+            ylabel="query position m")
+fig.colorbar(im, ax=axes[0], fraction=0.046)
+for m, style in ((P - 1, "-"), (30, "--"), (12, ":")):
+    axes[1].plot(m - pos[: m + 1], rot_scores[m, : m + 1], style, label=f"query at m = {m}")
+axes[1].set(title="the same scores against the distance m − n", xlabel="distance m − n",
+            ylabel="q·k")
+axes[1].legend()
+plt.tight_layout()
+plt.show()
+print("max |difference| of the scores when every position moves by 1000:",
+      (rot_scores - later).abs().max().item())
+assert torch.allclose(rot_scores, later, atol=1e-3)  # fp32 angles near 1000 round a little
+
+# %% [markdown]
+# Every diagonal of the left picture is constant, and on the right the three queries' curves
+# lie on one another: the score is a function of the distance. (It also fades, unevenly, as
+# the distance grows: the fast-turning channel pairs soon stop agreeing.) Moving every token
+# by the same offset changes nothing, which is why generation can slide its window and
+# re-read the kept tokens from position 0. (With learned positions, x + wpe[m], a moved token
+# becomes a different vector.)
+#
+# **RMSNorm** is LayerNorm without the mean: y = x / √(mean(x²) + ε) · weight, no bias. On
+# one token's residual stream from section 4, through gptscratch's two layers (their gains
+# start at 1, so this is the normalisation alone):
+
+# %%
+one = act[0, -1]  # (C,): the last token of the first sequence, after block 0
+with torch.no_grad():
+    as_ln, as_rms = LayerNorm(C, bias=False)(one), RMSNorm(C)(one)
+for name, vec in (("input", one), ("LayerNorm", as_ln), ("RMSNorm", as_rms)):
+    print(f"{name:>9}: mean {vec.mean().item():+.3f}   std {vec.std(unbiased=False).item():.3f}"
+          f"   root mean square {vec.square().mean().sqrt().item():.3f}")
+assert torch.allclose(as_rms, one / torch.sqrt(one.square().mean() + 1e-5), atol=1e-5)
+centred = one - one.mean()
+with torch.no_grad():
+    same = (LayerNorm(C, bias=False)(centred) - RMSNorm(C)(centred)).abs().max().item()
+print("for the same vector with its mean removed, max |LayerNorm - RMSNorm| =", same)
+assert same < 1e-5
+
+# %% [markdown]
+# LayerNorm's output has mean 0 and standard deviation 1; RMSNorm's has root mean square 1 and
+# keeps the input's mean (scaled). For a vector whose mean is already zero they agree: the
+# re-centring is the only difference, and Zhang & Sennrich (2019) found the network did not
+# need it.
+#
+# **Muon** replaces each block matrix's (momentum of the) gradient by the nearest
+# semi-orthogonal matrix: the same singular vectors, every singular value about 1. It gets
+# there with `newton_schulz`, five steps of X ← aX + b(XXᵀ)X + c(XXᵀ)²X, which move every
+# singular value s to as + bs³ + cs⁵ and leave the singular vectors alone. A gradient-like
+# matrix with a few strong directions on top of weak noise, before and after:
+
+# %%
+gen = torch.Generator().manual_seed(0)
+grad = (torch.randn(128, 4, generator=gen) @ torch.randn(4, 512, generator=gen)  # 4 strong
+        + 0.5 * torch.randn(128, 512, generator=gen))  # weak noise in every direction
+ortho = newton_schulz(grad)  # (128, 512), float32 on a CPU
+U, S, Vh = torch.linalg.svd(grad, full_matrices=False)  # grad = U diag(S) Vh
+core = U.T @ ortho @ Vh.T  # (128, 128): diagonal if ortho has grad's singular vectors
+after = core.diagonal()
+print(f"singular values before: {S.min().item():.1f} to {S.max().item():.1f}; "
+      f"after: {after.min().item():.2f} to {after.max().item():.2f}")
+print("largest off-diagonal |U^T ortho V| (0 when the singular vectors are kept):",
+      (core - torch.diag(after)).abs().max().item())
+
+s0 = torch.logspace(-4, 0, 200)  # singular values after the scaling by the Frobenius norm
+s = s0.clone()
+na, nb, nc = NS_COEFFICIENTS  # a, b, c of the iteration
+for _ in range(5):
+    s = na * s + nb * s**3 + nc * s**5
+
+fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+axes[0].semilogy(S, "o", ms=3, label="gradient")
+axes[0].semilogy(after, "o", ms=3, label="newton_schulz(gradient)")
+axes[0].set(title="singular values, largest first", xlabel="index", ylabel="singular value")
+axes[0].legend()
+axes[1].semilogx(s0, s)
+axes[1].axhline(1.0, color="grey", lw=0.8)
+axes[1].set(title="five Newton–Schulz steps on one singular value",
+            xlabel="singular value / Frobenius norm (before)", ylabel="after")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Four directions dwarf the rest before; afterwards every direction gets a step of about the
+# same size, so the weak ones learn as fast as the strong ones. The right picture is the
+# polynomial at work: anything from a few thousandths of the norm up lands in a band around 1
+# (not exactly 1: the coefficients trade that for speed, and training does not mind).
+#
+# **All together.** Two presets: `shakespeare-char-gpt2` (GPT-2's architecture, AdamW) and
+# `shakespeare-char-modern`, the same as the default `shakespeare-char` (rotary positions,
+# RMSNorm, QK-norm, ReLU², zero-initialised projections, soft-capped logits and Muon on
+# top). Here they share one tiny shape and train the same number of steps on the same
+# batches (the same seed):
+
+# %%
+races = {}
+for preset in ("shakespeare-char-gpt2", "shakespeare-char-modern"):
+    run = f"{OUT}-{preset.removeprefix('shakespeare-char-')}"
+    result = gptscratch.train(preset, data=data.dir, out_dir=run,
+                              overrides={**TINY, **RACE, "seed": 1, "eval_sample_tokens": 0,
+                                         "max_time": 0})
+    races[preset] = load_curves(run)
+    print(f"{preset:>24}: after {result.step} steps, train loss {result.train_loss:.3f}, "
+          f"val loss {result.val_loss:.3f}")
+
+fig, ax = plt.subplots(figsize=(8, 4))
+for preset, curves in races.items():
+    logged = curves.loss  # (step, mean training loss) per log interval
+    line, = ax.plot([s for s, _ in logged], [v for _, v in logged], label=f"{preset} (train)")
+    ax.plot([s for s, _ in curves.val_loss], [v for _, v in curves.val_loss], "o",
+            color=line.get_color(), label=f"{preset} (val)")
+ax.set(title="the same tiny shape, two recipes", xlabel="step", ylabel="loss")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# A few steps of a tiny model are a glimpse, not a measurement: the gap this early says
+# little about the gap after minutes of training, and it counts steps, not time. On a CPU a
+# Muon step costs more time than an AdamW step (Newton–Schulz adds about 5·m/B of the blocks'
+# work, m a matrix's smaller side and B the tokens per step, which is large at a small batch).
+# What each change is worth in the same time budget, each alone and all together, is measured
+# by `python benchmarks/recipe.py` (its docstring says how to run it); the table is in
+# `docs/concepts/modern-recipe.md`, with the reasons behind each change. To compare the two
+# presets at full size yourself, train `shakespeare-char-gpt2` and `shakespeare-char-modern`
+# with `gptscratch train --preset NAME --data shakespeare --out out/NAME`, then draw both with
+# `gptscratch viz curves --runs out/shakespeare-char-gpt2 out/shakespeare-char-modern`.

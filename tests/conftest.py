@@ -198,7 +198,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Pat
     from gptscratch import api
 
     out = tmp_path_factory.mktemp("run") / "tiny"
-    api.train("shakespeare-char", tiny_corpus, out, overrides={**TINY_MODEL, **TINY_TRAIN})
+    api.train("shakespeare-char-gpt2", tiny_corpus, out, overrides={**TINY_MODEL, **TINY_TRAIN})
     return out
 
 

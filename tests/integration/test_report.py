@@ -22,7 +22,7 @@ from gptscratch.training.metrics import read_metrics
 def other_run(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
     """A second tiny run that differs from `tiny_run` in its learning rate."""
     out = tmp_path_factory.mktemp("other") / "slower"
-    api.train("shakespeare-char", tiny_corpus, out,
+    api.train("shakespeare-char-gpt2", tiny_corpus, out,
               overrides={**TINY_MODEL, **TINY_TRAIN, "learning_rate": 2e-3,
                          "eval_sample_tokens": 40})
     return out

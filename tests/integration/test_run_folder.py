@@ -84,12 +84,12 @@ def test_a_fresh_run_starts_its_metrics_anew(tiny_corpus: Path, tmp_path: Path) 
     """A run killed before its first checkpoint leaves metrics.jsonl behind; the next fresh
     run in that folder must not append to it."""
     run = tmp_path / "run"
-    api.train("shakespeare-char", tiny_corpus, run,
+    api.train("shakespeare-char-gpt2", tiny_corpus, run,
               overrides={**TINY_MODEL, **TINY_TRAIN, "max_iters": 10})
     for name in ("latest", "best"):  # as if killed before any checkpoint
         shutil.rmtree(run / name)
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n' * 3)
-    api.train("shakespeare-char", tiny_corpus, run,
+    api.train("shakespeare-char-gpt2", tiny_corpus, run,
               overrides={**TINY_MODEL, **TINY_TRAIN, "max_iters": 10})
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(r.get("loss") != 99.0 for r in records)
@@ -101,7 +101,7 @@ def test_a_killed_saves_leftovers_are_cleared(tiny_run: Path, tmp_path: Path) ->
     shutil.copytree(tiny_run, run)
     (run / ".latest.tmp-abc123").mkdir()  # what SIGKILL in the middle of a save leaves
     (run / ".latest.tmp-abc123" / "model.safetensors").write_bytes(b"half")
-    api.train("shakespeare-char", None, run, resume=True, overrides={"max_iters": 22})
+    api.train("shakespeare-char-gpt2", None, run, resume=True, overrides={"max_iters": 22})
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [OWNER_MARKER]
 
 
@@ -135,7 +135,7 @@ def test_a_kill_while_the_old_version_is_deleted_leaves_no_half_checkpoint(
     monkeypatch.undo()
     assert not (run / "latest.old").exists()
     assert load_checkpoint(run, "latest").meta["step"] == step
-    result = api.train("shakespeare-char", None, run, resume=True, overrides={"max_iters": 22})
+    result = api.train("shakespeare-char-gpt2", None, run, resume=True, overrides={"max_iters": 22})
     assert result.step == 22
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [OWNER_MARKER]
 
@@ -145,5 +145,5 @@ def test_a_run_folder_from_before_the_marker_is_recognised(
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     (run / OWNER_MARKER).unlink()  # as written by an earlier gptscratch
-    result = api.train("shakespeare-char", None, run, resume=True, overrides={"max_iters": 22})
+    result = api.train("shakespeare-char-gpt2", None, run, resume=True, overrides={"max_iters": 22})
     assert result.step == 22 and (run / OWNER_MARKER).is_file()

@@ -107,8 +107,7 @@ def test_a_client_that_leaves_before_a_whole_answer_frees_its_row(loaded: Any) -
         out = client(url, timeout=30).completions.create(model="tiny", prompt="ROMEO:",
                                                          max_tokens=5, temperature=0)
         assert out.choices[0].finish_reason == "length"
-        assert time.monotonic() - began < 10
-        assert not app.state.served.engine._running
+        assert time.monotonic() - began < 10  # with one row, only if the first was freed
 
 
 class ScriptedHead(torch.nn.Module):

@@ -34,10 +34,10 @@ def test_exact_resume_gives_identical_losses(optimizer: str, tmp_path: Path,
     over = {**TINY_MODEL, **TINY_TRAIN, "max_iters": 12, "log_interval": 1, "eval_interval": 100,
             "dropout": 0.1, "grad_accum": 2, "optimizer": optimizer}
     straight, split = tmp_path / "straight", tmp_path / "split"
-    api.train("shakespeare-char", tiny_corpus, straight, overrides=over)
-    api.train("shakespeare-char", tiny_corpus, split, overrides=over, stop_at=6)
+    api.train("shakespeare-char-gpt2", tiny_corpus, straight, overrides=over)
+    api.train("shakespeare-char-gpt2", tiny_corpus, split, overrides=over, stop_at=6)
     assert [s for s, _ in _losses(split)] == list(range(1, 7))
-    api.train("shakespeare-char", tiny_corpus, split, resume=True)
+    api.train("shakespeare-char-gpt2", tiny_corpus, split, resume=True)
     assert _losses(straight) == _losses(split)
     assert len(_losses(split)) == 12
     a = load_checkpoint(straight, "latest").build_model().state_dict()
@@ -69,17 +69,17 @@ def test_a_tiny_model_learns_with_muon_through_the_cli(tmp_path: Path,
 
 def test_resume_can_extend_a_finished_run(tmp_path: Path, tiny_corpus: Path) -> None:
     over = {**TINY_MODEL, **TINY_TRAIN, "max_iters": 4, "eval_interval": 2}
-    api.train("shakespeare-char", tiny_corpus, tmp_path / "r", overrides=over)
-    result = api.train("shakespeare-char", None, tmp_path / "r", resume=True,
+    api.train("shakespeare-char-gpt2", tiny_corpus, tmp_path / "r", overrides=over)
+    result = api.train("shakespeare-char-gpt2", None, tmp_path / "r", resume=True,
                        overrides={"max_iters": 6})
     assert result.step == 6
 
 
 def test_training_twice_into_one_directory_needs_resume(tmp_path: Path, tiny_corpus: Path) -> None:
     over = {**TINY_MODEL, **TINY_TRAIN, "max_iters": 2}
-    api.train("shakespeare-char", tiny_corpus, tmp_path / "r", overrides=over)
+    api.train("shakespeare-char-gpt2", tiny_corpus, tmp_path / "r", overrides=over)
     with pytest.raises(UserError, match="--resume"):
-        api.train("shakespeare-char", tiny_corpus, tmp_path / "r", overrides=over)
+        api.train("shakespeare-char-gpt2", tiny_corpus, tmp_path / "r", overrides=over)
 
 
 def test_run_directory_layout(tiny_run: Path) -> None:
@@ -149,7 +149,7 @@ def test_corrupted_and_truncated_checkpoints_are_refused(tmp_path: Path, tiny_ru
 
 def test_epochs_sets_the_number_of_steps(tmp_path: Path, tiny_corpus: Path) -> None:
     over = {**TINY_MODEL, **TINY_TRAIN, "epochs": 0.1}
-    result = api.train("shakespeare-char", tiny_corpus, tmp_path / "r", overrides=over)
+    result = api.train("shakespeare-char-gpt2", tiny_corpus, tmp_path / "r", overrides=over)
     tokens = json.loads((tmp_path / "r" / "data" / "meta.json").read_text())["train_tokens"]
     assert result.step == math.ceil(0.1 * tokens / (8 * 32))
 
@@ -174,11 +174,11 @@ def test_fp16_grad_scaler_path_trains_and_resumes(tmp_path: Path, tiny_corpus: P
     # A given MFU peak: measuring a float16 matmul ceiling on this CPU (no fast fp16) takes
     # minutes.
     over = {**TINY_MODEL, **TINY_TRAIN, "max_iters": 6, "eval_interval": 3, "peak_tflops": 1.0}
-    result = api.train("shakespeare-char", tiny_corpus, tmp_path / "r", overrides=over,
+    result = api.train("shakespeare-char-gpt2", tiny_corpus, tmp_path / "r", overrides=over,
                        stop_at=3)
     state = load_checkpoint(tmp_path / "r", "latest").training_state()
     assert state["scaler"]["scale"] > 0  # the scaler ran and its state was saved
-    result = api.train("shakespeare-char", None, tmp_path / "r", resume=True)
+    result = api.train("shakespeare-char-gpt2", None, tmp_path / "r", resume=True)
     assert result.step == 6 and math.isfinite(result.val_loss)
     assert load_checkpoint(tmp_path / "r", "latest").meta["precision"] == "float16"
 
@@ -187,10 +187,10 @@ def test_an_explicit_length_replaces_the_presets_time_budget(tmp_path: Path,
                                                                tiny_corpus: Path) -> None:
     over = {**TINY_MODEL, **TINY_TRAIN, "max_iters": 3}
     del over["max_time"]
-    api.train("shakespeare-char", tiny_corpus, tmp_path / "a", overrides=over)
+    api.train("shakespeare-char-gpt2", tiny_corpus, tmp_path / "a", overrides=over)
     meta = load_checkpoint(tmp_path / "a", "latest").meta
     assert meta["train_config"]["max_time"] is None and meta["step"] == 3
-    api.train("shakespeare-char", tiny_corpus, tmp_path / "b",
+    api.train("shakespeare-char-gpt2", tiny_corpus, tmp_path / "b",
               overrides={**over, "max_time": 100.0})
     assert load_checkpoint(tmp_path / "b", "latest").meta["train_config"]["max_time"] == 100.0
 
@@ -218,7 +218,7 @@ def test_logged_speed_leaves_out_evaluation_inside_a_window(
     monkeypatch.setattr(loop, "evaluate_and_save", evaluate)
     over = {**TINY_MODEL, "batch_size": 8, "max_iters": 40, "eval_interval": 5,
             "log_interval": 20, "max_time": 0.0, "dtype": "float32"}
-    api.train("shakespeare-char", tiny_corpus, tmp_path / "r", overrides=over)
+    api.train("shakespeare-char-gpt2", tiny_corpus, tmp_path / "r", overrides=over)
     speeds = [r["tokens_per_s"] for r in read_metrics(tmp_path / "r" / "metrics.jsonl")]
     expected = 8 * 32 / 0.04  # tokens per step / seconds per step
     assert len(speeds) == 2
@@ -231,7 +231,7 @@ def test_a_tiny_corpus_run_logs_the_memorisation_warning(
     text.write_text("To be, or not to be, that is the question.\n" * 60)  # ~2.6 KB
     over = {**TINY_MODEL, **TINY_TRAIN, "block_size": 16, "max_iters": 4, "warmup_iters": 8}
     with caplog.at_level(logging.WARNING, logger="gptscratch"):
-        api.train("shakespeare-char", text, tmp_path / "run", overrides=over)
+        api.train("shakespeare-char-gpt2", text, tmp_path / "run", overrides=over)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("learn the text by heart" in w for w in warned), warned
     assert any("warm-up (8 steps) is as long as the run (4 steps)" in w for w in warned)
@@ -258,7 +258,7 @@ def test_a_non_finite_step_updates_nothing_and_is_counted(
     _nan_loss_at({5, 6}, monkeypatch)
     over = {**TINY_MODEL, **TINY_TRAIN, "max_iters": 10, "log_interval": 10}
     with caplog.at_level(logging.WARNING, logger="gptscratch"):
-        result = api.train("shakespeare-char", tiny_corpus, tmp_path / "r", overrides=over)
+        result = api.train("shakespeare-char-gpt2", tiny_corpus, tmp_path / "r", overrides=over)
     assert result.step == 10 and math.isfinite(result.val_loss)
     record = [r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r][-1]
     assert record["skipped_updates"] == 2 and math.isfinite(record["loss"])
@@ -302,9 +302,9 @@ def test_exact_resume_on_sharded_data_of_many_documents(tmp_path: Path,
     over = {**TINY_MODEL, **TINY_TRAIN, "max_iters": 8, "log_interval": 1,
             "eval_interval": 4, "dropout": 0.1}
     straight, split = tmp_path / "straight", tmp_path / "split"
-    api.train("shakespeare-char", data.dir, straight, overrides=over)
-    api.train("shakespeare-char", data.dir, split, overrides=over, stop_at=3)
-    api.train("shakespeare-char", None, split, resume=True)
+    api.train("shakespeare-char-gpt2", data.dir, straight, overrides=over)
+    api.train("shakespeare-char-gpt2", data.dir, split, overrides=over, stop_at=3)
+    api.train("shakespeare-char-gpt2", None, split, resume=True)
     assert _losses(straight) == _losses(split) and len(_losses(split)) == 8
     a = load_checkpoint(straight, "latest").build_model().state_dict()
     b = load_checkpoint(split, "latest").build_model().state_dict()

@@ -52,7 +52,7 @@ def single_and_ddp(tmp_path_factory: pytest.TempPathFactory,
                    tiny_corpus: Path) -> tuple[Path, Path, str]:
     """The same training twice: one process with batch 8, and 2 ranks with batch 4 each."""
     base = tmp_path_factory.mktemp("ddp")
-    api.train("shakespeare-char", tiny_corpus, base / "single",
+    api.train("shakespeare-char-gpt2", tiny_corpus, base / "single",
               overrides={**OVERRIDES, "batch_size": 8})
     out = torchrun(2, "--data", str(tiny_corpus), "--out", str(base / "ddp"),
                    "--batch-size", "4", *FLAGS)
@@ -100,7 +100,7 @@ def test_ddp_resume_is_exact_and_other_world_sizes_are_told(
     assert records(split, "loss") == records(ddp, "loss")
     # The same checkpoint continued by one process: it works and says what changes.
     with caplog.at_level(logging.WARNING, logger="gptscratch"):
-        result = api.train("shakespeare-char", None, split, resume=True,
+        result = api.train("shakespeare-char-gpt2", None, split, resume=True,
                            overrides={"max_iters": 8})
     assert result.step == 8
     assert "trained with 2 process(es) and now has 1" in caplog.text
@@ -205,8 +205,8 @@ def test_fsdp_resume_is_exact_and_moves_between_fsdp_ddp_and_one_process(
                        [v for _, v in records(tmp_path / "fsdp", "loss")], rtol=1e-5, atol=1e-6)
     # One process continues an FSDP run when told to drop the sharding.
     with pytest.raises(UserError, match="--no-fsdp"):
-        api.train("shakespeare-char", None, split, resume=True, overrides={"max_iters": 8})
-    result = api.train("shakespeare-char", None, split, resume=True,
+        api.train("shakespeare-char-gpt2", None, split, resume=True, overrides={"max_iters": 8})
+    result = api.train("shakespeare-char-gpt2", None, split, resume=True,
                        overrides={"max_iters": 8, "fsdp": False})
     assert result.step == 8
 
@@ -218,7 +218,7 @@ def muon_runs(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> di
     """`--optimizer muon` three ways: one process with batch 8; DDP and FSDP with 2 ranks of
     batch 4 (under FSDP each rank gathers every matrix to orthogonalise it, `muon.py`)."""
     base = tmp_path_factory.mktemp("muon")
-    api.train("shakespeare-char", tiny_corpus, base / "single",
+    api.train("shakespeare-char-gpt2", tiny_corpus, base / "single",
               overrides={**OVERRIDES, "batch_size": 8, "optimizer": "muon"})
     for mode in ("ddp", "fsdp"):
         torchrun(2, "--data", str(tiny_corpus), "--out", str(base / mode), "--batch-size", "4",

@@ -206,7 +206,7 @@ def models(run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     found = {"char": run}
     for spec in ("gpt2", "bpe:300"):
         out = tmp_path_factory.mktemp("tok") / spec.replace(":", "")
-        api.train("shakespeare-char", PLAYS, out, tokenizer=spec,
+        api.train("shakespeare-char-gpt2", PLAYS, out, tokenizer=spec,
                   overrides={**TINY_MODEL, **TINY_TRAIN, "max_iters": 2})
         found[spec] = out
     return found

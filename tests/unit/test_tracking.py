@@ -53,7 +53,7 @@ def expected(run: Path, key: str) -> list[tuple[int, float]]:
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
     out = tmp_path_factory.mktemp("tracked") / "run"
-    api.train("shakespeare-char", tiny_corpus, out,
+    api.train("shakespeare-char-gpt2", tiny_corpus, out,
               overrides={**OVER, "loggers": ("tensorboard", "csv")})
     return out
 
@@ -98,7 +98,7 @@ def test_grad_norm_is_pytorchs_norm_of_the_first_step(tmp_path: Path,
     from gptscratch.model.gpt import GPT, lm_loss
 
     out = tmp_path / "r"
-    api.train("shakespeare-char", tiny_corpus, out,
+    api.train("shakespeare-char-gpt2", tiny_corpus, out,
               overrides={**OVER, "max_iters": 1, "log_interval": 1, "eval_sample_tokens": 0,
                          "dropout": 0.0})
     ckpt = load_checkpoint(out, "latest")
@@ -133,13 +133,13 @@ def test_a_resumed_run_logs_each_step_once(tmp_path: Path, tiny_corpus: Path) ->
     checkpoint logs the steps past it again, and the reader keeps only the second time."""
     out = tmp_path / "r"
     over = {**OVER, "log_interval": 1}
-    api.train("shakespeare-char", tiny_corpus, out, overrides=over, stop_at=4)
+    api.train("shakespeare-char-gpt2", tiny_corpus, out, overrides=over, stop_at=4)
     shutil.copytree(out / "latest", tmp_path / "at-4")
     tracked = {"loggers": ("tensorboard", "csv")}
-    api.train("shakespeare-char", None, out, resume=True, stop_at=8, overrides=tracked)
+    api.train("shakespeare-char-gpt2", None, out, resume=True, stop_at=8, overrides=tracked)
     shutil.rmtree(out / "latest")  # as if killed after step 8 before saving it
     shutil.copytree(tmp_path / "at-4", out / "latest")
-    api.train("shakespeare-char", None, out, resume=True, overrides=tracked)
+    api.train("shakespeare-char-gpt2", None, out, resume=True, overrides=tracked)
     acc = events(out)
     assert [s for s, _ in scalars(acc, "train/loss")] == list(range(1, 13))
     for key in ("loss", "grad_norm", "val_loss"):
@@ -199,9 +199,9 @@ def test_wandb_gets_the_config_the_scalars_and_the_samples(
     fake.init = lambda **kw: runs.append(FakeRun(kw)) or runs[-1]  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "wandb", fake)
     out = tmp_path / "r"
-    api.train("shakespeare-char", tiny_corpus, out, overrides={**OVER, "loggers": ("wandb",)},
+    api.train("shakespeare-char-gpt2", tiny_corpus, out, overrides={**OVER, "loggers": ("wandb",)},
               stop_at=6)
-    api.train("shakespeare-char", None, out, resume=True)
+    api.train("shakespeare-char-gpt2", None, out, resume=True)
     first, second = runs
     assert first.kwargs["config"]["learning_rate"] == 0.004 and first.kwargs["id"] is None
     assert first.kwargs["dir"] == str(out) and first.finished
@@ -223,7 +223,7 @@ def test_samples_at_evaluations_change_nothing_in_training(tmp_path: Path,
     losses = []
     for tokens in (16, 0):
         out = tmp_path / f"s{tokens}"
-        api.train("shakespeare-char", tiny_corpus, out,
+        api.train("shakespeare-char-gpt2", tiny_corpus, out,
                   overrides={**over, "eval_sample_tokens": tokens})
         records = read_metrics(out / "metrics.jsonl")
         assert sum("sample" in r for r in records) == (3 if tokens else 0)

@@ -56,21 +56,24 @@ def test_presets_build() -> None:
 
 
 def test_the_shakespeare_char_variants() -> None:
-    """-gpt2 is today's shakespeare-char; -modern is it with exactly MODERN_RECIPE changed, each
-    setting landing in the model or the training config, and both build a valid model."""
+    """shakespeare-char is -gpt2 with exactly MODERN_RECIPE changed, each setting landing in
+    the model or the training config; -modern is shakespeare-char by a lasting name; both
+    build a valid model."""
     char, gpt2, modern = (get_preset(f"shakespeare-char{s}") for s in ("", "-gpt2", "-modern"))
-    assert (gpt2.tokenizer, gpt2.model, gpt2.train) == (char.tokenizer, char.model, char.train)
-    assert modern.tokenizer == char.tokenizer
-    model_changes = {k: v for k, v in modern.model.items() if char.model.get(k) != v}
-    train_changes = {k: v for k, v in modern.train.to_dict().items()
-                     if char.train.to_dict()[k] != v}
+    assert (modern.tokenizer, modern.model, modern.train) == (char.tokenizer, char.model,
+                                                              char.train)
+    assert char.tokenizer == gpt2.tokenizer
+    model_changes = {k: v for k, v in char.model.items() if gpt2.model.get(k) != v}
+    train_changes = {k: v for k, v in char.train.to_dict().items()
+                     if gpt2.train.to_dict()[k] != v}
     assert {**model_changes, **train_changes} == MODERN_RECIPE
     assert set(model_changes) == set(MODERN_RECIPE) - {"optimizer"}
-    assert modern.train.optim.optimizer == "muon"
-    for preset in (gpt2, modern):
+    assert char.train.optim.optimizer == "muon" and gpt2.train.optim.optimizer == "adamw"
+    for preset in (gpt2, char):
         config = ModelConfig(vocab_size=65, **preset.model)
         assert config.block_size == 128 and config.n_layer == 3
-    assert ModelConfig(vocab_size=65, **modern.model).positions == "rope"
+    assert ModelConfig(vocab_size=65, **char.model).positions == "rope"
+    assert ModelConfig(vocab_size=65, **gpt2.model).positions == "learned"
 
 
 def test_train_config_validation() -> None:

@@ -104,16 +104,41 @@ def _embedding_stages(model: GPT, tokenizer: Tokenizer, ids: list[int],
     return x
 
 
+def _norm_words(cfg: ModelConfig) -> str:
+    if cfg.norm == "rmsnorm":
+        return ("RMSNorm: each position's C numbers divided by their root mean square, then a "
+                "learned scale (no mean removed, no shift)")
+    return ("LayerNorm: each position's C numbers scaled to mean 0, variance 1, then a learned "
+            "scale and shift")
+
+
+def _mlp_words(cfg: ModelConfig) -> str:
+    C, hidden = cfg.n_embd, cfg.mlp_hidden
+    if cfg.activation == "swiglu":
+        return (f"per position: SwiGLU, silu(gate) * up with two Linear C -> {hidden}, then "
+                f"Linear {hidden} -> C (no mixing across positions)")
+    act = {"relu2": "relu(x)^2", "gelu": "GELU (exact)"}.get(cfg.activation, "GELU")
+    return (f"per position: Linear C -> {4 * C}, {act}, Linear {4 * C} -> C (no mixing "
+            "across positions)")
+
+
+def _attention_words(cfg: ModelConfig) -> str:
+    words = f"softmax(q k^T / sqrt({cfg.head_size})) with future positions masked"
+    if cfg.qk_norm:
+        words = "q and k RMS-normalised per head, " + words
+    if cfg.positions == "rope":
+        words = "q and k rotated by their positions (rotary), " + words
+    return words + ": each row sums to 1"
+
+
 def _block_stages(cfg: ModelConfig, block: Block, layer: int, x: torch.Tensor,
                   tokenizer: Tokenizer, ids: list[int], stages: _Stages) -> torch.Tensor:
-    """One Transformer block: LayerNorm, attention, residual add, LayerNorm, MLP, add."""
+    """One Transformer block: norm, attention, residual add, norm, MLP, add."""
     T, C, H = x.size(1), cfg.n_embd, cfg.n_head
     D = cfg.head_size
     b = f"block {layer}:"
     h = block.ln_1(x)
-    stages.add(f"{b} ln_1", f"{_shape(x)} -> {_shape(h)}",
-               "LayerNorm: each position's C numbers scaled to mean 0, variance 1, then a "
-               "learned scale and shift", h, _stats(h))
+    stages.add(f"{b} ln_1", f"{_shape(x)} -> {_shape(h)}", _norm_words(cfg), h, _stats(h))
     qkv = block.attn.c_attn(h)  # (1, T, 3C)
     q = qkv[..., :C].view(1, T, H, D).transpose(1, 2)
     stages.add(f"{b} q, k, v", f"{_shape(h)} -> 3 x {_shape(q)}",
@@ -124,8 +149,7 @@ def _block_stages(cfg: ModelConfig, block: Block, layer: int, x: torch.Tensor,
     looks = ", ".join(f"head {i} -> {tokenizer.decode([ids[int(j)]])!r}@{int(j)}"
                       for i, j in enumerate(last.argmax(dim=-1).tolist()))
     stages.add(f"{b} attention weights", f"{_shape(att)}",
-               f"softmax(q k^T / sqrt({D})) with future positions masked: each row sums to 1",
-               att, f"the last token looks most at: {looks}")
+               _attention_words(cfg), att, f"the last token looks most at: {looks}")
     stages.add(f"{b} attention output", f"{_shape(att)} @ v -> {_shape(a)}",
                "each position's weighted sum of values, heads concatenated back to C and "
                "mixed by c_proj", a, _stats(a))
@@ -134,11 +158,10 @@ def _block_stages(cfg: ModelConfig, block: Block, layer: int, x: torch.Tensor,
                "x = x + attention(ln_1(x)): the block adds to the residual stream, it does "
                "not replace it", x, _stats(x))
     h = block.ln_2(x)
-    stages.add(f"{b} ln_2", _shape(h), "LayerNorm again, before the MLP", h, _stats(h))
+    stages.add(f"{b} ln_2", _shape(h), "the same norm again, before the MLP", h, _stats(h))
     m = block.mlp(h)
-    stages.add(f"{b} MLP", f"{_shape(h)} -> (1, {T}, {4 * C}) -> {_shape(m)}",
-               "per position: Linear C -> 4C, GELU, Linear 4C -> C (no mixing across "
-               "positions)", m, _stats(m))
+    stages.add(f"{b} MLP", f"{_shape(h)} -> (1, {T}, {cfg.mlp_hidden}) -> {_shape(m)}",
+               _mlp_words(cfg), m, _stats(m))
     x = x + m
     stages.add(f"{b} residual add", _shape(x), "x = x + mlp(ln_2(x))", x, _stats(x))
     return x
