@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY_MODEL, cli_error
 
 from gptscratch.cli import main
@@ -69,6 +70,10 @@ def test_corpus_shorter_than_a_block(files: dict[str, Path], tmp_path: Path,
     assert not (tmp_path / "r" / "latest").exists()
 
 
+# Errors that only a machine without a CUDA GPU gives (benchmarks/gpu_check.py runs the
+# tests named *cuda* on a GPU machine).
+NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -78,8 +83,9 @@ def test_corpus_shorter_than_a_block(files: dict[str, Path], tmp_path: Path,
         (["train", "--dtype", "float8"], "unknown dtype 'float8'"),
         (["train", "--n-embd", "100", "--n-head", "3"],
          "n_embd (100) must be divisible by n_head (3); try --n-embd 102"),
-        (["train", "--dtype", "float16"], "float16 training needs a CUDA GPU"),
-        (["train", "--device", "cuda"], "no CUDA GPU"),
+        pytest.param(["train", "--dtype", "float16"], "float16 training needs a CUDA GPU",
+                     marks=NEEDS_NO_CUDA),
+        pytest.param(["train", "--device", "cuda"], "no CUDA GPU", marks=NEEDS_NO_CUDA),
     ],
 )
 def test_bad_settings(args: list[str], expected: str, files: dict[str, Path], tmp_path: Path,
