@@ -1,23 +1,37 @@
 """Training-speed benchmark: our GPT against Hugging Face's GPT2LMHeadModel and the hardware.
 
 For a model shape (the shakespeare-char preset, or GPT-2 124M) it times full training steps
-(forward, cross-entropy, backward, gradient clipping, fused AdamW) of:
-  ours  fp32 eager | bf16 autocast eager | bf16 autocast + torch.compile
-  HF    fp32 and bf16 autocast, each with attn_implementation "eager" and "sdpa"
-with the same shape (biases on in both, as GPT-2 has them), batch, data, optimizer and loss
-function. Each configuration runs in a fresh subprocess, so peak memory and compile caches are
-its own (torch.compile starts from an empty inductor cache: its time is the cold-compile cost).
-MFU is reported against a bf16 (and fp32) 2048^3 matmul rate measured at the start.
+(forward, cross-entropy, backward, gradient clipping, fused AdamW) with the same shape (biases
+on in both, as GPT-2 has them), batch, data, optimizer and loss function, of:
+  ours  fp32 eager | bf16 autocast eager | bf16 autocast + torch.compile | bf16, default malloc
+  HF, like for like (the `-keep` rows): the fused tanh GELU (`gelu_pytorch_tanh`, the same
+      `F.gelu(approximate="tanh")` kernel as ours) and our allocator setting; fp32 and bf16
+      autocast, attn_implementation "eager" and "sdpa", and bf16 + torch.compile of each
+  HF, as shipped (no suffix): GPT2Config's default GELU (`gelu_new`, tanh written out in
+      Python ops) and the default allocator, eager only: what a user gets out of the box.
+
+What is compared: the headline ratios put like with like: our bf16 eager against HF's best
+like-for-like bf16 eager row, and our bf16 compiled against HF's best like-for-like bf16
+compiled row (`ratios`, named in `headline_ratios`); never a compiled row against an eager
+one. The as-shipped rows give extra, labelled ratios (`..._as_shipped`).
+
+Each run of a configuration is a fresh subprocess, so peak memory and compile caches are its
+own (torch.compile starts from an empty inductor cache: its first step is the cold-compile
+cost). Every row runs `--repeats` times (default 3), the rows taking turns (all rows once,
+then all again), so the VM's slow phases fall on every row alike; the table and the JSON give
+the median over the runs and the spread (min-max), the ratios are of medians, and
+`ratio_ranges` spans the worst and best pairing of the two rows' runs. MFU is reported against
+a bf16 (and fp32) 2048^3 matmul rate measured at the start.
 
 Our rows run with glibc's malloc set to keep freed memory (`keep_freed_memory`), as our
-training loop does on CPU; `ours-bf16-nokeep` shows what that setting is worth. HF rows run as
-a user would run them (the default allocator) and, as `-keep` rows, with the same setting, so
-the comparison can be read both ways.
+training loop does on CPU; `ours-bf16-nokeep` shows what that setting is worth.
 
-    python benchmarks/training.py --shape preset     # ~4 minutes here (11 rows)
-    python benchmarks/training.py --shape 124m       # ~9 minutes (batch 4 x 256, 5 steps)
+    python benchmarks/training.py --shape preset     # ~15 minutes here (14 rows x 3)
+    python benchmarks/training.py --shape 124m       # ~35 minutes (batch 4 x 256, 5 steps)
+    python benchmarks/training.py --quick --repeats 1 --out /tmp/training.json   # smoke test
 
-Prints a table and writes the shape's entry in benchmarks/results/training.json. Run it alone.
+Prints a table and writes the shape's entry in benchmarks/results/training.json (or --out;
+--quick, 2 timed steps after 1 warm-up, writes only to an explicit --out). Run it alone.
 """
 
 from __future__ import annotations
@@ -51,14 +65,37 @@ PRESET = get_preset("shakespeare-char")
 # name -> (model fields, batch B, sequence length T, measured steps, warm-up steps)
 SHAPES: dict[str, tuple[dict[str, Any], int, int, int, int]] = {
     "preset": ({**PRESET.model, "vocab_size": 65, "bias": True, "dropout": 0.0},
-               PRESET.train.batch_size, PRESET.model["block_size"], 20, 5),
+               PRESET.train.optim.batch_size, PRESET.model["block_size"], 20, 5),
     # On 2 CPU cores a 124M step at 4 x 256 tokens already takes seconds; a GPU takes more.
     "124m": (dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768,
                   bias=True, dropout=0.0), 4, 256, 5, 1),
 }
-ROWS = ["ours-fp32", "ours-bf16", "ours-bf16-compile", "ours-bf16-nokeep", "hf-fp32-eager",
-        "hf-fp32-sdpa", "hf-bf16-eager", "hf-bf16-sdpa", "hf-fp32-sdpa-keep",
-        "hf-bf16-eager-keep", "hf-bf16-sdpa-keep"]
+OURS = ["ours-fp32", "ours-bf16", "ours-bf16-compile", "ours-bf16-nokeep"]
+HF_LIKE_FOR_LIKE = ["hf-fp32-eager-keep", "hf-fp32-sdpa-keep", "hf-bf16-eager-keep",
+                    "hf-bf16-sdpa-keep", "hf-bf16-eager-keep-compile",
+                    "hf-bf16-sdpa-keep-compile"]
+HF_AS_SHIPPED = ["hf-fp32-eager", "hf-fp32-sdpa", "hf-bf16-eager", "hf-bf16-sdpa"]
+ROWS = OURS + HF_LIKE_FOR_LIKE + HF_AS_SHIPPED
+QUICK_STEPS = (2, 1)  # --quick: timed steps, warm-up steps
+
+
+def settings(row: str) -> dict[str, Any]:
+    """What a row name means: whose model, precision, attention, allocator, compile, GELU."""
+    hf = row.startswith("hf")
+    keep = "-keep" in row if hf else not row.endswith("-nokeep")
+    return {"impl": "hf" if hf else "ours", "bf16": "-bf16" in row,
+            "attention": ("sdpa" if "-sdpa" in row else "eager") if hf else "auto",
+            "allocator": "keep freed memory" if keep else "glibc default",
+            "compiled": row.endswith("-compile"),
+            "group": ("hf like for like" if keep else "hf as shipped") if hf else "ours"}
+
+
+def hf_activation(row: str, fields: dict[str, Any]) -> str:
+    """HF's activation_function for a row: the exact GELU when the shape asks for it; else the
+    fused tanh kernel ours runs (like for like) or GPT2Config's default, gelu_new (as shipped)."""
+    if fields.get("activation") == "gelu":
+        return "gelu"
+    return "gelu_pytorch_tanh" if settings(row)["group"] == "hf like for like" else "gelu_new"
 
 
 def build(row: str, fields: dict[str, Any], device: torch.device) -> torch.nn.Module:
@@ -67,44 +104,48 @@ def build(row: str, fields: dict[str, Any], device: torch.device) -> torch.nn.Mo
         return GPT(ModelConfig(**fields)).to(device)
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(
+    config: dict[str, Any] = dict(
         vocab_size=fields["vocab_size"], n_positions=fields["block_size"],
         n_embd=fields["n_embd"], n_layer=fields["n_layer"], n_head=fields["n_head"],
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        activation_function="gelu" if fields.get("activation") == "gelu" else "gelu_new",
+        activation_function=hf_activation(row, fields),
         use_cache=False, bos_token_id=0, eos_token_id=0,
-        attn_implementation="sdpa" if "sdpa" in row else "eager")
-    return GPT2LMHeadModel(config).to(device)
+        attn_implementation=settings(row)["attention"])
+    model: Any = GPT2LMHeadModel(GPT2Config(**config))
+    return model.to(device)
 
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def shape_for(shape: str, device: torch.device, batch: int | None, seq_len: int | None
+def shape_for(shape: str, device: torch.device, batch: int | None, seq_len: int | None,
+              steps: int | None = None, warmup: int | None = None
               ) -> tuple[dict[str, Any], int, int, int, int]:
     """The shape's fields, batch B, length T and step counts; on a GPU the 124M shape trains at
     GPT-2's full context with a GPU-sized batch (and more steps), unless given."""
-    fields, B, T, steps, warmup = SHAPES[shape]
+    fields, B, T, n_steps, n_warmup = SHAPES[shape]
     if device.type == "cuda" and shape == "124m":
-        B, T, steps, warmup = 16, 1024, 20, 5
-    return fields, batch or B, seq_len or T, steps, warmup
+        B, T, n_steps, n_warmup = 16, 1024, 20, 5
+    return (fields, batch or B, seq_len or T, steps or n_steps,
+            n_warmup if warmup is None else warmup)
 
 
 def run_row(row: str, shape: str, device: torch.device, batch: int | None = None,
-            seq_len: int | None = None) -> dict[str, Any]:
-    """Time one configuration in this process: returns ms/step, tokens/s, memory."""
+            seq_len: int | None = None, steps: int | None = None, warmup: int | None = None
+            ) -> dict[str, Any]:
+    """Time one configuration (a row name, `settings` says what it means) in this process:
+    returns ms/step, tokens/s, memory."""
     torch.set_flush_denormal(True)
-    if device.type == "cpu" and ((row.startswith("ours") and not row.endswith("nokeep"))
-                                 or row.endswith("-keep")):
+    setting = settings(row)
+    if device.type == "cpu" and setting["allocator"] == "keep freed memory":
         keep_freed_memory()
-    fields, B, T, steps, warmup = shape_for(shape, device, batch, seq_len)
+    fields, B, T, steps, warmup = shape_for(shape, device, batch, seq_len, steps, warmup)
     base_rss = rss_mb()
     model = build(row, fields, device)
-    hf = row.startswith("hf")
-    forward: Any = torch.compile(model) if row.endswith("compile") else model
+    hf = setting["impl"] == "hf"
+    forward: Any = torch.compile(model) if setting["compiled"] else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
-    bf16 = "bf16" in row
     gen = torch.Generator().manual_seed(0)
     data = torch.randint(0, fields["vocab_size"], (steps + warmup, B, T + 1), generator=gen)
     if device.type == "cuda":
@@ -113,7 +154,7 @@ def run_row(row: str, shape: str, device: torch.device, batch: int | None = None
     for i in range(steps + warmup):
         x, y = data[i, :, :-1].to(device), data[i, :, 1:].to(device)
         t = time.perf_counter()
-        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, torch.bfloat16, enabled=setting["bf16"]):
             logits = forward(input_ids=x).logits if hf else forward(x)
             loss = lm_loss(logits, y)  # the same loss function for both models
         loss.backward()
@@ -134,91 +175,187 @@ def run_row(row: str, shape: str, device: torch.device, batch: int | None = None
             "params": n_params}
 
 
-def main() -> None:
+def run_child(row: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """One run of a row in a fresh process with an empty inductor cache (a cold compile)."""
+    sizes = [f"--{name}={value}" for name, value in
+             (("batch", args.batch), ("seq-len", args.seq_len), ("steps", args.steps),
+              ("warmup", args.warmup)) if value is not None]
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        t = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, __file__, "--shape", args.shape, "--device", args.device,
+             "--child", row, *sizes], env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        print(f"{row}: failed\n{out.stderr[-2000:]}", flush=True)
+        return None
+    r: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    r["process_s"] = round(time.perf_counter() - t, 1)
+    return r
+
+
+def label(row: str, fields: dict[str, Any]) -> str:
+    """A row's meaning in words, for the table and the JSON."""
+    s = settings(row)
+    words = [s["impl"], "bf16" if s["bf16"] else "fp32",
+             "compiled" if s["compiled"] else "not compiled"]
+    if s["impl"] == "hf":
+        words += [f"attn {s['attention']}", hf_activation(row, fields)]
+    if s["allocator"] != "keep freed memory":
+        words.append("default malloc")
+    return ", ".join(words)
+
+
+def aggregate(row: str, runs: list[dict[str, Any]], fields: dict[str, Any],
+              ceiling: dict[str, float]) -> dict[str, Any]:
+    """One row over its repeats: medians, min-max spreads, each run's figures, MFU."""
+    def spread(key: str) -> tuple[float, float, float]:
+        values = [r[key] for r in runs]
+        return statistics.median(values), min(values), max(values)
+
+    out: dict[str, Any] = {"row": row, "label": label(row, fields), **settings(row)}
+    if settings(row)["impl"] == "hf":
+        out["activation_function"] = hf_activation(row, fields)
+    for key, digits in (("ms_per_step", 2), ("tokens_per_s", 0), ("first_step_s", 2),
+                        ("peak_memory_mb", 0), ("process_s", 1)):
+        median, low, high = spread(key)
+        out[key] = round(median, digits) if digits else round(median)
+        out[f"{key}_min"], out[f"{key}_max"] = low, high
+    out.update(final_loss=runs[0]["final_loss"], flops_per_token=runs[0]["flops_per_token"],
+               params=runs[0]["params"], repeats=len(runs),
+               runs=[{k: r[k] for k in ("ms_per_step", "tokens_per_s", "first_step_s",
+                                        "peak_memory_mb", "process_s")} for r in runs])
+    model_flops = out["tokens_per_s"] * out["flops_per_token"]
+    out["mfu_vs_bf16_ceiling"] = round(model_flops / ceiling["bf16"], 4)
+    out["mfu_vs_fp32_ceiling"] = round(model_flops / ceiling["fp32"], 4)
+    return out
+
+
+HEADLINE = ["ours_bf16_eager_over_hf_bf16_eager", "ours_bf16_compile_over_hf_bf16_compile"]
+# name -> (our rows, HF's rows): the best median of each side; both sides compiled or both eager.
+PAIRS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "ours_bf16_eager_over_hf_bf16_eager": (("ours-bf16",),
+                                           ("hf-bf16-eager-keep", "hf-bf16-sdpa-keep")),
+    "ours_bf16_compile_over_hf_bf16_compile": (
+        ("ours-bf16-compile",), ("hf-bf16-eager-keep-compile", "hf-bf16-sdpa-keep-compile")),
+    "ours_fp32_over_hf_fp32": (("ours-fp32",), ("hf-fp32-eager-keep", "hf-fp32-sdpa-keep")),
+    "ours_bf16_eager_over_hf_bf16_eager_as_shipped": (("ours-bf16",),
+                                                      ("hf-bf16-eager", "hf-bf16-sdpa")),
+    "ours_fp32_over_hf_fp32_as_shipped": (("ours-fp32",), ("hf-fp32-eager", "hf-fp32-sdpa")),
+    "ours_best_over_ours_fp32": (("ours-bf16", "ours-bf16-compile"), ("ours-fp32",)),
+    "ours_bf16_keep_over_nokeep": (("ours-bf16",), ("ours-bf16-nokeep",)),
+}
+
+
+def compute_ratios(results: list[dict[str, Any]]
+                   ) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Each pair's ratio of median tokens/s, and its range over the two rows' runs."""
+    by = {r["row"]: r for r in results}
+    ratios: dict[str, float] = {}
+    ranges: dict[str, list[float]] = {}
+    for name, (mine, theirs) in PAIRS.items():
+        a = max((by[k] for k in mine if k in by), key=lambda r: r["tokens_per_s"], default=None)
+        b = max((by[k] for k in theirs if k in by), key=lambda r: r["tokens_per_s"],
+                default=None)
+        if a is None or b is None:
+            continue
+        ratios[name] = round(a["tokens_per_s"] / b["tokens_per_s"], 2)
+        ranges[name] = [round(a["tokens_per_s_min"] / b["tokens_per_s_max"], 2),
+                        round(a["tokens_per_s_max"] / b["tokens_per_s_min"], 2)]
+    return ratios, ranges
+
+
+def print_table(results: list[dict[str, Any]], ratios: dict[str, float],
+                ranges: dict[str, list[float]]) -> None:
+    print(f"{'row':<27} {'ms/step':>9} {'(min-max)':>17} {'tok/s':>8} {'MFU bf16':>9} "
+          f"{'MFU fp32':>9} {'peak MB':>8} {'1st step s':>10}  meaning")
+    group = None
+    order = ["ours", "hf like for like", "hf as shipped"]
+    for r in sorted(results, key=lambda r: order.index(r["group"])):  # stable: --rows order
+        if r["group"] != group:
+            group = r["group"]
+            print(f"-- {group}")
+        spread = f"({r['ms_per_step_min']:.1f}-{r['ms_per_step_max']:.1f})"
+        print(f"{r['row']:<27} {r['ms_per_step']:>9.1f} {spread:>17} {r['tokens_per_s']:>8,} "
+              f"{100 * r['mfu_vs_bf16_ceiling']:>8.1f}% {100 * r['mfu_vs_fp32_ceiling']:>8.1f}% "
+              f"{r['peak_memory_mb']:>8,} {r['first_step_s']:>10}  {r['label']}")
+    print()
+    for name, value in ratios.items():
+        low, high = ranges[name]
+        mark = "  <- headline" if name in HEADLINE else ""
+        print(f"{name} = {value} (range {low}-{high}){mark}")
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=list(SHAPES), default="preset")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=ROWS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each row, each a fresh process (median and min-max)")
     parser.add_argument("--batch", type=int, default=None,
                         help="sequences per step (default: the shape's; 16 for 124M on CUDA)")
     parser.add_argument("--seq-len", type=int, default=None,
                         help="tokens per sequence (default: the shape's; 1024 for 124M on CUDA)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per run")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a smoke test: {QUICK_STEPS[0]} timed steps after {QUICK_STEPS[1]} "
+                        "warm-up, a 512^3 matmul ceiling; writes only to an explicit --out")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats ({args.repeats}) must be >= 1; try --repeats 3")
+    if args.quick:
+        args.steps = args.steps or QUICK_STEPS[0]
+        args.warmup = QUICK_STEPS[1] if args.warmup is None else args.warmup
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     device = torch.device(args.device)
+    sizes = dict(batch=args.batch, seq_len=args.seq_len, steps=args.steps, warmup=args.warmup)
     if args.child:
-        print(json.dumps(run_row(args.child, args.shape, device, args.batch, args.seq_len)))
+        print(json.dumps(run_row(args.child, args.shape, device, **sizes)))
         return
 
     torch.set_flush_denormal(True)
-    ceiling = {name: measure_matmul_flops(device, dtype)
+    size = 512 if args.quick else 2048  # --quick: a smoke test; emulated bf16 is slow
+    ceiling = {name: measure_matmul_flops(device, dtype, size)
                for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
-    print(f"matmul ceiling (2048^3): bf16 {ceiling['bf16'] / 1e9:,.0f} GFLOP/s, "
+    print(f"matmul ceiling ({size}^3): bf16 {ceiling['bf16'] / 1e9:,.0f} GFLOP/s, "
           f"fp32 {ceiling['fp32'] / 1e9:,.0f} GFLOP/s", flush=True)
-    fields, B, T, steps, warmup = shape_for(args.shape, device, args.batch, args.seq_len)
-    sizes = [*(["--batch", str(args.batch)] if args.batch else []),
-             *(["--seq-len", str(args.seq_len)] if args.seq_len else [])]
-    results = []
-    for row in args.rows:
-        with tempfile.TemporaryDirectory() as cache:
-            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}  # a cold compile
-            t = time.perf_counter()
-            out = subprocess.run(
-                [sys.executable, __file__, "--shape", args.shape, "--device", args.device,
-                 "--child", row, *sizes], env=env, capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            print(f"{row}: failed\n{out.stderr[-2000:]}", flush=True)
-            continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        r["process_s"] = round(time.perf_counter() - t, 1)
-        model_flops = r["tokens_per_s"] * r["flops_per_token"]
-        r["mfu_vs_bf16_ceiling"] = round(model_flops / ceiling["bf16"], 4)
-        r["mfu_vs_fp32_ceiling"] = round(model_flops / ceiling["fp32"], 4)
-        results.append(r)
-        print(f"{row:<18} {r['ms_per_step']:>9.1f} ms/step {r['tokens_per_s']:>8,} tok/s "
-              f"MFU(bf16 ceiling) {100 * r['mfu_vs_bf16_ceiling']:5.1f}% "
-              f"peak {r['peak_memory_mb']:>6,} MB  first step {r['first_step_s']} s",
-              flush=True)
-
-    by = {r["row"]: r["tokens_per_s"] for r in results}
-
-    def best(*rows: str) -> int:
-        return max((by[k] for k in rows if k in by), default=0)
-
-    ratios: dict[str, float] = {}
-    pairs = {
-        "ours_best_bf16_over_hf_best_bf16": (
-            best("ours-bf16", "ours-bf16-compile"), best("hf-bf16-eager", "hf-bf16-sdpa")),
-        "ours_best_bf16_over_hf_best_bf16_keep": (
-            best("ours-bf16", "ours-bf16-compile"),
-            best("hf-bf16-eager-keep", "hf-bf16-sdpa-keep")),
-        "ours_fp32_over_hf_best_fp32": (best("ours-fp32"), best("hf-fp32-eager", "hf-fp32-sdpa")),
-        "ours_fp32_over_hf_fp32_sdpa_keep": (best("ours-fp32"), best("hf-fp32-sdpa-keep")),
-        "ours_best_over_ours_fp32": (best("ours-bf16", "ours-bf16-compile"), best("ours-fp32")),
-        "ours_bf16_keep_over_nokeep": (best("ours-bf16"), best("ours-bf16-nokeep")),
-    }
-    for name, (a, b) in pairs.items():
-        if a and b:
-            ratios[name] = round(a / b, 2)
+    fields, B, T, steps, warmup = shape_for(args.shape, device, **sizes)
+    runs: dict[str, list[dict[str, Any]]] = {row: [] for row in args.rows}
+    for repeat in range(args.repeats):  # rows take turns: drift in the VM's speed hits all
+        for row in args.rows:
+            r = run_child(row, args)
+            if r is None:
+                continue
+            runs[row].append(r)
+            print(f"[{repeat + 1}/{args.repeats}] {row:<27} {r['ms_per_step']:>9.1f} ms/step "
+                  f"{r['tokens_per_s']:>8,} tok/s peak {r['peak_memory_mb']:>6,} MB  "
+                  f"first step {r['first_step_s']} s", flush=True)
+    results = [aggregate(row, runs[row], fields, ceiling) for row in args.rows if runs[row]]
+    ratios, ranges = compute_ratios(results)
     print()
     print(f"shape {args.shape}: {fields['n_layer']} layers, {fields['n_head']} heads, "
           f"{fields['n_embd']} wide, vocab {fields['vocab_size']}, batch {B} x {T} tokens, "
-          f"{steps} timed steps after {warmup} warm-up")
-    print(f"{'row':<18} {'ms/step':>9} {'tok/s':>9} {'MFU bf16':>9} {'MFU fp32':>9} "
-          f"{'peak MB':>8} {'1st step s':>10}")
-    for r in results:
-        print(f"{r['row']:<18} {r['ms_per_step']:>9.1f} {r['tokens_per_s']:>9,} "
-              f"{100 * r['mfu_vs_bf16_ceiling']:>8.1f}% {100 * r['mfu_vs_fp32_ceiling']:>8.1f}% "
-              f"{r['peak_memory_mb']:>8,} {r['first_step_s']:>10}")
-    for k, v in ratios.items():
-        print(f"{k} = {v}")
+          f"{steps} timed steps after {warmup} warm-up, median of {args.repeats} runs per row")
+    print_table(results, ratios, ranges)
     report = {"benchmark": "training", "shape": args.shape, "date": date.today().isoformat(),
               "machine": machine(), "device": args.device,
               "model": fields, "batch": B, "seq_len": T, "timed_steps": steps,
-              "warmup_steps": warmup,
+              "warmup_steps": warmup, "repeats": args.repeats,
               "matmul_ceiling_gflops": {k: round(v / 1e9) for k, v in ceiling.items()},
-              "rows": results, "ratios": ratios}
+              "matmul_ceiling_size": size,
+              "rows": results, "ratios": ratios, "ratio_ranges": ranges,
+              "headline_ratios": HEADLINE}
+    if args.quick and args.out is None:
+        print("--quick: not saved (give --out to keep it)")
+        return
     # One file for all shapes: each invocation replaces its own shape's entry.
     out = args.out or RESULTS / "training.json"
     try:
