@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,13 @@ def test_a_part_out_of_time_is_recorded_and_the_rest_still_reported(tmp_path: Pa
     assert all(r["status"].startswith(("failed: not run", "skipped"))
                for r in parts["throughput"]["rows"])
     assert parts["throughput"]["status"].startswith("failed")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the check itself")
+def test_the_wrapper_says_in_one_line_that_there_is_no_gpu() -> None:
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "no CUDA GPU visible to PyTorch" in proc.stderr
+    assert "--cpu-smoke" in proc.stderr
