@@ -178,12 +178,12 @@ def emit(result: dict[str, Any]) -> None:
 def time_row(plan: Plan, row: Row) -> dict[str, Any]:
     """Time training steps of one row in this process: ms/step, tokens/s, memory, FLOPs.
 
-    The loop of benchmarks/training.py's `run_row` (forward, the shared `lm_loss`, backward,
-    clipping, optimizer step, a sync; the median step after warm-up; the same seeded data),
+    The loop of benchmarks/training.py (`time_steps`: forward, the shared `lm_loss`, backward,
+    clipping, optimizer step, a sync, on the same seeded data; the median step after warm-up),
     whose models come from its `build`. run_row itself cannot serve: it takes its shapes from
     its own table, whose "preset" follows the shakespeare-char preset's recipe, and always
     steps AdamW, where the modern recipe steps Muon (`make_optimizer`)."""
-    from training import build, rss_mb, settings
+    from training import build, rss_mb, settings, time_steps
 
     device = torch.device(plan.device)
     name = row.training_py_row(plan.dtype)
@@ -199,23 +199,8 @@ def time_row(plan: Plan, row: Row) -> dict[str, Any]:
         optimizer = make_optimizer(model, optim, device)
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
-    gen = torch.Generator().manual_seed(0)
-    data = torch.randint(0, fields["vocab_size"], (steps + warmup, B, T + 1), generator=gen)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for i in range(steps + warmup):
-        x, y = data[i, :, :-1].to(device), data[i, :, 1:].to(device)
-        t = time.perf_counter()
-        with torch.autocast(device.type, torch.bfloat16, enabled=plan.dtype == "bfloat16"):
-            logits = forward(input_ids=x).logits if row.impl == "hf" else forward(x)
-            loss = lm_loss(logits, y)  # the same loss function for both models
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss.item()  # wait for the step (CUDA is asynchronous)
-        times.append(time.perf_counter() - t)
+    times, loss = time_steps(model, forward, optimizer, fields["vocab_size"], (B, T),
+                             steps + warmup, device, plan.dtype == "bfloat16", row.impl == "hf")
     ms = statistics.median(times[warmup:]) * 1000
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else rss_mb() - base_rss)

@@ -131,6 +131,34 @@ def shape_for(shape: str, device: torch.device, batch: int | None, seq_len: int 
             n_warmup if warmup is None else warmup)
 
 
+def time_steps(model: torch.nn.Module, forward: Any, optimizer: torch.optim.Optimizer,
+               vocab_size: int, shape: tuple[int, int], n: int, device: torch.device,
+               bf16: bool, hf: bool) -> tuple[list[float], torch.Tensor]:
+    """Time `n` full training steps on seeded random (B, T) batches: forward (an HF model
+    takes `input_ids`), the shared `lm_loss`, backward, clipping, the optimizer's step and a
+    sync. Returns each step's seconds and the last loss (gpu_check.py times its rows here too).
+    """
+    B, T = shape
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randint(0, vocab_size, (n, B, T + 1), generator=gen)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(n):
+        x, y = data[i, :, :-1].to(device), data[i, :, 1:].to(device)
+        t = time.perf_counter()
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            logits = forward(input_ids=x).logits if hf else forward(x)
+            loss = lm_loss(logits, y)  # the same loss function for both models
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()  # wait for the step (CUDA is asynchronous)
+        times.append(time.perf_counter() - t)
+    return times, loss
+
+
 def run_row(row: str, shape: str, device: torch.device, batch: int | None = None,
             seq_len: int | None = None, steps: int | None = None, warmup: int | None = None
             ) -> dict[str, Any]:
@@ -146,23 +174,8 @@ def run_row(row: str, shape: str, device: torch.device, batch: int | None = None
     hf = setting["impl"] == "hf"
     forward: Any = torch.compile(model) if setting["compiled"] else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
-    gen = torch.Generator().manual_seed(0)
-    data = torch.randint(0, fields["vocab_size"], (steps + warmup, B, T + 1), generator=gen)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for i in range(steps + warmup):
-        x, y = data[i, :, :-1].to(device), data[i, :, 1:].to(device)
-        t = time.perf_counter()
-        with torch.autocast(device.type, torch.bfloat16, enabled=setting["bf16"]):
-            logits = forward(input_ids=x).logits if hf else forward(x)
-            loss = lm_loss(logits, y)  # the same loss function for both models
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss.item()  # wait for the step (CUDA is asynchronous)
-        times.append(time.perf_counter() - t)
+    times, loss = time_steps(model, forward, optimizer, fields["vocab_size"], (B, T),
+                             steps + warmup, device, setting["bf16"], hf)
     ms = statistics.median(times[warmup:]) * 1000
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else rss_mb() - base_rss)

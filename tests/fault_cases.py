@@ -193,8 +193,10 @@ def full_disk_prepare(out: Path, corpus: Path, file_limit: int) -> Outcome:
 
 
 def trained_run(run: Path, corpus: Path, steps: int = 10) -> Path:
-    proc = limited_cli(["train", "--data", str(corpus), "--out", str(run), *DISK_FLAGS,
-                        f"--max-iters={steps}"])
+    # GPT-2's architecture: the file limits of test_full_disk.py were chosen inside its
+    # checkpoint's files (AdamW keeps two moments per weight; Muon's state.pt is smaller).
+    proc = limited_cli(["train", "--preset", "shakespeare-char-gpt2", "--data", str(corpus),
+                        "--out", str(run), *DISK_FLAGS, f"--max-iters={steps}"])
     if proc.returncode != 0:
         raise AssertionError(proc.stderr[-2000:])
     return run
