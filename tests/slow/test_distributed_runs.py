@@ -27,7 +27,8 @@ from gptscratch.training.optimizer import state_by_name
 
 # GPT-2's architecture with AdamW, as the single-process runs (api.train) are given; the Muon
 # tests add --optimizer muon to both.
-FLAGS = ["--preset", "shakespeare-char-gpt2", "--block-size", "32", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
+FLAGS = ["--preset", "shakespeare-char-gpt2",
+         "--block-size", "32", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
          "--max-iters", "6", "--eval-interval", "3", "--eval-iters", "2", "--log-interval", "1",
          "--warmup-iters", "2", "--max-time", "0", "--dtype", "float32", "--device", "cpu",
          "--grad-accum", "2", "--sample-tokens", "0", "--no-compile"]
