@@ -179,17 +179,15 @@ def _greedy_logits(decoder: Decoder, steps: int) -> list[torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_rows_added_mid_decoding_get_what_they_get_alone(shared: bool) -> None:
+@pytest.mark.parametrize("one_prompt", [False, True])
+def test_rows_added_mid_decoding_get_what_they_get_alone(one_prompt: bool) -> None:
     """The serving engine's join: rows prefilled on their own and merged into a running batch
     (shorter and longer than it) give the logits they give alone, and the running rows are
     untouched; then rows leave and the common padding is trimmed."""
     model = _model(n_layer=2, n_head=2, n_embd=16, block_size=16, bias=True)
     first = [[1, 2, 3], [4, 5, 6, 7, 8]]
-    joining = [[9, 10, 11, 12, 13, 14, 15, 16, 17], [3, 1, 4, 1, 5, 9, 2, 6, 5]] if shared \
-        else [[9, 10, 11, 12, 13, 14, 15, 16, 17], [20]]
-    if shared:
-        joining[1] = joining[0]
+    long = [9, 10, 11, 12, 13, 14, 15, 16, 17]
+    joining = [long, list(long)] if one_prompt else [long, [20]]  # n samples of one prompt
     decoder = Decoder(model, first)
     before = _greedy_logits(decoder, 3)
     decoder.add(joining)
