@@ -147,13 +147,19 @@ class ModelConfig:
         """The MLP's hidden width: 4C (GPT-2's), or `swiglu_hidden(C)` for SwiGLU."""
         return swiglu_hidden(self.n_embd) if self.activation == "swiglu" else 4 * self.n_embd
 
+    @property
+    def mlp_fc_out(self) -> int:
+        """Outputs of the MLP's first Linear (c_fc): its hidden width, twice for SwiGLU (the
+        gate and the up projection share c_fc)."""
+        return 2 * self.mlp_hidden if self.activation == "swiglu" else self.mlp_hidden
+
     def parameter_count(self) -> int:
         """Every parameter of the GPT this config builds (a tied head counted once), known
         before anything is allocated: a config read from a file can be checked against the
         memory it needs."""
         C, b, hidden = self.n_embd, int(self.bias), self.mlp_hidden
         norm = C * (1 + b) if self.norm == "layernorm" else C  # RMSNorm has a gain only
-        fc_out = 2 * hidden if self.activation == "swiglu" else hidden  # SwiGLU: gate and up
+        fc_out = self.mlp_fc_out
         attn = (C * 3 * C + b * 3 * C) + (C * C + b * C) + 2 * self.head_size * self.qk_norm
         mlp = (C * fc_out + b * fc_out) + (hidden * C + b * C)
         block = 2 * norm + attn + mlp

@@ -145,7 +145,7 @@ class GPT(nn.Module):
                 # restores the random state (preserve_rng_state, its default).
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
             else:
-                x = block(x, kv_cache.layers[i] if kv_cache is not None else None)
+                x = block(x, kv_cache.layer(i) if kv_cache is not None else None)
         if kv_cache is not None:
             kv_cache.advance(idx.size(1))
         return self.transformer.ln_f(x)

@@ -69,13 +69,12 @@ class KVCache:
         self.pad = pad if pad is not None else torch.zeros(batch, dtype=torch.long, device=device)
         self.padded = bool(self.pad.any())
 
-    @property
-    def layers(self) -> list[LayerCache]:
-        """One view per layer, made when asked: a list kept on the cache would refer back to
-        it, and a cache in a reference cycle waits for Python's cyclic garbage collector
-        instead of being freed when its last user lets go (a server that made a cache per
-        request grew by one batch's cache per round of requests until it did)."""
-        return [LayerCache(self, i) for i in range(self.k.size(0))]
+    def layer(self, i: int) -> LayerCache:
+        """Layer i's view, made when asked: views kept on the cache would refer back to it, and
+        a cache in a reference cycle waits for Python's cyclic garbage collector instead of
+        being freed when its last user lets go (a server that made a cache per request grew
+        by one batch's cache per round of requests until it did)."""
+        return LayerCache(self, i)
 
     @property
     def batch(self) -> int:

@@ -27,6 +27,14 @@ from gptscratch.server.schemas import Limits
 LISTEN_S = 0.25  # how often a request waiting for its whole answer checks its client
 
 
+def check_length(ids: list[int], limits: Limits, param: str) -> list[int]:
+    """Raises APIError 413 for a prompt over the server's limit; else returns it."""
+    if len(ids) > limits.max_prompt_tokens:
+        raise APIError(413, f"{param} has {len(ids):,} tokens; this server takes at most "
+                            f"{limits.max_prompt_tokens:,}", param, "prompt_too_long")
+    return ids
+
+
 def encode(tokenizer: Tokenizer, text: str, limits: Limits, param: str) -> list[int]:
     """A prompt's token ids; an empty prompt is the end-of-text token where there is one.
 
@@ -43,10 +51,7 @@ def encode(tokenizer: Tokenizer, text: str, limits: Limits, param: str) -> list[
         if tokenizer.eot_id is None:
             raise APIError(400, f"{param} is empty; give some text to continue", param)
         ids = [tokenizer.eot_id]
-    if len(ids) > limits.max_prompt_tokens:
-        raise APIError(413, f"{param} has {len(ids):,} tokens; this server takes at most "
-                            f"{limits.max_prompt_tokens:,}", param, "prompt_too_long")
-    return ids
+    return check_length(ids, limits, param)
 
 
 def check_ids(ids: list[int], vocab_size: int, limits: Limits, param: str) -> list[int]:
@@ -61,10 +66,7 @@ def check_ids(ids: list[int], vocab_size: int, limits: Limits, param: str) -> li
     if bad is not None:
         raise APIError(400, f"{param} has token id {bad}, outside this model's vocabulary "
                             f"(0 to {vocab_size - 1})", param, "unknown_token")
-    if len(ids) > limits.max_prompt_tokens:
-        raise APIError(413, f"{param} has {len(ids):,} tokens; this server takes at most "
-                            f"{limits.max_prompt_tokens:,}", param, "prompt_too_long")
-    return ids
+    return check_length(ids, limits, param)
 
 
 def rows_for(prompts: Sequence[list[int]], n: int, max_tokens: int, sampling: SamplingConfig,

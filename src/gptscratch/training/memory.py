@@ -32,8 +32,7 @@ ACTIVATIONS_PER_LAYER = 16
 def lora_parameter_count(model: ModelConfig, rank: int, targets: str) -> int:
     """Parameters of the LoRA adapters: R * (in + out) for each adapted Linear layer."""
     C, V, hidden = model.n_embd, model.vocab_size, model.mlp_hidden
-    fc_out = 2 * hidden if model.activation == "swiglu" else hidden  # SwiGLU: gate and up
-    sides = {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, fc_out),
+    sides = {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, model.mlp_fc_out),
              "mlp.c_proj": (hidden, C)}
     total = 0
     for target in parse_targets(targets):
