@@ -1,6 +1,7 @@
 """Muon (`training/muon.py`): Newton-Schulz against an SVD oracle, one step against the update
 rule written out, its AdamW groups against `torch.optim.AdamW`, which parameters it takes,
-the schedule, the state a checkpoint holds, and the flags' errors.
+the schedule, the state a checkpoint holds and the memory check's count of it, and the
+flags' errors.
 
 The runs (exact resume, a tiny model learning through the CLI) are in
 `integration/test_training.py`; 2-process DDP and FSDP in `slow/test_distributed_runs.py`.
@@ -19,14 +20,15 @@ from conftest import TINY_MODEL, cli_error
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
 from gptscratch.model.lora import add_lora
-from gptscratch.training.config import FinetuneConfig, OptimConfig
+from gptscratch.training.config import FinetuneConfig, OptimConfig, TrainConfig
+from gptscratch.training.memory import block_matrix_count, estimate_training_memory
 from gptscratch.training.muon import (
     NS_COEFFICIENTS,
     MuonWithAdamW,
     newton_schulz,
     newton_schulz_dtype,
 )
-from gptscratch.training.optimizer import freeze_parameters, make_optimizer
+from gptscratch.training.optimizer import freeze_parameters, is_muon_weight, make_optimizer
 from gptscratch.training.schedule import lr_at
 
 CPU = torch.device("cpu")
@@ -215,6 +217,24 @@ def test_state_dict_round_trip_continues_identically() -> None:
     step(other, other_opt, 2)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters(),
                                                  strict=True))
+
+
+@pytest.mark.parametrize("activation", ["gelu_tanh", "swiglu"])
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_the_memory_estimate_counts_the_state_the_optimizer_keeps(optimizer: str,
+                                                                  activation: str) -> None:
+    """The run's memory check (`training/memory.py`) against the tensors the optimizer really
+    holds after a step: AdamW's two moments, or Muon's one buffer for the block matrices."""
+    config = ModelConfig(vocab_size=20, **TINY_MODEL, activation=activation)
+    model = GPT(config)
+    opt = make_optimizer(model, OptimConfig(optimizer=optimizer), CPU)
+    model(torch.randint(0, 20, (2, 8))).logsumexp(-1).mean().backward()
+    opt.step()
+    held = sum(t.nbytes for st in opt.state.values() for k, t in st.items() if k != "step")
+    train = TrainConfig().replace(optimizer=optimizer)
+    assert estimate_training_memory(config, train).optimizer == held
+    muon_params = sum(p.numel() for n, p in model.named_parameters() if is_muon_weight(n, p))
+    assert block_matrix_count(config) == muon_params
 
 
 @pytest.mark.parametrize(("flags", "expected"), [

@@ -3,7 +3,8 @@
 Four parts, each a plain formula of the configs:
   weights      every parameter: 4 bytes, or 2 for frozen matrices kept in bf16 (LoRA, bf16 runs)
   gradients    4 bytes a trainable parameter
-  optimizer    AdamW's two moments: 8 bytes a trainable parameter
+  optimizer    AdamW's two moments: 8 bytes a trainable parameter; with --optimizer muon the
+               blocks' weight matrices keep one momentum buffer (4 bytes) instead
   activations  what the forward pass keeps for the backward, per micro-batch of B x T tokens:
                about 16 C values a token a layer (the inputs of the LayerNorms, the four
                projections and GELU, and q, k, v and the attention output; H T more with the
@@ -42,6 +43,13 @@ def lora_parameter_count(model: ModelConfig, rank: int, targets: str) -> int:
             else:
                 total += model.n_layer * rank * sum(sides[layer])
     return total
+
+
+def block_matrix_count(model: ModelConfig) -> int:
+    """Parameters of the blocks' Linear weights (attention's c_attn and c_proj, the MLP's c_fc
+    and c_proj): the matrices LoRA freezes and `--optimizer muon` hands to Muon."""
+    C = model.n_embd
+    return model.n_layer * (C * 3 * C + C * C + C * model.mlp_fc_out + model.mlp_hidden * C)
 
 
 @dataclass(frozen=True)
@@ -85,11 +93,14 @@ def estimate_training_memory(model: ModelConfig, config: TrainConfig, world_size
     B = config.optim.batch_size
     if ft.lora_rank:
         trainable = lora_parameter_count(model, ft.lora_rank, ft.lora_targets)
-        matrices = L * 12 * C * C  # the blocks' Linear weights, frozen
-        weights = 4 * params + 4 * trainable - (2 * matrices if low_precision else 0)
+        frozen = block_matrix_count(model)
+        weights = 4 * params + 4 * trainable - (2 * frozen if low_precision else 0)
+        moments = 8 * trainable  # the adapters keep AdamW under either --optimizer
     else:
         trainable = params
         weights = 4 * params
+        muon = block_matrix_count(model) if config.optim.optimizer == "muon" else 0
+        moments = 8 * (trainable - muon) + 4 * muon  # Muon: one momentum buffer a matrix
     shards = world_size if config.system.fsdp else 1
     per_token_layer = (C if config.system.activation_checkpointing
                        else ACTIVATIONS_PER_LAYER * C)
@@ -99,7 +110,7 @@ def estimate_training_memory(model: ModelConfig, config: TrainConfig, world_size
     if config.system.activation_checkpointing:  # one block recomputed at a time
         kept += B * T * (ACTIVATIONS_PER_LAYER * C + scores) * value_bytes
     logits = 3 * B * T * model.vocab_size * 4
-    return MemoryEstimate(weights // shards, 4 * trainable // shards, 8 * trainable // shards,
+    return MemoryEstimate(weights // shards, 4 * trainable // shards, moments // shards,
                           kept + logits)
 
 
