@@ -153,12 +153,21 @@ def test_resume_with_a_different_model(tiny_run: Path, tmp_path: Path,
         (["--num-samples", "3000000000"], "GiB for generation"),
         (["--num-samples", "3", "--beams", "2"], "num_samples (3) must be <= beams (2)"),
         (["--dtype", "float16"], "float16 generation on a CPU"),
+        (["--block-size", "0"], "block_size (0) must be >= 1; try --block-size"),
+        (["--block-size", "100000"], "is longer than the 32 positions this model learned"),
     ],
 )
 def test_bad_sampling_input(flags: list[str], expected: str, tiny_run: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
     line = run_cli(["sample", "--ckpt", str(tiny_run), "--max-new-tokens", "5", *flags], capsys)
     assert expected in line
+
+
+@pytest.mark.parametrize("command", ["chat", "serve"])
+def test_chat_and_serve_refuse_a_context_that_learned_positions_cannot_read(
+        command: str, tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = run_cli([command, "--ckpt", str(tiny_run), "--block-size", "33"], capsys)
+    assert "block_size (33) is longer than the 32 positions" in line
 
 
 def test_chat_you_needs_a_speaker(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:

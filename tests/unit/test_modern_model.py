@@ -1,7 +1,8 @@
 """The modern-recipe model options against oracles: rotary positions against complex-number
 rotation, RMSNorm against torch.nn.RMSNorm, the ReLU^2 and SwiGLU MLPs against their formulas,
-the explicit attention path against SDPA, cached against uncached generation, and the parameter
-count against the built model. Every option defaults to GPT-2's (tested in test_model.py)."""
+the explicit attention path against SDPA, cached against uncached generation (also with a
+context longer than trained), and the parameter count against the built model. Every option
+defaults to GPT-2's (tested in test_model.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from gptscratch.checkpoints.hf_weights import hf_config_from_model, state_dict_t
 from gptscratch.checkpoints.huggingface import export_hf
 from gptscratch.data.tokenizers.char import CharTokenizer
 from gptscratch.errors import UserError
+from gptscratch.generation.load import as_loaded, with_context
 from gptscratch.model.attention import CausalSelfAttention
 from gptscratch.model.config import ModelConfig, swiglu_hidden
 from gptscratch.model.decoding import Decoder, window_keep
@@ -300,6 +302,37 @@ def test_rope_generation_past_block_size_equals_the_uncached_window() -> None:
         with torch.no_grad():
             assert token == int(model(torch.tensor([tokens[-16:]]))[0, -1].argmax())
         tokens.append(token)
+
+
+def test_a_rope_model_reads_a_longer_context_than_it_trained_on() -> None:
+    """`with_context` (generation/load.py): trained at 16, read at 40. A forward pass at 40
+    equals the same weights at 16 on the first 16 positions (no table, nothing else depends on
+    the length), and generation with the longer cache equals the uncached 40-token window."""
+    model = wide_init(GPT(tiny(**ALL_ON)))
+    short = model.config
+    loaded = as_loaded((model, CharTokenizer.from_text("abc")), block_size=40)
+    assert loaded.model is model and model.config.block_size == 40
+    idx = torch.randint(0, 37, (2, 40))
+    with torch.no_grad():
+        long_logits = model(idx)
+        model.config = short
+        torch.testing.assert_close(model(idx[:, :16]), long_logits[:, :16])
+        model.config = dataclasses.replace(short, block_size=40)
+    cached = _ids(decode_steps(model, PROMPTS, 60, GREEDY))  # slides once at 40
+    assert cached == _window_oracle(model, PROMPTS, 60)
+
+
+def test_learned_positions_can_shrink_the_context_but_not_grow_it() -> None:
+    config = tiny()  # learned positions: a 16-row wpe
+    assert with_context(config, None) is config and with_context(config, 16) is config
+    assert with_context(config, 8).block_size == 8
+    with pytest.raises(UserError, match=r"block_size \(17\) is longer than the 16 positions "
+                       r"this model learned .* only a model trained with --positions rope .* "
+                       r"use --block-size 16 or less"):
+        with_context(config, 17)
+    with pytest.raises(UserError, match=r"block_size \(0\) must be >= 1; try --block-size 16"):
+        with_context(tiny(positions="rope"), 0)
+    assert with_context(tiny(positions="rope"), 4096).block_size == 4096
 
 
 # --- Training, checkpoints, export --------------------------------------------------------

@@ -79,9 +79,10 @@ def generate(model: ModelSource, prompt: str = "\n", config: GenerationConfig | 
 
 def chat_session(model: ModelSource, config: GenerationConfig | None = None, *,
                  you: str | None = None, device: str = "auto", dtype: str = "auto",
-                 **options: Any) -> ChatSession:
+                 block_size: int | None = None, **options: Any) -> ChatSession:
     """A conversation, turn by turn (`ChatSession.reply`): with `you` and a `speaker`, a
-    scene in which you speak as `you` and the model answers as `speaker`."""
+    scene in which you speak as `you` and the model answers as `speaker`. `block_size`: the
+    context read at once (default: the trained one; longer only with rotary positions)."""
     config = GenerationConfig.build(config, **options)
     check_scene(config, you)  # before the (slow) load
-    return ChatSession(as_loaded(model, device, dtype), config, you)
+    return ChatSession(as_loaded(model, device, dtype, block_size), config, you)

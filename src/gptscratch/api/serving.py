@@ -33,7 +33,7 @@ def require_serve_extra() -> None:
 def server_app(model: ModelSource, *, name: str | None = None, max_batch: int | None = None,
                max_tokens_per_request: int = 512, max_prompt_tokens: int = 8192,
                max_queue: int = 64, api_key: str | None = None, device: str = "auto",
-               dtype: str = "auto") -> FastAPI:
+               dtype: str = "auto", block_size: int | None = None) -> FastAPI:
     """The server's FastAPI application for a run or checkpoint directory (or a loaded
     model); its engine starts and stops with the application.
 
@@ -47,6 +47,8 @@ def server_app(model: ModelSource, *, name: str | None = None, max_batch: int | 
         max_queue: the most rows waiting for a place in the batch (more: 429).
         api_key: if set, every /v1 request must send `Authorization: Bearer <api_key>`.
         device, dtype: where and in which dtype to run a checkpoint loaded here.
+        block_size: the context each sequence reads at once (default: the trained one;
+            longer only with rotary positions: `generation.load.with_context`).
     """
     rows = 1 if max_batch is None else max_batch  # None: chosen by the engine
     for field, value in (("max_batch", rows), ("max_queue", max_queue),
@@ -62,8 +64,8 @@ def server_app(model: ModelSource, *, name: str | None = None, max_batch: int | 
     from gptscratch.server.schemas import Limits
 
     limits = Limits(max_tokens_per_request, max_prompt_tokens)
-    return create_app(as_loaded(model, device, dtype), limits, name=name, max_batch=max_batch,
-                      max_queue=max_queue, api_key=api_key)
+    return create_app(as_loaded(model, device, dtype, block_size), limits, name=name,
+                      max_batch=max_batch, max_queue=max_queue, api_key=api_key)
 
 
 def serve(model: ModelSource, host: str = "127.0.0.1", port: int = 8000,

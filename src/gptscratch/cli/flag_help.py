@@ -1,6 +1,10 @@
 """Help text of the `train` flags that the parser generates from the config dataclasses
 (`cli/parser.py`): one line per `ModelConfig` or `TrainConfig` field; a field not named here
-gets its name as help."""
+gets its name as help. And the `--block-size` of the commands that generate (sample, chat,
+serve), which sets the context of a trained model instead."""
+
+CONTEXT_HELP = ("tokens read at once (default: the trained context); longer than trained only "
+                "for a model with rotary positions (--positions rope)")
 
 # Fields of the config dataclasses that become `train` flags, with their help text.
 MODEL_HELP = {

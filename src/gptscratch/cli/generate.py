@@ -81,7 +81,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         return cmd_chat(args)
     config = _config(args)
     prompt = _prompt(args)
-    loaded = api.load(args.ckpt, args.device, args.dtype)
+    loaded = api.load(args.ckpt, args.device, args.dtype, args.block_size)
     generation = api.stream_chunks(loaded, prompt, config)  # every check, before any output
     _report_load(loaded, config)
     copy_index = api.corpus_index(args.ckpt) if args.check_copy else None
@@ -121,7 +121,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
     config = _config(args)
     session = api.chat_session(args.ckpt, config, you=args.you, device=args.device,
-                               dtype=args.dtype)
+                               dtype=args.dtype, block_size=args.block_size)
     _report_load(session.loaded, config)
     tty = sys.stdin is not None and sys.stdin.isatty()
     if tty:

@@ -13,7 +13,7 @@ import dataclasses
 import types
 from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
-from gptscratch.cli.flag_help import MODEL_HELP, TRAIN_HELP
+from gptscratch.cli.flag_help import CONTEXT_HELP, MODEL_HELP, TRAIN_HELP
 from gptscratch.cli.serve import add_serve_parser
 from gptscratch.errors import did_you_mean
 
@@ -117,6 +117,7 @@ def _generation_flags(skip: set[str]) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto",
                    help="weights for generation: auto (bf16 where faster) | float32 | bfloat16 | "
                         "float16")
+    p.add_argument("--block-size", type=int, default=None, metavar="N", help=CONTEXT_HELP)
     return p
 
 

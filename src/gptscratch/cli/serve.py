@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from gptscratch.cli.flag_help import CONTEXT_HELP
+
 
 def add_serve_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p = sub.add_parser("serve", parents=[quiet],
@@ -35,6 +37,8 @@ def add_serve_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto",
                    help="weights: auto (bf16 where faster) | float32 | bfloat16 | float16")
+    p.add_argument("--block-size", type=int, default=None, metavar="N",
+                   help=CONTEXT_HELP)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -43,4 +47,5 @@ def cmd_serve(args: argparse.Namespace) -> None:
     api.serve(args.ckpt, args.host, args.port, name=args.name, max_batch=args.max_batch,
               max_tokens_per_request=args.max_tokens_per_request,
               max_prompt_tokens=args.max_prompt_tokens, max_queue=args.max_queue,
-              api_key=args.api_key, device=args.device, dtype=args.dtype)
+              api_key=args.api_key, device=args.device, dtype=args.dtype,
+              block_size=args.block_size)

@@ -1,18 +1,22 @@
 """A checkpoint, ready to generate from: the model on its device in its inference dtype, its
-tokenizer, its metadata, and (for script mode, found on first use) its corpus's speakers.
+tokenizer, its metadata, and (for script mode, found on first use) its corpus's speakers; and
+the context generation reads at once (`with_context`: longer than trained with rotary
+positions).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from gptscratch.checkpoints.checkpoint import Checkpoint, load_checkpoint
 from gptscratch.data.tokenizers import Tokenizer
+from gptscratch.errors import require
 from gptscratch.generation.script import ScriptFormat, script_format
+from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
 from gptscratch.runtime.cpu import set_cpu_float_mode
 from gptscratch.runtime.device import choose_device
@@ -50,7 +54,32 @@ class LoadedModel:
 ModelSource = str | Path | LoadedModel | tuple[Any, ...]
 
 
-def load(ckpt: str | Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+def with_context(config: ModelConfig, block_size: int | None) -> ModelConfig:
+    """`config` with generation reading `block_size` tokens at once (None: as trained).
+
+    The context is the KV cache's size and the window generation slides (model/decoding.py).
+    Learned positions have one row of `wpe` per trained position, so their context can only
+    shrink. Rotary positions have no table and their scores depend on distances only, so the
+    context can also grow past the trained one; whether the model copes with distances it
+    never saw in training is another matter (its text, or `eval` on a longer window, tells).
+    """
+    if block_size is None or block_size == config.block_size:
+        return config
+    require(isinstance(block_size, int) and block_size >= 1,
+            f"block_size ({block_size}) must be >= 1; try --block-size {config.block_size}")
+    require(block_size <= config.block_size or config.positions == "rope",
+            f"block_size ({block_size}) is longer than the {config.block_size} positions this "
+            f"model learned (its wpe table); only a model trained with --positions rope can read "
+            f"a longer context; use --block-size {config.block_size} or less")
+    if block_size > config.block_size:
+        log.info("reading up to %d tokens at once, trained on %d (rotary positions: no table "
+                 "to outgrow; distances past %d were never seen in training)", block_size,
+                 config.block_size, config.block_size)
+    return replace(config, block_size=block_size)
+
+
+def load(ckpt: str | Path, device: str = "auto", dtype: str = "auto",
+         block_size: int | None = None) -> LoadedModel:
     """Load a checkpoint (a run directory resolves to its best/) for inference.
 
     Args:
@@ -59,24 +88,29 @@ def load(ckpt: str | Path, device: str = "auto", dtype: str = "auto") -> LoadedM
         dtype: the weights' dtype: auto (bf16 where it is faster: CUDA, and CPUs with AMX for
             models at least 512 wide), float32, bfloat16 or float16 (see
             `runtime.precision.choose_precision`).
+        block_size: the context generation reads at once (default: the trained one; see
+            `with_context`).
 
     Returns:
         The model in eval mode on the device, its tokenizer and the checkpoint's metadata.
     """
     set_cpu_float_mode()
     checkpoint = load_checkpoint(ckpt)
+    config = with_context(checkpoint.model_config, block_size)  # refused before the build
     target = choose_device(device)
-    precision = choose_precision(dtype, target, checkpoint.model_config.n_embd,
-                                 for_inference=True)
+    precision = choose_precision(dtype, target, config.n_embd, for_inference=True)
     model = checkpoint.build_model(target).to(precision.dtype)
+    model.config = config
     log.debug("generating in %s (%s)", precision.name, precision.reason)
     return LoadedModel(model, checkpoint.tokenizer(), checkpoint)
 
 
-def as_loaded(source: ModelSource, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """`source` loaded (a path), or as it is (an already loaded model or pair)."""
-    if isinstance(source, LoadedModel):
-        return source
-    if isinstance(source, tuple):
-        return LoadedModel(*source)
-    return load(source, device, dtype)
+def as_loaded(source: ModelSource, device: str = "auto", dtype: str = "auto",
+              block_size: int | None = None) -> LoadedModel:
+    """`source` loaded (a path), or as it is (an already loaded model or pair), reading
+    `block_size` tokens at once where given (`with_context`)."""
+    if isinstance(source, str | Path):
+        return load(source, device, dtype, block_size)
+    loaded = source if isinstance(source, LoadedModel) else LoadedModel(*source)
+    loaded.model.config = with_context(loaded.model.config, block_size)
+    return loaded
