@@ -8,10 +8,16 @@ skipped, each for a reason: benchmarks (not examples), torchrun on 8 GPUs or 2 m
 (multi-process training is tested in `test_distributed_runs.py`), a CUDA device where there is
 none, and the Hugging Face Hub (offline: `import-hf openai-community/gpt2` reads a tiny local
 GPT-2 folder instead, so the fine-tuning commands after it run as written).
+
+A plain `gptscratch ...` command runs in one long-lived worker process (`tests/readme_worker.py`:
+the console script's `main` with the words bash splits the line into), so the examples do not
+pay torch's import ~30 times; a line with a pipe, a redirection or several commands runs in
+bash as written.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -21,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import PLAYS, REPO
+from readme_worker import MARK, STDIN
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 HUB_GPT2 = "openai-community/gpt2"
@@ -86,25 +93,72 @@ def make_inputs(folder: Path, hub_gpt2: Path) -> None:
     make_hf_model(hub_gpt2, vocab_size=50257, n_positions=256, n_embd=16, n_layer=1)
 
 
+def gptscratch_words(line: str, cwd: Path) -> list[str] | None:
+    """The words after `gptscratch` as bash splits `line` (quotes, $'...'), or None when the
+    line is not one plain gptscratch command (a pipe, a redirection, `&&`, `;`)."""
+    if not line.startswith("gptscratch ") or re.search(r"[|<>;&`]", line):
+        return None
+    proc = subprocess.run(["bash", "-c", f"printf '%s\\0' {line}"], cwd=cwd, text=True,
+                          capture_output=True, check=True)
+    return proc.stdout.split("\0")[1:-1]
+
+
+class Worker:
+    """readme_worker.py in a child process: one command at a time, in the test's folder."""
+
+    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "readme_worker.py")],
+                                     cwd=cwd, env=env, text=True, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE)
+
+    def run(self, words: list[str]) -> tuple[int, str]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps(words) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith(MARK):
+                reply = json.loads(line[len(MARK):])
+                return reply["rc"], reply["stderr"]
+        raise AssertionError(f"the worker stopped (exit {self.proc.wait()}) during {words}")
+
+    def close(self) -> None:
+        """End of input: the worker's loop ends; killed if it does not within a minute."""
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 @pytest.mark.slow
 def test_every_readme_example_runs(tmp_path: Path, shared_cache: Path) -> None:
     hub_gpt2 = tmp_path / "hub" / "gpt2"
     make_inputs(tmp_path, hub_gpt2)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "GPTSCRATCH_CACHE": str(shared_cache)}
+    worker = Worker(tmp_path, env)
     main_job = shortened("gptscratch train --preset shakespeare-char --data shakespeare "
                          "--out out/shakespeare-char", hub_gpt2)
     ran, skipped = [], []
-    for command in [main_job, *readme_commands()]:
-        reason = skip_reason(command)
-        if reason:
-            skipped.append((command, reason))
-            continue
-        line = shortened(command, hub_gpt2) if command != main_job else command
-        proc = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, text=True,
-                              input="Good morrow.\n", capture_output=True, timeout=600)
-        assert proc.returncode == 0, f"{line}\n{proc.stderr[-2000:]}"
-        ran.append(line)
+    try:
+        for command in [main_job, *readme_commands()]:
+            reason = skip_reason(command)
+            if reason:
+                skipped.append((command, reason))
+                continue
+            line = shortened(command, hub_gpt2) if command != main_job else command
+            words = gptscratch_words(line, tmp_path)
+            if words is None:
+                proc = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, text=True,
+                                      input=STDIN, capture_output=True, timeout=600)
+                rc, stderr = proc.returncode, proc.stderr
+            else:
+                rc, stderr = worker.run(words)
+            assert rc == 0, f"{line}\n{stderr[-2000:]}"
+            ran.append(line)
+    finally:
+        worker.close()
     # Skipped: the install lines (3), benchmarks (2), torchrun (3), the CUDA example (1) and
     # the Hub dataset (1); everything else ran.
     assert len(ran) >= 28, ran
