@@ -181,8 +181,8 @@ def time_row(plan: Plan, row: Row) -> dict[str, Any]:
     The loop of benchmarks/training.py (`time_steps`: forward, the shared `lm_loss`, backward,
     clipping, optimizer step, a sync, on the same seeded data; the median step after warm-up),
     whose models come from its `build`. run_row itself cannot serve: it takes its shapes from
-    its own table, whose "preset" follows the shakespeare-char preset's recipe, and always
-    steps AdamW, where the modern recipe steps Muon (`make_optimizer`)."""
+    its own table (GPT-2's architecture only) and always steps AdamW, where the modern recipe
+    steps Muon (`make_optimizer`)."""
     from training import build, rss_mb, settings, time_steps
 
     device = torch.device(plan.device)
