@@ -27,8 +27,11 @@ a bf16 (and fp32) 2048^3 matmul rate measured at the start.
 Our rows run with glibc's malloc set to keep freed memory (`keep_freed_memory`), as our
 training loop does on CPU; `ours-bf16-nokeep` shows what that setting is worth.
 
-    python benchmarks/training.py --shape preset     # ~15 minutes here (14 rows x 3)
+    python benchmarks/training.py --shape preset     # ~15 minutes (14 rows x 3, AMX CPU)
     python benchmarks/training.py --shape 124m       # ~35 minutes (batch 4 x 256, 5 steps)
+
+On a CPU without fast bf16 (no AMX or AVX512-BF16) the default rows are the fp32 ones: bf16
+is emulated there (a 2048^3 bf16 matmul took minutes), which no user would train with.
     python benchmarks/training.py --quick --repeats 1 --out /tmp/training.json   # smoke test
 
 Prints a table and writes the shape's entry in benchmarks/results/training.json (or --out;
@@ -55,7 +58,7 @@ from quality import machine  # the sibling benchmark script: one machine descrip
 
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT, lm_loss
-from gptscratch.runtime.cpu import keep_freed_memory
+from gptscratch.runtime.cpu import cpu_has_fast_bf16, cpu_supports_bf16, keep_freed_memory
 from gptscratch.training.mfu import flops_per_token, measure_matmul_flops
 from gptscratch.training.presets import get_preset
 
@@ -242,7 +245,8 @@ def aggregate(row: str, runs: list[dict[str, Any]], fields: dict[str, Any],
                runs=[{k: r[k] for k in ("ms_per_step", "tokens_per_s", "first_step_s",
                                         "peak_memory_mb", "process_s")} for r in runs])
     model_flops = out["tokens_per_s"] * out["flops_per_token"]
-    out["mfu_vs_bf16_ceiling"] = round(model_flops / ceiling["bf16"], 4)
+    out["mfu_vs_bf16_ceiling"] = (round(model_flops / ceiling["bf16"], 4) if "bf16" in ceiling
+                                   else None)
     out["mfu_vs_fp32_ceiling"] = round(model_flops / ceiling["fp32"], 4)
     return out
 
@@ -281,6 +285,10 @@ def compute_ratios(results: list[dict[str, Any]]
     return ratios, ranges
 
 
+def percent(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
 def print_table(results: list[dict[str, Any]], ratios: dict[str, float],
                 ranges: dict[str, list[float]]) -> None:
     print(f"{'row':<27} {'ms/step':>9} {'(min-max)':>17} {'tok/s':>8} {'MFU bf16':>9} "
@@ -293,7 +301,7 @@ def print_table(results: list[dict[str, Any]], ratios: dict[str, float],
             print(f"-- {group}")
         spread = f"({r['ms_per_step_min']:.1f}-{r['ms_per_step_max']:.1f})"
         print(f"{r['row']:<27} {r['ms_per_step']:>9.1f} {spread:>17} {r['tokens_per_s']:>8,} "
-              f"{100 * r['mfu_vs_bf16_ceiling']:>8.1f}% {100 * r['mfu_vs_fp32_ceiling']:>8.1f}% "
+              f"{percent(r['mfu_vs_bf16_ceiling']):>9} {percent(r['mfu_vs_fp32_ceiling']):>9} "
               f"{r['peak_memory_mb']:>8,} {r['first_step_s']:>10}  {r['label']}")
     print()
     for name, value in ratios.items():
@@ -305,7 +313,9 @@ def print_table(results: list[dict[str, Any]], ratios: dict[str, float],
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=list(SHAPES), default="preset")
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=ROWS)
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=None,
+                        help="default: every row; on a CPU without fast bf16 (no AMX or "
+                        "AVX512-BF16) the fp32 rows only, as bf16 is emulated there")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=3,
@@ -323,6 +333,9 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats ({args.repeats}) must be >= 1; try --repeats 3")
+    if args.rows is None:
+        fast_bf16 = args.device.startswith("cuda") or (cpu_has_fast_bf16() and cpu_supports_bf16())
+        args.rows = ROWS if fast_bf16 else [r for r in ROWS if not settings(r)["bf16"]]
     if args.quick:
         args.steps = args.steps or QUICK_STEPS[0]
         args.warmup = QUICK_STEPS[1] if args.warmup is None else args.warmup
@@ -339,10 +352,13 @@ def main() -> None:
 
     torch.set_flush_denormal(True)
     size = 512 if args.quick else 2048  # --quick: a smoke test; emulated bf16 is slow
-    ceiling = {name: measure_matmul_flops(device, dtype, size)
-               for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
-    print(f"matmul ceiling ({size}^3): bf16 {ceiling['bf16'] / 1e9:,.0f} GFLOP/s, "
-          f"fp32 {ceiling['fp32'] / 1e9:,.0f} GFLOP/s", flush=True)
+    # The bf16 rate only where bf16 rows run: emulated (no AMX) it takes minutes to measure.
+    dtypes = {"fp32": torch.float32}
+    if any(settings(row)["bf16"] for row in args.rows):
+        dtypes["bf16"] = torch.bfloat16
+    ceiling = {name: measure_matmul_flops(device, dtype, size) for name, dtype in dtypes.items()}
+    print(f"matmul ceiling ({size}^3): " + ", ".join(
+        f"{name} {rate / 1e9:,.0f} GFLOP/s" for name, rate in ceiling.items()), flush=True)
     fields, B, T, steps, warmup = shape_for(args.shape, device, **sizes)
     runs: dict[str, list[dict[str, Any]]] = {row: [] for row in args.rows}
     for repeat in range(args.repeats):  # rows take turns: drift in the VM's speed hits all
