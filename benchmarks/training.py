@@ -19,7 +19,8 @@ one. The as-shipped rows give extra, labelled ratios (`..._as_shipped`).
 Each run of a configuration is a fresh subprocess, so peak memory and compile caches are its
 own (torch.compile starts from an empty inductor cache: its first step is the cold-compile
 cost). Every row runs `--repeats` times (default 3), the rows taking turns (all rows once,
-then all again), so the VM's slow phases fall on every row alike; the table and the JSON give
+then all again, each round starting one row later), so the VM's slow phases fall on every row
+alike; the table and the JSON give
 the median over the runs and the spread (min-max), the ratios are of medians, and
 `ratio_ranges` spans the worst and best pairing of the two rows' runs. MFU is reported against
 a bf16 (and fp32) 2048^3 matmul rate measured at the start.
@@ -362,7 +363,8 @@ def main() -> None:
     fields, B, T, steps, warmup = shape_for(args.shape, device, **sizes)
     runs: dict[str, list[dict[str, Any]]] = {row: [] for row in args.rows}
     for repeat in range(args.repeats):  # rows take turns: drift in the VM's speed hits all
-        for row in args.rows:
+        # ...and each round starts one row later, so no row is always the first after a pause
+        for row in args.rows[repeat % len(args.rows):] + args.rows[:repeat % len(args.rows)]:
             r = run_child(row, args)
             if r is None:
                 continue
