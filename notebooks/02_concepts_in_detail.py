@@ -46,6 +46,7 @@ import gptscratch
 from gptscratch import api
 from gptscratch.data.batches import get_batch
 from gptscratch.model.attention import explicit_attention
+from gptscratch.model.gpt import Trace
 from gptscratch.model.layers import LayerNorm, RMSNorm
 from gptscratch.model.rotary import apply_rotary, rotary_angles
 from gptscratch.training.muon import NS_COEFFICIENTS, newton_schulz
@@ -165,7 +166,9 @@ print("row sums:", weights.sum(-1)[:5].tolist(), "...")
 with torch.no_grad():
     y0 = weights @ v0  # (T, D)
     y_ref, att_ref = explicit_attention(q0[None, None], k0[None, None], v0[None, None])
-    _, maps = model.forward_with_attention(idx)
+    trace = Trace()  # what the model's own forward computed, kept
+    model(idx, trace=trace)
+    maps = [block["weights"] for block in trace.blocks]
 print("max |difference| of weights vs explicit_attention:",
       (weights - att_ref[0, 0]).abs().max().item())
 print("max |difference| of weights vs the model's layer 0, head 0:",

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from gptscratch import api
 from gptscratch.cli import main
 from gptscratch.evaluation.memorisation import CorpusIndex, describe_copy
+from gptscratch.model.gpt import Trace
 
 PROMPT = "First Citizen:\nYou"
 
@@ -27,7 +28,9 @@ def test_explain_stages_follow_the_real_forward(tiny_run: Path) -> None:
                      + ["final LayerNorm", "LM head", "softmax (next token)"])
     T = len(PROMPT)
     with torch.no_grad():
-        logits, maps = model.forward_with_attention(torch.tensor([tokenizer.encode(PROMPT)]))
+        trace = Trace()
+        logits = model(torch.tensor([tokenizer.encode(PROMPT)]), trace=trace)
+        maps = [b["weights"] for b in trace.blocks]
     torch.testing.assert_close(stages[-2].output, logits)  # the walk is the model's forward
     torch.testing.assert_close(stages[-1].output, F.softmax(logits[0, -1], -1))
     torch.testing.assert_close(stages[3 + 2].output, maps[0])  # block 0's attention weights

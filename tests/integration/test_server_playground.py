@@ -15,6 +15,7 @@ import torch
 from serving import post, running
 
 from gptscratch import api
+from gptscratch.model.gpt import Trace
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,9 @@ def test_attention_is_the_last_layers_weights(url: str, loaded: Any) -> None:
     status, _, got = post(url, "/playground/attention", {"ids": ids, "position": 5})
     assert status == 200 and got["position"] == 5 and len(got["tokens"]) == 6
     with torch.no_grad():
-        _, maps = loaded.model.forward_with_attention(torch.tensor([ids]))
+        trace = Trace()
+        loaded.model(torch.tensor([ids]), trace=trace)
+        maps = [b["weights"] for b in trace.blocks]
     torch.testing.assert_close(torch.tensor(got["heads"]), maps[-1][0, :, 5, :6], atol=1e-6,
                                rtol=0)
     assert [sum(h) for h in got["heads"]] == pytest.approx([1.0] * len(got["heads"]))

@@ -156,10 +156,10 @@ def test_bfloat16_weights_generate() -> None:
 
 
 def test_one_row_bf16_linear_path_matches_f_linear() -> None:
-    from gptscratch.model.linear import Linear
+    from gptscratch.model.fast import FastLinear
 
     torch.manual_seed(0)
-    layer = Linear(64, 96).to(torch.bfloat16)
+    layer = FastLinear(64, 96).to(torch.bfloat16)
     x = torch.randn(1, 1, 64, dtype=torch.bfloat16)
     expected = F.linear(x.float(), layer.weight.float(), layer.bias.float())
     out = layer(x)

@@ -8,8 +8,8 @@ import torch
 from gptscratch.checkpoints.adapters import state_hash
 from gptscratch.errors import UserError
 from gptscratch.model.config import LORA_TARGETS, ModelConfig
+from gptscratch.model.fast import FastLinear
 from gptscratch.model.gpt import GPT, lm_loss
-from gptscratch.model.linear import Linear
 from gptscratch.model.lora import (
     TARGETS,
     LoRALinear,
@@ -41,7 +41,7 @@ def randomise_b(model: GPT) -> None:
 
 def test_lora_linear_computes_the_written_out_formula() -> None:
     torch.manual_seed(0)
-    base = Linear(6, 5)
+    base = torch.nn.Linear(6, 5)
     layer = LoRALinear(base, rank=2, alpha=4.0)
     with torch.no_grad():
         layer.lora_B.normal_()
@@ -138,7 +138,7 @@ def test_activation_checkpointing_gives_the_same_gradients_with_dropout() -> Non
 
 def test_a_bf16_frozen_weight_serves_an_fp32_caller() -> None:
     torch.manual_seed(0)
-    layer = Linear(8, 4)
+    layer = FastLinear(8, 4)  # what store_frozen_in_bf16 makes of a frozen layer
     x = torch.randn(2, 8)
     exact = layer(x)
     layer.weight.data = layer.weight.data.to(torch.bfloat16)

@@ -61,7 +61,9 @@ def test_attention_paths_agree(bias: bool) -> None:
     fused = attn(x)
     attn.path = "explicit"
     explicit = attn(x)
-    with_weights, att = attn.forward_with_weights(x)
+    trace: dict[str, torch.Tensor] = {}
+    with_weights = attn(x, trace=trace)  # a traced forward takes the explicit path
+    att = trace["weights"]
     assert torch.allclose(fused, explicit, atol=1e-6)
     assert torch.equal(explicit, with_weights)
     assert att.shape == (3, 4, 16, 16)

@@ -25,7 +25,7 @@ from gptscratch.generation.load import as_loaded, with_context
 from gptscratch.model.attention import CausalSelfAttention
 from gptscratch.model.config import ModelConfig, swiglu_hidden
 from gptscratch.model.decoding import Decoder, window_keep
-from gptscratch.model.gpt import GPT, lm_loss
+from gptscratch.model.gpt import GPT, Trace, lm_loss
 from gptscratch.model.layers import NORM_EPS, ReLU2MLP, RMSNorm, SwiGLUMLP
 from gptscratch.model.lora import add_lora, merge_lora
 from gptscratch.model.rotary import apply_rotary, rotary_angles
@@ -136,7 +136,7 @@ def test_attention_matches_a_written_out_oracle_with_qk_norm_and_rope() -> None:
     for path in ("sdpa", "explicit"):
         attn.path = path
         torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(attn.forward_with_weights(x)[0], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn(x, trace={}), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_explicit_and_sdpa_paths_agree_with_every_option_on() -> None:
@@ -146,7 +146,9 @@ def test_explicit_and_sdpa_paths_agree_with_every_option_on() -> None:
     idx = torch.randint(0, 37, (3, 16))
     with torch.no_grad():
         a, b = sdpa(idx), explicit(idx)
-        c, maps = sdpa.forward_with_attention(idx)  # the pictures' and the server's path
+        trace = Trace()
+        c = sdpa(idx, trace=trace)  # the pictures' and the server's path
+        maps = [b["weights"] for b in trace.blocks]
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)
     assert maps[0].shape == (3, 2, 16, 16)

@@ -1,10 +1,10 @@
 """Walk one prompt through the model, stage by stage, with shapes and a line on each.
 
-The same computation as `GPT.forward`, unrolled: tokenization, token and position embeddings,
-then in every block LayerNorm -> attention (queries, keys, values, weights, weighted sum) ->
-residual add -> LayerNorm -> MLP -> residual add, then the final LayerNorm, the LM head and the
-softmax over the next token. Each `Stage` keeps its output tensor, so a notebook or a test can
-look closer (and the last logits equal the model's own; a test checks it).
+The stages are what `GPT.forward` computed, kept by its `Trace`: tokenization, token and
+position embeddings, then in every block norm -> attention (queries, keys, values, weights,
+weighted sum) -> residual add -> norm -> MLP -> residual add, then the final norm, the LM head
+and the softmax over the next token. Each `Stage` keeps its output tensor, so a notebook or a
+test can look closer (and the last logits are the model's own).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig
-from gptscratch.model.gpt import GPT, Block
+from gptscratch.model.gpt import GPT, Trace
 
 
 @dataclass(frozen=True)
@@ -62,46 +62,45 @@ def explain_prompt(model: GPT, tokenizer: Tokenizer, prompt: str, top: int = 5) 
     if prompt == "":
         raise UserError("the prompt is empty; give --prompt TEXT")
     ids = tokenizer.encode(prompt)[-model.config.block_size:]
+    idx = torch.tensor([ids], dtype=torch.long, device=next(model.parameters()).device)
     was_training = model.training
     model.eval()
-    stages = _Stages()
+    trace = Trace()
     try:
-        x = _embedding_stages(model, tokenizer, ids, stages)
-        for layer, block in enumerate(model.transformer.blocks()):
-            x = _block_stages(model.config, block, layer, x, tokenizer, ids, stages)
-        _head_stages(model, tokenizer, x, top, stages)
+        logits = model(idx, trace=trace)  # (1, T, V)
     finally:
         model.train(was_training)
+    stages = _Stages()
+    _embedding_stages(model.config, tokenizer, idx, trace, stages)
+    for layer, block in enumerate(trace.blocks):
+        _block_stages(model.config, layer, block, tokenizer, ids, stages)
+    _head_stages(model.config, tokenizer, trace, logits, top, stages)
     return stages
 
 
-def _embedding_stages(model: GPT, tokenizer: Tokenizer, ids: list[int],
-                      stages: _Stages) -> torch.Tensor:
+def _embedding_stages(cfg: ModelConfig, tokenizer: Tokenizer, idx: torch.Tensor, trace: Trace,
+                      stages: _Stages) -> None:
     """Tokens to ids to the first residual stream: token plus position embeddings."""
-    cfg = model.config
-    device = next(model.parameters()).device
-    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
     T, C = idx.size(1), cfg.n_embd
+    ids = idx[0].tolist()
     pieces = " ".join(f"{tokenizer.decode([i])!r}={i}" for i in ids[:12])
     more = f" ... ({T - 12} more)" if T > 12 else ""
     stages.add("tokenize", f"text -> {_shape(idx)}",
                f"the {tokenizer.kind} tokenizer turns the text into {T} ids from a vocabulary "
                f"of {cfg.vocab_size}", idx, pieces + more)
-    tok = model.transformer.wte(idx)
+    tok, pos, x = trace.tokens, trace.positions, trace.embedded
+    assert tok is not None and x is not None
     stages.add("token embedding", f"{_shape(idx)} -> {_shape(tok)}",
                f"each id picks its row of the ({cfg.vocab_size}, {C}) table wte: a learned "
                "vector per token", tok, _stats(tok))
-    if model.transformer.wpe is None:
+    if pos is None:
         stages.add("rotary positions", _shape(tok), "no position vector is added: each "
                    "block's attention turns its queries and keys by angles set by their "
-                   "positions (RoPE)", tok, _stats(tok))
-        return tok
-    pos = model.transformer.wpe(torch.arange(T, device=device))
-    x = tok + pos
-    stages.add("+ position embedding", f"{_shape(pos)} -> {_shape(x)}",
-               f"row t of the ({cfg.block_size}, {C}) table wpe is added at position t, so the "
-               "model knows the order", x, _stats(x))
-    return x
+                   "positions (RoPE)", x, _stats(x))
+    else:
+        stages.add("+ position embedding", f"{_shape(pos)} -> {_shape(x)}",
+                   f"row t of the ({cfg.block_size}, {C}) table wpe is added at position t, "
+                   "so the model knows the order", x, _stats(x))
 
 
 def _norm_words(cfg: ModelConfig) -> str:
@@ -131,20 +130,17 @@ def _attention_words(cfg: ModelConfig) -> str:
     return words + ": each row sums to 1"
 
 
-def _block_stages(cfg: ModelConfig, block: Block, layer: int, x: torch.Tensor,
-                  tokenizer: Tokenizer, ids: list[int], stages: _Stages) -> torch.Tensor:
+def _block_stages(cfg: ModelConfig, layer: int, block: dict[str, torch.Tensor],
+                  tokenizer: Tokenizer, ids: list[int], stages: _Stages) -> None:
     """One Transformer block: norm, attention, residual add, norm, MLP, add."""
-    T, C, H = x.size(1), cfg.n_embd, cfg.n_head
-    D = cfg.head_size
+    H, D = cfg.n_head, cfg.head_size
     b = f"block {layer}:"
-    h = block.ln_1(x)
-    stages.add(f"{b} ln_1", f"{_shape(x)} -> {_shape(h)}", _norm_words(cfg), h, _stats(h))
-    qkv = block.attn.c_attn(h)  # (1, T, 3C)
-    q = qkv[..., :C].view(1, T, H, D).transpose(1, 2)
-    stages.add(f"{b} q, k, v", f"{_shape(h)} -> 3 x {_shape(q)}",
+    h, qkv, att, a = block["ln_1"], block["qkv"], block["weights"], block["attention"]
+    T = h.size(1)
+    stages.add(f"{b} ln_1", f"{_shape(h)} -> {_shape(h)}", _norm_words(cfg), h, _stats(h))
+    stages.add(f"{b} q, k, v", f"{_shape(h)} -> 3 x (1, {H}, {T}, {D})",
                f"one Linear C -> 3C gives queries, keys and values, split into {H} heads of "
                f"{D} dims each", qkv)
-    a, att = block.attn.forward_with_weights(h)
     last = att[0, :, -1, :]  # (H, T): where the last position looks, per head
     looks = ", ".join(f"head {i} -> {tokenizer.decode([ids[int(j)]])!r}@{int(j)}"
                       for i, j in enumerate(last.argmax(dim=-1).tolist()))
@@ -153,30 +149,29 @@ def _block_stages(cfg: ModelConfig, block: Block, layer: int, x: torch.Tensor,
     stages.add(f"{b} attention output", f"{_shape(att)} @ v -> {_shape(a)}",
                "each position's weighted sum of values, heads concatenated back to C and "
                "mixed by c_proj", a, _stats(a))
-    x = x + a
+    x = block["mid"]
     stages.add(f"{b} residual add", _shape(x),
                "x = x + attention(ln_1(x)): the block adds to the residual stream, it does "
                "not replace it", x, _stats(x))
-    h = block.ln_2(x)
+    h = block["ln_2"]
     stages.add(f"{b} ln_2", _shape(h), "the same norm again, before the MLP", h, _stats(h))
-    m = block.mlp(h)
+    m = block["mlp"]
     stages.add(f"{b} MLP", f"{_shape(h)} -> (1, {T}, {cfg.mlp_hidden}) -> {_shape(m)}",
                _mlp_words(cfg), m, _stats(m))
-    x = x + m
+    x = block["out"]
     stages.add(f"{b} residual add", _shape(x), "x = x + mlp(ln_2(x))", x, _stats(x))
-    return x
 
 
-def _head_stages(model: GPT, tokenizer: Tokenizer, x: torch.Tensor, top: int,
-                 stages: _Stages) -> None:
-    """The read-out: final LayerNorm, LM head, and the next token's probabilities."""
-    x = model.transformer.ln_f(x)
+def _head_stages(cfg: ModelConfig, tokenizer: Tokenizer, trace: Trace, logits: torch.Tensor,
+                 top: int, stages: _Stages) -> None:
+    """The read-out: final norm, LM head, and the next token's probabilities."""
+    x = trace.final
+    assert x is not None
     stages.add("final LayerNorm", _shape(x), "ln_f normalises the stream once more before the "
                "read-out", x, _stats(x))
-    logits = model.logits(x)
     stages.add("LM head", f"{_shape(x)} -> {_shape(logits)}",
                f"a Linear C -> V sharing its weight with wte: a score for each of the "
-               f"{model.config.vocab_size} tokens at every position", logits)
+               f"{cfg.vocab_size} tokens at every position", logits)
     probs = F.softmax(logits[0, -1].float(), dim=-1)
     p, i = probs.topk(min(top, probs.numel()))
     best = ", ".join(f"{tokenizer.decode([int(j)])!r} {float(q):.1%}"

@@ -12,11 +12,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gptscratch.checkpoints.checkpoint import Checkpoint, load_checkpoint
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import require
 from gptscratch.generation.script import ScriptFormat, script_format
 from gptscratch.model.config import ModelConfig
+from gptscratch.model.fast import use_fast_linears
 from gptscratch.model.gpt import GPT
 from gptscratch.runtime.cpu import set_cpu_float_mode
 from gptscratch.runtime.device import choose_device
@@ -100,6 +103,8 @@ def load(ckpt: str | Path, device: str = "auto", dtype: str = "auto",
     target = choose_device(device)
     precision = choose_precision(dtype, target, config.n_embd, for_inference=True)
     model = checkpoint.build_model(target).to(precision.dtype)
+    if precision.dtype == torch.bfloat16:
+        use_fast_linears(model)
     model.config = config
     log.debug("generating in %s (%s)", precision.name, precision.reason)
     return LoadedModel(model, checkpoint.tokenizer(), checkpoint)

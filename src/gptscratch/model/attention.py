@@ -8,7 +8,8 @@ attend independently, so different heads can track different relations.
 
 Two paths compute the same thing:
 - `explicit_attention`: the maths written out (scores, causal mask, softmax, weighted sum); it
-  can hand back the attention weights, for learning and for pictures.
+  hands back the attention weights, which a traced forward keeps (`gpt.Trace`: explain, the
+  attention pictures and the playground read them).
 - `F.scaled_dot_product_attention`: PyTorch's fused kernel (flash / memory-efficient
   attention), which never materialises the (T, T) score matrix. Used for training and
   generation by default. A test checks that both agree.
@@ -32,7 +33,6 @@ from torch import nn
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.kv_cache import LayerCache
 from gptscratch.model.layers import RMSNorm
-from gptscratch.model.linear import Linear
 from gptscratch.model.rotary import apply_rotary, rotary_angles
 
 
@@ -81,17 +81,6 @@ def explicit_attention(
     return y, att
 
 
-def _explicit_is_faster(x: torch.Tensor) -> bool:
-    """The one place that picks the path for `attention="auto"`, per device and dtype.
-
-    Under bf16 autocast on a CPU the explicit path's plain matmuls (which run on AMX) trained
-    faster than SDPA's fused CPU backward; in fp32 and on GPUs SDPA wins (the measured steps
-    are in docs/benchmarks.md, "Attention path").
-    """
-    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with GPT-2's parameter names (`c_attn`, `c_proj`)."""
 
@@ -100,11 +89,13 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        # "explicit" or "sdpa" ("auto" is SDPA here; `fast.py` may pick the explicit path
+        # where it runs faster).
         self.path = config.attention
         # One Linear computes q, k and v for all heads at once: C -> 3C.
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         # Output projection mixes the heads back together: C -> C.
-        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         # QK-norm (Dehghani et al. 2023, ViT-22B; modded-nanogpt): unit-RMS queries and keys
         # cap how large a score can grow, which stopped the attention-logit blow-ups that
@@ -114,12 +105,12 @@ class CausalSelfAttention(nn.Module):
         self.k_norm: RMSNorm | None = RMSNorm(config.head_size) if config.qk_norm else None
         self.rotary = config.positions == "rope"
 
-    def _split_heads(self, x: torch.Tensor, cache: LayerCache | None = None
+    def _split_heads(self, qkv: torch.Tensor, cache: LayerCache | None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        B, T = qkv.shape[:2]
+        q, k, v = qkv.split(self.n_embd, dim=2)  # 3 x (B, T, C)
         # Multi-head attention is only a reshape: (B, T, C) -> (B, T, H, D) -> (B, H, T, D).
-        H, D = self.n_head, C // self.n_head
+        H, D = self.n_head, self.n_embd // self.n_head
         q = q.view(B, T, H, D).transpose(1, 2)
         k = k.view(B, T, H, D).transpose(1, 2)
         v = v.view(B, T, H, D).transpose(1, 2)
@@ -129,39 +120,35 @@ class CausalSelfAttention(nn.Module):
             # The new tokens' positions: 0..T-1, or from the cache, which counts each row
             # from its first real token (left-padded rows) and after the cached ones.
             positions = (cache.cache.positions(T) if cache is not None  # (B, T)
-                         else torch.arange(T, device=x.device))  # (T,)
+                         else torch.arange(T, device=qkv.device))  # (T,)
             cos, sin = rotary_angles(positions, D)
             # Keys enter the cache already turned, so each is rotated once, when it is new.
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v
 
-    def _merge_heads(self, y: torch.Tensor) -> torch.Tensor:
-        B, H, T, D = y.shape
-        y = y.transpose(1, 2).contiguous().view(B, T, H * D)  # (B, H, T, D) -> (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
-
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None,
+                trace: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """x: (B, T, C) -> (B, T, C). With a cache, x holds only the new positions and the
-        keys and values of earlier ones come from the cache."""
-        q, k, v = self._split_heads(x, cache)
+        keys and values of earlier ones come from the cache. With a `trace` (a dict), the
+        q, k, v projection ("qkv", (B, T, 3C)) and the attention weights ("weights",
+        (B, H, T, S)) are kept in it, computed by the explicit path."""
+        qkv = self.c_attn(x)  # (B, T, 3C)
+        q, k, v = self._split_heads(qkv, cache)
         mask = None
         if cache is not None:
             k, v = cache.update(k, v)  # (B, H, S, D): the cached positions, then the new ones
             mask = cache.attention_mask(q.size(2))
         dropout_p = self.dropout if self.training else 0.0
-        if self.path == "sdpa" or (self.path == "auto" and not _explicit_is_faster(x)):
-            if mask is not None:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-            else:
-                # One new query attends to every cached key; otherwise the causal triangle.
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p,
-                                                   is_causal=q.size(2) > 1)
+        if trace is not None or self.path == "explicit":
+            y, weights = explicit_attention(q, k, v, dropout_p, mask)
+            if trace is not None:
+                trace["qkv"], trace["weights"] = qkv, weights
+        elif mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         else:
-            y, _ = explicit_attention(q, k, v, dropout_p, mask)
-        return self._merge_heads(y)
-
-    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Like `forward` through the explicit path, also returning (B, H, T, T) weights."""
-        q, k, v = self._split_heads(x)
-        y, att = explicit_attention(q, k, v, self.dropout if self.training else 0.0)
-        return self._merge_heads(y), att
+            # One new query attends to every cached key; otherwise the causal triangle.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p,
+                                               is_causal=q.size(2) > 1)
+        B, H, T, D = y.shape
+        y = y.transpose(1, 2).contiguous().view(B, T, H * D)  # (B, H, T, D) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(y))

@@ -6,7 +6,10 @@ Data flow for a batch of token ids idx (B, T):
   -> final LayerNorm -> LM head (C -> V, sharing its weight with the token embedding)
   -> logits (B, T, V): for each position, a score for every possible next token.
 The loss (`lm_loss`) is a separate function so generation and training share one forward.
-Generation passes a `KVCache` (kv_cache.py) so each step feeds only the new tokens.
+Generation passes a `KVCache` (kv_cache.py) so each step feeds only the new tokens. A `Trace`
+passed to the same forward keeps what it computed on the way (embeddings, every block's
+stages and attention weights, the final hidden states): `explain`, the logit lens, the
+attention pictures and the playground read it, so no other file re-implements a block.
 
 `ModelConfig`'s modern-recipe options change single steps of this flow, each defaulting to
 GPT-2's: rotary positions inside attention instead of the `wpe` table (rotary.py), RMSNorm for
@@ -17,6 +20,7 @@ output projections and soft-capped logits (below).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +31,32 @@ from gptscratch.model.attention import CausalSelfAttention
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.kv_cache import KVCache, LayerCache
 from gptscratch.model.layers import make_mlp, make_norm
-from gptscratch.model.linear import Linear
+
+
+@dataclass
+class Trace:
+    """What one forward pass computed, kept for a closer look (batch of B, T positions).
+
+    tokens: (B, T, C) the token embeddings; positions: (T, C) the learned position
+        embeddings (None with rotary positions); embedded: (B, T, C) their sum, block 0's input.
+    blocks: one dict per block, in order: "ln_1" (B, T, C), "qkv" (B, T, 3C), "weights"
+        (B, H, T, T) the attention weights, "attention" (B, T, C) the attention's output,
+        "mid" (B, T, C) the stream after the attention's residual add, "ln_2", "mlp" and
+        "out" (B, T, C) the stream after the block.
+    final: (B, T, C) the final norm's output, what the LM head reads.
+    """
+
+    tokens: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    embedded: torch.Tensor | None = None
+    blocks: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    final: torch.Tensor | None = None
+
+    def streams(self) -> list[torch.Tensor]:
+        """The residual stream entering block 0 and leaving every block: n_layer + 1 of
+        (B, T, C)."""
+        assert self.embedded is not None, "run a forward pass with this trace first"
+        return [self.embedded] + [b["out"] for b in self.blocks]
 
 
 class Block(nn.Module):
@@ -40,17 +69,20 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = make_mlp(config)  # GELU (GPT-2's), ReLU^2 or SwiGLU
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None,
+                trace: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """x: (B, T, C) -> (B, T, C); a `trace` dict receives every stage (see `Trace`)."""
         # The residual stream x carries information straight through; each sub-layer only adds a
         # correction, which keeps gradients healthy in deep stacks (He et al. 2016).
-        x = x + self.attn(self.ln_1(x), cache)
-        x = x + self.mlp(self.ln_2(x))
-        return x
-
-    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, att = self.attn.forward_with_weights(self.ln_1(x))
+        h = self.ln_1(x)
+        a = self.attn(h, cache, trace)
         x = x + a
-        return x + self.mlp(self.ln_2(x)), att
+        h2 = self.ln_2(x)
+        m = self.mlp(h2)
+        if trace is not None:
+            trace.update({"ln_1": h, "attention": a, "mid": x, "ln_2": h2, "mlp": m,
+                          "out": x + m})
+        return x + m
 
 
 class Transformer(nn.Module):
@@ -82,7 +114,7 @@ class GPT(nn.Module):
         # forward pass of compute. Never used at generation (no backward there).
         self.activation_checkpointing = False
         self.transformer = Transformer(config)
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying (Press & Wolf 2017): the output head reuses the token embedding matrix,
         # so a token's input and output representations are the same vector.
         if config.tie_embeddings:
@@ -120,35 +152,49 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def _embed(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def _embed(self, idx: torch.Tensor, kv_cache: KVCache | None = None,
+               trace: Trace | None = None) -> torch.Tensor:
         B, T = idx.shape
         start = kv_cache.length if kv_cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence length {start + T} exceeds block_size "
                              f"{self.config.block_size}")
-        x = self.transformer.wte(idx)  # (B, T, C)
+        tok = x = self.transformer.wte(idx)  # (B, T, C)
+        pos = None
         if self.transformer.wpe is not None:  # rotary positions act in attention instead
             if kv_cache is None:
-                pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
+                ids = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
             else:
-                pos = kv_cache.positions(T)  # (B, T): each row counts from its first real token
-            x = x + self.transformer.wpe(pos)  # (T, C) broadcast over B, or (B, T, C)
-        return self.transformer.drop(x)
+                ids = kv_cache.positions(T)  # (B, T): each row counts from its first real token
+            pos = self.transformer.wpe(ids)
+            x = x + pos  # (T, C) broadcast over B, or (B, T, C)
+        x = self.transformer.drop(x)
+        if trace is not None:
+            trace.tokens, trace.positions, trace.embedded = tok, pos, x
+        return x
 
-    def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None,
+                 trace: Trace | None = None) -> torch.Tensor:
         """The final hidden states, (B, T, C): what the LM head reads. Generation applies the
         head to the last position only, which saves a (T, C) x (C, V) matmul per step."""
-        x = self._embed(idx, kv_cache)
+        x = self._embed(idx, kv_cache, trace)
         for i, block in enumerate(self.transformer.blocks()):
             if self.activation_checkpointing and self.training and kv_cache is None:
                 # Dropout masks are the same in the recomputation: checkpoint saves and
                 # restores the random state (preserve_rng_state, its default).
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
             else:
-                x = block(x, kv_cache.layer(i) if kv_cache is not None else None)
+                stages: dict[str, torch.Tensor] | None = None
+                if trace is not None:
+                    stages = {}
+                    trace.blocks.append(stages)
+                x = block(x, kv_cache.layer(i) if kv_cache is not None else None, stages)
         if kv_cache is not None:
             kv_cache.advance(idx.size(1))
-        return self.transformer.ln_f(x)
+        x = self.transformer.ln_f(x)
+        if trace is not None:
+            trace.final = x
+        return x
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """The read-out, (..., C) final hidden states -> (..., V) logits: the LM head, then the
@@ -158,13 +204,16 @@ class GPT(nn.Module):
             logits = softcap(logits, self.config.logit_softcap)
         return logits
 
-    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None,
+                trace: Trace | None = None) -> torch.Tensor:
         """idx: (B, T) int64 token ids -> logits (B, T, V).
 
         Without a cache, T <= block_size. With one, idx holds the T tokens that follow the
         `kv_cache.length` cached ones (length + T <= block_size), and the cache grows by T.
+        With a `trace`, what the pass computed is kept in it (`Trace`; attention then takes
+        the explicit path, which hands back its weights).
         """
-        return self.logits(self.features(idx, kv_cache))
+        return self.logits(self.features(idx, kv_cache, trace))
 
     def new_kv_cache(self, batch: int, pad: torch.Tensor | None = None,
                      dtype: torch.dtype | None = None) -> KVCache:
@@ -174,16 +223,6 @@ class GPT(nn.Module):
         weight = self.transformer.wte.weight
         return KVCache(c.n_layer, batch, c.n_head, c.head_size, c.block_size,
                        weight.device, dtype or weight.dtype, pad)
-
-    def forward_with_attention(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Forward through the explicit attention path, returning logits (B, T, V) and one
-        (B, H, T, T) attention-weight tensor per layer."""
-        x = self._embed(idx)
-        maps = []
-        for block in self.transformer.blocks():
-            x, att = block.forward_with_weights(x)
-            maps.append(att)
-        return self.logits(self.transformer.ln_f(x)), maps
 
 
 def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptscratch.model.config import ModelConfig
-from gptscratch.model.linear import Linear
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -43,13 +42,9 @@ class GELU(nn.Module):
     (`approximate="tanh"`, GPT-2's) or of `gelu_exact` (`approximate="none"`).
 
     Why not call `gelu`: written out, the formula is six element-wise ops whose intermediates
-    autograd must keep, and on the 2-core AMX CPU they took about a third of a bf16 training
-    step. `F.gelu(approximate="tanh")` does the same maths forward and backward in one kernel
-    each: 12.8 ms against 24.8 ms on a (32, 128, 1024) bf16 tensor (docs/benchmarks.md). The
-    exact form's kernel is faster still (0.5 + 1.2 ms against 2.6 + 2.9 ms forward + backward
-    on a (2048, 1024) bf16 tensor), but GPT-2's weights need the tanh form, and the
-    shakespeare-char preset learned better with it too. Tests check both kernels against the
-    formulas.
+    autograd must keep; `F.gelu` does the same maths forward and backward in one kernel each,
+    about twice as fast (docs/benchmarks.md, "GELU"). The exact form's kernel is faster still,
+    but GPT-2's weights need the tanh form. Tests check both kernels against the formulas.
     """
 
     def __init__(self, approximate: str = "tanh") -> None:
@@ -83,9 +78,9 @@ class MLP(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = GELU("tanh" if config.activation == "gelu_tanh" else "none")
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,8 +131,8 @@ class ReLU2MLP(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
-        self.c_proj = Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,8 +154,8 @@ class SwiGLUMLP(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 2 * config.mlp_hidden, bias=config.bias)
-        self.c_proj = Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, 2 * config.mlp_hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,10 +28,9 @@ from torch import nn
 
 from gptscratch.errors import UserError
 from gptscratch.model.config import parse_targets
-from gptscratch.model.linear import Linear
 
 __all__ = ["LoRALinear", "TARGETS", "parse_targets", "target_layers", "check_rank", "add_lora",
-           "lora_state_dict", "is_lora_parameter", "has_lora", "merge_lora", "store_frozen_in_bf16"]
+           "lora_state_dict", "is_lora_parameter", "has_lora", "merge_lora"]
 
 # The Linear layers (by the end of their names) each of `--lora-targets`' names adapts.
 TARGETS: dict[str, tuple[str, ...]] = {
@@ -41,14 +40,14 @@ TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 
-class LoRALinear(Linear):
+class LoRALinear(nn.Linear):
     """A frozen Linear layer plus a trainable low-rank change, (alpha / R) * B A.
 
     Built from the layer it adapts, sharing its weight and bias (so a tied LM head stays tied
     to the token embedding, which the adapter leaves alone).
     """
 
-    def __init__(self, base: Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
         nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
@@ -68,7 +67,7 @@ class LoRALinear(Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (..., in) -> (..., out). The low-rank path never forms the (out, in) product:
         # (..., in) @ (in, R) @ (R, out) costs R * (in + out) per row instead of in * out.
-        y = super().forward(x)  # the frozen layer (its weight may be stored in bf16)
+        y = super().forward(x)  # the frozen layer
         change = (self.lora_dropout(x) @ self.lora_A.t()) @ self.lora_B.t()  # (..., out)
         return y + self.scaling * change
 
@@ -83,11 +82,11 @@ class LoRALinear(Linear):
                 f"rank={self.rank}, alpha={self.alpha:g}")
 
 
-def target_layers(model: nn.Module, targets: tuple[str, ...]) -> list[tuple[str, Linear]]:
+def target_layers(model: nn.Module, targets: tuple[str, ...]) -> list[tuple[str, nn.Linear]]:
     """The (name, layer) pairs of `model`'s Linear layers that `targets` adapt."""
     ends = tuple(end for t in targets for end in TARGETS[t])
     return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, Linear) and (name == "lm_head" and "lm_head" in ends
+            if isinstance(m, nn.Linear) and (name == "lm_head" and "lm_head" in ends
                                           or name.endswith(tuple("." + e for e in ends)))]
 
 
@@ -142,7 +141,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     `tie_embeddings=False`.
     """
     for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]:
-        plain = Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+        plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
                        device=layer.weight.device, dtype=layer.weight.dtype)
         plain.weight.copy_(layer.merged_weight())
         if layer.bias is not None and plain.bias is not None:
@@ -151,14 +150,3 @@ def merge_lora(model: nn.Module) -> nn.Module:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, plain)
     return model
-
-
-def store_frozen_in_bf16(model: nn.Module) -> None:
-    """Keep the frozen Linear weights of a LoRA run in bf16: half their memory, and what
-    bf16 autocast would cast them to at every step anyway. A weight shared with the token
-    embedding (a tied head) stays fp32."""
-    shared = model.get_submodule("transformer.wte").weight
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Linear) and not m.weight.requires_grad and m.weight is not shared:
-                m.weight.data = m.weight.data.to(torch.bfloat16)

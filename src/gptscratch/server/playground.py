@@ -4,8 +4,8 @@ Two native routes feed it (OpenAI's API has no fields for what they show):
 - `POST /playground/generate` streams, per generated token, its id, text and probability
   and the most likely alternatives, through the same engine (and batch) as every request;
 - `POST /playground/attention` gives the last layer's attention weights, per head, of one
-  position of a text (`GPT.forward_with_attention`, the explicit attention path): what the
-  model looked at when it chose the token after that position.
+  position of a text, from the model's own forward (its `Trace`): what the model looked at
+  when it chose the token after that position.
 
 The page (`static/playground.html`) is plain HTML, CSS and JavaScript: no CDN, no build step.
 """
@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 
-from gptscratch.model.gpt import GPT
+from gptscratch.model.gpt import GPT, Trace
 from gptscratch.server.completions import Served, event_stream
 from gptscratch.server.errors import APIError
 from gptscratch.server.jobs import Job, encode, rows_for
@@ -61,9 +61,11 @@ def attention_at(model: GPT, ids: list[int], position: int) -> list[list[float]]
     """The last layer's attention weights of query `position` over positions 0..position,
     one list per head: (H, position + 1)."""
     device = model.transformer.wte.weight.device
+    trace = Trace()
     with torch.inference_mode():
-        _, maps = model.forward_with_attention(torch.tensor([ids], device=device))
-        weights: list[list[float]] = maps[-1][0, :, position, :position + 1].float().tolist()
+        model(torch.tensor([ids], device=device), trace=trace)
+        last = trace.blocks[-1]["weights"]  # (1, H, T, T)
+        weights: list[list[float]] = last[0, :, position, :position + 1].float().tolist()
     return weights
 
 

@@ -9,8 +9,9 @@ so `resume=True` continues exactly where the run stopped (`resume.py` puts that 
 Started by torchrun, the same loop trains with DDP or FSDP: the multi-process parts live in
 `distributed.py` and `distributed_state.py`; `setup.py` builds the state this loop advances.
 
-Speed: the loop never waits for the device inside a step (losses and gradient norms are summed
-on the device and read once per log interval), batches come from memory-mapped token files
+Speed: a step reads one number back from the device, whether its gradient norm is finite
+(`check_finite`, which decides whether the update is applied); losses and gradient norms are
+summed on the device and read once per log interval. Batches come from memory-mapped token files
 (pinned and copied asynchronously on CUDA), and the progress line shows tokens/s and MFU
 (`mfu.py`). Its records go to `metrics.jsonl` and to the loggers `--logger` asks for
 (`tracking.py`).
@@ -229,7 +230,7 @@ def check_finite(state: TrainState, norm: torch.Tensor) -> bool:
 def log_progress(state: TrainState, lr: float) -> None:
     """The progress line and a metrics.jsonl record for the steps since the last one."""
     ctx, window = state.runtime.ctx, state.window
-    # The only host sync of a step, once per log interval.
+    # Read back once per log interval (a step itself reads only whether its norm is finite).
     good = max(1, window.steps - window.skipped)  # skipped steps' losses are not counted
     mean_loss = mean_across_ranks(window.loss, ctx).item() / good
     per_step = window.seconds_per_step()

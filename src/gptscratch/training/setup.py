@@ -27,8 +27,8 @@ from gptscratch.data.shards import TokenSplit
 from gptscratch.data.token_files import PreparedData, check_context_fits
 from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig
+from gptscratch.model.fast import choose_attention_path, store_frozen_in_bf16
 from gptscratch.model.gpt import GPT
-from gptscratch.model.lora import store_frozen_in_bf16
 from gptscratch.runtime.compile import choose_compile
 from gptscratch.runtime.cpu import keep_freed_memory, set_cpu_float_mode
 from gptscratch.runtime.device import check_fits, choose_device
@@ -238,6 +238,7 @@ def _build_model(model_config: ModelConfig, config: TrainConfig, runtime: TrainR
     elif runtime.precision.dtype == torch.bfloat16:
         store_frozen_in_bf16(model)
     model.to(runtime.device)
+    choose_attention_path(model, runtime.device, runtime.precision.dtype)
     model.activation_checkpointing = config.system.activation_checkpointing
     if config.system.fsdp:
         shard_model(model, ctx)

@@ -2,8 +2,8 @@
 
 Row t of a head's map is the softmax distribution that position t (the query) puts over the
 positions it may see, 0..t (the keys); everything right of the diagonal is zero because of the
-causal mask. The weights come from the model's own explicit attention path
-(`GPT.forward_with_attention`), so what is drawn is exactly what the model computes.
+causal mask. The weights are those the model's own forward computed (kept by its `Trace`), so
+what is drawn is exactly what the model computes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import UserError
-from gptscratch.model.gpt import GPT
+from gptscratch.model.gpt import GPT, Trace
 from gptscratch.viz.canvas import (
     LABEL_SIZE,
     TITLE_SIZE,
@@ -48,11 +48,13 @@ def attention_maps(model: GPT, tokenizer: Tokenizer, prompt: str) -> AttentionMa
     idx, tokens = encode_prompt(model, tokenizer, prompt)
     was_training = model.training
     model.eval()  # no dropout on the weights
+    trace = Trace()
     try:
-        _, maps = model.forward_with_attention(idx)
+        model(idx, trace=trace)
     finally:
         model.train(was_training)
-    weights = torch.stack([m[0] for m in maps]).float().cpu().numpy()  # (L, H, T, T)
+    weights = torch.stack([b["weights"][0] for b in trace.blocks]).float().cpu().numpy()
+    # (L, H, T, T)
     return AttentionMaps(tokens=tokens, weights=weights)
 
 

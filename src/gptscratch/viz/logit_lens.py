@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import UserError
-from gptscratch.model.gpt import GPT
+from gptscratch.model.gpt import GPT, Trace
 from gptscratch.viz.canvas import (
     LABEL_SIZE,
     TITLE_SIZE,
@@ -61,16 +61,10 @@ def logit_lens(model: GPT, tokenizer: Tokenizer, prompt: str) -> LogitLens:
     idx, tokens = encode_prompt(model, tokenizer, prompt)
     was_training = model.training
     model.eval()
+    trace = Trace()
     try:
-        T = idx.size(1)
-        pos = torch.arange(T, device=idx.device)
-        x = model.transformer.wte(idx)  # (1, T, C)
-        if model.transformer.wpe is not None:  # rotary positions act inside attention
-            x = x + model.transformer.wpe(pos)
-        streams = [x]
-        for block in model.transformer.blocks():
-            x = block(x)
-            streams.append(x)
+        model(idx, trace=trace)
+        streams = trace.streams()  # after the embeddings and after every block
         # The same read-out the model uses at the end, applied to every stage: (R, T, V).
         probs = torch.stack([F.softmax(model.logits(model.transformer.ln_f(s))[0].float(), -1)
                              for s in streams])
