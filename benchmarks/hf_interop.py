@@ -95,7 +95,7 @@ out = {}
 """,
     "gptscratch load (for sampling)": """
 from gptscratch import api
-m = api.load(args["ours"], "cpu")[0]  # the default dtype ("auto"), as `sample` loads
+m = api.load(args["ours"], "cpu").model  # the default dtype ("auto"), as `sample` loads
 out = {"params": m.num_params(non_embedding=False),
        "dtype": str(m.transformer.wte.weight.dtype).removeprefix("torch.")}
 """,
@@ -107,7 +107,7 @@ out = {}
     "compare logits and greedy tokens": """
 from transformers import AutoModelForCausalLM
 from gptscratch import api
-ours = api.load(args["ours"], "cpu", dtype="float32")[0]
+ours = api.load(args["ours"], "cpu", dtype="float32").model
 hf = AutoModelForCausalLM.from_pretrained(args["exported"], dtype=torch.float32).eval()
 out = {"dtype": "float32", **agreement(ours, hf)}
 """,
@@ -120,7 +120,7 @@ with torch.no_grad():
 del reference
 from gptscratch.errors import UserError
 try:
-    ours = api.load(args["ours"], "cpu", dtype="bfloat16")[0]
+    ours = api.load(args["ours"], "cpu", dtype="bfloat16").model
 except UserError as e:  # a CPU without bf16: say so, and let the other phases stand
     print(json.dumps({"dtype": "bfloat16", "skipped": str(e), "seconds": 0.0,
                       "peak_rss_mb": 0.0}))

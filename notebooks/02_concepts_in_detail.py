@@ -84,7 +84,8 @@ TINY = dict(block_size=64, n_layer=2, n_head=4, n_embd=64)
 data = gptscratch.prepare("shakespeare", tokenizer="char")
 gptscratch.train("shakespeare-char-gpt2", data=data.dir, out_dir=OUT,
                       overrides={**MODEL, **TRAIN, "max_time": 0})
-model, tok, _ = gptscratch.load(OUT, device="cpu")
+loaded = gptscratch.load(OUT, device="cpu")
+model, tok = loaded.model, loaded.tokenizer
 C, H = model.config.n_embd, model.config.n_head
 D = C // H
 block = model.transformer.blocks()[0]
@@ -203,7 +204,7 @@ assert torch.allclose(mine, theirs, atol=1e-5)
 # The model's own attention pictures (`gptscratch viz attention`): every layer and head.
 
 # %%
-display(Image(filename=api.plot_attention((model, tok), prompt, f"{OUT}/attention.png"),
+display(Image(filename=api.plot_attention(loaded, prompt, f"{OUT}/attention.png"),
               width=900))
 
 # %% [markdown]

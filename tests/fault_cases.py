@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from gptscratch.checkpoints.checkpoint import load_checkpoint
+from gptscratch.checkpoints.load import load_model
 from gptscratch.errors import UserError
 from gptscratch.training.metrics import read_metrics
 
@@ -92,8 +93,8 @@ def uninterrupted(run: Path, corpus: Path) -> Path:
 
 
 def _same_weights(a: Path, b: Path) -> bool:
-    mine = load_checkpoint(a, "latest").build_model().state_dict()
-    theirs = load_checkpoint(b, "latest").build_model().state_dict()
+    mine = load_model(load_checkpoint(a, "latest")).model.state_dict()
+    theirs = load_model(load_checkpoint(b, "latest")).model.state_dict()
     return all(torch.equal(mine[k], theirs[k]) for k in theirs)
 
 

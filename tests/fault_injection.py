@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from gptscratch.checkpoints.checkpoint import load_checkpoint
+from gptscratch.checkpoints.load import load_model
 from gptscratch.errors import UserError
 from gptscratch.training.metrics import read_metrics
 
@@ -161,8 +162,8 @@ def _check_end(run: Path, reference: Path, report: Report) -> None:
     steps = _logged_steps(run)
     if steps != list(range(1, STEPS + 1)):
         report.problems.append(f"metrics.jsonl steps are not 1..{STEPS} once each: {steps}")
-    mine = load_checkpoint(run, "latest").build_model().state_dict()
-    theirs = load_checkpoint(reference, "latest").build_model().state_dict()
+    mine = load_model(load_checkpoint(run, "latest")).model.state_dict()
+    theirs = load_model(load_checkpoint(reference, "latest")).model.state_dict()
     if not all(torch.equal(mine[k], theirs[k]) for k in theirs):
         report.problems.append("the final weights differ from the uninterrupted run's")
 

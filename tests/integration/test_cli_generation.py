@@ -77,7 +77,7 @@ def test_speaker_mode_prints_one_speech(tiny_run: Path,
     out = _run(["sample", "--ckpt", str(tiny_run), "--speaker", "menenius",
                 "--until-next-speaker", "--max-new-tokens", "120", "--seed", "2"], capsys)
     assert out.startswith("MENENIUS:\n")
-    script = script_format(api.load(tiny_run)[2])
+    script = script_format(api.load(tiny_run).checkpoint)
     assert script is not None
     body = out.splitlines()[1:]
     assert not any(line.endswith(":") and line[:-1] in script.speakers for line in body)

@@ -18,8 +18,9 @@ PROMPT = "First Citizen:\nYou"
 
 
 def test_explain_stages_follow_the_real_forward(tiny_run: Path) -> None:
-    model, tokenizer, _ = api.load(tiny_run, "cpu")
-    stages = api.explain((model, tokenizer), PROMPT)
+    loaded = api.load(tiny_run, "cpu")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    stages = api.explain(loaded, PROMPT)
     names = [s.name for s in stages]
     per_block = ["ln_1", "q, k, v", "attention weights", "attention output", "residual add",
                  "ln_2", "MLP", "residual add"]

@@ -12,6 +12,7 @@ from hf_models import GPT2_VOCAB, make_hf_model
 
 from gptscratch import api
 from gptscratch.checkpoints.checkpoint import load_checkpoint
+from gptscratch.checkpoints.load import load_model
 from gptscratch.cli import main
 from gptscratch.training.config import TrainConfig
 from gptscratch.training.finetune import finetune_train_config
@@ -30,7 +31,7 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def weights(run: Path, prefer: str = "latest") -> dict[str, torch.Tensor]:
-    return load_checkpoint(run, prefer=prefer).build_model().state_dict()
+    return load_model(load_checkpoint(run, prefer=prefer)).model.state_dict()
 
 
 def test_init_from_hf_starts_from_its_weights_with_a_cropped_context(
@@ -45,7 +46,7 @@ def test_init_from_hf_starts_from_its_weights_with_a_cropped_context(
     assert ckpt.meta["init_from"] == str(hf_dir)
     assert ckpt.model_config.block_size == 24 and ckpt.meta["tokenizer_kind"] == "gpt2"
     assert ckpt.meta["train_config"]["learning_rate"] == 1e-12
-    model = ckpt.build_model()
+    model = load_model(ckpt).model
     ids = torch.randint(0, GPT2_VOCAB, (2, 24))
     with torch.no_grad():
         assert (model(ids) - hf(ids).logits).abs().max().item() < 1e-5

@@ -20,7 +20,7 @@ def test_same_seed_same_text_and_stream_equals_generate(tiny_run: Path) -> None:
 
 
 def test_api_script_mode_on_a_trained_model(tiny_run: Path) -> None:
-    script = script_format(api.load(tiny_run)[2])
+    script = script_format(api.load(tiny_run).checkpoint)
     assert script is not None and script.style == "line"
     assert {"First Citizen", "MENENIUS"} <= set(script.speakers)
     done = api.complete(tiny_run, "\n", speaker="menenius", until_next_speaker=True,
@@ -31,7 +31,7 @@ def test_api_script_mode_on_a_trained_model(tiny_run: Path) -> None:
         assert all(not line.endswith(":") or line.rstrip(":") not in script.speakers
                    for line in c.text.splitlines())
         assert c.finish_reason in ("stop", "length")
-    cached = Path(api.load(tiny_run)[2].meta["data_dir"]) / "script.json"
+    cached = Path(api.load(tiny_run).checkpoint.meta["data_dir"]) / "script.json"
     assert cached.exists()
     with pytest.raises(UserError, match="MENENIUS"):
         api.generate(tiny_run, "\n", speaker="Hamlet")

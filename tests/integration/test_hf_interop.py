@@ -55,10 +55,10 @@ def test_import_export_import_is_lossless(hf_dir: Path, tmp_path: Path,
     assert original.keys() == written.keys()
     assert all(torch.equal(original[k], written[k]) for k in original)
     a, b = api.load(first, "cpu"), api.load(second, "cpu")
-    assert a[2].model_config == b[2].model_config
-    sa, sb = a[0].state_dict(), b[0].state_dict()
+    assert a.checkpoint.model_config == b.checkpoint.model_config
+    sa, sb = a.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert a[1].kind == b[1].kind == "gpt2"
+    assert a.tokenizer.kind == b.tokenizer.kind == "gpt2"
     hf_config = json.loads((hf_dir / "config.json").read_text())
     exported_config = json.loads((exported / "config.json").read_text())
     for key in ("n_positions", "n_embd", "n_layer", "n_head", "vocab_size",
@@ -69,7 +69,7 @@ def test_import_export_import_is_lossless(hf_dir: Path, tmp_path: Path,
 def test_an_untied_head_survives_the_round_trip(tmp_path: Path) -> None:
     make_hf_model(tmp_path / "hf", vocab_size=GPT2_VOCAB, tie_word_embeddings=False)
     ours = api.import_hf(str(tmp_path / "hf"), tmp_path / "ours")
-    model = api.load(ours, "cpu")[0]
+    model = api.load(ours, "cpu").model
     assert not model.config.tie_embeddings
     assert model.lm_head.weight is not model.transformer.wte.weight
     exported = api.export_hf(ours, tmp_path / "exported")
@@ -83,7 +83,7 @@ def test_an_untied_head_survives_the_round_trip(tmp_path: Path) -> None:
 def test_transformers_runs_the_export_like_ours(hf_dir: Path, tmp_path: Path) -> None:
     ours_dir = api.import_hf(str(hf_dir), tmp_path / "ours")
     exported = api.export_hf(ours_dir, tmp_path / "exported")
-    model, _, _ = api.load(ours_dir, "cpu")
+    model = api.load(ours_dir, "cpu").model
     hf = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
     assert type(hf).__name__ == "GPT2LMHeadModel"
     hf.generation_config.eos_token_id = None
@@ -155,7 +155,7 @@ def test_a_folder_without_tokenizer_files_gets_gpt2s(tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     make_hf_model(tmp_path / "hf", vocab_size=GPT2_VOCAB)
     cli_ok(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")], capsys)
-    assert api.load(tmp_path / "ours", "cpu")[1].kind == "gpt2"
+    assert api.load(tmp_path / "ours", "cpu").tokenizer.kind == "gpt2"
     out = cli_ok(["sample", "--ckpt", str(tmp_path / "ours"), "--prompt", "Hi",
                   "--max-new-tokens", "3", "--temperature", "0"], capsys)
     assert out.startswith("Hi")

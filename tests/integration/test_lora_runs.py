@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from gptscratch import api
 from gptscratch.checkpoints.checkpoint import load_checkpoint
+from gptscratch.checkpoints.load import load_model
 from gptscratch.cli import main
 from gptscratch.errors import UserError
 
@@ -45,7 +46,7 @@ def adapters(run: Path, prefer: str = "latest") -> dict[str, torch.Tensor]:
 
 
 def logits(ckpt: Path, ids: torch.Tensor, prefer: str = "latest") -> torch.Tensor:
-    model = load_checkpoint(ckpt, prefer=prefer).build_model()
+    model = load_model(load_checkpoint(ckpt, prefer=prefer)).model
     with torch.no_grad():
         return model(ids)
 
@@ -127,11 +128,11 @@ def test_a_missing_or_changed_base_is_refused_in_one_line(
         for folder in ("best", "latest"):
             shutil.rmtree(own_base / folder, ignore_errors=True)
         save_checkpoint(own_base / "best", model, load_checkpoint(run).tokenizer(), meta)
-        other.build_model()
+        load_model(other)
     assert "\n" not in str(e.value)
     shutil.rmtree(own_base)
     with pytest.raises(UserError, match="needs its base model .* which cannot be loaded") as e:
-        load_checkpoint(run).build_model()
+        load_model(load_checkpoint(run))
     assert "\n" not in str(e.value)
 
 
@@ -163,7 +164,7 @@ def test_bf16_keeps_frozen_matrices_in_bf16_and_adapters_in_fp32(
     assert stored["transformer.wte.weight"] == torch.float32  # shared with the head
     tensors = adapters(run)
     assert all(t.dtype == torch.float32 for t in tensors.values())
-    model = load_checkpoint(run, prefer="latest").build_model()
+    model = load_model(load_checkpoint(run, prefer="latest")).model
     assert torch.isfinite(model(torch.randint(0, 40, (1, 8)))).all()
 
 

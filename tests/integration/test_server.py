@@ -12,6 +12,7 @@ from conftest import cli_error
 from serving import client, openai, post, running
 
 from gptscratch import api
+from gptscratch.generation.script import corpus_script
 
 PROMPT = "ROMEO:\nWhat"
 LIMIT = 64
@@ -178,7 +179,7 @@ def test_chat_streams_the_characters_next_speech(url: str, loaded: Any) -> None:
                 {"role": "assistant", "content": "Is the day so young?", "name": "ROMEO"},
                 {"role": "user", "content": "But new struck nine.", "name": "BENVOLIO"}]
     prompt, speaker = render_chat([ChatMessage(**m) for m in messages],  # type: ignore[arg-type]
-                                  loaded.corpus_script())
+                                  corpus_script(loaded.checkpoint))
     assert speaker == "ROMEO" and prompt.endswith("But new struck nine.\n\nROMEO:\n")
     want = expected(loaded, prompt, max_new_tokens=60, temperature=0.0,
                     until_next_speaker=True)
@@ -201,7 +202,7 @@ def test_chat_choices_are_seeded_one_by_one_and_stream_by_index(url: str,
 
     messages = [{"role": "user", "content": "Good morrow, cousin.", "name": "BENVOLIO"}]
     prompt, _ = render_chat([ChatMessage(**m) for m in messages],  # type: ignore[arg-type]
-                            loaded.corpus_script())
+                            corpus_script(loaded.checkpoint))
     wants = [expected(loaded, prompt, max_new_tokens=30, temperature=1.0, seed=3 + j,
                       until_next_speaker=True).text for j in range(3)]
     assert len(set(wants)) > 1  # the seeds give different speeches

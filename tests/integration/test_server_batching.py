@@ -126,8 +126,8 @@ class ScriptedHead(torch.nn.Module):
 
 def test_characters_split_across_byte_tokens_stream_whole() -> None:
     """GPT-2 spells rare characters as several byte tokens; no chunk may hold half of one."""
+    from gptscratch.checkpoints.load import LoadedModel
     from gptscratch.data.tokenizers import GPT2Tokenizer
-    from gptscratch.generation.load import LoadedModel
     from gptscratch.model.config import ModelConfig
     from gptscratch.model.gpt import GPT
 
@@ -167,8 +167,8 @@ class FailingHead(ScriptedHead):
 
 
 def test_a_failed_step_is_an_error_and_the_server_goes_on() -> None:
+    from gptscratch.checkpoints.load import LoadedModel
     from gptscratch.data.tokenizers import GPT2Tokenizer
-    from gptscratch.generation.load import LoadedModel
     from gptscratch.model.config import ModelConfig
     from gptscratch.model.gpt import GPT
 

@@ -16,6 +16,7 @@ from conftest import TINY_MODEL, TINY_TRAIN
 from gptscratch import api
 from gptscratch.checkpoints import checkpoint as ckpt_mod
 from gptscratch.checkpoints.checkpoint import load_checkpoint, save_checkpoint
+from gptscratch.checkpoints.load import load_model
 from gptscratch.cli import main
 from gptscratch.errors import UserError
 from gptscratch.files import OWNER_MARKER
@@ -40,8 +41,8 @@ def test_exact_resume_gives_identical_losses(optimizer: str, tmp_path: Path,
     api.train("shakespeare-char-gpt2", tiny_corpus, split, resume=True)
     assert _losses(straight) == _losses(split)
     assert len(_losses(split)) == 12
-    a = load_checkpoint(straight, "latest").build_model().state_dict()
-    b = load_checkpoint(split, "latest").build_model().state_dict()
+    a = load_model(load_checkpoint(straight, "latest")).model.state_dict()
+    b = load_model(load_checkpoint(split, "latest")).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -110,7 +111,7 @@ def test_crash_mid_save_leaves_previous_checkpoint(tmp_path: Path, tiny_run: Pat
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     before = load_checkpoint(run, "latest")
-    model = before.build_model()
+    model = load_model(before).model
     with torch.no_grad():
         model.transformer.wte.weight.add_(1.0)
 
@@ -121,8 +122,8 @@ def test_crash_mid_save_leaves_previous_checkpoint(tmp_path: Path, tiny_run: Pat
     with pytest.raises(OSError, match="simulated"):
         save_checkpoint(run / "latest", model, before.tokenizer(), before.meta, {"x": 1})
     after = load_checkpoint(run, "latest")
-    reloaded = after.build_model()
-    original = before.build_model()
+    reloaded = load_model(after).model
+    original = load_model(before).model
     assert torch.equal(reloaded.transformer.wte.weight, original.transformer.wte.weight)
     assert not [p for p in run.iterdir() if p.name.startswith(".") and p.name != OWNER_MARKER]
 
@@ -262,7 +263,7 @@ def test_a_non_finite_step_updates_nothing_and_is_counted(
     assert result.step == 10 and math.isfinite(result.val_loss)
     record = [r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r][-1]
     assert record["skipped_updates"] == 2 and math.isfinite(record["loss"])
-    weights = load_checkpoint(tmp_path / "r", "latest").build_model().state_dict()
+    weights = load_model(load_checkpoint(tmp_path / "r", "latest")).model.state_dict()
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert sum("the update is skipped" in r.getMessage() for r in caplog.records) == 2
 
@@ -284,7 +285,7 @@ def test_a_diverged_run_stops_and_keeps_its_last_good_checkpoint(
     assert "(step 8)" in line and "--learning-rate" in line  # skipped steps change nothing
     latest = load_checkpoint(tmp_path / "r", "latest")
     assert latest.meta["step"] == 8
-    assert all(torch.isfinite(w).all() for w in latest.build_model().state_dict().values())
+    assert all(torch.isfinite(w).all() for w in load_model(latest).model.state_dict().values())
 
 
 def test_exact_resume_on_sharded_data_of_many_documents(tmp_path: Path,
@@ -306,6 +307,6 @@ def test_exact_resume_on_sharded_data_of_many_documents(tmp_path: Path,
     api.train("shakespeare-char-gpt2", data.dir, split, overrides=over, stop_at=3)
     api.train("shakespeare-char-gpt2", None, split, resume=True)
     assert _losses(straight) == _losses(split) and len(_losses(split)) == 8
-    a = load_checkpoint(straight, "latest").build_model().state_dict()
-    b = load_checkpoint(split, "latest").build_model().state_dict()
+    a = load_model(load_checkpoint(straight, "latest")).model.state_dict()
+    b = load_model(load_checkpoint(split, "latest")).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -37,7 +37,8 @@ def px(inches: tuple[float, float]) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_run: Path) -> tuple[object, object]:
-    model, tokenizer, _ = api.load(tiny_run, "cpu")
+    loaded = api.load(tiny_run, "cpu")
+    model, tokenizer = loaded.model, loaded.tokenizer
     return model, tokenizer
 
 

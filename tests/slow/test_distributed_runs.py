@@ -21,6 +21,7 @@ from safetensors import safe_open
 
 from gptscratch import api
 from gptscratch.checkpoints.checkpoint import load_checkpoint
+from gptscratch.checkpoints.load import load_model
 from gptscratch.errors import UserError
 from gptscratch.training.metrics import read_metrics
 from gptscratch.training.optimizer import state_by_name
@@ -74,8 +75,8 @@ def test_two_ranks_reproduce_the_single_process_run(single_and_ddp: tuple[Path, 
                        [v for _, v in records(ddp, "val_loss")], rtol=1e-5, atol=1e-6)
     # rank 0 alone reports; the global batch is stated.
     assert "2 processes" in stderr and "[rank 1]" not in stderr
-    a = load_checkpoint(single, "latest").build_model().state_dict()
-    b = load_checkpoint(ddp, "latest").build_model().state_dict()
+    a = load_model(load_checkpoint(single, "latest")).model.state_dict()
+    b = load_model(load_checkpoint(ddp, "latest")).model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
@@ -181,8 +182,8 @@ def test_fsdp_reproduces_the_single_process_run_and_writes_plain_checkpoints(
     # Rank 0 gathered the shards: the same file a single process writes.
     with safe_open(str(fsdp_run / "latest" / "model.safetensors"), "pt") as f:
         names = list(f.keys())
-    a = load_checkpoint(single, "latest").build_model().state_dict()
-    b = load_checkpoint(fsdp_run, "latest").build_model().state_dict()
+    a = load_model(load_checkpoint(single, "latest")).model.state_dict()
+    b = load_model(load_checkpoint(fsdp_run, "latest")).model.state_dict()
     assert names and not [n for n in names if n.startswith(("module.", "_orig_mod."))]
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     optimizer_state = torch.load(fsdp_run / "latest" / "state.pt", weights_only=False)["optimizer"]
@@ -239,13 +240,13 @@ def test_muon_on_two_ranks_reproduces_the_single_process_run(muon_runs: dict[str
                        [v for _, v in records(two, "loss")], rtol=1e-5, atol=1e-6)
     assert np.allclose([v for _, v in records(single, "val_loss")],
                        [v for _, v in records(two, "val_loss")], rtol=1e-5, atol=1e-6)
-    a = load_checkpoint(single, "latest").build_model().state_dict()
-    b = load_checkpoint(two, "latest").build_model().state_dict()
+    a = load_model(load_checkpoint(single, "latest")).model.state_dict()
+    b = load_model(load_checkpoint(two, "latest")).model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     # The momentum buffers too: under FSDP gathered from the ranks' shards, keyed by name.
     one_state = torch.load(single / "latest" / "state.pt", weights_only=True)["optimizer"]
     two_state = torch.load(two / "latest" / "state.pt", weights_only=True)["optimizer"]
-    model = load_checkpoint(single, "latest").build_model()
+    model = load_model(load_checkpoint(single, "latest")).model
     one = state_by_name(one_state, model)
     two = state_by_name(two_state, model) if mode == "ddp" else two_state  # FSDP: by name
     name = "transformer.h.1.mlp.c_fc.weight"

@@ -74,6 +74,65 @@ def violations(package: Path) -> list[str]:
     return bad
 
 
+def _module(path: Path, package: Path) -> str:
+    """`checkpoints/load.py` -> "checkpoints.load"; a package's `__init__.py` -> its name."""
+    parts = path.relative_to(package).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def circles(package: Path) -> list[list[str]]:
+    """Every group of modules that import each other in a circle (directly or through
+    others), inside functions too, as the strongly connected components of the import graph
+    (Tarjan's algorithm)."""
+    paths = {_module(p, package): p for p in sorted(package.rglob("*.py"))}
+    graph = {m: sorted(i for i in _imports(p) if i in paths and i != m) for m, p in paths.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(m: str) -> None:
+        index[m] = low[m] = len(index)
+        stack.append(m)
+        for n in graph[m]:
+            if n not in index:
+                visit(n)
+                low[m] = min(low[m], low[n])
+            elif n in stack:
+                low[m] = min(low[m], index[n])
+        if low[m] == index[m]:
+            group = []
+            while True:
+                n = stack.pop()
+                group.append(n)
+                if n == m:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for m in graph:
+        if m not in index:
+            visit(m)
+    return sorted(found)
+
+
+def test_no_modules_import_each_other_in_a_circle() -> None:
+    assert circles(PACKAGE) == []
+
+
+def test_a_circle_is_caught(tmp_path: Path) -> None:
+    files = {
+        "checkpoints/a.py": "from gptscratch.checkpoints.b import x\n",
+        "checkpoints/b.py": "def f():\n    from gptscratch.checkpoints.c import y  # hidden\n",
+        "checkpoints/c.py": "import gptscratch.checkpoints.a\n",
+        "checkpoints/d.py": "from gptscratch.checkpoints.a import z\n",  # uses the circle
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert circles(tmp_path) == [["checkpoints.a", "checkpoints.b", "checkpoints.c"]]
+
+
 def test_every_part_of_the_package_has_a_floor() -> None:
     parts = {_part(p, PACKAGE) for p in PACKAGE.rglob("*.py")} - {"__init__", "__main__"}
     assert parts <= set(FLOOR), parts - set(FLOOR)

@@ -162,7 +162,7 @@ def test_lora_parameter_count_follows_the_mlp_and_a_rope_model_builds_from_its_b
     position table (rotary) loads for LoRA."""
     from dataclasses import replace
 
-    from gptscratch.checkpoints.pretrained import fit_block_size
+    from gptscratch.checkpoints.load import fit_block_size
 
     config = replace(CONFIG, activation="swiglu", positions="rope")
     model = GPT(config)

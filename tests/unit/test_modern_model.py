@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from conftest import decode_steps
 
 from gptscratch.checkpoints.checkpoint import load_checkpoint, save_checkpoint
+from gptscratch.checkpoints.convert import export_hf
 from gptscratch.checkpoints.hf_weights import hf_config_from_model, state_dict_to_hf
-from gptscratch.checkpoints.huggingface import export_hf
+from gptscratch.checkpoints.load import LoadedModel, load_model, with_context
 from gptscratch.data.tokenizers.char import CharTokenizer
 from gptscratch.errors import UserError
-from gptscratch.generation.load import as_loaded, with_context
 from gptscratch.model.attention import CausalSelfAttention
 from gptscratch.model.config import ModelConfig, swiglu_hidden
 from gptscratch.model.decoding import Decoder, window_keep
@@ -307,21 +307,21 @@ def test_rope_generation_past_block_size_equals_the_uncached_window() -> None:
 
 
 def test_a_rope_model_reads_a_longer_context_than_it_trained_on() -> None:
-    """`with_context` (generation/load.py): trained at 16, read at 40. A forward pass at 40
+    """`with_context` (checkpoints/load.py): trained at 16, read at 40. A forward pass at 40
     equals the same weights at 16 on the first 16 positions (no table, nothing else depends on
     the length), and generation with the longer cache equals the uncached 40-token window."""
     model = wide_init(GPT(tiny(**ALL_ON)))
     short = model.config
-    loaded = as_loaded((model, CharTokenizer.from_text("abc")), block_size=40)
-    assert loaded.model is model and model.config.block_size == 40
+    loaded = load_model(LoadedModel(model, CharTokenizer.from_text("abc")), block_size=40)
+    longer = loaded.model
+    assert longer.config.block_size == 40 and model.config is short  # the caller's is kept
+    assert longer.transformer is model.transformer  # the same weights, read further
     idx = torch.randint(0, 37, (2, 40))
     with torch.no_grad():
-        long_logits = model(idx)
-        model.config = short
+        long_logits = longer(idx)
         torch.testing.assert_close(model(idx[:, :16]), long_logits[:, :16])
-        model.config = dataclasses.replace(short, block_size=40)
-    cached = _ids(decode_steps(model, PROMPTS, 60, GREEDY))  # slides once at 40
-    assert cached == _window_oracle(model, PROMPTS, 60)
+    cached = _ids(decode_steps(longer, PROMPTS, 60, GREEDY))  # slides once at 40
+    assert cached == _window_oracle(longer, PROMPTS, 60)
 
 
 def test_learned_positions_can_shrink_the_context_but_not_grow_it() -> None:
@@ -356,7 +356,7 @@ def test_all_options_train_save_load_and_refuse_export(tmp_path: Path) -> None:
     assert losses[-1] < 0.6 * losses[0]
     tokenizer = CharTokenizer.from_text("abcdefghij")
     save_checkpoint(tmp_path / "ckpt", model, tokenizer, {"model_config": config.to_dict()})
-    loaded = load_checkpoint(tmp_path / "ckpt").build_model()
+    loaded = load_model(load_checkpoint(tmp_path / "ckpt")).model
     assert loaded.config == config
     with torch.no_grad():
         torch.testing.assert_close(loaded(idx[:, :-1]), model.eval()(idx[:, :-1]))

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import decode_steps
 
+from gptscratch.checkpoints.load import LoadedModel
 from gptscratch.errors import UserError
 from gptscratch.generation.config import GenerationConfig
-from gptscratch.generation.load import LoadedModel
 from gptscratch.generation.stream import stream_chunks
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from test_sampling import Letters, _Scripted
 
+from gptscratch.checkpoints.load import LoadedModel
 from gptscratch.generation.config import GenerationConfig
-from gptscratch.generation.load import LoadedModel
 from gptscratch.generation.script import (
     NextSpeakerStop,
     ScriptFormat,
@@ -95,10 +95,11 @@ def test_streamed_speech_never_shows_the_next_heading() -> None:
     codec = Letters(sorted(set(PLAY + "Hush")))
     speech = "Anon!\n\nROMEO:\nHush."
     model = _Scripted(codec.encode(speech), len(codec.pieces)).eval()
-    loaded = LoadedModel(model, codec, script=find_script_format(PLAY))  # type: ignore[arg-type]
+    loaded = LoadedModel(model, codec)  # type: ignore[arg-type]
     config = GenerationConfig(max_new_tokens=len(speech), temperature=0.0,
                               until_next_speaker=True)
-    pieces = [c.text for c in stream_chunks(loaded, "JULIET:\n", config) if c.text]
+    chunks = stream_chunks(loaded, "JULIET:\n", config, find_script_format(PLAY))
+    pieces = [c.text for c in chunks if c.text]
     assert "".join(pieces) == "Anon!"
     assert not any("R" in p or "\n" in p for p in pieces)
 

@@ -118,7 +118,8 @@ def test_grad_norm_is_pytorchs_norm_of_the_first_step(tmp_path: Path,
 def test_a_sample_leaves_the_random_state_and_the_mode_alone(tiny_run: Path) -> None:
     from gptscratch.training.samples import sample_at_step
 
-    model, tokenizer, _ = api.load(tiny_run, "cpu", dtype="float32")
+    loaded = api.load(tiny_run, "cpu", dtype="float32")
+    model, tokenizer = loaded.model, loaded.tokenizer
     model.train()
     before = torch.get_rng_state()
     text = sample_at_step(model, tokenizer, 40, seed=7, step=10)

@@ -14,14 +14,19 @@ checked before anything is loaded.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+from gptscratch.checkpoints.load import LoadedModel, load_model
 from gptscratch.errors import require
 from gptscratch.generation import stream as text_stream
 from gptscratch.generation.chat import ChatSession, check_scene
 from gptscratch.generation.config import GenerationConfig
-from gptscratch.generation.load import LoadedModel, ModelSource, as_loaded, load
 from gptscratch.generation.stream import Chunk, Completion, Generation
+
+# What the functions below take as `model`: a run or checkpoint directory (or a Hugging Face
+# GPT-2 folder), loaded here, or a model `load` returned.
+ModelSource = str | Path | LoadedModel
 
 __all__ = ["load", "stream_chunks", "complete", "stream", "generate", "chat_session",
            "GenerationConfig", "LoadedModel", "Chunk", "Completion", "Generation"]
@@ -33,8 +38,7 @@ def stream_chunks(model: ModelSource, prompts: str | Sequence[str] = "\n",
     """Continue one or more prompts in one batch, yielding `Chunk`s of text as they come.
 
     Args:
-        model: a run or checkpoint directory, or a model from `load` (or a (model, tokenizer)
-            pair).
+        model: a run or checkpoint directory, or a model from `load`.
         prompts: one prompt or several (of any lengths).
         config: the generation settings (default: `GenerationConfig()`).
         device, dtype: where and in which dtype to run a checkpoint loaded here.
@@ -47,7 +51,7 @@ def stream_chunks(model: ModelSource, prompts: str | Sequence[str] = "\n",
         carries its `Completion`), with `.prompts`, the texts the model continues.
     """
     config = GenerationConfig.build(config, **options)  # checked before the (slow) load
-    return text_stream.stream_chunks(as_loaded(model, device, dtype), prompts, config)
+    return text_stream.stream_chunks(load_model(model, device, dtype), prompts, config)
 
 
 def complete(model: ModelSource, prompts: str | Sequence[str] = "\n",
@@ -57,7 +61,7 @@ def complete(model: ModelSource, prompts: str | Sequence[str] = "\n",
     token ids, per-token log-probabilities, finish reason; the score with beams), row i *
     num_samples + j being sample j of prompt i. Arguments as for `stream_chunks`."""
     config = GenerationConfig.build(config, **options)
-    return text_stream.complete(as_loaded(model, device, dtype), prompts, config)
+    return text_stream.complete(load_model(model, device, dtype), prompts, config)
 
 
 def stream(model: ModelSource, prompt: str = "\n", config: GenerationConfig | None = None, *,
@@ -67,7 +71,7 @@ def stream(model: ModelSource, prompt: str = "\n", config: GenerationConfig | No
     config = GenerationConfig.build(config, **options)
     require(config.num_samples == 1,
             "stream yields one continuation; use complete() or stream_chunks() for several")
-    chunks = text_stream.stream_chunks(as_loaded(model, device, dtype), prompt, config)
+    chunks = text_stream.stream_chunks(load_model(model, device, dtype), prompt, config)
     return (c.text for c in chunks if c.text)
 
 
@@ -75,6 +79,16 @@ def generate(model: ModelSource, prompt: str = "\n", config: GenerationConfig | 
              **options: Any) -> str:
     """The whole continuation of `prompt` as one string (arguments as for `stream`)."""
     return "".join(stream(model, prompt, config, **options))
+
+
+def load(ckpt: str | Path, device: str = "auto", dtype: str = "auto",
+         block_size: int | None = None) -> LoadedModel:
+    """Load a run or checkpoint directory (a run resolves to its best/), or a Hugging Face
+    GPT-2 folder, to generate from: the model in eval mode on `device` (auto | cpu | cuda |
+    cuda:N | mps) with weights in `dtype` (auto: bf16 where it is faster), its tokenizer and
+    the checkpoint's metadata. `block_size`: the context read at once (default: the trained
+    one; longer only with rotary positions)."""
+    return load_model(ckpt, device, dtype, block_size)
 
 
 def chat_session(model: ModelSource, config: GenerationConfig | None = None, *,
@@ -85,4 +99,4 @@ def chat_session(model: ModelSource, config: GenerationConfig | None = None, *,
     context read at once (default: the trained one; longer only with rotary positions)."""
     config = GenerationConfig.build(config, **options)
     check_scene(config, you)  # before the (slow) load
-    return ChatSession(as_loaded(model, device, dtype, block_size), config, you)
+    return ChatSession(load_model(model, device, dtype, block_size), config, you)

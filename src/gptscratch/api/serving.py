@@ -13,8 +13,9 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
+from gptscratch.api.generation import ModelSource
+from gptscratch.checkpoints.load import load_model
 from gptscratch.errors import UserError, require
-from gptscratch.generation.load import ModelSource, as_loaded
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -48,7 +49,7 @@ def server_app(model: ModelSource, *, name: str | None = None, max_batch: int | 
         api_key: if set, every /v1 request must send `Authorization: Bearer <api_key>`.
         device, dtype: where and in which dtype to run a checkpoint loaded here.
         block_size: the context each sequence reads at once (default: the trained one;
-            longer only with rotary positions: `generation.load.with_context`).
+            longer only with rotary positions: `checkpoints.load.with_context`).
     """
     rows = 1 if max_batch is None else max_batch  # None: chosen by the engine
     for field, value in (("max_batch", rows), ("max_queue", max_queue),
@@ -64,7 +65,7 @@ def server_app(model: ModelSource, *, name: str | None = None, max_batch: int | 
     from gptscratch.server.schemas import Limits
 
     limits = Limits(max_tokens_per_request, max_prompt_tokens)
-    return create_app(as_loaded(model, device, dtype, block_size), limits, name=name,
+    return create_app(load_model(model, device, dtype, block_size), limits, name=name,
                       max_batch=max_batch, max_queue=max_queue, api_key=api_key)
 
 

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from gptscratch.api.generation import ModelSource
 from gptscratch.checkpoints.checkpoint import load_checkpoint
+from gptscratch.checkpoints.load import LoadedModel, load_model
 from gptscratch.data.sources import read_text_source
 from gptscratch.data.token_files import is_prepared_dir, load_prepared
 from gptscratch.errors import UserError
 from gptscratch.evaluation.explain import Stage, explain_prompt, format_stages
 from gptscratch.evaluation.memorisation import CopyReport, CorpusIndex, describe_copy
-from gptscratch.generation.load import LoadedModel, ModelSource, as_loaded
 from gptscratch.model.sampling import SamplingConfig
 from gptscratch.viz import attention as viz_attention
 from gptscratch.viz import curves as viz_curves
@@ -36,7 +37,7 @@ __all__ = ["plot_curves", "plot_attention", "plot_next_token", "plot_embeddings"
 
 def _model_of(ckpt: ModelSource, device: str) -> LoadedModel:
     # Pictures and explanations read the weights in full precision.
-    return as_loaded(ckpt, device, dtype="float32")
+    return load_model(ckpt, device, dtype="float32")
 
 
 def plot_curves(runs: Sequence[str | Path], out: str | Path = "curves.png") -> Path:
@@ -47,7 +48,8 @@ def plot_curves(runs: Sequence[str | Path], out: str | Path = "curves.png") -> P
 def plot_attention(ckpt: ModelSource, prompt: str, out: str | Path = "attention.png", *,
                    layers: list[int] | None = None, device: str = "auto") -> Path:
     """Every layer's and head's attention weights for `prompt`; returns the PNG."""
-    model, tokenizer, _ = _model_of(ckpt, device)
+    loaded = _model_of(ckpt, device)
+    model, tokenizer = loaded.model, loaded.tokenizer
     return viz_attention.plot_attention(viz_attention.attention_maps(model, tokenizer, prompt),
                                         out, layers)
 
@@ -59,7 +61,8 @@ def plot_next_token(ckpt: ModelSource, prompt: str, out: str | Path = "next-toke
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
     if top < 1:
         raise UserError(f"top ({top}) must be >= 1; try --top 20")
-    model, tokenizer, _ = _model_of(ckpt, device)
+    loaded = _model_of(ckpt, device)
+    model, tokenizer = loaded.model, loaded.tokenizer
     dist = viz_distribution.next_token_distribution(model, tokenizer, prompt, sampling, top)
     return viz_distribution.plot_next_token(dist, out, prompt)
 
@@ -70,7 +73,8 @@ def plot_embeddings(ckpt: ModelSource, out: str | Path = "embeddings.png", *,
     still there) and position-embedding similarity; returns the PNG."""
     if tokens < 1:
         raise UserError(f"tokens ({tokens}) must be >= 1; try --tokens 100")
-    model, tokenizer, checkpoint = _model_of(ckpt, device)
+    loaded = _model_of(ckpt, device)
+    model, tokenizer, checkpoint = loaded.model, loaded.tokenizer, loaded.checkpoint
     ids = None
     if checkpoint is not None:
         ids = viz_embeddings.frequent_token_ids(checkpoint.meta.get("data_dir", ""), tokens)
@@ -83,14 +87,16 @@ def plot_embeddings(ckpt: ModelSource, out: str | Path = "embeddings.png", *,
 def plot_logit_lens(ckpt: ModelSource, prompt: str, out: str | Path = "logit-lens.png", *,
                     device: str = "auto") -> Path:
     """What each layer would predict at each position of `prompt`; returns the PNG."""
-    model, tokenizer, _ = _model_of(ckpt, device)
+    loaded = _model_of(ckpt, device)
+    model, tokenizer = loaded.model, loaded.tokenizer
     return viz_logit_lens.plot_logit_lens(viz_logit_lens.logit_lens(model, tokenizer, prompt),
                                           out)
 
 
 def explain(ckpt: ModelSource, prompt: str, *, device: str = "auto") -> list[Stage]:
     """Walk `prompt` through the model: every stage's shapes and what happens there."""
-    model, tokenizer, _ = _model_of(ckpt, device)
+    loaded = _model_of(ckpt, device)
+    model, tokenizer = loaded.model, loaded.tokenizer
     return explain_prompt(model, tokenizer, prompt)
 
 

@@ -1,11 +1,15 @@
-"""Trained models on disk: our checkpoint format, and Hugging Face GPT-2 folders.
+"""Trained models on disk, and the one loader that turns any of them into a model to run.
 
+Leaves, which never import each other:
 - `checkpoint`: atomic, verified checkpoints (safetensors weights + JSON metadata), the
-  format `train` writes and every other command reads;
-- `hf_weights`: Hugging Face GPT-2 configs and parameter names to ours and back (pure maps);
-- `huggingface`: `import-hf` / `export-hf`, reading local folders and hub downloads;
-- `pretrained` and `init_from`: the weights a fine-tuning run starts from.
+  format `train` writes;
+- `adapters`: what a LoRA checkpoint adds: its adapters, its base's source and hash;
+- `huggingface` (with `hf_weights`, the pure name and layout maps): Hugging Face GPT-2
+  folders and hub downloads, read and written.
+Above them:
+- `load`: `load_model(source) -> LoadedModel` for every source, and `build_model`, the one
+  way a GPT is made from weights;
+- `convert`: `import-hf`, `export-hf` and `merge-lora`.
 
-This package sits above `data` and `model` (it saves both a model and its tokenizer) and
-below evaluation, generation and training.
+This package sits above `data`, `model` and `runtime` and below everything that runs a model.
 """

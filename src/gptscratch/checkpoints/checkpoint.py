@@ -9,8 +9,9 @@ A checkpoint is a directory:
                      torch.load(weights_only=True)
 A run directory holds `latest/` (resume from here) and `best/` (lowest val loss). Every save
 goes to a temporary directory that is renamed into place (`files.atomic_dir`), so a crash
-mid-save leaves the previous checkpoint whole. The trainer saves checkpoints; generation,
-evaluation, fine-tuning and the Hugging Face export read them.
+mid-save leaves the previous checkpoint whole. The trainer saves checkpoints; every reader
+builds its model through the one loader (`load.py`). Checkpoints of every earlier version
+load: fields added to `ModelConfig` since have GPT-2's value as their default.
 """
 
 from __future__ import annotations
@@ -28,14 +29,11 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from gptscratch.checkpoints.adapters import build_lora_model, is_lora_checkpoint
 from gptscratch.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer
 from gptscratch.errors import UserError
 from gptscratch.files import atomic_dir, old_version, sha256_file
 from gptscratch.model.config import ModelConfig
-from gptscratch.model.gpt import GPT
 from gptscratch.model.lora import has_lora, lora_state_dict
-from gptscratch.runtime.device import check_fits
 
 FORMAT_VERSION = 1
 # What every checkpoint's model config states (later fields have defaults for older files).
@@ -146,19 +144,17 @@ class Checkpoint:
     def tokenizer(self) -> Tokenizer:
         return load_tokenizer(self.path / TOKENIZER)
 
-    def build_model(self, device: torch.device | str = "cpu") -> GPT:
-        """A GPT with this checkpoint's config and weights, in eval mode."""
-        config = self.model_config
-        check_fits(4 * config.parameter_count(), torch.device("cpu"),
-                   f"the model of '{self.path}'", "use a machine with more memory")
-        if is_lora_checkpoint(self.meta):  # base + adapters
-            return build_lora_model(self).to(device).eval()
-        # On the meta device nothing is initialised or allocated: the file's tensors become the
-        # weights, so a 1.5B model is held once, not twice, while it loads.
-        with torch.device("meta"):
-            model = GPT(config)
-        load_weights(self, model, assign=True)
-        return model.to(device).eval()
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The tensors of model.safetensors (a LoRA run's: its adapters only), on the CPU.
+
+        Raises:
+            UserError: the file is unreadable.
+        """
+        try:
+            return safetensors.torch.load_file(str(self.path / WEIGHTS))
+        except (safetensors.SafetensorError, OSError) as e:
+            raise UserError(f"cannot read weights in '{self.path}' ({e}); the file is "
+                            "corrupted: use another checkpoint or retrain") from None
 
     def training_state(self) -> dict[str, Any]:
         if not (self.path / STATE).exists():
@@ -232,46 +228,3 @@ def _check_meta(meta: Any, where: Path) -> None:
         raise UserError(f"'{where}' has a damaged lora entry; use another checkpoint or retrain")
     if not isinstance(meta.get("data_dir", ""), str):
         raise UserError(f"'{where}' has a data_dir that is not a path; it is damaged")
-
-
-def load_weights(ckpt: Checkpoint, model: nn.Module, assign: bool = False) -> None:
-    """Load the checkpoint's weights into `model`, which must have the same shape; with
-    `assign`, the tensors read from the file become the parameters (for a model built on the
-    meta device)."""
-    try:
-        if assign:
-            missing, unexpected = _assign_weights(ckpt, unwrap(model))
-        else:
-            lists = safetensors.torch.load_model(unwrap(model), str(ckpt.path / WEIGHTS),
-                                                 strict=False)
-            missing, unexpected = set(lists[0]), set(lists[1])
-    except (safetensors.SafetensorError, OSError) as e:
-        raise UserError(f"cannot read weights in '{ckpt.path}' ({e}); the file is corrupted: "
-                        "use another checkpoint or retrain") from None
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1].strip()
-        raise UserError(f"checkpoint '{ckpt.path}' does not match the model config ({first}); "
-                        "use the checkpoint's own config or a new --out") from None
-    if missing or unexpected:
-        raise UserError(f"checkpoint '{ckpt.path}' does not match the model (missing "
-                        f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); "
-                        "use the checkpoint's own config or a new --out")
-
-
-def _assign_weights(ckpt: Checkpoint, model: nn.Module) -> tuple[set[str], set[str]]:
-    """The file's tensors as `model`'s parameters; the names missing and unexpected (nothing is
-    assigned unless both are empty). A tied head, saved under one of its two names, is shared
-    again."""
-    tensors = safetensors.torch.load_file(str(ckpt.path / WEIGHTS))
-    own = model.state_dict(keep_vars=True)
-    tied = isinstance(model, GPT) and model.config.tie_embeddings
-    head, embedding = "lm_head.weight", "transformer.wte.weight"
-    if tied and (head in tensors) != (embedding in tensors):
-        tensors.setdefault(head, tensors.get(embedding))  # type: ignore[arg-type]
-        tensors.setdefault(embedding, tensors[head])
-    missing, unexpected = set(own) - set(tensors), set(tensors) - set(own)
-    if not (missing or unexpected):
-        model.load_state_dict(tensors, assign=True)
-        if tied:
-            model.lm_head.weight = model.transformer.wte.weight  # type: ignore[union-attr]
-    return missing, unexpected

@@ -1,13 +1,12 @@
-"""Hugging Face GPT-2 checkpoints: import into a gptscratch checkpoint, export back.
+"""Hugging Face GPT-2 folders: reading one (or a hub download), and writing one.
 
-Import reads a local Hugging Face folder (config.json with model.safetensors, sharded
+`read_hf_model` reads a local Hugging Face folder (config.json with model.safetensors, sharded
 safetensors, or pytorch_model.bin loaded with `torch.load(weights_only=True)`, which never runs
-pickled code) or downloads a hub name such as `gpt2` when online, maps it onto our GPT with
-`hf_weights.py`, and saves a normal checkpoint (`checkpoint.save_checkpoint`).
-Export writes config.json, model.safetensors and the tokenizer files that
-`transformers.AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` load. Every output is
-built in a temporary folder and renamed into place (`files.atomic_dir`): a failure leaves
-nothing behind.
+pickled code) or downloads a hub name such as `gpt2` when online, and maps it onto our GPT's
+config and parameter names with `hf_weights.py`. `write_hf_model` writes config.json,
+model.safetensors and the tokenizer files that `transformers.AutoModelForCausalLM` /
+`AutoTokenizer.from_pretrained` load. `convert.py` turns these into `import-hf` and
+`export-hf`; the loader (`load.py`) runs a folder or hub name directly.
 """
 
 from __future__ import annotations
@@ -16,28 +15,25 @@ import json
 import logging
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors
 import safetensors.torch
 import torch
 
-from gptscratch.checkpoints.adapters import is_lora_checkpoint
-from gptscratch.checkpoints.checkpoint import check_new_folder, load_checkpoint, save_checkpoint
 from gptscratch.checkpoints.hf_weights import (
     hf_config_from_model,
     model_config_from_hf,
     state_dict_from_hf,
     state_dict_to_hf,
 )
-from gptscratch.checkpoints.pretrained import Pretrained
-from gptscratch.data.tokenizers import GPT2Tokenizer
+from gptscratch.data.tokenizers import GPT2Tokenizer, Tokenizer
 from gptscratch.data.tokenizers.gpt2 import GPT2_VOCAB_SIZE
 from gptscratch.data.tokenizers.hf_files import save_hf_tokenizer, tokenizer_from_hf_dir
 from gptscratch.errors import UserError
-from gptscratch.files import atomic_dir
 from gptscratch.hub import go_offline_if_unreachable, hub_offline
-from gptscratch.model.gpt import GPT
+from gptscratch.model.config import ModelConfig
 
 log = logging.getLogger("gptscratch.hf")
 
@@ -47,7 +43,16 @@ TOKENIZER_FILES = ["tokenizer.json", "vocab.json", "merges.txt"]
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
-def read_hf_model(source: str) -> Pretrained:
+@dataclass(frozen=True)
+class HFModel:
+    """A Hugging Face GPT-2 read into our terms."""
+
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor]  # our names, float32, lm_head.weight included
+    tokenizer: Tokenizer
+
+
+def read_hf_model(source: str) -> HFModel:
     """Read a Hugging Face GPT-2 from a local folder or, online, a hub name.
 
     Raises:
@@ -79,7 +84,7 @@ def read_hf_model(source: str) -> Pretrained:
         raise UserError(
             f"the tokenizer in '{folder}' has {tokenizer.vocab_size} ids but config.json has "
             f"vocab_size {config.vocab_size}; gptscratch needs them equal")
-    return Pretrained(config, state, tokenizer, source)
+    return HFModel(config, state, tokenizer)
 
 
 def locate_hf_model(source: str) -> Path:
@@ -176,56 +181,15 @@ def _read_pytorch_bin(path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in loaded.items()}
 
 
-def import_hf(source: str, out_dir: Path | str) -> Path:
-    """Convert a Hugging Face GPT-2 (folder or hub name) into a gptscratch checkpoint.
+def write_hf_model(folder: Path, state: dict[str, torch.Tensor], config: ModelConfig,
+                   tokenizer: Tokenizer) -> None:
+    """Write our weights, config and tokenizer into `folder` as a Hugging Face GPT-2.
 
-    The checkpoint holds weights, config and tokenizer but no training state: sample from it,
-    evaluate it, export it, or fine-tune it with `train(init_from=...)`.
-
-    Returns:
-        The checkpoint folder (`out_dir`).
+    Raises:
+        UserError: the model has an option GPT-2 cannot express (`check_gpt2_expressible`).
     """
-    out = Path(out_dir)
-    check_new_folder(out)
-    hf = read_hf_model(source)
-    # On the meta device no memory is allocated and no random init runs (a 1.5B model would
-    # spend seconds on it); assign=True then adopts the loaded tensors as the parameters.
-    with torch.device("meta"):
-        model = GPT(hf.config)
-    model.load_state_dict(hf.state_dict, assign=True)
-    meta = {"model_config": hf.config.to_dict(), "step": 0,
-            "tokenizer_kind": hf.tokenizer.kind,
-            "tokenizer_fingerprint": hf.tokenizer.fingerprint(), "imported_from": source}
-    save_checkpoint(out, model, hf.tokenizer, meta)
-    log.info("imported %s (%s parameters, %s tokenizer) into %s", source,
-             f"{model.num_params():,}", hf.tokenizer.kind, out)
-    return out
-
-
-def export_hf(ckpt: Path | str, out_dir: Path | str) -> Path:
-    """Write a gptscratch checkpoint as a Hugging Face GPT-2 folder.
-
-    The folder holds config.json, model.safetensors, tokenizer.json and tokenizer_config.json;
-    `AutoModelForCausalLM.from_pretrained(out_dir)` builds a GPT2LMHeadModel computing the same
-    logits, and `pipeline("text-generation", model=out_dir)` runs it.
-
-    Returns:
-        The exported folder (`out_dir`).
-    """
-    out = Path(out_dir)
-    check_new_folder(out)
-    checkpoint = load_checkpoint(ckpt)
-    if is_lora_checkpoint(checkpoint.meta):
-        raise UserError(f"'{checkpoint.path}' holds LoRA adapters, not a whole model; fold them "
-                        f"into their base first: gptscratch merge-lora --ckpt {ckpt} --out DIR, "
-                        "then export DIR")
-    config, tokenizer = checkpoint.model_config, checkpoint.tokenizer()
-    model = checkpoint.build_model("cpu")
-    tensors = state_dict_to_hf(model.state_dict(), config)
+    tensors = state_dict_to_hf(state, config)
     hf_config = hf_config_from_model(config, tokenizer.eot_id, tokenizer.eot_id)
-    with atomic_dir(out) as tmp:  # `out` is absent or an empty folder, checked above
-        (tmp / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
-        safetensors.torch.save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt"})
-        save_hf_tokenizer(tokenizer, tmp, config.block_size)
-    log.info("exported %s to %s", checkpoint.path, out)
-    return out
+    (folder / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+    safetensors.torch.save_file(tensors, str(folder / SAFETENSORS), metadata={"format": "pt"})
+    save_hf_tokenizer(tokenizer, folder, config.block_size)

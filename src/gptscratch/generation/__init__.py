@@ -1,7 +1,6 @@
 """Text generation: from a prompt to text, on top of the model's token-level decoding.
 
 - `config`: `GenerationConfig`, every setting of a generation, validated once when built;
-- `load`: a checkpoint loaded for generation (`LoadedModel`);
 - `stream`: the entry points, `stream_chunks` (text chunks per sample, as they come) and
   `complete` (the finished `Completion`s);
 - `stops`: stop strings and what is held back from the stream (UTF-8, partial stops);

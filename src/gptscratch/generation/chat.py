@@ -11,10 +11,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+from gptscratch.checkpoints.load import LoadedModel
 from gptscratch.errors import UserError
 from gptscratch.generation.config import GenerationConfig
-from gptscratch.generation.load import LoadedModel
-from gptscratch.generation.script import add_speech, resolve_speaker, speaker_prompt
+from gptscratch.generation.script import (
+    add_speech,
+    corpus_script,
+    resolve_speaker,
+    speaker_prompt,
+)
 from gptscratch.generation.stream import stream_chunks
 
 
@@ -38,13 +43,13 @@ class ChatSession:
         config = dataclasses.replace(config, num_samples=1)  # one answer per turn
         if you is not None:  # a scene: each answer ends where the next speaker would begin
             config = dataclasses.replace(config, until_next_speaker=True)
-        script = loaded.corpus_script() if config.needs_script else None
         # Found once: every turn's generation uses the same speakers.
-        self.loaded, self.config = dataclasses.replace(loaded, script=script), config
+        self.script = corpus_script(loaded.checkpoint) if config.needs_script else None
+        self.loaded, self.config = loaded, config
         self.speaker: str | None = None
         self.style = "line"
         if config.speaker is not None:
-            self.speaker, self.style = resolve_speaker(config.speaker, script)
+            self.speaker, self.style = resolve_speaker(config.speaker, self.script)
         self.transcript = ""
         self.turn = 0
 
@@ -69,7 +74,7 @@ class ChatSession:
         seed = None if self.config.seed is None else self.config.seed + self.turn
         self.turn += 1
         generation = stream_chunks(self.loaded, prompt,
-                                   dataclasses.replace(self.config, seed=seed))
+                                   dataclasses.replace(self.config, seed=seed), self.script)
         answer = []
         for chunk in generation:
             answer.append(chunk.text)

@@ -117,6 +117,11 @@ def find_script_format(text: str | Iterable[str], min_speeches: int = 2) -> Scri
     return ScriptFormat(style, found[style])
 
 
+def corpus_script(checkpoint: Checkpoint | None) -> ScriptFormat | None:
+    """The speakers of a model's training corpus; None for a model without a checkpoint."""
+    return script_format(checkpoint) if checkpoint is not None else None
+
+
 def script_format(checkpoint: Checkpoint) -> ScriptFormat | None:
     """The speakers of the checkpoint's training corpus (None if it is not a script, or its
     data is gone). Found once and cached beside the prepared data as script.json."""

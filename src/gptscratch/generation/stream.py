@@ -17,11 +17,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gptscratch.checkpoints.load import LoadedModel
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import UserError, require
 from gptscratch.generation.config import GenerationConfig
-from gptscratch.generation.load import LoadedModel
-from gptscratch.generation.script import NextSpeakerStop, ScriptFormat, speaker_prompts
+from gptscratch.generation.script import (
+    NextSpeakerStop,
+    ScriptFormat,
+    corpus_script,
+    speaker_prompts,
+)
 from gptscratch.generation.stops import StopRule, StopStrings, apply_rules
 from gptscratch.model.beam_search import beam_search
 from gptscratch.model.decoding import Decoder, generation_bytes
@@ -71,23 +76,25 @@ class Generation:
 
 
 def stream_chunks(loaded: LoadedModel, prompts: str | Sequence[str],
-                  config: GenerationConfig) -> Generation:
+                  config: GenerationConfig, script: ScriptFormat | None = None) -> Generation:
     """Generate continuations of one or more prompts, yielding text chunks as they come.
 
     Row i * num_samples + j is sample j of prompt i. Each row ends with one chunk carrying its
     `Completion` (text, token ids, per-token log-probabilities, finish reason).
 
     Args:
-        loaded: the model and tokenizer (`load.load`); its checkpoint, if any, supplies the
-            corpus's speakers in script mode.
+        loaded: the model and tokenizer (`checkpoints.load.load_model`).
         prompts: one prompt or several (of any lengths: they share one batch).
         config: how to generate.
+        script: the corpus's speakers for script mode (default: found from the checkpoint's
+            training data when script mode needs them).
 
     Raises:
         UserError: an empty prompt, an unknown speaker, a prompt the tokenizer cannot encode,
             or a batch that does not fit in memory.
     """
-    script = loaded.corpus_script() if config.needs_script else None
+    if config.needs_script and script is None:
+        script = corpus_script(loaded.checkpoint)
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
     require(len(texts) > 0 and all(p != "" for p in texts),
             "a prompt is empty; give --prompt TEXT or pipe text on stdin")

@@ -22,7 +22,7 @@ def set_cpu_float_mode() -> None:
     Measured here: matmuls over denormal fp32 inputs ran up to 80x slower. OpenMP worker
     threads inherit the floating-point mode when they are created, so this must run before the
     first parallel op of the process: the entry points that run the model (`api.train`,
-    `training.setup.start_runtime`, `generation.load.load`) call it first thing.
+    `training.setup.start_runtime`, `checkpoints.load.load_model`) call it first thing.
     """
     torch.set_flush_denormal(True)
 

@@ -20,7 +20,8 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
-from gptscratch.generation.load import LoadedModel
+from gptscratch.checkpoints.load import LoadedModel
+from gptscratch.generation.script import corpus_script
 from gptscratch.server.completions import Served, chat, complete
 from gptscratch.server.engine import Engine, default_max_batch
 from gptscratch.server.errors import APIError, install_error_handlers
@@ -125,5 +126,5 @@ def create_app(loaded: LoadedModel, limits: Limits | None = None, *, name: str |
         log.info("decoding up to %d sequences together (set it with --max-batch)", max_batch)
     engine = Engine(loaded.model, loaded.tokenizer, max_batch, max_queue)
     served = Served(loaded, engine, name or model_name(loaded), limits or Limits(),
-                    loaded.corpus_script())
+                    corpus_script(loaded.checkpoint))
     return build_app(served, api_key)

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from gptscratch.generation.load import LoadedModel
+from gptscratch.checkpoints.load import LoadedModel
 from gptscratch.generation.script import ScriptFormat
 from gptscratch.generation.stops import StopRule, StopStrings
 from gptscratch.server.chat_template import next_speaker_stop, render_chat

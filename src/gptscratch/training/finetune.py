@@ -1,11 +1,11 @@
 """Fine-tuning: the training defaults and model rules of a run started with `--init-from`,
 and the plan of a LoRA run (`lora_plan`: its checks, and the `lora` entry of its checkpoints).
 
-The source (`checkpoints.init_from.load_pretrained`) fixes the model's shape and tokenizer:
-only dropout, the attention path and a shorter context (the position table is cropped, see
-`checkpoints.pretrained.fit_block_size`) may change. The loop loads its weights right after
-building the model, freezes what the fine-tuning section asks
-(`optimizer.freeze_parameters`), and trains with the defaults below.
+The source (any model `checkpoints.load.load_model` reads) fixes the model's shape and
+tokenizer: only dropout, the attention path and a shorter context (the position table is
+cropped, `checkpoints.load.fit_block_size`) may change. Its weights become the new model's
+parameters, the fine-tuning section's freezing applies (`optimizer.freeze_parameters`), and
+the run trains with the defaults below (`run.py` puts it together).
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from typing import Any
 
 import torch
 
-from gptscratch.checkpoints.adapters import base_source, lora_meta, state_hash
-from gptscratch.checkpoints.pretrained import Pretrained
+from gptscratch.checkpoints.adapters import base_source, lora_meta
 from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig, parse_targets
 from gptscratch.model.gpt import GPT
@@ -65,10 +64,11 @@ def finetune_model_config(base: ModelConfig, overrides: Mapping[str, Any]) -> Mo
     return dataclasses.replace(base, **overrides)
 
 
-def lora_plan(init_from: str | Path, pretrained: Pretrained, model_config: ModelConfig,
-               train_config: TrainConfig) -> dict[str, Any]:
-    """The `lora` entry of a LoRA run's checkpoints, with every refusal its settings can
-    cause made now, before anything is written."""
+def lora_plan(init_from: str | Path, base_sha256: str, model_config: ModelConfig,
+              train_config: TrainConfig) -> dict[str, Any]:
+    """The `lora` entry of a LoRA run's checkpoints (`base_sha256`: the hash of the base's
+    weights), with every refusal its settings can cause made now, before anything is
+    written."""
     ft = train_config.finetune
     if train_config.system.fsdp:
         raise UserError("--lora-rank trains with one copy of the model per process (DDP); "
@@ -81,4 +81,4 @@ def lora_plan(init_from: str | Path, pretrained: Pretrained, model_config: Model
     log.info("LoRA: rank %d adapters on %s (alpha %g)", ft.lora_rank, ft.lora_targets,
              ft.lora_alpha)
     return lora_meta(ft.lora_rank, ft.lora_alpha, ft.lora_dropout, ft.lora_targets,
-                     base_source(init_from), state_hash(pretrained.state_dict))
+                     base_source(init_from), base_sha256)

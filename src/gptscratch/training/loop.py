@@ -7,7 +7,8 @@ train and val batches and saves a checkpoint (`latest/`, and `best/` when val im
 Everything random (batch positions, dropout) is drawn from state that the checkpoint records,
 so `resume=True` continues exactly where the run stopped (`resume.py` puts that state back).
 Started by torchrun, the same loop trains with DDP or FSDP: the multi-process parts live in
-`distributed.py` and `distributed_state.py`; `setup.py` builds the state this loop advances.
+`distributed.py` and `distributed_state.py`; `setup.py` builds the state this loop advances,
+and `run.py` is where a run starts (settings, checks, data), before it calls `run` here.
 
 Speed: a step reads one number back from the device, whether its gradient norm is finite
 (`check_finite`, which decides whether the update is applied); losses and gradient norms are
@@ -44,9 +45,9 @@ from gptscratch.training.distributed import (
 )
 from gptscratch.training.metrics import eta, format_duration, progress_line, read_metrics
 from gptscratch.training.schedule import lr_at
-from gptscratch.training.setup import TrainRuntime, TrainState, set_up, start_runtime
+from gptscratch.training.setup import TrainRuntime, TrainState, set_up
 from gptscratch.training.signals import StopRequests
-from gptscratch.training.tracking import check_loggers, open_sinks
+from gptscratch.training.tracking import open_sinks
 
 log = logging.getLogger("gptscratch.train")
 
@@ -61,13 +62,13 @@ class TrainResult:
     elapsed: float
 
 
-def train(
+def run(
     data: PreparedData,
     model_config: ModelConfig,
     config: TrainConfig,
     out_dir: Path | str,
+    runtime: TrainRuntime,
     *,
-    runtime: TrainRuntime | None = None,
     resume: bool = False,
     stop_at: int | None = None,
     extra_meta: dict[str, Any] | None = None,
@@ -80,8 +81,7 @@ def train(
         model_config: the model shape; its vocab_size must match the tokenizer.
         config: the optimisation, run-length, system and fine-tuning sections.
         out_dir: run directory (latest/, best/, metrics.jsonl).
-        runtime: the device, processes and precision from `setup.start_runtime` (started
-            here if not given).
+        runtime: the device, processes and precision from `setup.start_runtime`.
         resume: continue from `out_dir/latest` (weights, optimizer, RNG and data position).
         stop_at: stop after this step as if interrupted (a checkpoint is saved); continue later
             with resume=True. The schedule still follows the full run.
@@ -89,8 +89,6 @@ def train(
         init_weights: a state dict to start from instead of a random init (fine-tuning);
             ignored on resume, where the checkpoint's weights win.
     """
-    runtime = runtime or start_runtime(config.system, model_config.n_embd)
-    check_loggers(config.run.loggers)  # before anything is written
     state = set_up(data, model_config, config, Path(out_dir), runtime, resume=resume,
                    init_weights=init_weights, extra_meta=extra_meta)
     if runtime.ctx.is_main:

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptscratch.checkpoints.adapters import add_adapters, load_adapter_weights, load_base_state
-from gptscratch.checkpoints.checkpoint import Checkpoint, load_weights
-from gptscratch.checkpoints.pretrained import adopt_weights, fit_block_size
+from gptscratch.checkpoints.adapters import add_adapters
+from gptscratch.checkpoints.checkpoint import Checkpoint
+from gptscratch.checkpoints.load import build_model, load_model
 from gptscratch.data.shards import TokenSplit
 from gptscratch.data.token_files import PreparedData, check_context_fits
 from gptscratch.errors import UserError
@@ -212,27 +212,20 @@ def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, o
 def _build_model(model_config: ModelConfig, config: TrainConfig, runtime: TrainRuntime,
                  ckpt: Checkpoint | None, init_weights: Mapping[str, torch.Tensor] | None,
                  lora: Mapping[str, Any] | None = None) -> GPT:
-    """The GPT on its device: random (seeded), given weights, or the checkpoint's; frozen
-    where fine-tuning asks, with LoRA adapters where `lora` (a checkpoint's `lora` entry)
-    describes them, sharded under FSDP."""
+    """The GPT on its device: the checkpoint's (resuming; a LoRA run's base and adapters),
+    given weights (fine-tuning: they become the parameters, no copy), or random (seeded);
+    frozen where fine-tuning asks, with new LoRA adapters where `lora` describes them,
+    sharded under FSDP."""
     ctx, seed = runtime.ctx, config.run.seed
-    estimate = check_training_fits(model_config, config, runtime,
-                                   fine_tuning=init_weights is not None or lora is not None)
-    log.info("memory estimate per process: %s", estimate.describe())
     torch.manual_seed(seed)
-    if ckpt is not None and lora is None:
-        model = GPT(model_config)
-        load_weights(ckpt, model)  # before FSDP shards the parameters
-    else:
-        base = (fit_block_size(load_base_state(ckpt), model_config.block_size)
-                if ckpt is not None else init_weights)
-        # Fine-tuning: the given weights become the parameters (no random init, no copy: a
-        # 1.5B model would otherwise be held twice).
-        model = adopt_weights(model_config, base) if base is not None else GPT(model_config)
+    if ckpt is not None:
+        model = load_model(ckpt).model  # before FSDP shards the parameters
+    elif init_weights is not None:
+        model = build_model(model_config, init_weights)
         if lora is not None:
             add_adapters(model, lora)
-        if ckpt is not None:  # a LoRA run resumed: its base, then its adapters
-            load_adapter_weights(ckpt, model)
+    else:
+        model = GPT(model_config)
     if lora is None:
         freeze_parameters(model, config.finetune)
     elif runtime.precision.dtype == torch.bfloat16:
@@ -255,6 +248,9 @@ def _log_plan(state: TrainState, n_params: int, peak_source: str) -> None:
              f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else "")
     log.info("model: %s parameters (%.2fM), %d layers, %d heads, %d wide, context %d",
              f"{n_params:,}", n_params / 1e6, mc.n_layer, mc.n_head, mc.n_embd, mc.block_size)
+    estimate = estimate_training_memory(mc, state.config, ctx.world_size,
+                                        low_precision=rt.precision.dtype != torch.float32)
+    log.info("memory estimate per process: %s", estimate.describe())
     log.info("training for %d steps of %s tokens (batch %d x %d process%s x %d micro-batches "
              "x context %d)%s%s", state.max_steps, f"{state.tokens_per_step:,}",
              optim.batch_size, ctx.world_size, "es" if ctx.enabled else "", optim.grad_accum,

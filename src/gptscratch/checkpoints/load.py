@@ -1,0 +1,229 @@
+"""The one loader: from any model source to a `LoadedModel`, on its device, ready to run.
+
+A source is a gptscratch run or checkpoint folder (a run resolves to its best/), a LoRA run
+(its base, found again and checked by its hash, with the adapters on top), a Hugging Face
+GPT-2 folder or, where the caller allows it, a hub name (online), or a model already loaded.
+Every command that runs a model and the trainer (resuming a run, fine-tuning from
+`--init-from`) load it here, and every GPT made from weights is made by `build_model`. The
+format readers (`checkpoint.py`, `adapters.py`, `huggingface.py`) are leaves below this module
+that never import each other.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gptscratch.checkpoints.adapters import (
+    add_adapters,
+    check_base,
+    is_lora_checkpoint,
+    load_adapter_weights,
+    merged_config,
+)
+from gptscratch.checkpoints.checkpoint import META, Checkpoint, load_checkpoint
+from gptscratch.checkpoints.huggingface import CONFIG, read_hf_model
+from gptscratch.data.tokenizers import Tokenizer
+from gptscratch.errors import UserError, require
+from gptscratch.model.config import ModelConfig
+from gptscratch.model.fast import use_fast_linears
+from gptscratch.model.gpt import GPT
+from gptscratch.model.lora import has_lora, merge_lora
+from gptscratch.runtime.cpu import set_cpu_float_mode
+from gptscratch.runtime.device import check_fits, choose_device
+from gptscratch.runtime.precision import choose_precision
+
+log = logging.getLogger("gptscratch")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model in eval mode on its device, the tokenizer it reads text with, and where it
+    came from: a gptscratch checkpoint (its metadata: step, losses, training data), or None
+    for a Hugging Face model or one built in memory."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    checkpoint: Checkpoint | None = None
+    source: str = ""  # the source as given (a path or hub name)
+
+    @property
+    def description(self) -> str:
+        """The source in words, for logs and a fine-tuned run's metadata."""
+        if self.checkpoint is not None:
+            return f"gptscratch checkpoint {self.checkpoint.path}"
+        return self.source
+
+
+ModelSource = str | Path | Checkpoint | LoadedModel
+
+
+def build_model(config: ModelConfig, weights: Mapping[str, torch.Tensor]) -> GPT:
+    """A GPT whose parameters are `weights`' own tensors (contiguous fp32), in eval mode.
+
+    Built on the meta device, where nothing is initialised or allocated: the tensors read from
+    a file become the parameters, so a 1.5B model is held once, not twice, while it loads.
+
+    Raises:
+        UserError: the weights' names or shapes do not match the config.
+    """
+    with torch.device("meta"):
+        model = GPT(config)
+    own = model.state_dict(keep_vars=True)
+    tensors = {k: _own_storage(v.float()) for k, v in weights.items()}
+    head, embedding = "lm_head.weight", "transformer.wte.weight"
+    if config.tie_embeddings and (head in tensors) != (embedding in tensors):
+        tensors.setdefault(head, tensors.get(embedding))  # type: ignore[arg-type]
+        tensors.setdefault(embedding, tensors[head])  # one name for the tied matrix
+    missing, unexpected = set(own) - set(tensors), set(tensors) - set(own)
+    if missing or unexpected:
+        raise UserError(f"the weights do not match the model (missing {sorted(missing)[:3]}, "
+                        f"unexpected {sorted(unexpected)[:3]}); use the checkpoint's own config")
+    try:
+        model.load_state_dict(tensors, assign=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise UserError(f"the weights do not match the model config ({first}); use the "
+                        "checkpoint's own config") from None
+    if config.tie_embeddings:  # assign gives the head a Parameter of its own: share it again
+        model.lm_head.weight = model.transformer.wte.weight
+    return model.eval()
+
+
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a copy where it is a view into a larger tensor (a cropped position table),
+    which safetensors would refuse to save."""
+    whole = t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    return t if whole else t.clone()
+
+
+def fit_block_size(state: Mapping[str, torch.Tensor], block_size: int) -> dict[str, torch.Tensor]:
+    """The weights for a context of `block_size`: the first rows of the position table.
+
+    Position embeddings are learned per position, so a shorter context simply never uses the
+    later rows; dropping them is exact for sequences that fit.
+    """
+    fitted = dict(state)
+    if "transformer.wpe.weight" in state:  # rotary positions have no table to cut
+        fitted["transformer.wpe.weight"] = state["transformer.wpe.weight"][:block_size]
+    return fitted
+
+
+def with_context(config: ModelConfig, block_size: int | None) -> ModelConfig:
+    """`config` with generation reading `block_size` tokens at once (None: as trained).
+
+    The context is the KV cache's size and the window generation slides (model/decoding.py).
+    Learned positions have one row of `wpe` per trained position, so their context can only
+    shrink. Rotary positions have no table and their scores depend on distances only, so the
+    context can also grow past the trained one; whether the model copes with distances it
+    never saw in training is another matter (its text, or `eval` on a longer window, tells).
+    """
+    if block_size is None or block_size == config.block_size:
+        return config
+    require(isinstance(block_size, int) and block_size >= 1,
+            f"block_size ({block_size}) must be >= 1; try --block-size {config.block_size}")
+    require(block_size <= config.block_size or config.positions == "rope",
+            f"block_size ({block_size}) is longer than the {config.block_size} positions this "
+            f"model learned (its wpe table); only a model trained with --positions rope can read "
+            f"a longer context; use --block-size {config.block_size} or less")
+    if block_size > config.block_size:
+        log.info("reading up to %d tokens at once, trained on %d (rotary positions: no table "
+                 "to outgrow; distances past %d were never seen in training)", block_size,
+                 config.block_size, config.block_size)
+    return dataclasses.replace(config, block_size=block_size)
+
+
+def load_model(source: ModelSource, device: str = "cpu", dtype: str = "float32",
+               block_size: int | None = None, *, hub: bool = False) -> LoadedModel:
+    """A model ready to run from any source (see the module docstring).
+
+    Args:
+        source: a run or checkpoint folder, a `Checkpoint`, a Hugging Face folder (or with
+            `hub`, a hub name), or a `LoadedModel` (returned as it is, or as a view reading
+            `block_size` tokens: the caller's model is never changed).
+        device: auto | cpu | cuda | cuda:N | mps.
+        dtype: the weights' dtype: auto (bf16 where it is faster: CUDA, and CPUs with AMX for
+            models at least 512 wide), float32, bfloat16 or float16
+            (`runtime.precision.choose_precision`).
+        block_size: the context read at once (default: the trained one; `with_context`).
+        hub: a source that is not a local path is a Hugging Face hub name.
+
+    Raises:
+        UserError: a missing or damaged source, a context the model cannot read, a model that
+            does not fit in memory, or a device or dtype this machine cannot run.
+    """
+    if isinstance(source, LoadedModel):
+        if block_size is None or block_size == source.model.config.block_size:
+            return source
+        view = copy.copy(source.model)  # shares the modules; only the context differs
+        view.config = with_context(source.model.config, block_size)
+        return dataclasses.replace(source, model=view)
+    set_cpu_float_mode()
+    checkpoint = source if isinstance(source, Checkpoint) else _our_checkpoint(source, hub)
+    if checkpoint is not None:
+        config, tokenizer = checkpoint.model_config, checkpoint.tokenizer()
+        context = with_context(config, block_size)  # refused before the build
+        check_fits(4 * config.parameter_count(), torch.device("cpu"),
+                   f"the model of '{checkpoint.path}'", "use a machine with more memory")
+        model = (_lora_model(checkpoint) if is_lora_checkpoint(checkpoint.meta)
+                 else build_model(config, checkpoint.weights()))
+    else:
+        hf = read_hf_model(str(source))
+        context = with_context(hf.config, block_size)
+        model, tokenizer = build_model(hf.config, hf.state_dict), hf.tokenizer
+    target = choose_device(device)
+    precision = choose_precision(dtype, target, context.n_embd, for_inference=True)
+    model = model.to(target, precision.dtype)
+    if precision.dtype == torch.bfloat16:
+        use_fast_linears(model)
+    model.config = context
+    log.debug("running in %s (%s)", precision.name, precision.reason)
+    return LoadedModel(model, tokenizer, checkpoint, str(source))
+
+
+def _our_checkpoint(source: str | Path, hub: bool) -> Checkpoint | None:
+    """The gptscratch checkpoint `source` names, or None for a Hugging Face model: a folder
+    with a config.json, or (with `hub`) a name that is no local path."""
+    path = Path(source).expanduser()
+    if path.is_file() and path.name == META:
+        path = path.parent
+    hf_folder = path.is_dir() and (path / CONFIG).is_file() and not (path / META).is_file()
+    if hf_folder or hub and not path.is_dir():
+        return None
+    return load_checkpoint(path)
+
+
+def _lora_model(checkpoint: Checkpoint) -> GPT:
+    """A LoRA run's model: its base (loaded from wherever it is, and checked by hash) with
+    the run's adapters on top; on the CPU in fp32."""
+    lora = checkpoint.meta["lora"]
+    source = str(lora.get("base", ""))
+    try:
+        base = merged(load_model(source, hub=True))
+    except UserError as e:
+        raise UserError(f"the LoRA checkpoint '{checkpoint.path}' needs its base model "
+                        f"'{source}', which cannot be loaded ({e}); put the base back there, or "
+                        "merge the adapters where it exists (gptscratch merge-lora)") from None
+    state = base.model.state_dict()
+    check_base(state, lora, checkpoint.path)
+    config = checkpoint.model_config
+    model = add_adapters(build_model(config, fit_block_size(state, config.block_size)), lora)
+    load_adapter_weights(model, checkpoint.weights(), checkpoint.path)
+    return model.eval()
+
+
+def merged(loaded: LoadedModel) -> LoadedModel:
+    """`loaded` with any LoRA adapters folded into its weights (in place): a plain GPT, what
+    fine-tuning starts from and `merge-lora` writes."""
+    if not has_lora(loaded.model):
+        return loaded
+    assert loaded.checkpoint is not None  # adapters come from a LoRA checkpoint
+    merge_lora(loaded.model)
+    loaded.model.config = merged_config(loaded.model.config, loaded.checkpoint.meta["lora"])
+    return loaded

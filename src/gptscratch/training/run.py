@@ -1,0 +1,256 @@
+"""How a training run starts: one pass from what was asked to the running loop.
+
+`train` resolves the settings once (a preset, the run being resumed, or the model being
+fine-tuned gives the configs; overrides replace single fields), then makes every refusal it
+can before anything is written, each once: the settings, the run folder, the loggers'
+packages, the device and dtype, the memory a step needs. It then prepares the data (rank 0
+first under torchrun) and hands the configs to the loop (`loop.run`), which builds the model
+and the state it advances (`setup.set_up`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gptscratch.checkpoints.adapters import state_hash
+from gptscratch.checkpoints.checkpoint import load_checkpoint
+from gptscratch.checkpoints.load import LoadedModel, fit_block_size, load_model, merged
+from gptscratch.data.prepare import prepare
+from gptscratch.data.token_files import (
+    PreparedData,
+    check_context_fits,
+    is_prepared_dir,
+    load_prepared,
+)
+from gptscratch.data.tokenizers import Tokenizer, parse_tokenizer_spec
+from gptscratch.data.tokenizers.gpt2 import GPT2_VOCAB_SIZE
+from gptscratch.errors import UserError
+from gptscratch.model.config import ModelConfig
+from gptscratch.runtime.cpu import set_cpu_float_mode
+from gptscratch.training.config import TrainConfig
+from gptscratch.training.distributed import main_rank_first
+from gptscratch.training.finetune import finetune_model_config, finetune_train_config, lora_plan
+from gptscratch.training.loop import TrainResult, run
+from gptscratch.training.optimizer import check_freeze_layers
+from gptscratch.training.presets import get_preset
+from gptscratch.training.resume import resumed_provenance
+from gptscratch.training.run_folder import RunFolder, check_run_folder, claim_run_folder
+from gptscratch.training.setup import TrainRuntime, check_training_fits, start_runtime
+from gptscratch.training.tracking import check_loggers
+
+log = logging.getLogger("gptscratch.train")
+
+MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
+TRAIN_FIELDS = set(TrainConfig.field_names())
+# A char vocabulary is known only once the text is read; the memory check before it assumes
+# this many characters (the built-in corpus has 80).
+CHAR_VOCAB_GUESS = 256
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run's settings, resolved before anything is written."""
+
+    model_fields: dict[str, Any]  # ModelConfig fields but vocab_size, which the data gives
+    config: TrainConfig
+    folder: RunFolder
+    data: str | Path  # raw text to prepare, or a prepared folder
+    tokenizer: str | Tokenizer  # what raw text is prepared with
+    explicit_tokenizer: bool  # asked for by name or by the model: prepared data must match
+    extra_meta: dict[str, Any]  # provenance kept in every checkpoint
+    vocab_size: int  # known, or the best guess before the data is prepared
+    source: LoadedModel | None = None  # the model a fine-tuning run starts from
+
+    @property
+    def fine_tuning(self) -> bool:
+        return self.source is not None or "lora" in self.extra_meta
+
+
+def train(
+    preset: str = "shakespeare-char",
+    data: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    tokenizer: str | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    prepare_options: dict[str, Any] | None = None,
+    init_from: str | Path | None = None,
+) -> TrainResult:
+    """Train (or resume) a preset, with any model or training field overridden.
+
+    Args:
+        preset: a name from `gptscratch.training.presets.PRESETS`.
+        data: raw text ("shakespeare", a file, a directory or glob) or a prepared directory;
+            defaults to the built-in Shakespeare, or on resume to the run's own data.
+        out_dir: run directory; defaults to out/<preset> (out/finetune with init_from).
+        tokenizer: "char", "gpt2" or "bpe:N"; defaults to the preset's.
+        resume: continue the run in out_dir from its latest checkpoint. Its saved config is
+            the base; only `overrides` change it (e.g. a larger max_iters).
+        stop_at: stop after this step as if interrupted.
+        overrides: ModelConfig / TrainConfig fields by name. Giving max_iters or epochs
+            without max_time drops the preset's time budget.
+        prepare_options: passed to `prepare` (val_fraction, lowercase, hf_* options).
+        init_from: fine-tune: start from these weights (a gptscratch run or checkpoint, a
+            Hugging Face GPT-2 folder or hub name) instead of a random init. The model's shape
+            and tokenizer come from it, the preset is not used, and the training defaults are
+            `training.finetune.finetune_train_config` (learning rate 1e-4). On resume the
+            run's own checkpoint wins and this is ignored.
+    """
+    set_cpu_float_mode()  # before any torch work, fine-tuning's source model included
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - MODEL_FIELDS - TRAIN_FIELDS
+    if unknown:
+        raise UserError(f"unknown setting(s) {sorted(unknown)}; see `gptscratch train --help`")
+    if init_from is not None and not resume:
+        plan = _finetune_plan(init_from, data, out_dir, tokenizer, overrides)
+    else:
+        plan = _preset_plan(preset, data, out_dir, tokenizer, resume, overrides)
+    check_loggers(plan.config.run.loggers)  # a missing package, before anything is written
+    shape = ModelConfig(vocab_size=plan.vocab_size, **plan.model_fields)
+    runtime = start_runtime(plan.config.system, shape.n_embd)
+    check_training_fits(shape, plan.config, runtime, fine_tuning=plan.fine_tuning)
+    prepared = _prepared_data(plan, runtime, shape.block_size, prepare_options or {})
+    model_config = dataclasses.replace(shape, vocab_size=prepared.tokenizer.vocab_size)
+    init = None
+    if plan.source is not None:
+        log.info("fine-tuning %s (%s tokenizer)", plan.source.description,
+                 plan.source.tokenizer.kind)
+        init = fit_block_size(plan.source.model.state_dict(), model_config.block_size)
+    return run(prepared, model_config, plan.config, plan.folder.path, runtime, resume=resume,
+               stop_at=stop_at, extra_meta=plan.extra_meta, init_weights=init)
+
+
+def _preset_plan(preset: str, data: str | Path | None, out_dir: str | Path | None,
+                 tokenizer: str | None, resume: bool, overrides: dict[str, Any]) -> Plan:
+    """A run from a preset, or the run in `out_dir` resumed (its saved configs are the base)."""
+    if overrides.get("lora_rank") and not resume:
+        raise UserError("--lora-rank trains adapters on a trained model; give it with "
+                        "--init-from SOURCE (a gptscratch run or checkpoint, or a Hugging Face "
+                        "GPT-2)")
+    spec = get_preset(preset)
+    out = Path(out_dir) if out_dir is not None else Path("out") / preset
+    folder = check_run_folder(out, resume)  # every refusal before the first write
+    model_fields, config, extra_meta = {**spec.model}, spec.train, {"preset": preset}
+    chosen: str | Tokenizer = tokenizer or spec.tokenizer
+    vocab = None
+    if resume:
+        # Only the saved configs are needed here; the loop verifies the files when it loads.
+        ckpt = load_checkpoint(out, prefer="latest", verify=False)
+        model_fields = {k: v for k, v in ckpt.meta["model_config"].items() if k != "vocab_size"}
+        vocab = int(ckpt.meta["model_config"]["vocab_size"])
+        config = TrainConfig.from_dict(ckpt.meta["train_config"])
+        data = _resume_data(data, out, Path(ckpt.meta["data_dir"]))
+        if tokenizer is None and not (is_prepared_dir(data) or is_prepared_dir(out / "data")):
+            # Raw text prepared anew (the run's data is gone) gets the run's own tokenizer,
+            # whatever this version would build from it today.
+            chosen = ckpt.tokenizer()
+        extra_meta = resumed_provenance(ckpt.meta, config, overrides, out) or extra_meta
+    model_fields.update({k: v for k, v in overrides.items() if k in MODEL_FIELDS})
+    if ({"max_iters", "epochs"} & set(overrides)) and "max_time" not in overrides:
+        overrides = {**overrides, "max_time": None}  # a run length replaces the time budget
+    config = config.replace(**{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
+    data = data if data is not None else "shakespeare"
+    return Plan(model_fields, config, folder, data, chosen,
+                tokenizer is not None or not isinstance(chosen, str), extra_meta,
+                vocab or _vocab_guess(data, chosen))
+
+
+def _finetune_plan(init_from: str | Path, data: str | Path | None, out_dir: str | Path | None,
+                   tokenizer: str | None, overrides: dict[str, Any]) -> Plan:
+    """A run starting from a trained model: its shape and tokenizer, fine-tuning's defaults."""
+    out = Path(out_dir) if out_dir is not None else Path("out") / "finetune"
+    folder = check_run_folder(out, resume=False)  # every refusal before the first write
+    source = merged(load_model(init_from, hub=True))  # a LoRA run: adapters folded in
+    if tokenizer is not None and parse_tokenizer_spec(tokenizer)[0] != source.tokenizer.kind:
+        raise UserError(f"--tokenizer {tokenizer} differs from the {source.tokenizer.kind} "
+                        "tokenizer of the --init-from model, which fine-tuning must keep; "
+                        "drop --tokenizer")
+    model_config = finetune_model_config(
+        source.model.config, {k: v for k, v in overrides.items() if k in MODEL_FIELDS})
+    config = finetune_train_config().replace(
+        **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
+    check_freeze_layers(config.finetune.freeze_layers, model_config.n_layer)
+    extra_meta: dict[str, Any] = {"preset": None, "init_from": source.description}
+    if config.finetune.lora_rank:
+        extra_meta["lora"] = lora_plan(init_from, state_hash(source.model.state_dict()),
+                                       model_config, config)
+    fields = {k: v for k, v in model_config.to_dict().items() if k != "vocab_size"}
+    return Plan(fields, config, folder, data if data is not None else "shakespeare",
+                source.tokenizer, True, extra_meta, model_config.vocab_size, source)
+
+
+def _vocab_guess(data: str | Path, tokenizer: str | Tokenizer) -> int:
+    """The vocabulary the data will have, before it is prepared (for the memory check)."""
+    if not isinstance(tokenizer, str):
+        return tokenizer.vocab_size
+    if is_prepared_dir(data):
+        return int(load_prepared(data).tokenizer.vocab_size)
+    kind, size = parse_tokenizer_spec(tokenizer)
+    return size or (GPT2_VOCAB_SIZE if kind == "gpt2" else CHAR_VOCAB_GUESS)
+
+
+def _prepared_data(plan: Plan, runtime: TrainRuntime, context: int,
+                   options: dict[str, Any]) -> PreparedData:
+    """A prepared data directory is used as it is (with the tokenizer asked for, if one was);
+    anything else is raw text, prepared (once) into the run folder's `data/`, which a run
+    with checkpoints never lets other text replace. Under torchrun rank 0 prepares the files;
+    the other ranks then read them."""
+    with main_rank_first(runtime.ctx):
+        if is_prepared_dir(plan.data):
+            prepared = load_prepared(plan.data)
+            if plan.explicit_tokenizer:
+                _check_tokenizer(prepared, plan.data, plan.tokenizer)
+            check_context_fits(int(prepared.meta["train_tokens"]),
+                               int(prepared.meta["val_tokens"]), context)
+        else:
+            prepared = prepare(str(plan.data), plan.tokenizer, plan.folder.path / "data",
+                               replace=not plan.folder.has_checkpoint, context=context,
+                               **options)
+        if runtime.ctx.is_main:
+            claim_run_folder(plan.folder)  # every refusal about the folder and data came first
+    return prepared
+
+
+def _check_tokenizer(prepared: PreparedData, data: str | Path,
+                     tokenizer: str | Tokenizer) -> None:
+    """Prepared data serves a run only with the tokenizer asked for (by name, or a fine-tuned
+    model's own)."""
+    if not isinstance(tokenizer, str):
+        if prepared.tokenizer.fingerprint() != tokenizer.fingerprint():
+            raise UserError(
+                f"'{data}' was prepared with a {prepared.tokenizer.kind} tokenizer that is "
+                f"not the {tokenizer.kind} tokenizer of the --init-from model; give the raw "
+                "text as --data instead, so it is prepared with the model's tokenizer")
+    elif tokenizer != prepared.meta["tokenizer"]:
+        raise UserError(f"'{data}' was prepared with the {prepared.meta['tokenizer']} "
+                        f"tokenizer, not {tokenizer}; drop --tokenizer or prepare again")
+
+
+def _resume_data(data: str | Path | None, out: Path, recorded: Path) -> str | Path:
+    """The data a resumed run continues on: its own, `recorded` (or the run folder's `data/`
+    when the run folder was moved or copied with it). `data` may name it again (its prepared
+    folder, or the raw text it was prepared from, checked when it is prepared again), but not
+    other data, which would change the run under its checkpoints.
+
+    Raises:
+        UserError: `data` names other data than the run's own, which still exists.
+    """
+    if not is_prepared_dir(recorded) and is_prepared_dir(out / "data"):
+        recorded = out / "data"
+    if data is None or not is_prepared_dir(recorded):
+        return data if data is not None else recorded
+    if is_prepared_dir(data):
+        same = Path(data).resolve() == recorded.resolve()
+    else:  # raw text: prepared again into the run folder's data/, which must be the run's
+        same = (out / "data").resolve() == recorded.resolve()
+    if not same:
+        raise UserError(f"this run was trained on '{recorded}', and --resume continues on it; "
+                        "drop --data (to train on other text, start a new run with "
+                        "--init-from on this one)")
+    return data
