@@ -11,6 +11,7 @@ per-session cache, so the user's own cache is never written), or is fetched once
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -72,15 +73,45 @@ def cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
+@dataclasses.dataclass
+class Step:
+    """One decoding step: (B,) chosen ids, their (B,) log-probabilities under the model, and
+    (B,) the rows of the original batch still running."""
+
+    ids: Any
+    logprobs: Any
+    rows: Any
+
+
+def sample_step(decoder: Any, sampling: Any, generator: Any = None, history: Any = None) -> Step:
+    """One step of the token-level loop (scores, pick, append) for a batch sharing one
+    sampling setting and one generator: the oracle the engine's rows are checked against."""
+    import torch
+    import torch.nn.functional as F
+
+    from gptscratch.model.sampling import sample_next_token
+
+    with torch.inference_mode():
+        logits = decoder.logits()  # (B, V)
+        ids = sample_next_token(logits, sampling, generator, history)  # (B, 1)
+        decoder.append(ids)
+        if history is not None:
+            history.add(ids)
+        return Step(ids[:, 0], F.log_softmax(logits, dim=-1).gather(1, ids)[:, 0], decoder.rows)
+
+
 def decode_steps(model: Any, prompts: Any, max_new_tokens: int, sampling: Any,
-                 generator: Any = None, use_cache: bool = True) -> list[Any]:
-    """`max_new_tokens` steps of the model's decoding loop (`Decoder.step`) for a batch of
-    prompts: a (B, T) tensor or lists of ids of any lengths."""
+                 generator: Any = None, use_cache: bool = True) -> list[Step]:
+    """`max_new_tokens` steps of `sample_step` for a batch of prompts: a (B, T) tensor or lists
+    of ids of any lengths."""
     from gptscratch.model.decoding import Decoder
+    from gptscratch.model.sampling import TokenCounts
 
     rows = prompts.tolist() if hasattr(prompts, "tolist") else prompts
     decoder = Decoder(model, rows, use_cache=use_cache)
-    return [decoder.step(sampling, generator) for _ in range(max_new_tokens)]
+    history = (TokenCounts(rows, model.config.vocab_size, decoder.seq.device)
+               if sampling.uses_penalties else None)
+    return [sample_step(decoder, sampling, generator, history) for _ in range(max_new_tokens)]
 
 
 @pytest.fixture(autouse=True)

@@ -31,9 +31,16 @@ def test_an_old_checkpoint_generates_and_evaluates_as_before(text: Path) -> None
     greedy = api.generate(FIXTURE, "First", max_new_tokens=30, seed=1, temperature=0,
                           device="cpu")
     assert greedy == "t          tue      tue      t"
+    # One sample with seed 3 and one with seed 4, as the code that wrote the checkpoint gave
+    # them alone; since the one engine, sample j of a batch is seeded with seed + j, so a
+    # batch of two gives both (the old code drew a batch's rows from one shared generator:
+    # "ajEvAauRlSnl", "TR;,MxY'AkmY").
+    alone = [api.complete(FIXTURE, "MENENIUS:", max_new_tokens=12, seed=s, temperature=1.0,
+                          device="cpu")[0].text for s in (3, 4)]
+    assert alone == ["aTjRE;v,Agax", "DwuxwaoNnBL?"]
     sampled = api.complete(FIXTURE, "MENENIUS:", max_new_tokens=12, seed=3, temperature=1.0,
                            num_samples=2, device="cpu")
-    assert [c.text for c in sampled] == ["ajEvAauRlSnl", "TR;,MxY'AkmY"]
+    assert [c.text for c in sampled] == alone
     result = api.evaluate(FIXTURE, text, device="cpu")
     assert result.tokens == 19_999
     assert result.loss == pytest.approx(4.001333335046917, abs=1e-6)

@@ -196,11 +196,11 @@ def test_rows_joining_leaving_and_sliding_in_one_step_each_get_their_own_text(
     a row joins and leaves before its first step; a row's window slides (the char model's
     window is 32) while another joins. Every row that runs to the end must read as it does
     alone (greedy), whatever happened around it."""
+    from gptscratch.generation.engine import RowEvent, RowRequest
     from gptscratch.model.sampling import SamplingConfig
-    from gptscratch.server.engine import Engine
-    from gptscratch.server.rows import RowEvent, RowRequest
+    from gptscratch.server.batching import BatchingEngine
 
-    engine = Engine(loaded.model, loaded.tokenizer, max_batch=4)
+    engine = BatchingEngine(loaded.model, loaded.tokenizer, max_batch=4)
     engine._thread = threading.current_thread()  # `submit` requires a live engine
     prompts = ["ROMEO:\n", "First Citizen:\nBefore we proceed any further", "What", "BRU",
                "MENENIUS:\nWhy", "A"]
@@ -230,7 +230,7 @@ def test_rows_joining_leaving_and_sliding_in_one_step_each_get_their_own_text(
     for _ in range(60):
         engine.run_once()
     assert set(ended) == {0, 2, 3, 5} and set(ended.values()) == {"length"}
-    assert engine._decoder is None and not engine._running
+    assert engine.engine.decoder is None and not engine.engine.running
     for i in ended:
         want = api.complete(loaded, prompts[i], max_new_tokens=lengths[i], temperature=0)[0]
         assert texts[i] == want.text, (i, prompts[i])
@@ -238,8 +238,8 @@ def test_rows_joining_leaving_and_sliding_in_one_step_each_get_their_own_text(
 
 def test_the_default_batch_fits_a_quarter_of_the_free_memory(loaded: Any, monkeypatch: Any
                                                              ) -> None:
+    from gptscratch.generation import engine
     from gptscratch.model.decoding import generation_bytes
-    from gptscratch.server import engine
 
     row = generation_bytes(loaded.model, 1)
     monkeypatch.setattr(engine, "available_memory", lambda device: 40 * row)
@@ -250,3 +250,41 @@ def test_the_default_batch_fits_a_quarter_of_the_free_memory(loaded: Any, monkey
     assert engine.default_max_batch(loaded.model) == 1
     app = api.server_app(loaded)
     assert app.state.served.engine.max_batch == 1  # what the CLI gets without --max-batch
+
+
+def test_the_server_engine_and_complete_write_the_same_text(loaded: Any) -> None:
+    """One text loop: the server's engine, fed the rows of a request (choice j seeded with
+    seed + j), writes what `complete` writes for the same prompts and seed, sampled with a
+    penalty and cut by a stop string, whatever other rows share its batch."""
+    from gptscratch.generation.engine import RowEvent, RowRequest
+    from gptscratch.generation.stops import StopStrings
+    from gptscratch.model.sampling import SamplingConfig
+    from gptscratch.server.batching import BatchingEngine
+
+    prompts, seed, n = ["ROMEO:\n", "First Citizen:\nYou are all resolved"], 11, 3
+    options = dict(max_new_tokens=40, temperature=1.1, top_k=20, repetition_penalty=1.3,
+                   stop=("\n\n",))
+    want = api.complete(loaded, prompts, num_samples=n, seed=seed, **options)
+    engine = BatchingEngine(loaded.model, loaded.tokenizer, max_batch=8)
+    engine._thread = threading.current_thread()  # `submit` requires a live engine
+    texts = [""] * len(want)
+    ended: list[str | None] = [None] * len(want)
+
+    def sink(i: int) -> Any:
+        def put(event: RowEvent) -> None:
+            texts[i] += event.text
+            ended[i] = event.finish_reason or ended[i]
+        return put
+
+    sampling = SamplingConfig(temperature=1.1, top_k=20, repetition_penalty=1.3)
+    requests = [RowRequest(tuple(loaded.tokenizer.encode(p)), 40, sampling, seed + j,
+                           (StopStrings(["\n\n"]),)) for p in prompts for j in range(n)]
+    engine.submit(requests[:2], [sink(0), sink(1)])
+    for _ in range(3):  # the first two rows run alone for a while, then the others join
+        engine.run_once()
+    engine.submit(requests[2:], [sink(i) for i in range(2, len(requests))])
+    while engine.engine.running or engine._waiting:
+        engine.run_once()
+    assert texts == [c.text for c in want]
+    assert ended == [c.finish_reason for c in want]
+    assert len(set(texts)) > 2  # samples of one prompt differ: each row has its own seed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import decode_steps
+from conftest import decode_steps, sample_step
 
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.decoding import Decoder, window_keep
@@ -124,25 +124,28 @@ def test_samples_of_one_prompt_share_a_prefill_and_differ() -> None:
     assert all(r == greedy[0] for r in greedy)
 
 
-def test_step_logprobs_are_the_models_own() -> None:
+def test_the_engines_logprobs_are_the_models_own() -> None:
+    from gptscratch.data.tokenizers import CharTokenizer
+    from gptscratch.generation.engine import Engine, Row, RowRequest
+
     model = _model(n_layer=2, n_head=2, n_embd=16, block_size=32)
-    decoder = Decoder(model, [[1, 2, 3]])
-    g = torch.Generator().manual_seed(1)
-    for _ in range(5):
+    letters = CharTokenizer([chr(ord("0") + i) for i in range(37)])
+    row = Row(RowRequest((1, 2, 3), 5, SamplingConfig(temperature=1.0), seed=1), lambda e: None)
+    Engine(model, letters).run([row])
+    assert len(row.generated) == 5
+    for i, token in enumerate(row.generated):
         with torch.no_grad():
-            expected_logp = F.log_softmax(model(decoder.seq)[0, -1], dim=-1)
-        step = decoder.step(SamplingConfig(temperature=1.0), g)
-        assert step.logprobs[0].item() == pytest.approx(
-            expected_logp[step.ids[0]].item(), abs=1e-5)
+            expected_logp = F.log_softmax(model(torch.tensor([row.context[:3 + i]]))[0, -1], -1)
+        assert row.logprobs[i] == pytest.approx(expected_logp[token].item(), abs=1e-5)
 
 
 def test_dropping_finished_rows_keeps_the_others_exact() -> None:
     model = _model(n_layer=2, n_head=2, n_embd=16, block_size=20)
     prompts = [[1, 2], [3, 4, 5], [6]]
     decoder = Decoder(model, prompts)
-    decoder.step(GREEDY)
+    sample_step(decoder, GREEDY)
     decoder.keep(torch.tensor([0, 2]))  # row 1 finished
-    rest = [decoder.step(GREEDY).ids.tolist() for _ in range(8)]
+    rest = [sample_step(decoder, GREEDY).ids.tolist() for _ in range(8)]
     full = _ids(list(decode_steps(model, prompts, 9, GREEDY)))
     assert [r[0] for r in rest] == full[0][1:]
     assert [r[1] for r in rest] == full[2][1:]

@@ -1,11 +1,12 @@
 """The package's floors: every import points down, never sideways or up.
 
 From the bottom: `errors`; the file and hub helpers; the data, the model and the runtime
-(none of which knows the others); checkpoints (a model and its tokenizer on disk); evaluation;
-text generation and training (side by side, neither importing the other); pictures; the
-HTTP server (built on generation, served through the API); the
-Python API; and the CLI on top, which calls only the API (and reads the config dataclasses
-to build its flags). A prompt thus goes from the CLI to the logits without climbing back.
+(none of which knows the others); checkpoints (a model and its tokenizer on disk, and the one
+loader); text generation (the one decoding engine); evaluation; training (whose samples
+decode through the engine); pictures; the HTTP server (the engine behind a queue, served
+through the API); the Python API; and the CLI on top, which calls only the API (and reads the
+config dataclasses to build its flags). A prompt thus goes from the CLI to the logits without
+climbing back.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ FLOORS = [
     {"files", "hub"},
     {"data", "model", "runtime"},
     {"checkpoints"},
+    {"generation"},
     {"evaluation"},
-    {"generation", "training"},
+    {"training"},
     {"viz"},
     {"server"},
     {"api"},

@@ -42,7 +42,7 @@ def server_app(model: ModelSource, *, name: str | None = None, max_batch: int | 
         model: a run or checkpoint directory, or a model from `load`.
         name: the model's name in the API (default: its run folder's name).
         max_batch: the most rows (sequences) decoded together (None: as many as fit a
-            quarter of the free memory, at most 64; `server.engine.default_max_batch`).
+            quarter of the free memory, at most 64; `generation.engine.default_max_batch`).
         max_tokens_per_request: the largest `max_tokens` a request may ask for.
         max_prompt_tokens: the longest prompt accepted, in tokens (longer: 413).
         max_queue: the most rows waiting for a place in the batch (more: 429).

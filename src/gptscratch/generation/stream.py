@@ -5,9 +5,11 @@ sample's text as soon as they are safe to show (`stops.py` says what is held bac
 `complete` returns the finished `Completion`s. Both check everything before the first token
 (the config when it was built; here the prompts, the speaker, the tokenizer's coverage of the
 prompts and the memory a batch needs), so a mistake never ends a half-printed text. Each
-prompt is encoded once. Sampling runs one `model.decoding.Decoder` over all rows, finished
-rows leaving the batch; beam search (`model.beam_search`) runs prompt by prompt. The CLI,
-the Python API, chat sessions and the notebooks all generate through these two functions.
+prompt is encoded once. Sampled rows run through the decoding engine (`engine.py`), sample j
+of every prompt seeded with seed + j (as the server seeds choice j), so a sample reads the
+same alone or in a batch; beam search (`model.beam_search`) runs prompt by prompt, its text
+cut by the same stop rules. The CLI, the Python API, chat sessions and the notebooks all
+generate through these two functions.
 """
 
 from __future__ import annotations
@@ -15,12 +17,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-import torch
-
 from gptscratch.checkpoints.load import LoadedModel
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import UserError, require
 from gptscratch.generation.config import GenerationConfig
+from gptscratch.generation.engine import (
+    Engine,
+    Row,
+    RowEvent,
+    RowRequest,
+    Sink,
+    check_rows_fit,
+)
 from gptscratch.generation.script import (
     NextSpeakerStop,
     ScriptFormat,
@@ -29,9 +37,7 @@ from gptscratch.generation.script import (
 )
 from gptscratch.generation.stops import StopRule, StopStrings, apply_rules
 from gptscratch.model.beam_search import beam_search
-from gptscratch.model.decoding import Decoder, generation_bytes
 from gptscratch.model.gpt import GPT
-from gptscratch.runtime.device import available_memory
 
 
 @dataclass
@@ -102,7 +108,7 @@ def stream_chunks(loaded: LoadedModel, prompts: str | Sequence[str],
     ids = [encode_prompt(loaded.tokenizer, text) for text in texts]
     rules = _stop_rules(config, script)
     rows = config.beams if config.uses_beams else len(texts) * config.num_samples
-    check_batch_fits(loaded.model, rows, config.use_cache)
+    check_rows_fit(loaded.model, rows, config.use_cache)
     run = _beam_chunks if config.uses_beams else _sampled_chunks
     return Generation(texts, run(loaded.model, loaded.tokenizer, texts, ids, config, rules))
 
@@ -126,17 +132,6 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     return ids
 
 
-def check_batch_fits(model: GPT, batch: int, use_cache: bool = True) -> None:
-    """Refuse a batch whose KV cache and logits would not fit in free memory."""
-    need = generation_bytes(model, batch, use_cache)
-    free = available_memory(model.transformer.wte.weight.device)
-    if free is not None and need > 0.8 * free:
-        per_row = generation_bytes(model, 1, use_cache)
-        raise UserError(f"{batch:,} samples need about {need / 2**30:.1f} GiB for generation but "
-                        f"only {free / 2**30:.1f} GiB is free; use at most "
-                        f"{max(1, int(0.8 * free // per_row)):,} (--num-samples)")
-
-
 def _stop_rules(config: GenerationConfig, script: ScriptFormat | None) -> list[StopRule]:
     rules: list[StopRule] = [StopStrings(config.stop)] if config.stop else []
     if config.until_next_speaker:
@@ -146,42 +141,30 @@ def _stop_rules(config: GenerationConfig, script: ScriptFormat | None) -> list[S
 
 def _sampled_chunks(model: GPT, tokenizer: Tokenizer, texts: list[str], ids: list[list[int]],
                     config: GenerationConfig, rules: list[StopRule]) -> Iterator[Chunk]:
-    """Sample every row in one batch; a row that meets a stop rule leaves the batch."""
+    """Sample every row in one batch of the engine; a row that ends leaves the batch."""
     n = config.num_samples
-    done = [Completion(prompt=text) for text in texts for _ in range(n)]
-    generator = torch.Generator(device=model.transformer.wte.weight.device)
-    if config.seed is not None:
-        generator.manual_seed(config.seed)
-    else:
-        generator.seed()
-    decoder = Decoder(model, [row for row in ids for _ in range(n)], use_cache=config.use_cache)
-    emitted = [0] * len(done)  # characters of each row's text already yielded
-    for _ in range(config.max_new_tokens):
-        step = decoder.step(config.sampling, generator)
-        keep = []
-        for i, (row, token, logprob) in enumerate(
-                zip(step.rows.tolist(), step.ids.tolist(), step.logprobs.tolist(), strict=True)):
-            out = done[row]
-            out.token_ids.append(token)
-            out.logprobs.append(logprob)
-            text = tokenizer.decode(out.token_ids)
-            cut, safe = apply_rules(text, rules)
-            if cut is not None:
-                out.text, out.finish_reason = text[:cut], "stop"
-                yield Chunk(row, text[emitted[row]:cut], out)
-                continue
-            keep.append(i)
-            if safe > emitted[row]:
-                yield Chunk(row, text[emitted[row]:safe])
-                emitted[row] = safe
-        if not keep:
+    events: list[tuple[int, RowEvent]] = []
+
+    def sink(index: int) -> Sink:
+        return lambda event: events.append((index, event))
+
+    rows = [Row(RowRequest(tuple(prompt), config.max_new_tokens, config.sampling,
+                           None if config.seed is None else config.seed + j, tuple(rules)),
+                sink(i * n + j)) for i, prompt in enumerate(ids) for j in range(n)]
+    engine = Engine(model, tokenizer, config.use_cache)
+    engine.join(rows)
+    while True:
+        for i, event in events:
+            row = rows[i]
+            done = None
+            if event.finish_reason is not None:
+                done = Completion(texts[i // n], row.text, row.generated, row.logprobs,
+                                  event.finish_reason)
+            yield Chunk(i, event.text, done)
+        events.clear()
+        if not engine.running:
             return
-        if len(keep) < decoder.batch:  # finished rows leave the batch
-            decoder.keep(torch.tensor(keep, device=step.ids.device))
-    for row in decoder.rows.tolist():
-        out = done[row]
-        out.text = tokenizer.decode(out.token_ids)
-        yield Chunk(row, out.text[emitted[row]:], out)
+        engine.step()
 
 
 def _beam_chunks(model: GPT, tokenizer: Tokenizer, texts: list[str], ids: list[list[int]],

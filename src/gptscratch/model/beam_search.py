@@ -82,14 +82,15 @@ def beam_search(
     """
     n = config.num_beams
     decoder = Decoder(model, [list(prompt)], use_cache=use_cache)
+    history: TokenCounts | None = None  # the beams' tokens so far, for the penalties
     beams = [Hypothesis([], 0.0, 0.0, False)]
     finished: list[Hypothesis] = []
     for step in range(max_new_tokens):
         logits = decoder.logits()  # (B, V), one row per running beam
         if sampling is not None and sampling.uses_penalties:
-            if decoder.history is None:
-                decoder.history = TokenCounts([list(prompt)], logits.size(-1), logits.device)
-            logits = apply_penalties(logits, sampling, decoder.history)
+            if history is None:
+                history = TokenCounts([list(prompt)], logits.size(-1), logits.device)
+            logits = apply_penalties(logits, sampling, history)
         logp = F.log_softmax(logits, dim=-1)
         totals = torch.tensor([b.logprob for b in beams], device=logp.device).unsqueeze(1) + logp
         V = logp.size(-1)
@@ -121,7 +122,11 @@ def beam_search(
         beams = running
         device = logp.device
         decoder.keep(torch.tensor(parents, device=device))
-        decoder.append(torch.tensor(tokens, device=device).unsqueeze(1))
+        new = torch.tensor(tokens, device=device).unsqueeze(1)  # (B, 1)
+        decoder.append(new)
+        if history is not None:
+            history.reorder(torch.tensor(parents, device=device))
+            history.add(new)
     return sorted(finished + beams, key=lambda h: -h.score)[:n]
 
 

@@ -1,30 +1,31 @@
-"""The decoding loop: feed the model its own predictions, one token at a time.
+"""Decoding: feed the model its own predictions, one token at a time.
 
-`Decoder` holds a batch of rows (prompts of any lengths, left-padded) and produces the next
-token of every row per step. With the KV cache (the default) it prefills the prompts once and
-then feeds one token per row per step; without it, it re-runs the whole context every step, as
-nanoGPT and minGPT do (kept for learning and as the oracle in tests).
+`Decoder` holds a batch of rows (prompts of any lengths, left-padded) and gives the scores of
+every row's next token; the caller picks the tokens (`sampling.sample_next_token`) and appends
+them. With the KV cache (the default) it prefills the prompts once and then feeds one token
+per row per step; without it, it re-runs the whole context every step, as nanoGPT and minGPT
+do (kept for learning and as the oracle in tests). Rows can leave (`keep`) and join (`add`) a
+batch that is decoding.
 
 The model has learned positions only up to block_size. When a row's context fills the cache,
 generation slides the window: it keeps the most recent `window_keep(block_size)` tokens,
 prefills them into a fresh cache, and goes on. (The uncached path crops to the last block_size
 tokens every step; the two agree token for token until the context first fills.)
 
-Beam search (beam_search.py) and the text layer (`gptscratch.generation`) are built on
-`Decoder`; sampled tokens are picked by `sampling.sample_next_token`.
+Beam search (beam_search.py) and the decoding engine of the text layer
+(`gptscratch.generation.engine`, which gives each row its own sampling settings, seed and
+window) are built on `Decoder`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from gptscratch.model.gpt import GPT
 from gptscratch.model.kv_cache import KVCache
-from gptscratch.model.sampling import SamplingConfig, TokenCounts, sample_next_token
 
 
 def window_keep(block_size: int) -> int:
@@ -44,21 +45,6 @@ def generation_bytes(model: GPT, batch: int, use_cache: bool = True) -> int:
     logits = 6 * batch * c.vocab_size * 4
     window = batch * c.block_size * (8 * c.n_embd * itemsize + c.n_head * c.block_size * 4)
     return (cache if use_cache else 0) + logits + window
-
-
-@dataclass
-class Step:
-    """One decoding step for the active rows.
-
-    ids: (B,) int64 chosen tokens.
-    logprobs: (B,) fp32 log-probability of each chosen token under the model's own
-        distribution (before temperature, penalties and filters).
-    rows: (B,) int64 index of each active row in the original batch.
-    """
-
-    ids: torch.Tensor
-    logprobs: torch.Tensor
-    rows: torch.Tensor
 
 
 class Decoder:
@@ -91,7 +77,6 @@ class Decoder:
         # Identical prompts (several samples of one prompt) are prefilled once, then copied.
         self._shared_prompt = all(p == self.prompts[0] for p in self.prompts)
         self.cache: KVCache | None = None
-        self.history: TokenCounts | None = None
 
     @property
     def batch(self) -> int:
@@ -135,23 +120,6 @@ class Decoder:
     def append(self, ids: torch.Tensor) -> None:
         """Add one (B, 1) int64 token per active row."""
         self.seq = torch.cat([self.seq, ids], dim=1)
-        if self.history is not None:
-            self.history.add(ids)
-
-    @torch.inference_mode()
-    def step(self, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Step:
-        """Choose and append the next token of every active row."""
-        logits = self.logits()
-        if sampling.uses_penalties and self.history is None:
-            self.history = TokenCounts([self._row_tokens(r) for r in range(self.batch)],
-                                       logits.size(-1), logits.device)
-        ids = sample_next_token(logits, sampling, generator, self.history)  # (B, 1)
-        logprobs = F.log_softmax(logits, dim=-1).gather(1, ids)[:, 0]
-        self.append(ids)
-        return Step(ids[:, 0], logprobs, self.rows)
-
-    def _row_tokens(self, row: int) -> list[int]:
-        return self.seq[row, int(self.pad[row]):].tolist()
 
     @torch.inference_mode()
     def keep(self, rows: torch.Tensor) -> None:
@@ -162,8 +130,6 @@ class Decoder:
         self.rows = self.rows.index_select(0, rows)
         if self.cache is not None:
             self.cache.reorder(rows)
-        if self.history is not None:
-            self.history.reorder(rows)
         self._shared_prompt = False
 
     @torch.inference_mode()
@@ -177,9 +143,8 @@ class Decoder:
         (Re-prefilling the whole batch instead would cost a joining row's prompt for every
         row already running.)
         """
-        if not self.use_cache or self.cache is None or self.history is not None:
-            raise ValueError("add() needs a batch that has started decoding with the cache "
-                             "and keeps no penalty history")
+        if not self.use_cache or self.cache is None:
+            raise ValueError("add() needs a batch that has started decoding with the cache")
         new = Decoder(self.model, prompts)
         new._prefill_context()
         assert new.cache is not None

@@ -21,9 +21,10 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from gptscratch.checkpoints.load import LoadedModel
+from gptscratch.generation.engine import default_max_batch
 from gptscratch.generation.script import corpus_script
+from gptscratch.server.batching import BatchingEngine
 from gptscratch.server.completions import Served, chat, complete
-from gptscratch.server.engine import Engine, default_max_batch
 from gptscratch.server.errors import APIError, install_error_handlers
 from gptscratch.server.playground import add_playground
 from gptscratch.server.schemas import ChatRequest, CompletionRequest, Limits
@@ -124,7 +125,7 @@ def create_app(loaded: LoadedModel, limits: Limits | None = None, *, name: str |
     if max_batch is None:
         max_batch = default_max_batch(loaded.model)
         log.info("decoding up to %d sequences together (set it with --max-batch)", max_batch)
-    engine = Engine(loaded.model, loaded.tokenizer, max_batch, max_queue)
+    engine = BatchingEngine(loaded.model, loaded.tokenizer, max_batch, max_queue)
     served = Served(loaded, engine, name or model_name(loaded), limits or Limits(),
                     corpus_script(loaded.checkpoint))
     return build_app(served, api_key)

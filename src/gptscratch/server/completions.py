@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from gptscratch.checkpoints.load import LoadedModel
 from gptscratch.generation.script import ScriptFormat
 from gptscratch.generation.stops import StopRule, StopStrings
+from gptscratch.server.batching import BatchingEngine
 from gptscratch.server.chat_template import next_speaker_stop, render_chat
-from gptscratch.server.engine import Engine
 from gptscratch.server.errors import APIError, error_body
 from gptscratch.server.jobs import Job, check_ids, encode, rows_for
 from gptscratch.server.responses import (
@@ -48,7 +48,7 @@ class Served:
     """What the endpoints share: the model, its engine, its name and the limits."""
 
     loaded: LoadedModel
-    engine: Engine
+    engine: BatchingEngine
     name: str
     limits: Limits
     script: ScriptFormat | None = None

@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import UserError
+from gptscratch.generation.engine import RowEvent, RowRequest
 from gptscratch.generation.stops import StopRule
 from gptscratch.model.sampling import SamplingConfig
-from gptscratch.server.engine import Engine
+from gptscratch.server.batching import BatchingEngine, EngineStopped, QueueFull
 from gptscratch.server.errors import APIError
-from gptscratch.server.rows import EngineStopped, QueueFull, RowEvent, RowRequest
 from gptscratch.server.schemas import Limits
 
 LISTEN_S = 0.25  # how often a request waiting for its whole answer checks its client
@@ -85,7 +85,7 @@ class Job:
         APIError: 429 when the engine's queue is full, 503 when the engine is not running.
     """
 
-    def __init__(self, engine: Engine, rows: Sequence[RowRequest]) -> None:
+    def __init__(self, engine: BatchingEngine, rows: Sequence[RowRequest]) -> None:
         self.engine = engine
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[tuple[int, RowEvent]] = asyncio.Queue()

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gptscratch.server.rows import RowEvent, TokenInfo
+from gptscratch.generation.engine import RowEvent, TokenInfo
 
 
 @dataclass

@@ -1,18 +1,17 @@
 """The text sample taken at each evaluation: how the model writes as training goes on.
 
 `evaluate_and_save` asks for `eval_sample_tokens` tokens from the plain model (rank 0 only),
-written to `metrics.jsonl` and the loggers as {"step", "sample"}; `gptscratch report` shows
-them in order. The sample draws only from its own generator, seeded from the run's seed and
-the step, so the global RNG and the batch generator are untouched: a resumed run stays
-bit-identical to an uninterrupted one, and two runs with one seed sample alike.
+decoded by the engine every generator uses (`generation.engine`), written to `metrics.jsonl`
+and the loggers as {"step", "sample"}; `gptscratch report` shows them in order. The sample
+draws only from its own generator, seeded from the run's seed and the step, so the global RNG
+and the batch generator are untouched: a resumed run stays bit-identical to an uninterrupted
+one, and two runs with one seed sample alike.
 """
 
 from __future__ import annotations
 
-import torch
-
 from gptscratch.data.tokenizers import Tokenizer
-from gptscratch.model.decoding import Decoder
+from gptscratch.generation.engine import Engine, Row, RowRequest
 from gptscratch.model.gpt import GPT
 from gptscratch.model.sampling import SamplingConfig
 
@@ -33,13 +32,12 @@ def sample_at_step(model: GPT, tokenizer: Tokenizer, tokens: int, seed: int, ste
     The model runs in eval mode (no dropout) and is put back in the mode it was in. Its
     weights' dtype is the compute dtype (float32 during training: a short sample is cheap).
     """
-    device = model.transformer.wte.weight.device
-    generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+    row = Row(RowRequest(tuple(start_ids(tokenizer)), tokens, SAMPLING,
+                         seed=seed * 1_000_003 + step), sink=lambda event: None)
     was_training = model.training
     model.eval()
     try:
-        decoder = Decoder(model, [start_ids(tokenizer)])
-        ids = [decoder.step(SAMPLING, generator).ids for _ in range(tokens)]  # (1,) each
+        Engine(model, tokenizer).run([row])  # the decoding engine every generator uses
     finally:
         model.train(was_training)
-    return tokenizer.decode(torch.cat(ids).tolist() if ids else [])
+    return row.text
