@@ -2,7 +2,8 @@
 
 For each model shape (the shakespeare-char preset's with GPT-2's architecture, and GPT-2 124M,
 random weights), dtype and batch size it generates greedily from a 16-token prompt, with
-- ours, KV cache (`gptscratch.model.decoding.Decoder`, one `step` per token),
+- ours, KV cache (`gptscratch.model.decoding.Decoder`, one greedy step per token: the
+  token-level work the decoding engine does for each row),
 - ours, no cache (the whole context re-run every step, as nanoGPT and minGPT do),
 - Hugging Face `GPT2LMHeadModel.generate(use_cache=True)`,
 timing every token, so one run gives tokens/s after 256 new tokens and at its end, and the time
@@ -54,12 +55,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from quality import machine  # the sibling benchmark script: one machine description
 
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.decoding import Decoder
 from gptscratch.model.gpt import GPT
-from gptscratch.model.sampling import SamplingConfig
+from gptscratch.model.sampling import SamplingConfig, sample_next_token
 from gptscratch.training.presets import get_preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,9 +116,20 @@ def time_ours(model: GPT, prompt: torch.Tensor, n: int, use_cache: bool) -> list
     stamps = []
     decoder = Decoder(model, prompt.tolist(), use_cache=use_cache)
     for _ in range(n):
-        decoder.step(GREEDY)
+        greedy_step(decoder)
         stamps.append(time.perf_counter() - t0)
     return stamps
+
+
+@torch.inference_mode()
+def greedy_step(decoder: Decoder) -> torch.Tensor:
+    """One token-level decoding step, as the engine runs it for greedy rows: the scores,
+    their log-probabilities, the pick, the append. (B,) ids on the host."""
+    logits = decoder.logits()  # (B, V)
+    ids = sample_next_token(logits, GREEDY)  # (B, 1)
+    F.log_softmax(logits, dim=-1).gather(1, ids)
+    decoder.append(ids)
+    return ids[:, 0].cpu()
 
 
 def time_hf(model: Any, prompt: torch.Tensor, n: int) -> list[float]:

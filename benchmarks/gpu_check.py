@@ -321,12 +321,12 @@ def decode_seconds(model: GPT, prompt: torch.Tensor, n: int) -> float:
     """Seconds to prefill `prompt` (B, P) and decode n tokens greedily with the KV cache.
     Each step's ids are copied to the host, as `generation.stream` does for every token: on
     CUDA that also waits for the step, so the clock measures work done, not work queued."""
-    from generation import GREEDY
+    from generation import greedy_step
 
     t = time.perf_counter()
     decoder = Decoder(model, prompt.tolist(), use_cache=True)
     for _ in range(n):
-        decoder.step(GREEDY).ids.tolist()
+        greedy_step(decoder).tolist()
     return time.perf_counter() - t
 
 
