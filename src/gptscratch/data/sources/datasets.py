@@ -6,9 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gptscratch.data.sources.base import PIECE_CHARS, Document, Source
+from gptscratch.data.sources.base import Document, Source
 from gptscratch.data.sources.files import file_fingerprint
-from gptscratch.data.tokenizers.base import split_for_encoding
 from gptscratch.errors import UserError
 from gptscratch.hub import go_offline_if_unreachable, hub_offline
 
@@ -48,8 +47,7 @@ def dataset_source(name: str, split: str, column: str, data_files: list[str] | N
                     raise UserError(_no_column(name, column, list(row)))
                 text = row[column]
                 if isinstance(text, str) and text.strip():
-                    yield Document(f"{name} row {i}", iter(split_for_encoding(
-                        text.rstrip("\n"), PIECE_CHARS)))
+                    yield Document.from_text(f"{name} row {i}", text.rstrip("\n"))
         except UserError:
             raise
         except Exception as exc:  # a stream that fails midway: the network, a bad file

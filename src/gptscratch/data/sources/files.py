@@ -1,18 +1,24 @@
 """A corpus of files: which files a folder or glob holds, what each one is by its name, its
-fingerprint, and its documents (`text.py` for text, `records.py` for JSON lines and parquet).
+fingerprint, and its documents (text and JSON files may also end in `.gz` or `.zst`):
+- `.txt`, `.md` (or any other name matched by a glob): one document per file (`text.py`).
+- `.jsonl`, `.json`: one document per line, from the `text_column` field of each JSON object
+  (a `.json` file that holds one JSON array of objects is read whole).
+- `.parquet`: one document per row of the `text_column` column (needs pyarrow, from `[hf]`).
 """
 
 from __future__ import annotations
 
 import gzip
+import io
+import itertools
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from gptscratch.data.sources.base import Document, Source
-from gptscratch.data.sources.records import json_documents, parquet_documents
-from gptscratch.data.sources.text import NotUtf8, split_file, text_pieces
+from gptscratch.data.sources.text import NotUtf8, decode_utf8, open_bytes, split_file, text_pieces
 from gptscratch.errors import UserError
 from gptscratch.files import sha256_bytes
 
@@ -44,10 +50,7 @@ def _kind(path: Path) -> tuple[str, str | None]:
 def readable_kind(path: Path) -> bool:
     """Whether a folder's file is one gptscratch reads (by its name)."""
     name = path.name.lower()
-    for c in ("",) + COMPRESSED_SUFFIXES:
-        if any(name.endswith(s + c) for s in FOLDER_SUFFIXES):
-            return True
-    return False
+    return any(name.endswith(s + c) for s in FOLDER_SUFFIXES for c in ("", *COMPRESSED_SUFFIXES))
 
 
 def files_source(files: list[Path], what: str, column: str, skip_bad: bool) -> Source:
@@ -109,7 +112,7 @@ def _file_documents(path: Path, column: str, skip_bad: bool,
             pieces = _guarded(text_pieces(path, compression), path, skip_bad, skipped)
             first = next(pieces, None)  # the first megabyte: a bad file fails here, early
             if first is not None:
-                yield Document(str(path), _chain(first, pieces))
+                yield Document(str(path), itertools.chain([first], pieces))
         elif kind == "json":
             yield from json_documents(path, compression, column)
         else:
@@ -148,6 +151,74 @@ def _not_utf8(exc: NotUtf8) -> str:
             "--skip-bad-files to leave such files out")
 
 
-def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
-    yield first
-    yield from rest
+def json_documents(path: Path, compression: str | None, column: str) -> Iterator[Document]:
+    """One document per JSON line (or per element of a file that is one JSON array)."""
+    with open_bytes(path, compression) as f:
+        head = f.peek(64) if isinstance(f, io.BufferedReader) else b""
+        records = (enumerate(_load_json_array(f, path, compression), 1)
+                   if head.lstrip()[:1] == b"[" else _json_lines(f, path, compression))
+        yield from _records(records, path, column)
+
+
+def _load_json_array(f: IO[bytes], path: Path, compression: str | None) -> list[Any]:
+    data = f.read()
+    text = decode_utf8(data, path, 0, compression)
+    try:
+        records = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"'{path}' is not valid JSON ({exc}); give JSON lines or one JSON "
+                        "array of objects") from None
+    if not isinstance(records, list):
+        raise UserError(f"'{path}' holds a JSON {type(records).__name__}, not an array of "
+                        "objects or JSON lines")
+    return records
+
+
+def _json_lines(f: IO[bytes], path: Path, compression: str | None) -> Iterator[tuple[int, Any]]:
+    offset = 0
+    for lineno, raw in enumerate(f, 1):
+        line = decode_utf8(raw, path, offset, compression)
+        offset += len(raw)
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except ValueError as exc:
+            raise UserError(f"{path}:{lineno} is not JSON ({exc}); each line of a .jsonl file "
+                            "must be one JSON object") from None
+
+
+def _records(records: Iterator[tuple[int, Any]], path: Path, column: str) -> Iterator[Document]:
+    for number, record in records:
+        if not isinstance(record, dict):
+            raise UserError(f"{path}:{number} is a JSON {type(record).__name__}, not an object "
+                            f"with a '{column}' field")
+        if column not in record:
+            fields = ", ".join(list(record)[:20]) or "none"
+            raise UserError(f"{path}:{number} has no '{column}' field; its fields are: {fields} "
+                            "(choose one with --text-column)")
+        text = record[column]
+        if isinstance(text, str) and text.strip():
+            yield Document.from_text(f"{path}:{number}", text)
+
+
+def parquet_documents(path: Path, column: str) -> Iterator[Document]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise UserError("reading .parquet files needs pyarrow; run: pip install -c "
+                        "constraints.txt -e '.[hf]'") from exc
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid and friends for a bad file
+        raise UserError(f"'{path}' is not a readable parquet file ({exc}); check it") from None
+    names = table.schema_arrow.names
+    if column not in names:
+        raise UserError(f"'{path}' has no column '{column}'; its columns are: "
+                        f"{', '.join(names)} (choose one with --text-column)")
+    row = 0
+    for batch in table.iter_batches(batch_size=1024, columns=[column]):
+        for text in batch.column(0).to_pylist():
+            row += 1
+            if isinstance(text, str) and text.strip():
+                yield Document.from_text(f"{path} row {row}", text)

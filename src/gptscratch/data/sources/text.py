@@ -10,17 +10,15 @@ from __future__ import annotations
 import codecs
 import gzip
 import io
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 from gptscratch.data.sources.base import PIECE_CHARS
+from gptscratch.data.tokenizers.base import SAFE_CUT
 from gptscratch.errors import UserError
 
 _READ_BYTES = 1 << 20
-# The last non-space character of a line, where a piece may end (see split_for_encoding).
-_SAFE_CUT = re.compile(r"\S(?=[\r\n])")
 
 
 def open_bytes(path: Path, compression: str | None) -> IO[bytes]:
@@ -101,7 +99,7 @@ def _last_safe_cut(text: str) -> int:
     while True:
         start = max(0, len(text) - look)
         last = None
-        for last in _SAFE_CUT.finditer(text, start):  # noqa: B007  (the last one is wanted)
+        for last in SAFE_CUT.finditer(text, start):  # noqa: B007  (the last one is wanted)
             pass
         if last is not None:
             return last.end()

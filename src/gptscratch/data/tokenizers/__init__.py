@@ -1,25 +1,114 @@
-"""Text to token ids and back: three tokenizers behind one small protocol.
+"""Text to token ids and back: three tokenizers behind one protocol (`base.py`), by name.
 
-- `base`: the `Tokenizer` protocol, the end-of-text token, and helpers every kind shares;
-- `char`, `gpt2`, `trained_bpe`: the three kinds (`char`, `gpt2`, `bpe:N`);
-- `registry`: building a tokenizer from its spec, saving it, rebuilding it offline;
-- `hf_files`: our tokenizers as Hugging Face `tokenizer.json` files, and back.
-
-The names most callers need are importable from here.
+`char` gives each character of the corpus an id (`char.py`), `gpt2` is GPT-2's byte-level BPE
+(`gpt2.py`) and `bpe:N` a byte-level BPE with N ids trained on the user's text
+(`trained_bpe.py`); `hf_files.py` converts them to and from Hugging Face files. Here `prepare`
+builds one from its spec (`build_tokenizer`) and saves it next to the token files; generation,
+evaluation and checkpoints rebuild it offline (`tokenizer_from_dict`, `load_tokenizer`).
 """
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from gptscratch.data.tokenizers.base import EOT, Tokenizer, split_for_encoding
 from gptscratch.data.tokenizers.char import CharTokenizer
 from gptscratch.data.tokenizers.gpt2 import GPT2Tokenizer, gpt2_hf_tokenizer
-from gptscratch.data.tokenizers.registry import (
-    build_tokenizer,
-    load_tokenizer,
-    parse_tokenizer_spec,
-    save_tokenizer,
-    tokenizer_from_dict,
-)
 from gptscratch.data.tokenizers.trained_bpe import BPETokenizer
+from gptscratch.errors import UserError, did_you_mean
+from gptscratch.files import atomic_file
 
 __all__ = ["EOT", "Tokenizer", "split_for_encoding", "CharTokenizer", "GPT2Tokenizer",
            "gpt2_hf_tokenizer", "BPETokenizer", "build_tokenizer", "load_tokenizer",
            "parse_tokenizer_spec", "save_tokenizer", "tokenizer_from_dict"]
+
+# The one list of kinds; each class rebuilds itself from its `to_dict()` form.
+KINDS: dict[str, type[CharTokenizer] | type[GPT2Tokenizer] | type[BPETokenizer]] = {
+    "char": CharTokenizer, "gpt2": GPT2Tokenizer, "bpe": BPETokenizer}
+SPEC_CHOICES = "char, gpt2, bpe:N (e.g. bpe:8000)"
+BPE_MIN_VOCAB = 257  # 256 byte tokens + <|endoftext|>: anything smaller learns no merge
+BPE_MAX_VOCAB = 1_000_000
+
+
+def parse_tokenizer_spec(spec: str) -> tuple[str, int | None]:
+    """Check a tokenizer spec and split it into (kind, bpe vocab size or None).
+
+    Raises:
+        UserError: The spec is unknown or its vocabulary size is not a sane integer.
+    """
+    kind, _, size = spec.strip().lower().partition(":")
+    if kind in ("char", "gpt2") and not size:
+        return kind, None
+    if kind != "bpe":
+        hint = did_you_mean(spec.strip().lower(), ["char", "gpt2", "bpe:8000"])
+        raise UserError(f"unknown tokenizer '{spec}'{hint}; choose one of: {SPEC_CHOICES}")
+    try:
+        n = int(size)
+    except ValueError:
+        raise UserError(f"tokenizer '{spec}' needs a whole-number vocabulary size, "
+                        "e.g. bpe:8000") from None
+    if not BPE_MIN_VOCAB <= n <= BPE_MAX_VOCAB:
+        raise UserError(f"tokenizer '{spec}': the vocabulary size must be between "
+                        f"{BPE_MIN_VOCAB} and {BPE_MAX_VOCAB:,}; try bpe:8000")
+    return kind, n
+
+
+def build_tokenizer(spec: str, text: str | Iterable[str] | None = None) -> Tokenizer:
+    """Build the tokenizer that `spec` names (`char`, `gpt2` or `bpe:N`).
+
+    Args:
+        spec: The tokenizer spec.
+        text: The corpus the `char` vocabulary or the `bpe` merges are learned from (a string
+            or a stream of pieces); not needed for `gpt2`.
+    """
+    kind, n = parse_tokenizer_spec(spec)
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    if kind == "char":
+        return CharTokenizer.from_text(text or "")
+    assert n is not None
+    return BPETokenizer.train(text or "", n)
+
+
+def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from its `to_dict()` form, offline.
+
+    Raises:
+        UserError: The dict is not a tokenizer description this version understands.
+    """
+    kind = d.get("kind") if isinstance(d, dict) else None
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise UserError(f"unknown saved tokenizer kind {kind!r}; expected char, gpt2 or bpe")
+    try:
+        return KINDS[kind].from_dict(d)
+    except UserError:
+        raise
+    except Exception as exc:  # tokenizers.from_str raises a bare Exception on bad JSON
+        raise UserError(f"saved {kind} tokenizer is damaged ({type(exc).__name__}); "
+                        "prepare the data again") from exc
+
+
+def save_tokenizer(tok: Tokenizer, path: Path) -> None:
+    """Write `tok.to_dict()` as JSON to `path`, atomically."""
+    with atomic_file(Path(path)) as tmp:
+        tmp.write_text(json.dumps(tok.to_dict(), ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """Read a tokenizer saved by `save_tokenizer`.
+
+    Raises:
+        UserError: The file is missing or is not a saved tokenizer.
+    """
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"tokenizer file '{path}' not found; prepare the data again") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"tokenizer file '{path}' is unreadable ({exc}); "
+                        "prepare the data again") from exc
+    return tokenizer_from_dict(d)

@@ -1,9 +1,8 @@
-"""What every tokenizer is: the protocol, the end-of-text token, and two shared helpers.
+"""What every tokenizer is: the protocol, the end-of-text token, and newline-safe splitting.
 
 A tokenizer turns text into token ids and back, and describes itself as a JSON-able dict
 (`to_dict`) whose hash (`fingerprint`) tells whether two tokenizers give the same ids. The
-kinds (`char.py`, `gpt2.py`, `trained_bpe.py`) implement it; `registry.py` builds, saves and
-loads them by name.
+kinds (`char.py`, `gpt2.py`, `trained_bpe.py`) subclass the protocol for its shared methods.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ EOT = "<|endoftext|>"
 # The last character of a line (before "\n" or "\r\n"). GPT-2's pre-tokenizer regex never
 # joins a non-space character with the whitespace after it, and it looks only forward, so a
 # cut there splits the text exactly where whole-text pre-tokenization would.
-_SAFE_CUT = re.compile(r"\S(?=[\r\n])")
+SAFE_CUT = re.compile(r"\S(?=[\r\n])")
 
 
 class Tokenizer(Protocol):
@@ -35,7 +34,9 @@ class Tokenizer(Protocol):
     @property
     def eot_id(self) -> int | None: ...
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self.encode_array(text).tolist()
+        return ids
 
     def encode_array(self, text: str) -> np.ndarray: ...
 
@@ -43,7 +44,11 @@ class Tokenizer(Protocol):
 
     def to_dict(self) -> dict[str, Any]: ...
 
-    def fingerprint(self) -> str: ...
+    def fingerprint(self) -> str:
+        """The sha256 hex digest of the canonical JSON form of `to_dict()`."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"),
+                               ensure_ascii=False)
+        return sha256_bytes(canonical.encode("utf-8"))
 
 
 def split_for_encoding(text: str, target_chars: int) -> list[str]:
@@ -63,7 +68,7 @@ def split_for_encoding(text: str, target_chars: int) -> list[str]:
     pieces: list[str] = []
     start = 0
     while len(text) - start > target_chars:
-        cut = _SAFE_CUT.search(text, start + target_chars)
+        cut = SAFE_CUT.search(text, start + target_chars)
         if cut is None:
             break
         pieces.append(text[start : cut.end()])
@@ -71,9 +76,3 @@ def split_for_encoding(text: str, target_chars: int) -> list[str]:
     if start < len(text):
         pieces.append(text[start:])
     return pieces
-
-
-def fingerprint_of(d: dict[str, Any]) -> str:
-    """Return the sha256 hex digest of the canonical JSON form of a tokenizer dict."""
-    canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return sha256_bytes(canonical.encode("utf-8"))

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from gptscratch.data.tokenizers.base import EOT, fingerprint_of
+from gptscratch.data.tokenizers.base import EOT, Tokenizer
 from gptscratch.errors import UserError
 
 
-class CharTokenizer:
+class CharTokenizer(Tokenizer):
     """One id per character; the vocabulary is the sorted set of the corpus characters, then
     `<|endoftext|>` (id `len(chars)`) when `eot` is set."""
 
@@ -60,10 +60,6 @@ class CharTokenizer:
     def eot_id(self) -> int | None:
         return len(self._chars) if self._eot else None
 
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = self.encode_array(text).tolist()
-        return ids
-
     def encode_array(self, text: str) -> np.ndarray:
         """Encode `text` to an int32 array of shape (len(text),)."""
         # UTF-32 gives one uint32 code point per character; the vocabulary is sorted by code
@@ -91,6 +87,3 @@ class CharTokenizer:
         if self._eot:  # absent otherwise: older vocabularies keep their fingerprint
             d["eot"] = True
         return d
-
-    def fingerprint(self) -> str:
-        return fingerprint_of(self.to_dict())

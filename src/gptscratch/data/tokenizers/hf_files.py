@@ -1,14 +1,10 @@
-"""Our tokenizers in Hugging Face's file format, and back.
+"""Our tokenizers as Hugging Face files, and back (for `checkpoints/huggingface.py`).
 
-Export writes `tokenizer.json` (a Hugging Face `tokenizers` pipeline) and
-`tokenizer_config.json`, which `transformers.AutoTokenizer.from_pretrained` loads as a
-`PreTrainedTokenizerFast` with the same ids as ours:
-- `gpt2`: GPT-2's byte-level BPE from the same local files, `<|endoftext|>` = 50256;
-- `bpe:N`: our trained tokenizer's own JSON, unchanged (so a round trip is exact);
-- `char`: a WordLevel vocabulary of single characters, split one character at a time and
-  joined back without spaces.
-Import reads those files (or GPT-2's vocab.json + merges.txt) back into our tokenizers. Only the
-core `tokenizers` package is needed, not `transformers`.
+Export writes `tokenizer.json` and `tokenizer_config.json`, which
+`transformers.AutoTokenizer.from_pretrained` loads as a `PreTrainedTokenizerFast` that gives
+our ids: `gpt2` from the same local GPT-2 files, `bpe:N` as its own JSON (so a round trip is
+exact), `char` as a WordLevel vocabulary of single characters. Import reads those files (or
+GPT-2's `vocab.json` + `merges.txt`) back. Only the core `tokenizers` package is needed.
 """
 
 from __future__ import annotations

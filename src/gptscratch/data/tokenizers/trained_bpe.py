@@ -3,8 +3,8 @@
 Hugging Face `tokenizers` learns the merges (same byte-level scheme and pre-tokenizer regex as
 GPT-2, plus `<|endoftext|>` at id 0) straight from the text in memory, and encodes in parallel
 over newline-aligned pieces. The whole trained tokenizer travels as one JSON string in
-`to_dict()`, so checkpoints rebuild it offline. Built by `registry.build_tokenizer("bpe:N")`;
-`tokenizers` is imported on first use, so importing this module costs nothing.
+`to_dict()`, so checkpoints rebuild it offline. `tokenizers` is imported on first use, so
+importing this module costs nothing.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gptscratch.data.tokenizers.base import EOT, fingerprint_of, split_for_encoding
+from gptscratch.data.tokenizers.base import EOT, Tokenizer, split_for_encoding
 from gptscratch.errors import UserError
 
 if TYPE_CHECKING:
-    from tokenizers import Tokenizer
+    import tokenizers
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ _CHUNK_CHARS = 64_000
 _TRAIN_CHUNK_CHARS = 1_000_000
 
 
-class BPETokenizer:
+class BPETokenizer(Tokenizer):
     """A byte-level BPE trained on the user's text (Hugging Face `tokenizers`).
 
     Unlike `gpt2`, a literal `<|endoftext|>` in the text is read as the special token (HF
@@ -39,7 +39,7 @@ class BPETokenizer:
 
     kind = "bpe"
 
-    def __init__(self, tok: Tokenizer) -> None:
+    def __init__(self, tok: tokenizers.Tokenizer) -> None:
         """Wrap a trained `tokenizers.Tokenizer` (byte-level BPE with `<|endoftext|>`)."""
         self._tok = tok
         self._eot_id = tok.token_to_id(EOT)
@@ -47,9 +47,9 @@ class BPETokenizer:
     @classmethod
     def from_json(cls, tokenizer_json: str) -> BPETokenizer:
         """Rebuild from the JSON string that `to_dict()["tokenizer_json"]` holds."""
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer as HFTokenizer
 
-        return cls(Tokenizer.from_str(tokenizer_json))
+        return cls(HFTokenizer.from_str(tokenizer_json))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BPETokenizer:
@@ -79,9 +79,8 @@ class BPETokenizer:
             raise UserError("the bpe tokenizer needs training text; give a non-empty input")
         tok = cls.from_json(trainer.to_str())
         if tok.vocab_size < vocab_size:
-            logger.warning(
-                "bpe:%d: the text supports only %d ids; using that many", vocab_size, tok.vocab_size
-            )
+            logger.warning("bpe:%d: the text supports only %d ids; using that many",
+                           vocab_size, tok.vocab_size)
         return tok
 
     @property
@@ -91,10 +90,6 @@ class BPETokenizer:
     @property
     def eot_id(self) -> int | None:
         return self._eot_id
-
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = self.encode_array(text).tolist()
-        return ids
 
     def encode_array(self, text: str) -> np.ndarray:
         """Encode `text` to an int32 array, in parallel over newline-aligned pieces."""
@@ -108,9 +103,6 @@ class BPETokenizer:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "tokenizer_json": self._tok.to_str()}
-
-    def fingerprint(self) -> str:
-        return fingerprint_of(self.to_dict())
 
 
 def _counted(pieces: Iterable[str], seen: list[int]) -> Iterator[str]:
