@@ -1,12 +1,11 @@
-"""Where gptscratch writes, and how: the cache folder, atomic writes and sha256 hashes.
+"""Where gptscratch writes, and how: the cache folder, atomic writes, sha256 hashes, and the
+marker that makes a folder ours.
 
 Every file and folder gptscratch writes goes through `atomic_file` or `atomic_dir`: the new
 content is written under a temporary name beside its destination and renamed into place, so a
-crash or Ctrl-C leaves either the old version or the new one, never half of one, and it gets
-the permissions the user's umask gives any file. The hashes
-that vouch for files (checkpoint manifests, GPT-2's tokenizer files, the corpus wheel) and for
-text (a prepared corpus's source, a tokenizer's fingerprint) are computed here too.
-This module sits at the bottom of the layers, beside `errors`.
+crash or Ctrl-C leaves either the old version or the new one, never half of one, with the
+permissions the user's umask gives any file. This module sits at the bottom of the layers,
+beside `errors`.
 """
 
 from __future__ import annotations
@@ -68,9 +67,8 @@ def _umask() -> int:
 
 def _as_if_created_plainly(path: Path) -> None:
     """Give `path` (and what is under a folder) the permissions a plain `open` or `mkdir`
-    would: temporary files and folders are private (0600 / 0700), and some writers (such as
-    safetensors) make their files so, but what gptscratch writes follows the user's umask
-    like any other file (0644 / 0755 under the usual umask 022)."""
+    would (0644 / 0755 under the usual umask 022): temporary folders, and some writers such
+    as safetensors, make them private (0600 / 0700)."""
     mask = _umask()
     for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
         os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
@@ -78,18 +76,13 @@ def _as_if_created_plainly(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_file(path: Path, size: int | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; move it onto `path` if the block succeeds.
-
-    The temporary file sits in the same folder, so the final `os.replace` is atomic. If the
-    block raises, the temporary file is removed and `path` is left untouched.
+    """Yield a temporary path next to `path` (so the final `os.replace` is atomic); move it
+    onto `path` if the block succeeds, else remove it and leave `path` untouched.
 
     Args:
         path: The file to create or replace. Its folder must exist.
-        size: The bytes it will hold, where known: a full disk's message then says how much
-            space is needed (else it says what was written when the disk filled).
-
-    Yields:
-        The temporary path to write to.
+        size: The bytes it will hold, where known, for a full disk's message (else it says
+            what was written when the disk filled).
     """
     # A fresh unique name rather than mkstemp: the caller creates the file, so it gets the
     # usual umask permissions instead of mkstemp's 0600.
@@ -114,19 +107,13 @@ def old_version(dest: Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_dir(dest: Path) -> Iterator[Path]:
-    """Yield a new empty folder beside `dest`; swap it into place if the block succeeds.
+    """Yield a new empty folder beside `dest` (its parent is created if needed); swap it into
+    place if the block succeeds, else remove it and leave `dest` untouched.
 
     A folder cannot be replaced in one rename, so an existing `dest` is first renamed to
     `old_version(dest)`, the new folder renamed to `dest`, and the old one removed: at every
     moment one whole version exists under one of the two names (readers such as
-    `checkpoints.resolve_checkpoint` fall back to the `.old` one). If the block raises, the
-    new folder is removed and `dest` is left untouched.
-
-    Args:
-        dest: The folder to create or replace; its parent is created if needed.
-
-    Yields:
-        The temporary folder to fill.
+    `checkpoints.resolve_checkpoint` fall back to the `.old` one).
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
@@ -194,11 +181,9 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 def _disk_full_reason(exc: BaseException | None) -> str | None:
     """The system's words if `exc`, or an error it arose from, says the disk, quota or
-    file-size limit is exhausted.
-
-    Python raises OSError with an errno; libraries written in Rust (safetensors, tokenizers)
-    raise their own exception types whose message ends "(os error N)"; torch.save into a
-    Python file raises a RuntimeError during the handling of the file's OSError."""
+    file-size limit is exhausted. Python raises OSError with an errno; Rust libraries
+    (safetensors, tokenizers) their own types, whose message ends "(os error N)"; torch.save
+    into a Python file a RuntimeError while handling the file's OSError."""
     seen = 0
     while exc is not None and seen < 8:
         if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
@@ -253,12 +238,15 @@ def owned(folder: Path) -> bool:
 
 
 def foreign_entries(folder: Path, ours: Callable[[Path], bool]) -> list[str]:
-    """The entries of an existing folder that are not gptscratch's: none if the folder is
-    empty, carries the marker, or `ours(folder)` recognises it (a folder made before the
-    marker existed); else its entries, to name in a refusal."""
+    """The entries of a folder that is not gptscratch's, to name in a refusal: none if it is
+    empty or missing, carries the marker, or `ours(folder)` recognises it (made before the
+    marker existed)."""
     if not folder.is_dir() or owned(folder) or ours(folder):
         return []
     return sorted(p.name for p in folder.iterdir())
+
+
+_LEFTOVER = re.compile(r"\..+\.\d+\.[0-9a-f]{12}\.tmp")  # atomic_file's temporary names
 
 
 def remove_leftovers(folder: Path) -> None:
@@ -269,9 +257,6 @@ def remove_leftovers(folder: Path) -> None:
     for path in folder.glob(".*.tmp"):
         if _LEFTOVER.fullmatch(path.name) and path.is_file():
             path.unlink(missing_ok=True)
-
-
-_LEFTOVER = re.compile(r"\..+\.\d+\.[0-9a-f]{12}\.tmp")
 
 
 def claim(folder: Path, kind: str) -> None:

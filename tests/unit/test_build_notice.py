@@ -9,26 +9,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptscratch.runtime import build
+from gptscratch.runtime import device
 from gptscratch.runtime.device import choose_device
 
 
 def test_the_build_is_named_once_per_torch_version(private_cache: Path) -> None:
     # private_cache: a machine that never ran gptscratch
-    first = build.first_use_notice()
+    first = device.first_use_notice()
     assert first is not None and first.startswith(f"running on torch {torch.__version__}")
-    assert build.first_use_notice() is None  # remembered in the cache folder
+    assert device.first_use_notice() is None  # remembered in the cache folder
     (private_cache / "torch-build.json").write_text('{"torch": "2.0.0"}')
-    assert build.first_use_notice() is not None  # a new torch is named again
+    assert device.first_use_notice() is not None  # a new torch is named again
 
 
 def test_a_cuda_build_without_a_gpu_is_pointed_at_the_cpu_install(
         private_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    notice = build.first_use_notice()
+    notice = device.first_use_notice()
     assert notice is not None and "a CUDA 12.8 build, and no GPU found" in notice
-    assert build.README_INSTALL in notice
+    assert device.README_INSTALL in notice
 
 
 def test_the_notice_is_logged_where_the_device_is_chosen(

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from gptscratch.runtime.build import describe_build
+from gptscratch.runtime.device import describe_build
 
 __all__ = ["describe_build"]

@@ -2,17 +2,14 @@
 training corpus, and how many of its word n-grams the corpus contains.
 
 A model that memorised its data reproduces long passages; one that generalised writes text
-whose short phrases are common but whose long spans are new. Both questions are answered
-against an index of the corpus built once (`CorpusIndex`), so checking many samples is cheap.
+whose short phrases are common but whose long spans are new. Both are answered against an index
+of the corpus built once (`CorpusIndex`), so checking many samples is cheap.
 
-How the longest span is found, exactly and fast on a 5 MB corpus: a span of length L occurs in
-both texts iff some L-character window of the generated text has the same polynomial hash as
-an L-character window of the corpus, and then each hit is confirmed with a real substring
-search, so hash collisions can never produce a wrong answer. "Some window of length L occurs"
-is monotone in L (a shorter prefix of an occurring span occurs too), so a search over L works:
-each hit is grown to its full length at once, then the only question left is whether any
-longer span occurs, so a copied passage takes two or three probes and original text a binary
-search below 16 characters, each probe a few vector operations on the corpus.
+The longest span, exactly and fast on a 5 MB corpus: an L-character window of the text occurs
+in the corpus iff some corpus window has the same polynomial hash and a real substring search
+confirms it (so a hash collision never gives a wrong answer). That is monotone in L, so a
+search over L works; each hit is grown to its full length at once, so a copied passage takes
+two or three probes, original text a binary search below 16 characters.
 """
 
 from __future__ import annotations

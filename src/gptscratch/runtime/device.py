@@ -1,23 +1,31 @@
 """Where tensors live: the one function that turns `--device auto|cpu|cuda|mps` into a device,
-and how much memory is free there (generation checks a batch fits before it starts).
+the PyTorch build behind it, and how much memory is free there (generation checks a batch fits
+before it starts).
+
+The same `pip install` line gives a CPU build of torch on some machines and a CUDA build
+(several GB of NVIDIA libraries) on others, and a CUDA build on a machine without a GPU is the
+common surprise: the first device choice of each torch version names its build.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
 import torch
 
 from gptscratch.errors import UserError
-from gptscratch.runtime.build import first_use_notice
+from gptscratch.files import atomic_file, cache_dir
+
+README_INSTALL = "README.md, section 'Installing: GPU or CPU-only PyTorch'"
+_BUILD_SEEN = "torch-build.json"  # in the cache folder: the last torch version named
 
 
 def choose_device(spec: str = "auto") -> torch.device:
     """`auto` picks CUDA, then Apple's MPS, then the CPU; an explicit device is checked.
 
-    The first time a torch version is used here, the log says which build it is
-    (`build.first_use_notice`).
+    The first time a torch version is used here, the log says which build it is.
     """
     notice = first_use_notice()
     if notice:
@@ -37,6 +45,36 @@ def choose_device(spec: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"device {spec!r} asked for but MPS is not available; use --device cpu")
     return device
+
+
+def describe_build() -> str:
+    """One line: the torch version, its kind of build, and the GPUs it sees."""
+    version = torch.__version__
+    if torch.version.cuda is None:
+        return f"torch {version}, a CPU-only build"
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus == 0:
+        return f"torch {version}, a CUDA {torch.version.cuda} build, and no GPU found"
+    name = torch.cuda.get_device_name(0)
+    return f"torch {version}, a CUDA {torch.version.cuda} build, {gpus} GPU(s) ({name})"
+
+
+def first_use_notice() -> str | None:
+    """The build line the first time this torch version is used here, else None."""
+    path = cache_dir() / _BUILD_SEEN
+    try:
+        seen = json.loads(path.read_text(encoding="utf-8")).get("torch")
+    except (OSError, ValueError, AttributeError):
+        seen = None
+    if seen == torch.__version__:
+        return None
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps({"torch": torch.__version__}) + "\n", encoding="utf-8")
+    line = f"running on {describe_build()}"
+    if torch.version.cuda is not None and not torch.cuda.is_available():
+        line += (f"; on a machine without a GPU the CPU-only build is several GB smaller and "
+                 f"installs faster: see {README_INSTALL}")
+    return line
 
 
 def available_memory(device: torch.device) -> int | None:

@@ -17,14 +17,7 @@ import torch
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import UserError
 from gptscratch.model.gpt import GPT, Trace
-from gptscratch.viz.canvas import (
-    LABEL_SIZE,
-    TITLE_SIZE,
-    encode_prompt,
-    new_figure,
-    save_png,
-    token_ticks,
-)
+from gptscratch.viz import canvas
 
 MAX_TOKENS = 64  # beyond this a token per tick row is no longer legible
 
@@ -45,17 +38,12 @@ class AttentionMaps:
 @torch.no_grad()
 def attention_maps(model: GPT, tokenizer: Tokenizer, prompt: str) -> AttentionMaps:
     """Run `prompt` through the model and keep every layer's attention weights."""
-    idx, tokens = encode_prompt(model, tokenizer, prompt)
-    was_training = model.training
-    model.eval()  # no dropout on the weights
+    idx, tokens = canvas.encode_prompt(model, tokenizer, prompt)
     trace = Trace()
-    try:
+    with canvas.eval_mode(model):  # no dropout on the weights
         model(idx, trace=trace)
-    finally:
-        model.train(was_training)
-    weights = torch.stack([b["weights"][0] for b in trace.blocks]).float().cpu().numpy()
-    # (L, H, T, T)
-    return AttentionMaps(tokens=tokens, weights=weights)
+    weights = torch.stack([b["weights"][0] for b in trace.blocks])  # (L, H, T, T)
+    return AttentionMaps(tokens=tokens, weights=weights.float().cpu().numpy())
 
 
 def attention_figure_size(n_layers: int, n_heads: int, n_tokens: int) -> tuple[float, float]:
@@ -81,7 +69,7 @@ def plot_attention(maps: AttentionMaps, out: str | Path, layers: list[int] | Non
         if not 0 <= layer < n_layer:
             raise UserError(f"layer {layer} does not exist; the model has layers 0..{n_layer - 1}")
     width, height = attention_figure_size(len(chosen), n_head, T)
-    fig = new_figure(width, height)
+    fig = canvas.new_figure(width, height)
     axes = fig.subplots(len(chosen), n_head, squeeze=False)
     tick = 9 if T <= 32 else 7
     image = None
@@ -89,18 +77,18 @@ def plot_attention(maps: AttentionMaps, out: str | Path, layers: list[int] | Non
         for head in range(n_head):
             ax = axes[row, head]
             image = ax.imshow(maps.weights[layer, head], cmap="viridis", vmin=0.0, vmax=1.0)
-            ax.set_title(f"layer {layer}, head {head}", fontsize=LABEL_SIZE + 1)
-            token_ticks(ax, maps.tokens, size=tick)
+            ax.set_title(f"layer {layer}, head {head}", fontsize=canvas.LABEL_SIZE + 1)
+            canvas.token_ticks(ax, maps.tokens, size=tick)
             if head == 0:
-                ax.set_ylabel("query: the token looking", fontsize=LABEL_SIZE)
+                ax.set_ylabel("query: the token looking", fontsize=canvas.LABEL_SIZE)
             if row == len(chosen) - 1:
-                ax.set_xlabel("key: the token looked at", fontsize=LABEL_SIZE)
+                ax.set_xlabel("key: the token looked at", fontsize=canvas.LABEL_SIZE)
     fig.subplots_adjust(left=0.9 / width + 0.02, right=1 - 1.1 / width, bottom=0.6 / height + 0.05,
                         top=1 - 1.2 / height, wspace=0.35, hspace=0.35)
     cax = fig.add_axes((1 - 0.85 / width, 0.25, 0.2 / width, 0.5))
     assert image is not None  # at least one layer and one head were drawn
     bar = fig.colorbar(image, cax=cax)
-    bar.set_label("attention weight (each row sums to 1)", fontsize=LABEL_SIZE)
+    bar.set_label("attention weight (each row sums to 1)", fontsize=canvas.LABEL_SIZE)
     fig.suptitle("Attention weights: where each token looks (future positions are masked)",
-                 fontsize=TITLE_SIZE)
-    return save_png(fig, out)
+                 fontsize=canvas.TITLE_SIZE)
+    return canvas.save_png(fig, out)

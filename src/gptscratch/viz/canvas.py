@@ -1,10 +1,12 @@
-"""What every picture shares: a headless matplotlib figure, legible token labels, and an
-atomic PNG write (a temporary file renamed into place, so a failure leaves no partial file).
+"""What every picture shares: the prompt run through the model in eval mode, a headless
+matplotlib figure, legible token labels, and an atomic PNG write (a temporary file renamed into
+place, so a failure leaves no partial file).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +76,17 @@ def encode_prompt(model: GPT, tokenizer: Tokenizer, prompt: str) -> tuple[torch.
     device = next(model.parameters()).device
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     return idx, [tokenizer.decode([i]) for i in ids]
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run the block with `model` in eval mode (no dropout), then put back the mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def style_axes(ax: Any, title: str, xlabel: str, ylabel: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gptscratch.errors import UserError
 from gptscratch.training.metrics import read_metrics
-from gptscratch.viz.canvas import TITLE_SIZE, new_figure, save_png, style_axes
+from gptscratch.viz import canvas
 
 FIGSIZE = (13.0, 8.0)  # inches; 1300 x 800 pixels
 
@@ -65,7 +65,7 @@ def plot_curves(runs: Sequence[str | Path], out: str | Path) -> Path:
     if not runs:
         raise UserError("no runs given; pass at least one run directory, e.g. --runs out/run")
     all_curves = [load_curves(r) for r in runs]
-    fig = new_figure(*FIGSIZE)
+    fig = canvas.new_figure(*FIGSIZE)
     grid = fig.add_gridspec(2, 2, height_ratios=(3, 2), hspace=0.35, wspace=0.2,
                             left=0.07, right=0.98, top=0.9, bottom=0.08)
     ax_loss = fig.add_subplot(grid[0, :])
@@ -87,9 +87,10 @@ def plot_curves(runs: Sequence[str | Path], out: str | Path) -> Path:
         if c.tokens_per_s:
             steps, speed = zip(*c.tokens_per_s, strict=True)
             ax_speed.plot(steps, [s / 1000 for s in speed], color=colour, lw=1.5, label=c.name)
-    style_axes(ax_loss, "Loss (cross-entropy, nats per token; lower is better)", "step", "loss")
-    style_axes(ax_lr, "Learning rate", "step", "learning rate")
-    style_axes(ax_speed, "Training speed", "step", "thousand tokens / s")
+    canvas.style_axes(ax_loss, "Loss (cross-entropy, nats per token; lower is better)", "step",
+                      "loss")
+    canvas.style_axes(ax_lr, "Learning rate", "step", "learning rate")
+    canvas.style_axes(ax_speed, "Training speed", "step", "thousand tokens / s")
     peaks = [max(v for _, v in c.lr) for c in all_curves if c.lr]
     if peaks and max(peaks) > 20 * min(peaks):
         ax_lr.set_yscale("log")  # a learning-rate sweep spans decades
@@ -108,5 +109,5 @@ def plot_curves(runs: Sequence[str | Path], out: str | Path) -> Path:
     if len(all_curves) > 1:
         ax_lr.legend(fontsize=9)
     names = ", ".join(c.name for c in all_curves)
-    fig.suptitle(f"Training curves: {names}", fontsize=TITLE_SIZE)
-    return save_png(fig, out)
+    fig.suptitle(f"Training curves: {names}", fontsize=canvas.TITLE_SIZE)
+    return canvas.save_png(fig, out)

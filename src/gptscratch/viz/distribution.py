@@ -17,24 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from gptscratch.data.tokenizers import Tokenizer
+from gptscratch.model.config import SamplingConfig
 from gptscratch.model.gpt import GPT
-from gptscratch.model.sampling import SamplingConfig, filter_logits
-from gptscratch.viz.canvas import (
-    LABEL_SIZE,
-    TICK_SIZE,
-    TITLE_SIZE,
-    encode_prompt,
-    new_figure,
-    save_png,
-    style_axes,
-    token_label,
-)
+from gptscratch.model.sampling import filter_logits
+from gptscratch.viz import canvas
 
 
 @dataclass(frozen=True)
 class NextTokenDistribution:
-    """The data the next-token picture is drawn from, for the top N candidates (most likely
-    first).
+    """The data the next-token picture is drawn from: the top N candidates, most likely first.
 
     Attributes:
         tokens: (N,) candidate token texts.
@@ -60,13 +51,9 @@ def next_token_distribution(
     model: GPT, tokenizer: Tokenizer, prompt: str, sampling: SamplingConfig, top: int = 20,
 ) -> NextTokenDistribution:
     """Score the token after `prompt` and apply `sampling` the way the generator does."""
-    idx, _ = encode_prompt(model, tokenizer, prompt)
-    was_training = model.training
-    model.eval()
-    try:
+    idx, _ = canvas.encode_prompt(model, tokenizer, prompt)
+    with canvas.eval_mode(model):
         logits = model(idx)[:, -1, :].float()  # (1, V)
-    finally:
-        model.train(was_training)
     model_probs = F.softmax(logits, dim=-1)[0]
     if sampling.temperature == 0.0:
         # Greedy: the sampler takes the argmax, so only it survives (filter_logits would
@@ -102,10 +89,10 @@ def describe_sampling(s: SamplingConfig) -> str:
 
 
 def plot_next_token(dist: NextTokenDistribution, out: str | Path, prompt: str = "") -> Path:
-    """Draw the candidates as paired bars (model / sampler); cut ones greyed; return the path."""
+    """Draw the candidates as paired bars (model / sampler), cut ones in red; return the path."""
     n = len(dist.tokens)
     height = 0.34 * n + 2.2
-    fig = new_figure(12.0, height)
+    fig = canvas.new_figure(12.0, height)
     ax = fig.add_subplot(1, 1, 1)
     fig.subplots_adjust(left=0.12, right=0.97, top=1 - 0.95 / height, bottom=0.8 / height)
     y = np.arange(n)
@@ -124,19 +111,19 @@ def plot_next_token(dist: NextTokenDistribution, out: str | Path, prompt: str = 
                 color="#1f77b4" if dist.kept[i] else "#d62728",
                 fontweight="normal" if dist.kept[i] else "bold")
     ax.set_yticks(y)
-    ax.set_yticklabels([f"{token_label(t)}  ({i})" for t, i in zip(dist.tokens, dist.ids,
-                                                                     strict=True)],
-                       fontsize=TICK_SIZE + 1)
+    ax.set_yticklabels([f"{canvas.token_label(t)}  ({i})"
+                        for t, i in zip(dist.tokens, dist.ids, strict=True)],
+                       fontsize=canvas.TICK_SIZE + 1)
     ax.invert_yaxis()  # most likely at the top
     ax.set_xlim(0, top * 1.15)
-    style_axes(ax, f"{dist.n_kept} token(s) of the vocabulary can be sampled; red = cut",
-               "probability", "candidate next token (id)")
+    canvas.style_axes(ax, f"{dist.n_kept} token(s) of the vocabulary can be sampled; red = cut",
+                      "probability", "candidate next token (id)")
     from matplotlib.ticker import PercentFormatter
 
     ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
-    ax.legend(fontsize=LABEL_SIZE - 1, loc="lower right")
+    ax.legend(fontsize=canvas.LABEL_SIZE - 1, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    shown = token_label(prompt[-40:]) if prompt else ""
-    fig.suptitle(f"Next token after \"{shown}\": top {n} candidates", fontsize=TITLE_SIZE)
-    return save_png(fig, out)
+    shown = canvas.token_label(prompt[-40:]) if prompt else ""
+    fig.suptitle(f"Next token after \"{shown}\": top {n} candidates", fontsize=canvas.TITLE_SIZE)
+    return canvas.save_png(fig, out)
 

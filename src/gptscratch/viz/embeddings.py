@@ -19,14 +19,7 @@ from gptscratch.data.token_files import is_prepared_dir, load_prepared
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.model.gpt import GPT
 from gptscratch.model.rotary import rotary_angles
-from gptscratch.viz.canvas import (
-    LABEL_SIZE,
-    TITLE_SIZE,
-    new_figure,
-    save_png,
-    style_axes,
-    token_label,
-)
+from gptscratch.viz import canvas
 
 DEFAULT_TOKENS = 120  # labels beyond this overlap into a blur
 FIGSIZE = (17.0, 8.0)  # inches; 1700 x 800 pixels
@@ -105,23 +98,23 @@ def embedding_picture(
 
 def plot_embeddings(pic: EmbeddingPicture, out: str | Path) -> Path:
     """Draw the labelled 2D token scatter and the position similarity matrix; return the path."""
-    fig = new_figure(*FIGSIZE)
+    fig = canvas.new_figure(*FIGSIZE)
     ax_tok, ax_pos = fig.subplots(1, 2, gridspec_kw={"width_ratios": (1.25, 1)})
     fig.subplots_adjust(left=0.05, right=0.94, top=0.88, bottom=0.09, wspace=0.18)
     x, y = pic.coords[:, 0], pic.coords[:, 1]
     ax_tok.scatter(x, y, s=12, color="#1f77b4", alpha=0.5)
     for xi, yi, t in zip(x, y, pic.tokens, strict=True):
-        ax_tok.annotate(token_label(t), (xi, yi), fontsize=10, ha="center", va="bottom",
+        ax_tok.annotate(canvas.token_label(t), (xi, yi), fontsize=10, ha="center", va="bottom",
                         xytext=(0, 2), textcoords="offset points")
     ax_tok.grid(alpha=0.3)
-    style_axes(ax_tok, f"Token embeddings (wte), {len(pic.ids)} tokens, PCA to 2D",
-               f"principal component 1 ({pic.explained[0]:.0%} of variance)",
-               f"principal component 2 ({pic.explained[1]:.0%} of variance)")
+    canvas.style_axes(ax_tok, f"Token embeddings (wte), {len(pic.ids)} tokens, PCA to 2D",
+                      f"principal component 1 ({pic.explained[0]:.0%} of variance)",
+                      f"principal component 2 ({pic.explained[1]:.0%} of variance)")
     image = ax_pos.imshow(pic.position_similarity, cmap="RdBu_r", vmin=-1, vmax=1)
-    style_axes(ax_pos, f"Position embeddings ({pic.positions}): cosine similarity",
-               "position", "position")
+    canvas.style_axes(ax_pos, f"Position embeddings ({pic.positions}): cosine similarity",
+                      "position", "position")
     bar = fig.colorbar(image, ax=ax_pos, fraction=0.046, pad=0.04)
-    bar.set_label("cosine similarity", fontsize=LABEL_SIZE)
+    bar.set_label("cosine similarity", fontsize=canvas.LABEL_SIZE)
     fig.suptitle("What the embeddings learned: tokens used alike sit close together",
-                 fontsize=TITLE_SIZE)
-    return save_png(fig, out)
+                 fontsize=canvas.TITLE_SIZE)
+    return canvas.save_png(fig, out)

@@ -18,16 +18,7 @@ import torch.nn.functional as F
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import UserError
 from gptscratch.model.gpt import GPT, Trace
-from gptscratch.viz.canvas import (
-    LABEL_SIZE,
-    TITLE_SIZE,
-    encode_prompt,
-    new_figure,
-    save_png,
-    style_axes,
-    token_label,
-    token_ticks,
-)
+from gptscratch.viz import canvas
 
 MAX_TOKENS = 48
 
@@ -58,18 +49,14 @@ class LogitLens:
 @torch.no_grad()
 def logit_lens(model: GPT, tokenizer: Tokenizer, prompt: str) -> LogitLens:
     """Decode the residual stream after the embeddings and after every block."""
-    idx, tokens = encode_prompt(model, tokenizer, prompt)
-    was_training = model.training
-    model.eval()
+    idx, tokens = canvas.encode_prompt(model, tokenizer, prompt)
     trace = Trace()
-    try:
+    with canvas.eval_mode(model):  # the read-out too: a LoRA lm_head has dropout
         model(idx, trace=trace)
         streams = trace.streams()  # after the embeddings and after every block
         # The same read-out the model uses at the end, applied to every stage: (R, T, V).
         probs = torch.stack([F.softmax(model.logits(model.transformer.ln_f(s))[0].float(), -1)
                              for s in streams])
-    finally:
-        model.train(was_training)
     top_probs, top_ids = probs.max(dim=-1)  # (R, T)
     next_ids = idx[0, 1:]  # (T - 1,)
     next_probs = probs[:, :-1, :].gather(-1, next_ids.view(1, -1, 1).expand(len(streams), -1, 1))
@@ -92,7 +79,7 @@ def plot_logit_lens(lens: LogitLens, out: str | Path) -> Path:
         raise UserError(f"the prompt has {T} tokens; the logit lens stays legible up to "
                         f"{MAX_TOKENS}: give a shorter --prompt")
     width, height = 0.62 * T + 4.0, 0.55 * R + 2.3
-    fig = new_figure(width, height)
+    fig = canvas.new_figure(width, height)
     ax = fig.add_subplot(1, 1, 1)
     fig.subplots_adjust(left=2.0 / width, right=1 - 1.6 / width, top=1 - 1.35 / height,
                         bottom=0.85 / height)
@@ -101,22 +88,20 @@ def plot_logit_lens(lens: LogitLens, out: str | Path) -> Path:
         for t in range(T):
             p = float(lens.top_probs[r, t])
             hit = t + 1 < T and lens.top_ids[r, t] == lens.ids[t + 1]
-            ax.text(t, r, token_label(lens.top_tokens[r][t]), ha="center", va="center",
+            ax.text(t, r, canvas.token_label(lens.top_tokens[r][t]), ha="center", va="center",
                     fontsize=10, color="white" if p > 0.55 else "black",
                     fontweight="bold" if hit else "normal")
-    token_ticks(ax, lens.tokens, axis="x", size=10)
+    canvas.token_ticks(ax, lens.tokens, axis="x", size=10)
     ax.set_yticks(range(R))
     ax.set_yticklabels(lens.stages[:-1] + [f"{lens.stages[-1]}\n(model output)"], fontsize=10)
-    style_axes(ax, "", "input token at each position", "residual stream read after")
+    canvas.style_axes(ax, "", "input token at each position", "residual stream read after")
     # The true next token above each column, to compare the predictions with.
     top_axis = ax.secondary_xaxis("top")
-    top_axis.set_xticks(range(T))
-    upcoming = [token_label(t) for t in lens.tokens[1:]] + ["?"]
-    top_axis.set_xticklabels(upcoming, fontsize=10,
-                             rotation=0 if all(len(t) <= 2 for t in upcoming) else 90)
-    top_axis.set_xlabel("true next token (bold cell = predicted it)", fontsize=LABEL_SIZE)
+    canvas.token_ticks(top_axis, lens.tokens[1:] + ["?"], axis="x", size=10)
+    top_axis.set_xlabel("true next token (bold cell = predicted it)", fontsize=canvas.LABEL_SIZE)
     bar = fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
-    bar.set_label("probability of the top token", fontsize=LABEL_SIZE)
-    fig.suptitle("Logit lens: each layer's best guess for the next token", fontsize=TITLE_SIZE)
-    return save_png(fig, out)
+    bar.set_label("probability of the top token", fontsize=canvas.LABEL_SIZE)
+    fig.suptitle("Logit lens: each layer's best guess for the next token",
+                 fontsize=canvas.TITLE_SIZE)
+    return canvas.save_png(fig, out)
 

@@ -1,12 +1,12 @@
 """The run report: one self-contained HTML file that lays runs side by side.
 
-For each run (`run_summary.RunSummary`): its settings (those that differ between the runs
-highlighted), final and best losses, steps, tokens seen and wall time, its training curves
+Each run is read back from its folder (`load_run`: `metrics.jsonl` and the latest checkpoint's
+`checkpoint.json`) and shown with its settings (those that differ between the runs
+highlighted), final and best losses, tokens seen, wall time, training curves
 (`curves.plot_curves`), the samples taken at each evaluation, and the copy check of the last
 one (`evaluation.memorisation`, done by the caller: `api.report`). Pictures are inlined as
-base64 PNG data and the styles as one <style> block, so the file opens anywhere, offline, and
-can be mailed or archived as it is; it holds no script and no link to anything outside it.
-Every text that comes from a run (names, settings, samples) is HTML-escaped.
+base64 PNG data and the styles as one <style> block, so the file opens anywhere, offline; it
+holds no script and no link outside it. Every text from a run is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ import html
 import math
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptscratch.checkpoints.checkpoint import load_checkpoint
 from gptscratch.errors import UserError
 from gptscratch.evaluation.memorisation import CopyReport
 from gptscratch.files import atomic_file
-from gptscratch.training.metrics import format_duration
-from gptscratch.viz.canvas import TITLE_SIZE, new_figure, save_png, style_axes
+from gptscratch.training.metrics import format_duration, read_metrics
+from gptscratch.viz import canvas
 from gptscratch.viz.curves import plot_curves
-from gptscratch.viz.run_summary import RunSummary
 
 MARKER = "<!-- written by gptscratch report -->"  # a file with it may be replaced
 STYLE = """
@@ -38,6 +39,82 @@ pre { background: #f7f7f7; padding: 8px; white-space: pre-wrap; max-width: 1300p
 img { max-width: 100%; border: 1px solid #ddd; }
 .note { color: #666; }
 """
+
+
+@dataclass
+class RunSummary:
+    """One run as a report shows it.
+
+    Attributes:
+        name: the run folder as it was given (what the report calls the run).
+        path: that folder.
+        settings: the flat model and train configs ({} when the run has no checkpoint).
+        evals: the evaluation records (step, train_loss, val_loss, ...), in order.
+        samples: (step, text) of the samples taken at each evaluation.
+        steps: the last step the run logged.
+        tokens_per_step: the global batch in tokens (None without a checkpoint).
+        wall_time: training seconds, from the last record.
+        data_dir: the prepared data the run trained on (for the copy check), "" if unknown.
+    """
+
+    name: str
+    path: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[tuple[int, str]] = field(default_factory=list)
+    steps: int = 0
+    tokens_per_step: int | None = None
+    wall_time: float | None = None
+    data_dir: str = ""
+
+    @property
+    def tokens_seen(self) -> int | None:
+        return self.steps * self.tokens_per_step if self.tokens_per_step else None
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The last evaluation record ({} before the first)."""
+        return self.evals[-1] if self.evals else {}
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The evaluation record with the lowest val loss ({} before the first)."""
+        return min(self.evals, key=lambda r: float(r["val_loss"]), default={})
+
+
+def load_run(run: str | Path) -> RunSummary:
+    """Read a run folder written by `gptscratch train`.
+
+    Raises:
+        UserError: `run` is not such a folder (no metrics.jsonl), or it holds no records yet.
+    """
+    path = Path(run)
+    metrics = path / "metrics.jsonl"
+    if not metrics.is_file():
+        raise UserError(f"'{run}' is not a gptscratch run folder (it has no metrics.jsonl); "
+                        "give folders written by gptscratch train, e.g. --runs out/a out/b")
+    records = read_metrics(metrics)
+    if not records:
+        raise UserError(f"'{metrics}' holds no records yet; train longer than one log interval")
+    summary = RunSummary(name=str(run), path=path)
+    summary.evals = [r for r in records if "val_loss" in r]
+    summary.samples = [(int(r["step"]), str(r["sample"])) for r in records if "sample" in r]
+    summary.steps = max(int(r.get("step", 0)) for r in records)
+    times = [float(r["elapsed"]) for r in records if isinstance(r.get("elapsed"), (int, float))]
+    summary.wall_time = times[-1] if times else None
+    try:
+        meta = load_checkpoint(path, prefer="latest", verify=False).meta
+    except UserError:
+        return summary  # stopped before its first checkpoint: curves, but no settings
+    model, train = meta.get("model_config", {}), meta.get("train_config", {})
+    summary.settings = {**model, **train}
+    summary.data_dir = str(meta.get("data_dir", ""))
+    try:
+        summary.tokens_per_step = (int(train["batch_size"]) * int(train["grad_accum"])
+                                   * int(model["block_size"]) * int(meta.get("world_size", 1)))
+    except (KeyError, TypeError, ValueError):
+        summary.tokens_per_step = None
+    return summary
 
 
 def check_out(out: str | Path) -> Path:
@@ -71,17 +148,17 @@ def _val_overlay(runs: Sequence[RunSummary], out: Path) -> Path | None:
     """Every run's val loss on one plot (None when no run has evaluated yet)."""
     if not any(r.evals for r in runs):
         return None
-    fig = new_figure(10.0, 5.0)
+    fig = canvas.new_figure(10.0, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     for i, run in enumerate(runs):
         if run.evals:
             ax.plot([r["step"] for r in run.evals], [r["val_loss"] for r in run.evals],
                     color=f"C{i % 10}", lw=2, marker="o", ms=4, label=run.name)
-    style_axes(ax, "Validation loss of every run", "step", "val loss (nats per token)")
+    canvas.style_axes(ax, "Validation loss of every run", "step", "val loss (nats per token)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
-    fig.suptitle("Runs compared", fontsize=TITLE_SIZE)
-    return save_png(fig, out)
+    fig.suptitle("Runs compared", fontsize=canvas.TITLE_SIZE)
+    return canvas.save_png(fig, out)
 
 
 def _number(value: Any, digits: int = 4) -> str:
