@@ -69,9 +69,8 @@ from gptscratch.model.gpt import GPT, lm_loss
 from gptscratch.runtime.cpu import keep_freed_memory
 from gptscratch.training.config import OptimConfig, TrainConfig
 from gptscratch.training.mfu import flops_per_token, peak_flops
-from gptscratch.training.optimizer import make_optimizer
+from gptscratch.training.optimizer import lr_at, make_optimizer
 from gptscratch.training.presets import MODERN_RECIPE
-from gptscratch.training.schedule import lr_at
 
 # The sibling benchmark scripts (training.py's model builder, generation.py's shapes,
 # quality.py's machine line) are imported where a part uses them, in its own child process:

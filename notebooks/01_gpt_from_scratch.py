@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -50,7 +50,7 @@ from gptscratch import api
 from gptscratch.data.batches import get_batch
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT, lm_loss
-from gptscratch.training.schedule import lr_at
+from gptscratch.training.optimizer import lr_at
 
 torch.manual_seed(0)
 # Sizes: the small set only checks that every cell runs.

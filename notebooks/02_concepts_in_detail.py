@@ -50,7 +50,7 @@ from gptscratch.model.gpt import Trace
 from gptscratch.model.layers import LayerNorm, RMSNorm
 from gptscratch.model.rotary import apply_rotary, rotary_angles
 from gptscratch.training.muon import NS_COEFFICIENTS, newton_schulz
-from gptscratch.training.schedule import lr_at
+from gptscratch.training.optimizer import lr_at
 from gptscratch.viz.curves import load_curves
 
 torch.manual_seed(0)

@@ -28,8 +28,8 @@ from gptscratch.training.distributed import (
     shard_model,
     wrap_model,
 )
-from gptscratch.training.distributed_state import load_optimizer_state
 from gptscratch.training.optimizer import make_optimizer, parameter_groups, state_by_name
+from gptscratch.training.resume import load_optimizer_state
 
 
 def test_context_from_torchrun_environment() -> None:

@@ -28,8 +28,12 @@ from gptscratch.training.muon import (
     newton_schulz,
     newton_schulz_dtype,
 )
-from gptscratch.training.optimizer import freeze_parameters, is_muon_weight, make_optimizer
-from gptscratch.training.schedule import lr_at
+from gptscratch.training.optimizer import (
+    freeze_parameters,
+    is_muon_weight,
+    lr_at,
+    make_optimizer,
+)
 
 CPU = torch.device("cpu")
 

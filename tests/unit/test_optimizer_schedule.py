@@ -6,8 +6,7 @@ import pytest
 
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
-from gptscratch.training.optimizer import parameter_groups
-from gptscratch.training.schedule import lr_at
+from gptscratch.training.optimizer import lr_at, parameter_groups
 
 
 def test_lr_schedule_warmup_then_cosine_to_floor() -> None:

@@ -3,8 +3,10 @@
 Every `eval_interval` steps (and when a run stops) the loss is measured on fixed train and val
 batches, logged and written to `metrics.jsonl` with a short text sample (`samples.py`), and
 a checkpoint saved as `latest/` (and `best/` when val improved), holding everything an exact
-resume needs: the optimizer, the grad scaler, the batch generator and every process's random
-state. A non-finite loss is never saved over the last good checkpoint.
+resume (`resume.py`) needs: the optimizer, the grad scaler, the batch generator and every
+process's random state. Under FSDP the whole weights and optimizer state are gathered on rank 0
+into the files one process writes. A non-finite loss is never saved over the last good
+checkpoint.
 """
 
 from __future__ import annotations
@@ -13,16 +15,25 @@ import logging
 import math
 from typing import Any
 
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+)
+
 from gptscratch.checkpoints.checkpoint import link_checkpoint, save_checkpoint
+from gptscratch.checkpoints.load import build_model
 from gptscratch.errors import UserError
 from gptscratch.evaluation.evaluate import estimate_loss
 from gptscratch.model.gpt import GPT
 from gptscratch.training.distributed import barrier, gather_to_main, sum_across_ranks
-from gptscratch.training.distributed_state import gather_full_state, plain_model, rng_states
 from gptscratch.training.samples import sample_at_step
 from gptscratch.training.setup import TrainState
 
 log = logging.getLogger("gptscratch.train")
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def evaluate_and_save(state: TrainState) -> None:
@@ -45,14 +56,8 @@ def evaluate_and_save(state: TrainState) -> None:
             f"(step {state.saved_step}), is kept; try a lower --learning-rate or --dtype "
             "float32, then --resume")
     elapsed = state.elapsed()
-    rank_rngs = gather_to_main(rng_states(state.rng[1], rt.device), rt.ctx)  # exact resume
-    to_save: GPT = state.model
-    if state.config.system.fsdp:  # collective: every rank sends its shards to rank 0
-        weights, optimizer_state = gather_full_state(state.model, state.optimizer)
-        if rt.ctx.is_main:
-            to_save = plain_model(state.model_config, weights)
-    else:
-        optimizer_state = state.optimizer.state_dict()
+    rank_rngs = gather_to_main(_rng_state(state.rng[1], rt.device), rt.ctx)  # exact resume
+    to_save, optimizer_state = _model_and_optimizer_state(state)
     is_best = state.val_loss < state.best_val
     state.best_val = min(state.best_val, state.val_loss)
     state.saved_step = state.step
@@ -78,6 +83,33 @@ def evaluate_and_save(state: TrainState) -> None:
         if is_best:
             link_checkpoint(state.out_dir / "latest", state.out_dir / "best")
     barrier(rt.ctx)  # the other ranks wait until rank 0 has written the checkpoint
+
+
+def _model_and_optimizer_state(state: TrainState) -> tuple[GPT, dict[str, Any]]:
+    """The model a checkpoint is written from and the optimizer's state.
+
+    Under FSDP, collective: the whole of both, gathered on rank 0's CPU into an ordinary GPT
+    (the other ranks get their own model and empty dicts), the optimizer state keyed by
+    parameter name (`transformer.h.0.attn.c_attn.weight`) rather than by position.
+    """
+    if not state.config.system.fsdp:
+        return state.model, state.optimizer.state_dict()
+    weights = get_model_state_dict(state.model, options=_FULL)
+    optimizer_state = get_optimizer_state_dict(state.model, state.optimizer, options=_FULL)
+    if not state.runtime.ctx.is_main:
+        return state.model, optimizer_state
+    # Built from the gathered tensors (`build_model`: no random init, so rank 0's random state,
+    # which the checkpoint has already recorded, is left as an uninterrupted run has it).
+    return build_model(state.model_config, weights), optimizer_state  # type: ignore[arg-type]
+
+
+def _rng_state(torch_rng: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    """This rank's random state: the CPU generator as of the last finished step and, on CUDA,
+    the GPU's (dropout masks on a GPU come from the latter). `resume.restore_rng` reads it."""
+    states = {"torch_rng": torch_rng}
+    if device.type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return states
 
 
 def checkpoint_meta(state: TrainState, elapsed: float) -> dict[str, Any]:

@@ -1,26 +1,16 @@
-"""Training on several processes: DistributedDataParallel (DDP) started by `torchrun`.
+"""Training on several processes started by `torchrun`: DDP, or FSDP with `--fsdp`.
 
-`torchrun --nproc_per_node=N -m gptscratch train ...` starts N copies of the trainer and tells
-each its place through environment variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT).
-Each process (a "rank") holds a full copy of the model, trains on its own share of every
-batch, and DDP averages the gradients across ranks during the backward pass, so all copies
-take the same optimizer step. How the pieces fit:
-- backend: NCCL between GPUs, gloo between CPU processes (`backend_for`);
-- data: every rank draws the *global* batch's window offsets from an identically seeded
-  generator and keeps its own slice (`get_batch(..., shard=)`): ranks see different windows,
-  and together exactly what one process with the global batch would see, so a 2-rank run
-  reproduces a 1-process run (tests/test_distributed.py checks it);
-- global batch = batch_size (per rank) x world size x grad_accum micro-batches;
-- gradient accumulation: only the last micro-batch's backward all-reduces (`no_sync`);
-- rank 0 logs, writes metrics and checkpoints (from the unwrapped module, so no `module.`
-  prefixes); a barrier after each save keeps ranks in step; evaluation losses are summed
-  across ranks.
-With `--fsdp` (`shard_model`) each rank keeps only its 1/N of the parameters, gradients and
-optimizer state instead of a full copy: FSDP2's `fully_shard` gathers a block's weights just
-before the block runs and frees them after, and reduce-scatters the gradients so each rank
-updates its own shard. Checkpoints gather the whole state on rank 0 (`distributed_state.py`) and
-are the same files a single process writes, so either kind of run can resume the other's.
-Outside torchrun (no WORLD_SIZE) everything here is a no-op and training is single-process.
+torchrun starts N copies of the trainer and tells each its place (RANK, LOCAL_RANK,
+WORLD_SIZE). Under DDP each process (a rank) holds the whole model and trains on its own slice
+of every global batch (batch_size x world size x grad_accum): all ranks draw the same seeded
+window offsets and each keeps its share (`get_batch(..., shard=)`), so 2 ranks see exactly what
+one process would (tests/slow/test_distributed_runs.py). The gradients are all-reduced (NCCL
+between GPUs, gloo between CPU processes) once a step, on the last micro-batch. Under FSDP
+(`shard_model`) each rank keeps 1/N of the parameters, gradients and optimizer state.
+Rank 0 logs and writes metrics and checkpoints, from the unwrapped module and under FSDP
+gathered whole (`checkpointing.py`): the files one process writes, so either kind of run
+resumes the other's; a barrier after each save keeps the ranks in step. Outside torchrun
+everything here is a no-op.
 """
 
 from __future__ import annotations
@@ -100,10 +90,8 @@ def rank_device(device: torch.device, ctx: DistContext) -> torch.device:
 
 
 def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
-    """Join the process group when started by torchrun; return this rank and its device.
-
-    Safe to call more than once (the API joins before preparing data, the trainer again).
-    """
+    """Join the process group when started by torchrun; return this rank and its device. Safe
+    to call more than once (the API joins before preparing data, the trainer again)."""
     ctx = context_from_env()
     if not ctx.enabled:
         return ctx, device
@@ -136,13 +124,12 @@ def shutdown() -> None:
 
 
 def shard_model(model: GPT, ctx: DistContext) -> None:
-    """Shard the model in place with FSDP (fully sharded data parallel), block by block.
+    """Shard the model in place with FSDP2's `fully_shard`, one unit per Transformer block.
 
-    Each Transformer block is one unit: its weights are all-gathered just before it runs
-    (forward and backward) and freed after, so a rank holds one block's full weights at a
-    time plus its 1/N shard of everything. The embeddings, final norm and (tied) LM head form
-    the root unit. Call it before building the optimizer: the parameters become sharded
-    tensors (DTensors) and the optimizer must hold those.
+    A block's weights are all-gathered just before it runs (forward and backward) and freed
+    after, so a rank holds one block's full weights plus its 1/N shard of everything; the
+    embeddings, final norm and (tied) head form the root unit. Call it before building the
+    optimizer: the parameters become sharded tensors (DTensors), which the optimizer must hold.
     """
     if not ctx.enabled:
         raise UserError("this run trains with --fsdp, which shards the model across processes "
@@ -171,9 +158,8 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.M
 
 
 def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
-    """Around a micro-batch's forward and backward: with sync=False, DDP only adds the
-    gradients up locally; the last micro-batch of a step all-reduces them once (`no_sync`).
-    FSDP likewise keeps unsharded gradients until the last micro-batch reduce-scatters."""
+    """Around a micro-batch's forward and backward: with sync=False, DDP (`no_sync`) and FSDP
+    only add the gradients up locally; the step's last micro-batch reduces them once."""
     inner = inner_module(model)
     if isinstance(inner, FSDPModule):
         inner.set_requires_gradient_sync(sync)

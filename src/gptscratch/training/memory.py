@@ -30,16 +30,21 @@ from gptscratch.training.config import TrainConfig
 ACTIVATIONS_PER_LAYER = 16
 
 
+def _block_linears(model: ModelConfig) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each Linear layer inside a block, by its name there."""
+    C = model.n_embd
+    return {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, model.mlp_fc_out),
+            "mlp.c_proj": (model.mlp_hidden, C)}
+
+
 def lora_parameter_count(model: ModelConfig, rank: int, targets: str) -> int:
     """Parameters of the LoRA adapters: R * (in + out) for each adapted Linear layer."""
-    C, V, hidden = model.n_embd, model.vocab_size, model.mlp_hidden
-    sides = {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, model.mlp_fc_out),
-             "mlp.c_proj": (hidden, C)}
+    sides = _block_linears(model)
     total = 0
     for target in parse_targets(targets):
         for layer in TARGETS[target]:
             if layer == "lm_head":
-                total += rank * (C + V)
+                total += rank * (model.n_embd + model.vocab_size)
             else:
                 total += model.n_layer * rank * sum(sides[layer])
     return total
@@ -48,8 +53,7 @@ def lora_parameter_count(model: ModelConfig, rank: int, targets: str) -> int:
 def block_matrix_count(model: ModelConfig) -> int:
     """Parameters of the blocks' Linear weights (attention's c_attn and c_proj, the MLP's c_fc
     and c_proj): the matrices LoRA freezes and `--optimizer muon` hands to Muon."""
-    C = model.n_embd
-    return model.n_layer * (C * 3 * C + C * C + C * model.mlp_fc_out + model.mlp_hidden * C)
+    return model.n_layer * sum(n_in * n_out for n_in, n_out in _block_linears(model).values())
 
 
 @dataclass(frozen=True)

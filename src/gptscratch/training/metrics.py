@@ -1,9 +1,8 @@
 """Training telemetry: `metrics.jsonl` (one JSON object a line) and the progress line.
 
-`ProgressWindow` gathers what a progress line reports (the summed loss and gradient norm, kept
-on the device so a step never waits for them, the steps and the time since the last line);
-`eta` forecasts the time left and where the run ends; `progress_line` formats it all.
-`MetricsLog` writes the records, and hands them on to the loggers asked for (`tracking.py`).
+`ProgressWindow` gathers what a progress line reports (kept on the device, so a step never
+waits for it); `eta` forecasts the time left and where the run ends; `progress_line` formats
+it all. `MetricsLog` writes the records, and hands them on to the loggers (`tracking.py`).
 """
 
 from __future__ import annotations
@@ -32,10 +31,9 @@ def progress_line(
     eta: float, mfu: float | None = None, estimated_total: bool = False, paused: float = 0.0,
 ) -> str:
     """One human-readable line: step, loss, learning rate, speed (tokens/s and model FLOPs
-    utilisation, a fraction), elapsed time and ETA. `estimated_total` marks a total that is
-    the time budget's forecast (`step 812/~2400`) rather than a fixed step count; `paused`
-    (seconds of evaluation and checkpointing inside the window, left out of the speed) is
-    said when there was any."""
+    utilisation, a fraction), elapsed time and ETA. `estimated_total` marks a total forecast
+    by the time budget (`step 812/~2400`); `paused` (seconds of evaluation and checkpointing in
+    the window, left out of the speed) is said when there was any."""
     mfu_text = f" | MFU {100 * mfu:5.1f}%" if mfu is not None else ""
     paused_text = f" (speed excludes {paused:.1f} s of evaluation)" if paused > 0 else ""
     return (
@@ -46,9 +44,9 @@ def progress_line(
 
 
 class ProgressWindow:
-    """The steps since the last progress line: their summed loss (a device tensor, read once
-    per line), their count, when the window started, and the seconds spent in it on anything
-    but training (evaluation, checkpoints), which the speed leaves out.
+    """The steps since the last progress line: their summed loss and gradient norm (device
+    tensors, read once per line), their count, when the window started, and the seconds spent
+    in it on anything but training (evaluation, checkpoints), which the speed leaves out.
 
     Speed is always the window's training time over its steps, never one step's: a window's
     tokens/s is what the run really did between two progress lines.
@@ -57,13 +55,7 @@ class ProgressWindow:
     def __init__(self, device: torch.device) -> None:
         self.loss = torch.zeros((), device=device)
         self.grad_norm = torch.zeros((), device=device)  # summed over the updating steps
-        self.steps = 0
-        self.start = time.perf_counter()
-        self.paused = 0.0
-        self.skipped = 0  # updates skipped for a non-finite gradient
-
-    def seconds_per_step(self) -> float:
-        return (time.perf_counter() - self.start - self.paused) / max(self.steps, 1)
+        self.restart()
 
     def restart(self) -> None:
         self.loss.zero_()
@@ -71,7 +63,10 @@ class ProgressWindow:
         self.steps = 0
         self.start = time.perf_counter()
         self.paused = 0.0
-        self.skipped = 0
+        self.skipped = 0  # updates skipped for a non-finite gradient
+
+    def seconds_per_step(self) -> float:
+        return (time.perf_counter() - self.start - self.paused) / max(self.steps, 1)
 
 
 def eta(step: int, max_steps: int, seconds_per_step: float, elapsed: float,

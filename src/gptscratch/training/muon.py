@@ -2,34 +2,23 @@
 optimizer of `--optimizer muon`, written out here as `--optimizer adamw`'s rule is in
 `torch.optim.AdamW`.
 
-Muon (Keller Jordan, 2024, "Muon: an optimizer for hidden layers in neural networks"; the
-optimizer of modded-nanogpt's speed records) treats a weight matrix as the linear map it is.
-Each step it takes the Nesterov momentum of the gradient and replaces it with the nearest
-semi-orthogonal matrix: the same singular vectors, every singular value set to about 1
-(`newton_schulz`). A gradient's few dominant directions no longer swamp the rest, so every
-direction of the map learns at the same pace, and the model learns more per step than with
-AdamW. Which parameters get Muon is decided in `optimizer.py` (`is_muon_weight`): the 2-D
-weights inside the blocks. Embeddings (a lookup, not a map of the whole input), the LM head
-and the 1-D gains and biases keep AdamW, as in modded-nanogpt.
+Muon (Keller Jordan, 2024; the optimizer of modded-nanogpt's speed records; explained in
+docs/concepts/modern-recipe.md) treats a weight matrix as the linear map it is: each step it
+replaces the Nesterov momentum of the gradient with the nearest semi-orthogonal matrix
+(`newton_schulz`), so every direction of the map learns at the same pace. `optimizer.py`
+(`is_muon_weight`) gives it the 2-D weights inside the blocks; the rest keeps AdamW.
 
-One optimizer holds both kinds of group (a group flagged `muon=True` follows Muon, any other
-AdamW), so the trainer sees one `torch.optim.Optimizer`: the schedule, clipping, the
-GradScaler, `state_dict()`, checkpoints and exact resume work as with AdamW. The schedule sets
-every group's `lr` to AdamW's rate of the step (`loop.train_step`); a Muon group steps at
-`lr * lr_scale`, with `lr_scale = muon_lr / learning_rate` (`optimizer.muon_group`), so warmup
-and cosine decay shape both rates alike.
+One optimizer holds both kinds of group (`muon=True` follows Muon, any other AdamW), so the
+schedule, clipping, the GradScaler, checkpoints and exact resume work as with AdamW. The
+schedule sets every group's `lr` to AdamW's rate; a Muon group steps at `lr * lr_scale`
+(`lr_scale = muon_lr / learning_rate`: `optimizer.muon_group`), so warmup and decay shape both
+alike. Under DDP the gradients are averaged before `step` runs; under FSDP each rank gathers
+the whole matrix to orthogonalise it and keeps its own rows (`orthogonalise`).
 
-Several processes: under DDP the gradients are already averaged across ranks when `step` runs,
-so every rank computes the same update. Under FSDP each rank holds a dim-0 shard (a DTensor)
-of each matrix, its gradient and its momentum; orthogonalising needs the whole matrix, so every
-rank gathers it, orthogonalises it and keeps its own rows (`orthogonalise`): the numbers one
-process computes.
-
-Cost: Newton-Schulz on an (m, n) matrix, m <= n, takes ~30 m^2 n FLOPs (5 steps of 3 matmuls),
-the forward and backward passes 6 m n B for B tokens a step: Muon adds ~5 m / B to a step.
-That is under 1% at modded-nanogpt's scale (m = 768, B = 524,288), but large for a small batch
-on a CPU: on the shakespeare-char preset (m = 256, B = 2,048), one thread, Muon's step took
-294 ms against 652 ms for the forward and backward (AdamW's: 4 ms).
+Cost: Newton-Schulz on an (m, n) matrix, m <= n, adds ~5 m / B to its share of a step of B
+tokens: under 1% at modded-nanogpt's scale (m = 768, B = 524,288), but on the shakespeare-char
+preset (m = 256, B = 2,048), one CPU thread, Muon's step took 294 ms against 652 ms for the
+forward and backward (AdamW's: 4 ms).
 """
 
 from __future__ import annotations

@@ -1,14 +1,19 @@
-"""AdamW with two parameter groups: weight decay for matrices, none for biases and norms;
-or, with `--optimizer muon`, a third group of the blocks' matrices for Muon (`muon.py`).
+"""The optimizer, its parameter groups, and the learning-rate schedule it follows.
 
-Decay pulls weights towards zero, a regulariser that suits the matmul weights and embeddings
-(2-D tensors); biases and LayerNorm gains (1-D) only shift or scale and are left free, as in
-GPT-2 and nanoGPT. Frozen parameters (fine-tuning, `freeze_parameters`) are left out entirely.
+AdamW with two groups: weight decay for matrices, none for biases and norms; or, with
+`--optimizer muon`, a third group of the blocks' matrices for Muon (`muon.py`). Decay pulls
+weights towards zero, a regulariser that suits the matmul weights and embeddings (2-D);
+biases and LayerNorm gains (1-D) only shift or scale and are left free, as in GPT-2 and
+nanoGPT. Frozen parameters (fine-tuning, `freeze_parameters`) are left out entirely.
+The rate warms up linearly, then decays along a cosine to a floor (`lr_at`): warmup avoids
+large, badly-aimed Adam steps while its moment estimates are still noisy; cosine decay lets
+the model settle into a minimum at the end (Loshchilov & Hutter 2017).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import torch
@@ -97,22 +102,33 @@ def state_by_name(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     }
 
 
-def make_optimizer(
-    model: nn.Module, config: OptimConfig, device: torch.device
-) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: OptimConfig, device: torch.device
+                   ) -> torch.optim.Optimizer:
     """AdamW over the two groups, the fused kernel where this PyTorch offers it for the device;
     or, with `optimizer="muon"`, Muon for the blocks' matrices and AdamW for the rest."""
     if config.optimizer == "muon":
         return MuonWithAdamW(
             parameter_groups(model, config.weight_decay, muon_group(config)),
             lr=config.learning_rate, betas=(config.beta1, config.beta2))
-    fused_ok = "fused" in inspect.signature(torch.optim.AdamW).parameters and device.type in (
-        "cuda",
-        "cpu",
-    )
-    return torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay),
-        lr=config.learning_rate,
-        betas=(config.beta1, config.beta2),
-        fused=fused_ok or None,
-    )
+    fused_ok = ("fused" in inspect.signature(torch.optim.AdamW).parameters
+                and device.type in ("cuda", "cpu"))
+    return torch.optim.AdamW(parameter_groups(model, config.weight_decay),
+                             lr=config.learning_rate, betas=(config.beta1, config.beta2),
+                             fused=fused_ok or None)
+
+
+def lr_at(step: int, max_lr: float, min_lr: float, warmup: int, progress: float) -> float:
+    """Learning rate for an optimizer step: linear warmup, then cosine decay to `min_lr`.
+
+    Args:
+        step: the optimizer step about to be taken (0-based).
+        max_lr: peak learning rate, reached at the end of warmup.
+        min_lr: floor of the cosine decay.
+        warmup: number of warmup steps.
+        progress: fraction of training done, in [0, 1] (by steps, or by time with --max-time).
+    """
+    if step < warmup:
+        return max_lr * (step + 1) / warmup
+    progress = min(max(progress, 0.0), 1.0)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
+    return min_lr + coeff * (max_lr - min_lr)

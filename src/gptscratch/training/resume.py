@@ -1,11 +1,11 @@
 """Resuming a run: check that a checkpoint fits the run asked for, then put back everything
 the training loop needs to continue as if it had never stopped.
 
-A checkpoint's `state.pt` holds the optimizer and grad-scaler state, the data generator (which
-batches come next) and the random state of every process (dropout masks); `checkpoint.json`
-holds the step, the losses so far and the wall time already spent, which a time-budgeted
-run's schedule follows. The loop (`loop.py`) loads the weights first, before FSDP would shard
-them, then calls `restore_training_state` once the optimizer exists.
+A checkpoint's `state.pt` (written by `checkpointing.py`) holds the optimizer and grad-scaler
+state, the data generator (which batches come next) and the random state of every process
+(dropout masks); `checkpoint.json` holds the step, the losses so far and the wall time already
+spent, which a time-budgeted run's schedule follows. `setup.py` loads the weights first,
+before FSDP would shard them, then calls `restore_training_state` once the optimizer exists.
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
 from gptscratch.checkpoints.checkpoint import Checkpoint, load_checkpoint
 from gptscratch.data.token_files import PreparedData
 from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig
 from gptscratch.training.config import TrainConfig
-from gptscratch.training.distributed import DistContext
-from gptscratch.training.distributed_state import load_optimizer_state, restore_rng
+from gptscratch.training.distributed import DistContext, inner_module, is_sharded
+from gptscratch.training.optimizer import state_by_name
 
 log = logging.getLogger("gptscratch.train")
 
@@ -65,16 +66,20 @@ def checkpoint_to_resume(out_dir: Path, model_config: ModelConfig,
     return ckpt
 
 
-def restore_training_state(
-    ckpt: Checkpoint,
-    optimizer: torch.optim.Optimizer,
-    model: nn.Module,
-    scaler: torch.amp.GradScaler,
-    data_rng: torch.Generator,
-    ctx: DistContext,
-    device: torch.device,
-    seed: int,
-) -> ResumePoint:
+def check_same_optimizer(ckpt: Checkpoint, optimizer: str) -> None:
+    """Refuse to resume with another `--optimizer` than the run's: AdamW's state does not fit
+    Muon's groups (`optimizer.py`), nor the reverse. Checkpoints from before the option
+    trained with AdamW."""
+    was = ckpt.meta.get("train_config", {}).get("optimizer", "adamw")
+    if was != optimizer:
+        raise UserError(f"checkpoint '{ckpt.path}' was trained with --optimizer {was}, not "
+                        f"{optimizer}; resume with --optimizer {was}, or start a new run from "
+                        f"it with --init-from {ckpt.path} --optimizer {optimizer} --out NEW")
+
+
+def restore_training_state(ckpt: Checkpoint, optimizer: torch.optim.Optimizer, model: nn.Module,
+                           scaler: torch.amp.GradScaler, data_rng: torch.Generator,
+                           ctx: DistContext, device: torch.device, seed: int) -> ResumePoint:
     """Load the optimizer, scaler and random state of `ckpt` into this run; return its step.
 
     At another number of processes than the checkpoint's, training continues but not exactly
@@ -100,19 +105,46 @@ def restore_training_state(
                        float(ckpt.meta["val_loss"]))
 
 
-def check_same_optimizer(ckpt: Checkpoint, optimizer: str) -> None:
-    """Refuse to resume with another `--optimizer` than the run's: AdamW's state does not fit
-    Muon's groups (`optimizer.py`), nor the reverse. Checkpoints from before the option
-    trained with AdamW."""
-    was = ckpt.meta.get("train_config", {}).get("optimizer", "adamw")
-    if was != optimizer:
-        raise UserError(f"checkpoint '{ckpt.path}' was trained with --optimizer {was}, not "
-                        f"{optimizer}; resume with --optimizer {was}, or start a new run from "
-                        f"it with --init-from {ckpt.path} --optimizer {optimizer} --out NEW")
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
+                         state: dict[str, Any]) -> None:
+    """Load a checkpoint's optimizer state, whichever kind of run wrote it.
+
+    One process and DDP save `optimizer.state_dict()` (keyed by position); FSDP saves it keyed
+    by parameter name. A sharded model takes the named form (each rank keeps its shard); a
+    plain one takes either.
+    """
+    # Decided by the groups' parameter lists: the state itself is empty before the first step.
+    by_name = all(isinstance(p, str) for g in state["param_groups"] for p in g["params"])
+    if not by_name and not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    if not by_name:
+        state = state_by_name(state, inner_module(model))
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True))
+
+
+def restore_rng(state: dict[str, Any], saved_world: int, ctx: DistContext,
+                device: torch.device, seed: int) -> None:
+    """Give this rank its random state back from a checkpoint's `state.pt`.
+
+    At the same world size each rank continues its own streams, so the run continues exactly.
+    At another size rank 0 continues the saved streams and the other ranks start fresh ones
+    from the seed: the caller should say so.
+    """
+    mine: dict[str, Any] = state
+    if saved_world == ctx.world_size and "rank_rngs" in state:
+        mine = state["rank_rngs"][ctx.rank]
+    elif saved_world != ctx.world_size and ctx.rank > 0:
+        torch.manual_seed(seed + ctx.rank)
+        return
+    torch.set_rng_state(mine["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in mine:
+        torch.cuda.set_rng_state(mine["cuda_rng"], device)
 
 
 def resumed_provenance(meta: dict[str, Any], saved: TrainConfig, overrides: dict[str, Any],
-                  out: Path) -> dict[str, Any] | None:
+                       out: Path) -> dict[str, Any] | None:
     """What a resumed fine-tuning run keeps of its checkpoint's provenance (None: not one):
     the source, and a LoRA run's adapters' settings and base, which the run's overrides must
     leave as they are.

@@ -1,15 +1,12 @@
 """Experiment tracking: where a run's records go besides `metrics.jsonl`.
 
-`metrics.MetricsLog` writes every record to `metrics.jsonl` (always) and hands it to the sinks
-made here, one per `--logger`: TensorBoard event files under `<run>/tensorboard/` (PyTorch's
-own `SummaryWriter`), a table `<run>/metrics.csv`, and Weights & Biases when it is installed
-(online or offline as the user's environment says, e.g. WANDB_MODE=offline). Records are what
-the loop writes: progress (loss, lr, tokens_per_s, mfu, grad_norm), evaluation (train_loss,
-val_loss, val_perplexity) and a text sample at each evaluation. Only rank 0 logs.
-
-A resumed run continues its sinks: TensorBoard drops the events after the checkpoint
-(`purge_step`), the CSV is rebuilt from `metrics.jsonl` (already cut back to the checkpoint),
-and wandb continues the run whose id it left in `<run>/wandb-run-id`.
+`metrics.MetricsLog` writes every record (progress, evaluation, text sample) to
+`metrics.jsonl` and hands it to the sinks made here, one per `--logger`: TensorBoard event
+files under `<run>/tensorboard/`, a table `<run>/metrics.csv`, and Weights & Biases (online or
+offline as the environment says, e.g. WANDB_MODE=offline). Only rank 0 logs. A resumed run
+continues its sinks: TensorBoard drops the events after the checkpoint (`purge_step`), the CSV
+is rebuilt from `metrics.jsonl` (already cut back to the checkpoint), and wandb continues the
+run whose id it left in `<run>/wandb-run-id`.
 """
 
 from __future__ import annotations
@@ -26,10 +23,9 @@ from gptscratch.errors import UserError
 from gptscratch.files import append_text, atomic_file
 
 # Scalar names in TensorBoard and wandb: progress records under train/, evaluations under eval/.
-TAGS = {"loss": "train/loss", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s",
-        "mfu": "train/mfu", "grad_norm": "train/grad_norm",
-        "skipped_updates": "train/skipped_updates", "train_loss": "eval/train_loss",
-        "val_loss": "eval/val_loss", "val_perplexity": "eval/val_perplexity"}
+TAGS = {**{k: f"train/{k}" for k in ("loss", "lr", "tokens_per_s", "mfu", "grad_norm",
+                                      "skipped_updates")},
+        **{k: f"eval/{k}" for k in ("train_loss", "val_loss", "val_perplexity")}}
 # The CSV's first columns, in this order; keys a newer loop adds follow them.
 CSV_COLUMNS = ("step", "loss", "lr", "tokens_per_s", "mfu", "grad_norm", "skipped_updates",
                "train_loss", "val_loss", "val_perplexity", "elapsed")
@@ -56,9 +52,7 @@ def check_loggers(loggers: Sequence[str]) -> None:
     Raises:
         UserError: e.g. `--logger wandb needs the wandb package: pip install wandb`.
     """
-    for name in loggers:
-        if name not in _NEEDS:
-            continue
+    for name in [n for n in loggers if n in _NEEDS]:
         module, pip = _NEEDS[name]
         try:
             importlib.import_module(module)
@@ -91,7 +85,7 @@ def open_sinks(loggers: Sequence[str], out_dir: Path, hparams: dict[str, Any],
 def _scalars(record: dict[str, Any]) -> dict[str, float]:
     """A record's numbers by their tag (an MFU that is not reported, None, is left out)."""
     return {TAGS.get(key, key): float(value) for key, value in record.items()
-            if key != "step" and key != "elapsed" and isinstance(value, (int, float))
+            if key not in ("step", "elapsed") and isinstance(value, (int, float))
             and not isinstance(value, bool)}
 
 
