@@ -58,10 +58,10 @@ import torch
 import torch.nn.functional as F
 from quality import machine  # the sibling benchmark script: one machine description
 
-from gptscratch.model.config import ModelConfig
+from gptscratch.model.config import ModelConfig, SamplingConfig
 from gptscratch.model.decoding import Decoder
 from gptscratch.model.gpt import GPT
-from gptscratch.model.sampling import SamplingConfig, sample_next_token
+from gptscratch.model.sampling import sample_next_token
 from gptscratch.training.presets import get_preset
 
 REPO = Path(__file__).resolve().parents[1]

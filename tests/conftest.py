@@ -137,7 +137,7 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 def torch_seen(cache: Path) -> None:
     """Record this torch build as seen in `cache`, so the one-time build notice
-    (`runtime.build.first_use_notice`) does not add a line to the output tests check."""
+    (`runtime.device.first_use_notice`) does not add a line to the output tests check."""
     import torch
 
     cache.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,36 @@ class UserError(Exception):
     """Bad input: a one-line message that says what was wrong and what to do."""
 
 
+class SettingError(UserError):
+    """A setting's value outside its rule, named by the setting, never by a flag: the CLI
+    (`render(flag)`) and the server (`describe()`, with the request field) say it in their
+    own words.
+
+    Attributes:
+        setting: the setting's name (`top_k`); value: the value given; rule: what the value
+        must be ("must be >= 1"); example: a good value to try, or None; note: what else to
+        say (", or leave it out to keep all").
+    """
+
+    def __init__(self, setting: str, value: object, rule: str, example: object = None,
+                 note: str = "") -> None:
+        self.setting, self.value, self.rule = setting, value, rule
+        self.example, self.note = example, note
+        super().__init__(self.render(None))
+
+    def describe(self) -> str:
+        """The setting, its value and its rule: `top_k (0) must be >= 1`."""
+        return f"{self.setting} ({self.value!r}) {self.rule}"
+
+    def render(self, flag: str | None) -> str:
+        """The whole message, its fix given as `flag` would write it (`--top-k 50`), or for
+        Python (`top_k=50`) when `flag` is None."""
+        if self.example is None:
+            return self.describe() + self.note
+        fix = f"{flag} {self.example}" if flag else f"{self.setting}={self.example!r}"
+        return f"{self.describe()}; try {fix}{self.note}"
+
+
 def require(ok: bool, message: str) -> None:
     """Raise `UserError(message)` unless `ok`: the validation idiom of the config classes."""
     if not ok:

@@ -197,7 +197,7 @@ def test_rows_joining_leaving_and_sliding_in_one_step_each_get_their_own_text(
     window is 32) while another joins. Every row that runs to the end must read as it does
     alone (greedy), whatever happened around it."""
     from gptscratch.generation.engine import RowEvent, RowRequest
-    from gptscratch.model.sampling import SamplingConfig
+    from gptscratch.model.config import SamplingConfig
     from gptscratch.server.batching import BatchingEngine
 
     engine = BatchingEngine(loaded.model, loaded.tokenizer, max_batch=4)
@@ -258,7 +258,7 @@ def test_the_server_engine_and_complete_write_the_same_text(loaded: Any) -> None
     penalty and cut by a stop string, whatever other rows share its batch."""
     from gptscratch.generation.engine import RowEvent, RowRequest
     from gptscratch.generation.stops import StopStrings
-    from gptscratch.model.sampling import SamplingConfig
+    from gptscratch.model.config import SamplingConfig
     from gptscratch.server.batching import BatchingEngine
 
     prompts, seed, n = ["ROMEO:\n", "First Citizen:\nYou are all resolved"], 11, 3

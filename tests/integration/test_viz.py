@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from gptscratch import api
 from gptscratch.cli import main
-from gptscratch.model.sampling import SamplingConfig
+from gptscratch.model.config import SamplingConfig
 from gptscratch.viz import attention, curves, distribution, embeddings, logit_lens
 from gptscratch.viz.canvas import DPI, token_label
 

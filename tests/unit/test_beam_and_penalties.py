@@ -11,11 +11,10 @@ import torch.nn.functional as F
 from conftest import decode_steps
 
 from gptscratch.errors import UserError
-from gptscratch.model.beam_search import BeamConfig, beam_search
-from gptscratch.model.config import ModelConfig
+from gptscratch.model.beam_search import beam_search
+from gptscratch.model.config import BeamConfig, ModelConfig, SamplingConfig
 from gptscratch.model.gpt import GPT
 from gptscratch.model.sampling import (
-    SamplingConfig,
     TokenCounts,
     apply_penalties,
     filter_logits,
@@ -46,7 +45,7 @@ def test_beam_search_finds_the_exhaustive_best(seed: int) -> None:
     best = max(itertools.product(range(VOCAB), repeat=horizon),
                key=lambda c: _logprob(model, prompt, c))
     # VOCAB ** (horizon - 1) beams keep every prefix, so the search is exact.
-    found = beam_search(model, prompt, horizon, BeamConfig(num_beams=VOCAB ** (horizon - 1)))
+    found = beam_search(model, prompt, horizon, BeamConfig(beams=VOCAB ** (horizon - 1)))
     assert tuple(found[0].ids) == best
     assert found[0].logprob == pytest.approx(_logprob(model, prompt, best), abs=1e-4)
 
@@ -67,7 +66,7 @@ def test_beam_search_with_endings_and_length_penalty_matches_exhaustive(
 
     best = max(candidates, key=score)
     found = beam_search(model, prompt, horizon,
-                        BeamConfig(num_beams=len(candidates), length_penalty=length_penalty,
+                        BeamConfig(beams=len(candidates), length_penalty=length_penalty,
                                    early_stopping=False),
                         is_finished=lambda ids: ids[-1] == 0)
     assert tuple(found[0].ids) == best
@@ -78,19 +77,19 @@ def test_one_beam_is_greedy() -> None:
     model = _model(4)
     greedy = [int(s.ids[0]) for s in decode_steps(model, [[1, 2]], 6,
                                                      SamplingConfig(temperature=0.0))]
-    assert beam_search(model, [1, 2], 6, BeamConfig(num_beams=1))[0].ids == greedy
+    assert beam_search(model, [1, 2], 6, BeamConfig(beams=1))[0].ids == greedy
 
 
 def test_beam_search_without_cache_agrees() -> None:
     model = _model(5)
-    a = beam_search(model, [1], 5, BeamConfig(num_beams=3))
-    b = beam_search(model, [1], 5, BeamConfig(num_beams=3), use_cache=False)
+    a = beam_search(model, [1], 5, BeamConfig(beams=3))
+    b = beam_search(model, [1], 5, BeamConfig(beams=3), use_cache=False)
     assert [h.ids for h in a] == [h.ids for h in b]
 
 
 def test_early_stopping_returns_as_soon_as_enough_beams_finish() -> None:
     model = _model(6)
-    found = beam_search(model, [1], 12, BeamConfig(num_beams=2, early_stopping=True),
+    found = beam_search(model, [1], 12, BeamConfig(beams=2, early_stopping=True),
                         is_finished=lambda ids: True)  # every extension ends at once
     assert all(len(h.ids) == 1 and h.finished for h in found)
 
@@ -136,7 +135,7 @@ def test_penalties_outside_their_range_are_refused(kw: dict[str, float]) -> None
         SamplingConfig(**kw)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("kw", [dict(num_beams=0), dict(length_penalty=20.0)])
+@pytest.mark.parametrize("kw", [dict(beams=0), dict(length_penalty=20.0)])
 def test_bad_beam_settings_are_refused(kw: dict[str, float]) -> None:
     with pytest.raises(UserError):
         BeamConfig(**kw)  # type: ignore[arg-type]

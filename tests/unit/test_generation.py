@@ -7,10 +7,9 @@ import torch
 import torch.nn.functional as F
 from conftest import decode_steps, sample_step
 
-from gptscratch.model.config import ModelConfig
+from gptscratch.model.config import ModelConfig, SamplingConfig
 from gptscratch.model.decoding import Decoder, window_keep
 from gptscratch.model.gpt import GPT
-from gptscratch.model.sampling import SamplingConfig
 
 GREEDY = SamplingConfig(temperature=0.0)
 

@@ -7,11 +7,11 @@ import dataclasses
 
 import pytest
 
-from gptscratch.cli.parser import build_parser
-from gptscratch.errors import UserError
+from gptscratch.cli.parser import add_setting_flags, build_parser
+from gptscratch.errors import SettingError, UserError
 from gptscratch.generation.config import GenerationConfig
-from gptscratch.model.beam_search import BeamConfig
-from gptscratch.model.sampling import SamplingConfig
+from gptscratch.model.config import BeamConfig, SamplingConfig
+from gptscratch.settings import setting
 
 
 def test_the_model_layer_settings_come_from_the_config() -> None:
@@ -24,7 +24,7 @@ def test_the_model_layer_settings_come_from_the_config() -> None:
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"max_new_tokens": -1}, "--max-new-tokens (-1) must be >= 0"),
+    ({"max_new_tokens": -1}, "max_new_tokens (-1) must be >= 0; try max_new_tokens=200"),
     ({"num_samples": 0}, "num_samples (0) must be >= 1"),
     ({"stop": ["ok", ""]}, "stop string is empty"),
     ({"temperature": -1.0}, "temperature (-1.0) must be >= 0"),
@@ -32,8 +32,9 @@ def test_the_model_layer_settings_come_from_the_config() -> None:
     ({"beams": 2, "num_samples": 3}, "num_samples (3) must be <= beams (2)"),
 ])
 def test_each_rule_is_checked_when_the_config_is_built(options: dict, message: str) -> None:
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
         GenerationConfig(**options)
+    assert "--" not in str(e.value)  # below the CLI an error names the setting, not a flag
 
 
 def test_build_replaces_fields_by_name_and_refuses_unknown_ones() -> None:
@@ -73,3 +74,43 @@ def test_chat_has_every_generation_flag_but_the_number_of_samples() -> None:
     args = vars(build_parser().parse_args(["chat", "--ckpt", "run"]))
     names = {f.name for f in dataclasses.fields(GenerationConfig)}
     assert names - set(args) == {"num_samples"}
+
+
+def test_a_setting_error_is_said_with_the_setting_or_its_flag() -> None:
+    with pytest.raises(SettingError) as e:
+        SamplingConfig(top_k=0)
+    assert str(e.value) == "top_k (0) must be >= 1; try top_k=50, or leave it out to keep all"
+    assert e.value.render("--top-k") == ("top_k (0) must be >= 1; try --top-k 50, or leave it "
+                                         "out to keep all")
+    assert e.value.describe() == "top_k (0) must be >= 1"  # what the server says
+
+
+@dataclasses.dataclass(frozen=True)
+class WithTypicalP(SamplingConfig):
+    """A copy of the sampling declaration with one more setting."""
+
+    typical_p: float = setting(1.0, "keep the locally typical tokens covering P", low=0, high=1,
+                               low_open=True, example=0.9)
+
+
+def test_a_new_setting_appears_as_a_flag_and_a_request_field() -> None:
+    """One declaration: a setting added to it becomes a CLI flag (with its help and default)
+    and a field of the server's requests (with its rule), with no code of their own."""
+    import argparse
+
+    from gptscratch.server.errors import APIError
+    from gptscratch.server.schemas import request_model, sampling_config
+
+    parser = argparse.ArgumentParser()
+    add_setting_flags(parser, WithTypicalP)
+    assert parser.parse_args([]).typical_p == 1.0
+    assert parser.parse_args(["--typical-p", "0.5"]).typical_p == 0.5
+    assert "keep the locally typical tokens covering P" in parser.format_help()
+    body = request_model(WithTypicalP, temperature=1.0)
+    assert body(typical_p=0.5).typical_p == 0.5 and body().temperature == 1.0
+    assert sampling_config(body(typical_p=0.5), WithTypicalP) == WithTypicalP(
+        temperature=1.0, typical_p=0.5)
+    with pytest.raises(APIError) as refused:
+        sampling_config(body(typical_p=0), WithTypicalP)
+    assert (refused.value.status, refused.value.param) == (400, "typical_p")
+    assert refused.value.message == "typical_p (0.0) must be in (0, 1]"

@@ -19,7 +19,7 @@ from conftest import REPO
 PACKAGE = REPO / "src" / "gptscratch"
 FLOORS = [
     {"errors"},
-    {"files", "hub"},
+    {"files", "hub", "settings"},
     {"data", "model", "runtime"},
     {"checkpoints"},
     {"generation"},
@@ -32,7 +32,8 @@ FLOORS = [
 ]
 FLOOR = {part: level for level, parts in enumerate(FLOORS) for part in parts}
 # What the CLI may import besides the API: the config dataclasses its flags are built from.
-CLI_CONFIG_MODULES = {"model.config", "training.config", "training.presets", "generation.config"}
+CLI_CONFIG_MODULES = {"model.config", "training.config", "training.presets", "generation.config",
+                      "server.config", "settings"}
 
 
 def _part(path: Path, package: Path) -> str:

@@ -23,13 +23,12 @@ from gptscratch.checkpoints.load import LoadedModel, load_model, with_context
 from gptscratch.data.tokenizers.char import CharTokenizer
 from gptscratch.errors import UserError
 from gptscratch.model.attention import CausalSelfAttention
-from gptscratch.model.config import ModelConfig, swiglu_hidden
+from gptscratch.model.config import ModelConfig, SamplingConfig, swiglu_hidden
 from gptscratch.model.decoding import Decoder, window_keep
 from gptscratch.model.gpt import GPT, Trace, lm_loss
 from gptscratch.model.layers import NORM_EPS, ReLU2MLP, RMSNorm, SwiGLUMLP
 from gptscratch.model.lora import add_lora, merge_lora
 from gptscratch.model.rotary import apply_rotary, rotary_angles
-from gptscratch.model.sampling import SamplingConfig
 
 GREEDY = SamplingConfig(temperature=0.0)
 ALL_ON = dict(positions="rope", norm="rmsnorm", qk_norm=True, activation="swiglu",

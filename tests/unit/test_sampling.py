@@ -12,10 +12,10 @@ from gptscratch.checkpoints.load import LoadedModel
 from gptscratch.errors import UserError
 from gptscratch.generation.config import GenerationConfig
 from gptscratch.generation.stream import stream_chunks
-from gptscratch.model.config import ModelConfig
+from gptscratch.model.config import ModelConfig, SamplingConfig
 from gptscratch.model.gpt import GPT
 from gptscratch.model.kv_cache import KVCache
-from gptscratch.model.sampling import SamplingConfig, filter_logits, sample_next_token
+from gptscratch.model.sampling import filter_logits, sample_next_token
 
 
 def test_temperature_zero_is_greedy() -> None:

@@ -10,12 +10,14 @@ functions raise a one-line `UserError` naming the pip command.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from gptscratch.api.generation import ModelSource
 from gptscratch.checkpoints.load import load_model
 from gptscratch.errors import UserError, require
+from gptscratch.server.config import ServeConfig
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -31,49 +33,48 @@ def require_serve_extra() -> None:
                         f"{SERVE_INSTALL}")
 
 
-def server_app(model: ModelSource, *, name: str | None = None, max_batch: int | None = None,
-               max_tokens_per_request: int = 512, max_prompt_tokens: int = 8192,
-               max_queue: int = 64, api_key: str | None = None, device: str = "auto",
-               dtype: str = "auto", block_size: int | None = None) -> FastAPI:
+def server_app(model: ModelSource, config: ServeConfig | None = None, *, device: str = "auto",
+               dtype: str = "auto", block_size: int | None = None, **options: Any) -> FastAPI:
     """The server's FastAPI application for a run or checkpoint directory (or a loaded
     model); its engine starts and stops with the application.
 
     Args:
         model: a run or checkpoint directory, or a model from `load`.
-        name: the model's name in the API (default: its run folder's name).
-        max_batch: the most rows (sequences) decoded together (None: as many as fit a
-            quarter of the free memory, at most 64; `generation.engine.default_max_batch`).
-        max_tokens_per_request: the largest `max_tokens` a request may ask for.
-        max_prompt_tokens: the longest prompt accepted, in tokens (longer: 413).
-        max_queue: the most rows waiting for a place in the batch (more: 429).
-        api_key: if set, every /v1 request must send `Authorization: Bearer <api_key>`.
+        config: the server's settings (`server.config.ServeConfig`: name, max_batch,
+            max_tokens_per_request, max_prompt_tokens, max_queue, api_key); `options` replace
+            single ones by name. They are checked before the model loads.
         device, dtype: where and in which dtype to run a checkpoint loaded here.
         block_size: the context each sequence reads at once (default: the trained one;
             longer only with rotary positions: `checkpoints.load.with_context`).
     """
-    rows = 1 if max_batch is None else max_batch  # None: chosen by the engine
-    for field, value in (("max_batch", rows), ("max_queue", max_queue),
-                         ("max_tokens_per_request", max_tokens_per_request),
-                         ("max_prompt_tokens", max_prompt_tokens)):
-        flag = "--" + field.replace("_", "-")
-        require(isinstance(value, int) and value >= 1,
-                f"{field} ({value}) must be >= 1; try {flag} 8")
-    require(api_key is None or api_key.strip() != "", "--api-key is empty; give a key or "
-            "leave it out")
+    config = serve_config(config, options)
     require_serve_extra()
     from gptscratch.server.app import create_app
-    from gptscratch.server.schemas import Limits
 
-    limits = Limits(max_tokens_per_request, max_prompt_tokens)
-    return create_app(load_model(model, device, dtype, block_size), limits, name=name,
-                      max_batch=max_batch, max_queue=max_queue, api_key=api_key)
+    return create_app(load_model(model, device, dtype, block_size), config)
 
 
 def serve(model: ModelSource, host: str = "127.0.0.1", port: int = 8000,
           **options: Any) -> None:
     """Serve a model until Ctrl-C (options as for `server_app`)."""
-    require(0 <= port <= 65535, f"port ({port}) must be in 0..65535; try --port 8000")
-    app = server_app(model, **options)
+    config = serve_config(None, {k: v for k, v in options.items()
+                                 if k not in ("device", "dtype", "block_size")}
+                          | {"host": host, "port": port})
+    app = server_app(model, config, **{k: v for k, v in options.items()
+                                        if k in ("device", "dtype", "block_size")})
     from gptscratch.server.app import run
 
-    run(app, host, port)
+    run(app, config.host, config.port)
+
+
+def serve_config(config: ServeConfig | None, options: dict[str, Any]) -> ServeConfig:
+    """`config` (or the defaults) with some settings replaced, by name.
+
+    Raises:
+        UserError: an unknown setting, or a value its rule refuses.
+    """
+    names = {f.name for f in dataclasses.fields(ServeConfig)}
+    unknown = sorted(set(options) - names)
+    require(not unknown, f"unknown server setting(s) {unknown}; the settings are: "
+                         f"{', '.join(sorted(names))}")
+    return dataclasses.replace(config or ServeConfig(), **options)

@@ -21,14 +21,13 @@ from gptscratch.data.token_files import is_prepared_dir, load_prepared
 from gptscratch.errors import UserError
 from gptscratch.evaluation.explain import Stage, explain_prompt, format_stages
 from gptscratch.evaluation.memorisation import CopyReport, CorpusIndex, describe_copy
-from gptscratch.model.sampling import SamplingConfig
+from gptscratch.model.config import SamplingConfig
 from gptscratch.viz import attention as viz_attention
 from gptscratch.viz import curves as viz_curves
 from gptscratch.viz import distribution as viz_distribution
 from gptscratch.viz import embeddings as viz_embeddings
 from gptscratch.viz import logit_lens as viz_logit_lens
 from gptscratch.viz import report as viz_report
-from gptscratch.viz.run_summary import RunSummary, load_run
 
 __all__ = ["plot_curves", "plot_attention", "plot_next_token", "plot_embeddings",
            "plot_logit_lens", "explain", "format_stages", "corpus_index", "check_copy",
@@ -156,12 +155,12 @@ def report(runs: Sequence[str | Path], out: str | Path = "report.html") -> Path:
         out: the .html file; an existing file is replaced only if it is an earlier report.
     """
     viz_report.check_out(out)  # before the runs are read and their corpora indexed
-    summaries = [load_run(r) for r in runs]
+    summaries = [viz_report.load_run(r) for r in runs]
     copies = {s.name: _last_sample_copy(s) for s in summaries}
     return viz_report.write_report(summaries, out, copies)
 
 
-def _last_sample_copy(run: RunSummary) -> CopyReport | str | None:
+def _last_sample_copy(run: viz_report.RunSummary) -> CopyReport | str | None:
     """The copy check of a run's last sample against its training data; why not, if not."""
     if not run.samples:
         return None

@@ -1,6 +1,7 @@
 """The `gptscratch` command: parses arguments, calls `gptscratch.api`, reports errors.
 
-User mistakes (`UserError`) become one line on stderr, `error: ...`, and exit code 2.
+User mistakes (`UserError`) become one line on stderr, `error: ...`, and exit code 2; a
+setting's error (`SettingError`, which names the setting) is said with the setting's flag.
 This package is the only code that configures logging or writes to the terminal directly:
 `parser.py` builds the argument parser, `commands.py` and `generate.py` run the sub-commands.
 """
@@ -14,8 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from gptscratch.cli.commands import COMMANDS
-from gptscratch.cli.parser import build_parser
-from gptscratch.errors import Interrupted, UserError, interruption_behind
+from gptscratch.cli.parser import build_parser, flag_of
+from gptscratch.errors import Interrupted, SettingError, UserError, interruption_behind
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -57,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        said = e.render(flag_of(e.setting)) if isinstance(e, SettingError) else str(e)
+        print(f"error: {said}", file=sys.stderr)
         return 2
     except Interrupted as e:
         print(e.message, file=sys.stderr)

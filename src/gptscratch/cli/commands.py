@@ -5,13 +5,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
 
 from gptscratch.cli.generate import cmd_chat, cmd_sample
 from gptscratch.cli.parser import prepare_options
-from gptscratch.cli.serve import cmd_serve
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -101,6 +101,15 @@ def cmd_export_hf(args: argparse.Namespace) -> None:
     out = api.export_hf(args.ckpt, args.out)
     print(f"exported {args.ckpt} to {out}; load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained('{out}')")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from gptscratch import api
+    from gptscratch.server.config import ServeConfig
+
+    names = {f.name for f in dataclasses.fields(ServeConfig)} - {"host", "port"}
+    api.serve(args.ckpt, args.host, args.port, device=args.device, dtype=args.dtype,
+              block_size=args.block_size, **{k: getattr(args, k) for k in names})
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {

@@ -1,21 +1,24 @@
 """The `gptscratch` argument parser: every sub-command, its flags and their help text.
 
-Training flags are generated from the `ModelConfig` and `TrainConfig` dataclasses, and the
-generation flags of `sample` and `chat` from `GenerationConfig`, so a new config field
-becomes a flag with no code here. Only these config modules are imported to build the
-parser; the commands themselves call `gptscratch.api`.
+The flags of every declared setting are made from its declaration (`gptscratch.settings`):
+`train`'s from `ModelConfig` and `TrainConfig`, `sample`'s and `chat`'s from
+`GenerationConfig`, `serve`'s from `ServeConfig`, so a new setting becomes a flag, with its
+help, with no code here. Only these config modules are imported to build the parser; the
+commands themselves call `gptscratch.api`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
-from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
+from collections.abc import Set
+from typing import Any, NoReturn, get_origin
 
-from gptscratch.cli.flag_help import CONTEXT_HELP, MODEL_HELP, TRAIN_HELP
-from gptscratch.cli.serve import add_serve_parser
 from gptscratch.errors import did_you_mean
+from gptscratch.settings import kinds
+
+CONTEXT_HELP = ("tokens read at once (default: the trained context); longer than trained only "
+                "for a model with rotary positions (--positions rope)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,55 +36,52 @@ class _Parser(argparse.ArgumentParser):
                 action, f"invalid choice: {value!r}{hint}; choose from {choices}")
 
 
-def _field_type(annotation: Any) -> Any:
-    """`int | None` -> int, `float` -> float, `bool` -> bool."""
-    if get_origin(annotation) in (Union, types.UnionType):
-        annotation = next(a for a in get_args(annotation) if a is not type(None))
-    return annotation
+def flag_of(name: str, cls: Any = None) -> str:
+    """The flag of setting `name` (of config class `cls`, where its declaration names one)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)} if cls is not None else {}
+    rule = fields[name].metadata.get("rule") if name in fields else None
+    return (rule.flag if rule is not None and rule.flag else None) or "--" + name.replace("_", "-")
 
 
-def _add_config_flags(p: argparse.ArgumentParser, cls: Any, skip: set[str],
-                      helps: dict[str, str]) -> None:
-    """`--field-name` for every field of `cls`, defaulting to None (the preset's value)."""
-    hints = get_type_hints(cls)  # resolves the string annotations of `from __future__`
+def add_setting_flags(p: argparse.ArgumentParser, cls: Any, skip: Set[str] = frozenset(),
+                      from_preset: bool = False) -> None:
+    """A flag for every field of config class `cls` but those in `skip`, with its declared
+    help: a bool becomes `--x` / `--no-x`, a tuple a repeatable flag. With `from_preset`
+    every default is None (the preset's value stands unless the flag is given)."""
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-        kind = _field_type(hints[f.name])
-        help_text = f"{helps.get(f.name, f.name.replace('_', ' '))} (preset default)"
+        kind, rule = kinds(cls)[f.name], f.metadata.get("rule")
+        flag = flag_of(f.name, cls)
+        help_text = rule.help if rule is not None else f.name.replace("_", " ")
+        extra: dict[str, Any] = {"dest": f.name, "help": help_text}
+        if from_preset:
+            extra["help"] += " (preset default)"
         if kind is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                           default=None, help=help_text)
-        elif get_origin(kind) is tuple:  # repeatable; the config splits "a,b"
-            p.add_argument(flag, dest=f.name, action="append", default=None,
-                           metavar=flag[2:].upper(), help=help_text)
-        else:
-            p.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
-                           help=help_text)
-
-
-def _add_generation_config_flags(p: argparse.ArgumentParser, skip: set[str]) -> None:
-    """A flag for every `GenerationConfig` field, with the field's default and help text: a
-    True boolean becomes `--no-...`, a False one `--...`, a tuple a repeatable flag."""
-    from gptscratch.generation.config import GenerationConfig
-
-    hints = get_type_hints(GenerationConfig)
-    for f in dataclasses.fields(GenerationConfig):
-        if f.name in skip:
+            if from_preset:
+                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               **extra)
+            else:
+                p.add_argument(flag, action="store_false" if f.default else "store_true",
+                               **extra)
             continue
-        kind, meta = _field_type(hints[f.name]), f.metadata
-        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        extra: dict[str, Any] = {"metavar": meta["metavar"]} if meta.get("metavar") else {}
-        if kind is bool:
-            action = "store_false" if f.default else "store_true"
-            p.add_argument(flag, dest=f.name, action=action, help=meta["help"])
-        elif get_origin(kind) is tuple:
-            p.add_argument(flag, dest=f.name, action="append", default=[], help=meta["help"],
-                           **extra)
+        extra["metavar"] = (rule.metavar if rule is not None and rule.metavar
+                            else flag[2:].upper() if get_origin(kind) is tuple
+                            else f.name.upper())
+        if get_origin(kind) is tuple:  # repeatable; the config splits "a,b" where it may
+            p.add_argument(flag, action="append", default=None if from_preset else [], **extra)
         else:
-            p.add_argument(flag, dest=f.name, type=kind, default=f.default, help=meta["help"],
+            p.add_argument(flag, type=kind, default=None if from_preset else f.default,
                            **extra)
+
+
+def _model_flags(p: argparse.ArgumentParser, dtype_help: str, context: bool = True) -> None:
+    """Where and how to run a checkpoint: what every command that loads one takes."""
+    p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default="auto", help=dtype_help)
+    if context:
+        p.add_argument("--block-size", type=int, default=None, metavar="N", help=CONTEXT_HELP)
 
 
 def _add_prepare_flags(p: argparse.ArgumentParser) -> None:
@@ -110,14 +110,12 @@ def _add_prepare_flags(p: argparse.ArgumentParser) -> None:
 def _generation_flags(skip: set[str]) -> argparse.ArgumentParser:
     """The flags `sample` and `chat` share: the checkpoint, where to run it, and every
     generation setting but those in `skip`."""
+    from gptscratch.generation.config import GenerationConfig
+
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
-    _add_generation_config_flags(p, skip)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--dtype", default="auto",
-                   help="weights for generation: auto (bf16 where faster) | float32 | bfloat16 | "
-                        "float16")
-    p.add_argument("--block-size", type=int, default=None, metavar="N", help=CONTEXT_HELP)
+    add_setting_flags(p, GenerationConfig, skip)
+    _model_flags(p, "weights for generation: auto (bf16 where faster) | float32 | bfloat16 | "
+                    "float16")
     return p
 
 
@@ -138,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_parsers(sub, quiet)
     _add_viz_parser(sub, quiet)
     _add_hf_parsers(sub, quiet)
-    add_serve_parser(sub, quiet)
+    _add_serve_parser(sub, quiet)
     return parser
 
 
@@ -177,9 +175,9 @@ def _add_train_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-tokens", type=int, default=300, metavar="N",
                    help="print an N-token sample from the trained model at the end (0: none)")
     _add_prepare_flags(p)
-    _add_config_flags(p, ModelConfig, {"vocab_size"}, MODEL_HELP)
+    add_setting_flags(p, ModelConfig, {"vocab_size"}, from_preset=True)
     for section in SECTIONS.values():
-        _add_config_flags(p, section, set(), TRAIN_HELP)
+        add_setting_flags(p, section, from_preset=True)
 
 
 def _add_generation_parsers(sub: Any, quiet: argparse.ArgumentParser) -> None:
@@ -213,6 +211,15 @@ def _add_model_parsers(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
     p.add_argument("--prompt", required=True, help="the text to run through the model")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+
+
+def _add_serve_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
+    from gptscratch.server.config import ServeConfig
+
+    p = sub.add_parser("serve", parents=[quiet],
+                       help="serve a checkpoint over an OpenAI-compatible HTTP API")
+    _model_flags(p, "weights: auto (bf16 where faster) | float32 | bfloat16 | float16")
+    add_setting_flags(p, ServeConfig)
 
 
 def _add_hf_parsers(sub: Any, quiet: argparse.ArgumentParser) -> None:

@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import UserError
 from gptscratch.generation.stops import StopRule, apply_rules
+from gptscratch.model.config import SamplingConfig
 from gptscratch.model.decoding import Decoder, generation_bytes, window_keep
 from gptscratch.model.gpt import GPT
-from gptscratch.model.sampling import SamplingConfig, TokenCounts, sample_next_token
+from gptscratch.model.sampling import TokenCounts, sample_next_token
 from gptscratch.runtime.device import available_memory
 
 log = logging.getLogger("gptscratch")

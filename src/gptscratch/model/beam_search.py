@@ -19,28 +19,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gptscratch.errors import require
+from gptscratch.model.config import BeamConfig, SamplingConfig
 from gptscratch.model.decoding import Decoder
 from gptscratch.model.gpt import GPT
-from gptscratch.model.sampling import SamplingConfig, TokenCounts, apply_penalties
-
-
-@dataclass(frozen=True)
-class BeamConfig:
-    """num_beams: hypotheses kept per step. length_penalty: exponent of the length
-    normalisation (1.0 = mean log-probability, 0 = plain sum). early_stopping: stop as soon as
-    num_beams hypotheses are finished (True), or only once no running beam can still beat the
-    worst finished one (False)."""
-
-    num_beams: int = 4
-    length_penalty: float = 1.0
-    early_stopping: bool = True
-
-    def __post_init__(self) -> None:
-        require(self.num_beams >= 1,
-                f"beams ({self.num_beams}) must be >= 1; try --beams 4 (1 means no beam search)")
-        require(-10.0 <= self.length_penalty <= 10.0,
-                f"length_penalty ({self.length_penalty}) must be in [-10, 10]; 1.0 is the usual")
+from gptscratch.model.sampling import TokenCounts, apply_penalties
 
 
 @dataclass
@@ -68,7 +50,7 @@ def beam_search(
     sampling: SamplingConfig | None = None,
     use_cache: bool = True,
 ) -> list[Hypothesis]:
-    """The best hypotheses continuing `prompt`, best first (at most num_beams).
+    """The best hypotheses continuing `prompt`, best first (at most `config.beams`).
 
     Args:
         model: the GPT, in eval mode.
@@ -80,7 +62,7 @@ def beam_search(
         sampling: only its repetition / frequency / presence penalties are used (beam search
             is deterministic: temperature and the filters do not apply).
     """
-    n = config.num_beams
+    n = config.beams
     decoder = Decoder(model, [list(prompt)], use_cache=use_cache)
     history: TokenCounts | None = None  # the beams' tokens so far, for the penalties
     beams = [Hypothesis([], 0.0, 0.0, False)]
@@ -132,7 +114,7 @@ def beam_search(
 
 def _done(finished: list[Hypothesis], running: list[Hypothesis], config: BeamConfig,
           length: int, max_new_tokens: int) -> bool:
-    if len(finished) < config.num_beams:
+    if len(finished) < config.beams:
         return False
     if config.early_stopping:
         return True

@@ -1,8 +1,11 @@
-"""The model's own configuration section: the shape of a GPT, validated when built.
+"""The model layer's settings: the shape of a GPT, and how it picks tokens, validated when built.
 
-Presets (`gptscratch.training.presets`) return one of these; the CLI overrides single fields
-with `dataclasses.replace`, which re-runs validation. Errors name the field, the value, the rule
-and the fix.
+`ModelConfig` is the model's shape: presets (`gptscratch.training.presets`) return one, the
+CLI overrides single fields with `dataclasses.replace`, which re-runs validation.
+`SamplingConfig` and `BeamConfig` are how the decoding loop picks each token, declared once
+(`gptscratch.settings`): the `sample` / `chat` flags, the server's request fields and their
+checks are made from these declarations. Errors name the field, the value, the rule and a fix.
+Nothing here imports torch: the CLI reads these classes to build its flags.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from gptscratch.errors import UserError, require
+from gptscratch.settings import check_settings, setting
 
 ACTIVATIONS = ("gelu_tanh", "gelu", "relu2", "swiglu")
 POSITIONS = ("learned", "rope")
@@ -60,32 +64,31 @@ class ModelConfig:
     """Shape of a GPT. Letters used in the code: B batch, T time, C = n_embd, H = n_head,
     D = C // H head size, V = vocab_size, L = n_layer."""
 
-    vocab_size: int = 65
-    block_size: int = 256  # longest context the model sees at once (and the KV cache holds)
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    dropout: float = 0.0
-    bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2 has
-    # "auto": the fused SDPA kernel, except under bf16 autocast on CPU where the explicit path
-    # trained faster here; "sdpa" or "explicit" force one path.
-    attention: str = "auto"
-    # The LM head shares the token embedding's weight, as in GPT-2. Hugging Face GPT-2 models
-    # saved with tie_word_embeddings=false have their own head; this lets them load.
-    tie_embeddings: bool = True
-    # The MLP's GELU: "gelu_tanh", GPT-2's tanh approximation (what its weights were trained
-    # with), or "gelu", the exact x * Phi(x) (as in nanoGPT and HF's "gelu" models), whose
-    # kernel runs ~3x faster on CPU (though the shakespeare-char preset ended worse with it);
-    # "relu2", relu(x)^2, or "swiglu", a gated MLP of width `swiglu_hidden` (layers.py).
-    # Checkpoints saved before this field existed are GPT-2 style: "gelu_tanh".
-    activation: str = "gelu_tanh"
-    # The "modern GPT recipe" options (model/rotary.py, layers.py, attention.py, gpt.py). Each
-    # default is GPT-2's, so older checkpoints and Hugging Face GPT-2 models load unchanged.
-    positions: str = "learned"  # "learned" table wpe, or "rope": rotary q and k, no table
-    norm: str = "layernorm"  # or "rmsnorm": no mean, no bias
-    qk_norm: bool = False  # RMSNorm of each head's queries and keys before attention
-    zero_init_proj: bool = False  # residual output projections start at zero
-    logit_softcap: float = 0.0  # logits = cap * tanh(logits / cap); 0 is off
+    vocab_size: int = 65  # the tokenizer's: it comes with the data, never a flag
+    block_size: int = setting(256, "context length in tokens: the longest context the model "
+                                   "sees at once (and the KV cache holds)")
+    n_layer: int = setting(6, "Transformer blocks")
+    n_head: int = setting(6, "attention heads per block")
+    n_embd: int = setting(384, "embedding width (divisible by n_head)")
+    dropout: float = setting(0.0, "dropout probability")
+    bias: bool = setting(True, "biases in Linear and LayerNorm layers, as GPT-2 has")
+    attention: str = setting("auto", "auto | sdpa | explicit: the attention path (auto: SDPA, "
+                                     "or explicit where model/fast.py finds it faster)")
+    tie_embeddings: bool = setting(True, "share the token embedding with the LM head, as "
+                                         "GPT-2 does (off: Hugging Face models saved untied)")
+    activation: str = setting(
+        "gelu_tanh", "gelu_tanh (GPT-2's) | gelu (exact; a faster kernel on CPU) | relu2 "
+                     "(relu(x)^2, Primer) | swiglu (gated MLP, ~8C/3 wide)")
+    # The modern recipe's options (rotary.py, layers.py, attention.py, gpt.py); each default
+    # is GPT-2's.
+    positions: str = setting(
+        "learned", "learned (GPT-2's position table) | rope (rotary q and k, RoFormer)")
+    norm: str = setting("layernorm", "layernorm (GPT-2's) | rmsnorm (no mean, no bias)")
+    qk_norm: bool = setting(False, "RMSNorm each head's queries and keys before attention")
+    zero_init_proj: bool = setting(
+        False, "start the attention and MLP output projections at zero")
+    logit_softcap: float = setting(
+        0.0, "bound the logits: X * tanh(logits / X), as Gemma 2 (0: off)")
 
     def __post_init__(self) -> None:
         for name, most in LIMITS.items():
@@ -180,3 +183,57 @@ class ModelConfig:
         require(isinstance(d, dict), f"a model config must be a JSON object, not {d!r:.60}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick each next token (`sampling.py` applies them in this order: penalties,
+    temperature, then the filters). The penalties follow CTRL (Keskar et al. 2019) for
+    repetition and OpenAI's definitions for frequency and presence."""
+
+    temperature: float = setting(
+        0.8, "divides the logits: < 1 sharpens, > 1 flattens; 0 means greedy", low=0,
+        example=0.8, note=" (0 is greedy)")
+    top_k: int | None = setting(
+        None, "sample only among the K most likely tokens (default: all)", low=1, example=50,
+        note=", or leave it out to keep all", metavar="K")
+    top_p: float = setting(
+        1.0, "sample only among the most likely tokens covering P of the probability "
+        "(default 1.0: all)", low=0, high=1, low_open=True, example=0.9,
+        note=", or 1.0 to keep all", metavar="P")
+    min_p: float = setting(
+        0.0, "drop tokens less than MIN_P times as likely as the best (default 0)", low=0,
+        high=1, example=0.05, note=", or 0 to keep all")
+    repetition_penalty: float = setting(
+        1.0, "> 1 discourages tokens already in the text, prompt included (default 1.0: none)",
+        low=0, high=10, low_open=True, example=1.2, note=" (1.0 is none)")
+    frequency_penalty: float = setting(
+        0.0, "in [-2, 2]: penalise tokens by how often they were generated", low=-2, high=2,
+        example=0.5, note=" (0 is none)")
+    presence_penalty: float = setting(
+        0.0, "in [-2, 2]: penalise tokens once generated", low=-2, high=2, example=0.5,
+        note=" (0 is none)")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    @property
+    def uses_penalties(self) -> bool:
+        return (self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0
+                or self.presence_penalty != 0.0)
+
+
+@dataclass(frozen=True)
+class BeamConfig:
+    """Beam search (`beam_search.py`): how many hypotheses run, how their scores weigh
+    length (1.0 = mean log-probability, 0 = plain sum), and when to stop."""
+
+    beams: int = setting(1, "beam search with N beams (deterministic; default 1: sampling)",
+                         low=1, example=4, note=" (1 means no beam search)", metavar="N")
+    length_penalty: float = setting(1.0, "beam search: > 0 favours longer texts (default 1.0)",
+                                    low=-10, high=10, example=1.0)
+    early_stopping: bool = setting(
+        True, "beam search: go on until no running beam can win", flag="--no-early-stopping")
+
+    def __post_init__(self) -> None:
+        check_settings(self)

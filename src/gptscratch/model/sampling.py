@@ -1,78 +1,17 @@
 """Choosing the next token from the model's scores: penalties, temperature, top-k, top-p, min-p.
 
-This is the one place where logits become token ids; generation, beam search, the CLI, the
-Python API and everything built later call `sample_next_token`. The order follows Hugging Face
+This is the one place where logits become token ids; the decoding engine, beam search and the
+pictures call it. The settings are `config.SamplingConfig`. The order follows Hugging Face
 `generate`: penalties change the raw logits first, then temperature, then the filters that cut
 unlikely tokens (top-k, top-p, min-p), then a draw (or the argmax when temperature is 0).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from gptscratch.errors import require
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How to pick each next token.
-
-    temperature: divides the logits; < 1 sharpens, > 1 flattens, 0 means greedy (argmax).
-    top_k: keep only the k most likely tokens (None keeps all).
-    top_p: keep the smallest set of tokens whose probabilities sum to at least p (1.0 keeps all).
-    min_p: keep tokens at least min_p times as likely as the most likely one (0 keeps all).
-    repetition_penalty: divides positive (multiplies negative) logits of every token already
-        in the text, prompt included (CTRL, Keskar et al. 2019); 1.0 is none, > 1 discourages.
-    frequency_penalty: subtracts this times the number of times a token was generated so far.
-    presence_penalty: subtracts this once from every token generated so far.
-        (The two follow OpenAI's definitions: range [-2, 2], 0 is none.)
-    """
-
-    temperature: float = 0.8
-    top_k: int | None = None
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-
-    def __post_init__(self) -> None:
-        require(
-            self.temperature >= 0,
-            f"temperature ({self.temperature}) must be >= 0; use 0 for greedy or e.g. 0.8",
-        )
-        require(
-            self.top_k is None or self.top_k >= 1,
-            f"top_k ({self.top_k}) must be >= 1; try --top-k 50, or leave it out to keep all",
-        )
-        require(
-            0.0 < self.top_p <= 1.0,
-            f"top_p ({self.top_p}) must be in (0, 1]; try --top-p 0.9, or 1.0 to keep all",
-        )
-        require(
-            0.0 <= self.min_p <= 1.0,
-            f"min_p ({self.min_p}) must be in [0, 1]; try --min-p 0.05, or 0 to keep all",
-        )
-        require(
-            0.0 < self.repetition_penalty <= 10.0,
-            f"repetition_penalty ({self.repetition_penalty}) must be in (0, 10]; 1.0 is none, "
-            "try --repetition-penalty 1.2",
-        )
-        for name in ("frequency_penalty", "presence_penalty"):
-            value = getattr(self, name)
-            require(
-                -2.0 <= value <= 2.0,
-                f"{name} ({value}) must be in [-2, 2]; 0 is none, "
-                f"try --{name.replace('_', '-')} 0.5",
-            )
-
-    @property
-    def uses_penalties(self) -> bool:
-        return (self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0
-                or self.presence_penalty != 0.0)
+from gptscratch.model.config import SamplingConfig
 
 
 class TokenCounts:

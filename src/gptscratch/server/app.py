@@ -25,9 +25,10 @@ from gptscratch.generation.engine import default_max_batch
 from gptscratch.generation.script import corpus_script
 from gptscratch.server.batching import BatchingEngine
 from gptscratch.server.completions import Served, chat, complete
+from gptscratch.server.config import ServeConfig
 from gptscratch.server.errors import APIError, install_error_handlers
 from gptscratch.server.playground import add_playground
-from gptscratch.server.schemas import ChatRequest, CompletionRequest, Limits
+from gptscratch.server.schemas import ChatRequest, CompletionRequest
 
 log = logging.getLogger("gptscratch")
 
@@ -117,15 +118,15 @@ def model_name(loaded: LoadedModel) -> str:
     return path.parent.name if path.name in ("best", "latest") else path.name
 
 
-def create_app(loaded: LoadedModel, limits: Limits | None = None, *, name: str | None = None,
-               max_batch: int | None = None, max_queue: int = 64,
-               api_key: str | None = None) -> FastAPI:
+def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAPI:
     """The application serving a loaded model, with its own (not yet started) engine
-    (`max_batch` None: `default_max_batch`)."""
+    (`config.max_batch` None: `default_max_batch`)."""
+    config = config or ServeConfig()
+    max_batch = config.max_batch
     if max_batch is None:
         max_batch = default_max_batch(loaded.model)
         log.info("decoding up to %d sequences together (set it with --max-batch)", max_batch)
-    engine = BatchingEngine(loaded.model, loaded.tokenizer, max_batch, max_queue)
-    served = Served(loaded, engine, name or model_name(loaded), limits or Limits(),
+    engine = BatchingEngine(loaded.model, loaded.tokenizer, max_batch, config.max_queue)
+    served = Served(loaded, engine, config.name or model_name(loaded), config,
                     corpus_script(loaded.checkpoint))
-    return build_app(served, api_key)
+    return build_app(served, config.api_key)

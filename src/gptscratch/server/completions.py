@@ -19,6 +19,7 @@ from gptscratch.generation.script import ScriptFormat
 from gptscratch.generation.stops import StopRule, StopStrings
 from gptscratch.server.batching import BatchingEngine
 from gptscratch.server.chat_template import next_speaker_stop, render_chat
+from gptscratch.server.config import ServeConfig
 from gptscratch.server.errors import APIError, error_body
 from gptscratch.server.jobs import Job, check_ids, encode, rows_for
 from gptscratch.server.responses import (
@@ -34,7 +35,6 @@ from gptscratch.server.schemas import (
     ChatRequest,
     CompletionRequest,
     GenerationRequest,
-    Limits,
     check_request,
     sampling_config,
 )
@@ -50,7 +50,7 @@ class Served:
     loaded: LoadedModel
     engine: BatchingEngine
     name: str
-    limits: Limits
+    limits: ServeConfig
     script: ScriptFormat | None = None
 
     def check_model(self, model: str | None) -> None:
@@ -151,7 +151,7 @@ async def _completion_chunks(job: Job, header: Header, req: CompletionRequest,
 async def chat(served: Served, req: ChatRequest, left: ClientLeft = None) -> Response:
     """POST /v1/chat/completions; `left` as for `complete`."""
     served.check_model(req.model)
-    max_tokens = check_request(req, served.limits, served.limits.max_tokens)
+    max_tokens = check_request(req, served.limits, served.limits.max_tokens_per_request)
     if not req.messages:
         raise APIError(400, "messages is empty; give at least one user message", "messages")
     prompt, _ = render_chat(req.messages, served.script)

@@ -19,15 +19,15 @@ from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import UserError
 from gptscratch.generation.engine import RowEvent, RowRequest
 from gptscratch.generation.stops import StopRule
-from gptscratch.model.sampling import SamplingConfig
+from gptscratch.model.config import SamplingConfig
 from gptscratch.server.batching import BatchingEngine, EngineStopped, QueueFull
+from gptscratch.server.config import ServeConfig
 from gptscratch.server.errors import APIError
-from gptscratch.server.schemas import Limits
 
 LISTEN_S = 0.25  # how often a request waiting for its whole answer checks its client
 
 
-def check_length(ids: list[int], limits: Limits, param: str) -> list[int]:
+def check_length(ids: list[int], limits: ServeConfig, param: str) -> list[int]:
     """Raises APIError 413 for a prompt over the server's limit; else returns it."""
     if len(ids) > limits.max_prompt_tokens:
         raise APIError(413, f"{param} has {len(ids):,} tokens; this server takes at most "
@@ -35,7 +35,7 @@ def check_length(ids: list[int], limits: Limits, param: str) -> list[int]:
     return ids
 
 
-def encode(tokenizer: Tokenizer, text: str, limits: Limits, param: str) -> list[int]:
+def encode(tokenizer: Tokenizer, text: str, limits: ServeConfig, param: str) -> list[int]:
     """A prompt's token ids; an empty prompt is the end-of-text token where there is one.
 
     Raises:
@@ -54,7 +54,7 @@ def encode(tokenizer: Tokenizer, text: str, limits: Limits, param: str) -> list[
     return check_length(ids, limits, param)
 
 
-def check_ids(ids: list[int], vocab_size: int, limits: Limits, param: str) -> list[int]:
+def check_ids(ids: list[int], vocab_size: int, limits: ServeConfig, param: str) -> list[int]:
     """A prompt given as token ids, checked like a text prompt.
 
     Raises:

@@ -1,58 +1,61 @@
 """The request bodies the server accepts, in OpenAI's field names, and the checks on them.
 
-Pydantic checks the types (a wrong type is a 422 naming the field); `check_request` checks
-the values against the rules of `model.sampling.SamplingConfig` and the server's limits (a
-400 naming the field, or a 413 for a prompt that is too long). Fields OpenAI defines that
-the server has no use for (`user`, `suffix`, `best_of`...) are ignored; `top_k`, `min_p` and
+The sampling fields are made from their one declaration (`model.config.SamplingConfig`,
+`request_model`), with OpenAI's defaults where they differ. Pydantic checks the types (a wrong
+type is a 422 naming the field); `check_request` checks the values by building the
+`SamplingConfig` (its `SettingError` becomes a 400 naming the field) and against the server's
+limits (`ServeConfig`; a 413 for a prompt that is too long). Fields OpenAI defines that the
+server has no use for (`user`, `suffix`, `best_of`...) are ignored; `top_k`, `min_p` and
 `repetition_penalty` are accepted as extras (the `openai` client's `extra_body`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import dataclasses
+from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
 
-from gptscratch.model.sampling import SamplingConfig
+from gptscratch.errors import SettingError
+from gptscratch.model.config import SamplingConfig
+from gptscratch.server.config import ServeConfig
 from gptscratch.server.errors import APIError
+from gptscratch.settings import rules
 
 MAX_N = 16  # choices per request
 MAX_LOGPROBS = 20  # alternatives per token
 MAX_STOPS = 16
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask for: tokens to generate and prompt tokens."""
-
-    max_tokens: int = 512
-    max_prompt_tokens: int = 8192
-
-
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class GenerationRequest(BaseModel):
-    """The fields completions and chat completions share."""
-
+class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+def request_model(declaration: type, **defaults: Any) -> type[BaseModel]:
+    """A request body with a field for every setting of `declaration` (its type, and its
+    default unless `defaults` gives the API's own)."""
+    hints = get_type_hints(declaration)
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name], defaults.get(f.name, f.default))
+        for f in dataclasses.fields(declaration) if f.name in rules(declaration)}
+    return create_model(f"{declaration.__name__}Fields", __base__=_Body, **fields)
+
+
+class GenerationRequest(request_model(SamplingConfig, temperature=1.0)):  # type: ignore[misc]
+    """The fields completions and chat completions share: the sampling settings (OpenAI's
+    temperature default, 1.0), and these."""
 
     model: str | None = None
     max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
     n: int = 1
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    top_k: int | None = None
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
 
     @property
     def stops(self) -> list[str]:
@@ -106,7 +109,7 @@ def _require(ok: bool, message: str, param: str, status: int = 400) -> None:
         raise APIError(status, message, param)
 
 
-def check_request(req: GenerationRequest, limits: Limits, default_max_tokens: int) -> int:
+def check_request(req: GenerationRequest, limits: ServeConfig, default_max_tokens: int) -> int:
     """Check the values the types cannot; return the tokens to generate per choice.
 
     Raises:
@@ -115,11 +118,11 @@ def check_request(req: GenerationRequest, limits: Limits, default_max_tokens: in
     asked = req.max_tokens
     if isinstance(req, ChatRequest) and req.max_completion_tokens is not None:
         asked = req.max_completion_tokens
-    max_tokens = min(default_max_tokens, limits.max_tokens) if asked is None else asked
+    most = limits.max_tokens_per_request
+    max_tokens = min(default_max_tokens, most) if asked is None else asked
     _require(max_tokens >= 0, f"max_tokens ({max_tokens}) must be >= 0", "max_tokens")
-    _require(max_tokens <= limits.max_tokens,
-             f"max_tokens ({max_tokens}) is more than this server allows per request "
-             f"({limits.max_tokens})", "max_tokens")
+    _require(max_tokens <= most, f"max_tokens ({max_tokens}) is more than this server allows "
+                                 f"per request ({most})", "max_tokens")
     _require(1 <= req.n <= MAX_N, f"n ({req.n}) must be between 1 and {MAX_N}", "n")
     stops = req.stops
     _require(len(stops) <= MAX_STOPS, f"stop has {len(stops)} strings; at most {MAX_STOPS}",
@@ -137,18 +140,14 @@ def check_request(req: GenerationRequest, limits: Limits, default_max_tokens: in
     return max_tokens
 
 
-def sampling_config(req: GenerationRequest) -> SamplingConfig:
-    """The request's sampling settings, checked by the rules of `SamplingConfig`."""
-    rules = [
-        ("temperature", req.temperature >= 0, "must be >= 0 (0 is greedy)"),
-        ("top_p", 0 < req.top_p <= 1, "must be in (0, 1]"),
-        ("top_k", req.top_k is None or req.top_k >= 1, "must be >= 1"),
-        ("min_p", 0 <= req.min_p <= 1, "must be in [0, 1]"),
-        ("repetition_penalty", 0 < req.repetition_penalty <= 10, "must be in (0, 10]"),
-        ("presence_penalty", -2 <= req.presence_penalty <= 2, "must be in [-2, 2]"),
-        ("frequency_penalty", -2 <= req.frequency_penalty <= 2, "must be in [-2, 2]"),
-    ]
-    for name, ok, rule in rules:
-        _require(ok, f"{name} ({getattr(req, name)}) {rule}", name)
-    return SamplingConfig(req.temperature, req.top_k, req.top_p, req.min_p,
-                          req.repetition_penalty, req.frequency_penalty, req.presence_penalty)
+def sampling_config(req: BaseModel, declaration: type[SamplingConfig] = SamplingConfig
+                    ) -> SamplingConfig:
+    """The request's sampling settings, checked by their declaration's rules.
+
+    Raises:
+        APIError: 400 naming the first field whose value breaks its rule.
+    """
+    try:
+        return declaration(**{name: getattr(req, name) for name in rules(declaration)})
+    except SettingError as e:
+        raise APIError(400, e.describe(), e.setting) from None

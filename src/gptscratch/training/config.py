@@ -17,6 +17,7 @@ from typing import Any
 
 from gptscratch.errors import did_you_mean, require
 from gptscratch.model.config import parse_targets
+from gptscratch.settings import setting
 
 OPTIMIZERS = ("adamw", "muon")  # `optimizer.make_optimizer`
 
@@ -48,11 +49,13 @@ class OptimConfig:
     # adamw: AdamW for every parameter. muon: Muon (`muon.py`) for the Transformer blocks'
     # weight matrices, AdamW (the settings above) for the rest; weight_decay applies to both,
     # at each one's rate.
-    optimizer: str = "adamw"
+    optimizer: str = setting(
+        "adamw", "adamw | muon (Muon for the blocks' weight matrices, AdamW for the rest)")
     # The Muon group's peak rate (modded-nanogpt's 0.02); the schedule scales it as it scales
     # learning_rate (warmup, cosine decay to min_lr / learning_rate of it).
-    muon_lr: float = 0.02
-    muon_momentum: float = 0.95  # Muon's Nesterov momentum (modded-nanogpt's 0.95)
+    muon_lr: float = setting(
+        0.02, "Muon's peak learning rate, scaled by the same schedule as --learning-rate")
+    muon_momentum: float = setting(0.95, "Muon's Nesterov momentum (modded-nanogpt's 0.95)")
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size", "grad_accum", "max_bad_steps")
@@ -113,10 +116,11 @@ class RunConfig:
     seed: int = 1337
     # Where the metrics go besides metrics.jsonl (always written): any of LOGGERS
     # (`tracking.py`); the flag repeats or takes a comma-separated list.
-    loggers: tuple[str, ...] = field(default=(), metadata={"flag": "--logger"})
-    # Tokens of text sampled from the model at each evaluation, for the loggers and
-    # `gptscratch report` (0: none).
-    eval_sample_tokens: int = 100
+    loggers: tuple[str, ...] = setting(
+        (), "also log to tensorboard, csv or wandb (repeatable, or comma-separated)",
+        flag="--logger")
+    eval_sample_tokens: int = setting(
+        100, "tokens sampled at each evaluation for loggers and report (0: none)")
 
     def __post_init__(self) -> None:
         _positive(self, "max_iters", "eval_interval", "eval_iters")
@@ -151,10 +155,12 @@ class SystemConfig:
     peak_tflops: float | None = None
     # Under torchrun: shard parameters, gradients and optimizer state across the processes
     # (FSDP) instead of keeping a full copy on each (DDP). For models that do not fit one GPU.
-    fsdp: bool = False
-    # Keep only each block's input during the forward pass and recompute the rest during
-    # the backward: activations shrink from ~L blocks' worth to one, for ~1/3 more compute.
-    activation_checkpointing: bool = False
+    fsdp: bool = setting(
+        False, "under torchrun: shard weights, gradients and optimizer state across processes")
+    # Activations shrink from ~L blocks' worth to one, for ~1/3 more compute.
+    activation_checkpointing: bool = setting(
+        False, "recompute each block's activations in the backward pass: less memory, ~1/3 "
+               "more compute")
 
     def __post_init__(self) -> None:
         # dtype and device are checked against the machine where they are resolved
@@ -171,13 +177,16 @@ class FinetuneConfig:
     adapters (`model.lora`) trained on a frozen model. Freezing the embeddings also freezes a
     tied LM head, which is the same matrix."""
 
-    freeze_embeddings: bool = False
-    freeze_layers: int = 0  # the first K Transformer blocks
-    lora_rank: int = 0  # R of the LoRA adapters; 0: no LoRA, every unfrozen weight trains
-    # The adapters' change is scaled by alpha / R; 16 at rank 8 is LitGPT's and common usage.
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0  # dropout on the adapters' input
-    lora_targets: str = "attn"  # comma-separated: attn, mlp, head (`model.lora.TARGETS`)
+    freeze_embeddings: bool = setting(
+        False, "fine-tuning: keep the embeddings (and a tied LM head) fixed")
+    freeze_layers: int = setting(0, "fine-tuning: keep the first K Transformer blocks fixed")
+    lora_rank: int = setting(0, "fine-tuning with --init-from: train rank-R LoRA adapters on a "
+                                "frozen model (0: off)")
+    # 16 at rank 8 is LitGPT's and common usage.
+    lora_alpha: float = setting(16.0, "LoRA: the adapters' change is scaled by alpha / rank")
+    lora_dropout: float = setting(0.0, "LoRA: dropout on the adapters' input")
+    lora_targets: str = setting(
+        "attn", "LoRA: the layers to adapt, comma-separated: attn, mlp, head")
 
     def __post_init__(self) -> None:
         require(

@@ -7,8 +7,9 @@ train and val batches and saves a checkpoint (`latest/`, and `best/` when val im
 Everything random (batch positions, dropout) is drawn from state that the checkpoint records,
 so `resume=True` continues exactly where the run stopped (`resume.py` puts that state back).
 Started by torchrun, the same loop trains with DDP or FSDP: the multi-process parts live in
-`distributed.py` and `distributed_state.py`; `setup.py` builds the state this loop advances,
-and `run.py` is where a run starts (settings, checks, data), before it calls `run` here.
+`distributed.py` (and in `checkpointing.py` / `resume.py` for checkpoints across processes).
+`setup.py` builds the state this loop advances, and `run.py` is where a run starts
+(settings, checks, data), before it calls `run` here.
 
 Speed: a step reads one number back from the device, whether its gradient norm is finite
 (`check_finite`, which decides whether the update is applied); losses and gradient norms are
@@ -44,7 +45,7 @@ from gptscratch.training.distributed import (
     mean_across_ranks,
 )
 from gptscratch.training.metrics import eta, format_duration, progress_line, read_metrics
-from gptscratch.training.schedule import lr_at
+from gptscratch.training.optimizer import lr_at
 from gptscratch.training.setup import TrainRuntime, TrainState, set_up
 from gptscratch.training.signals import StopRequests
 from gptscratch.training.tracking import open_sinks

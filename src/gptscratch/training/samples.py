@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.generation.engine import Engine, Row, RowRequest
+from gptscratch.model.config import SamplingConfig
 from gptscratch.model.gpt import GPT
-from gptscratch.model.sampling import SamplingConfig
 
 SAMPLING = SamplingConfig(temperature=0.8)  # the CLI's default, so it reads like `sample`
 

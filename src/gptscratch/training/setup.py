@@ -23,8 +23,7 @@ from torch import nn
 from gptscratch.checkpoints.adapters import add_adapters
 from gptscratch.checkpoints.checkpoint import Checkpoint
 from gptscratch.checkpoints.load import build_model, load_model
-from gptscratch.data.shards import TokenSplit
-from gptscratch.data.token_files import PreparedData, check_context_fits
+from gptscratch.data.token_files import PreparedData, TokenSplit, check_context_fits
 from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.fast import choose_attention_path, store_frozen_in_bf16
