@@ -256,8 +256,7 @@ def test_the_server_engine_and_complete_write_the_same_text(loaded: Any) -> None
     """One text loop: the server's engine, fed the rows of a request (choice j seeded with
     seed + j), writes what `complete` writes for the same prompts and seed, sampled with a
     penalty and cut by a stop string, whatever other rows share its batch."""
-    from gptscratch.generation.engine import RowEvent, RowRequest
-    from gptscratch.generation.stops import StopStrings
+    from gptscratch.generation.engine import RowEvent, RowRequest, StopStrings
     from gptscratch.model.config import SamplingConfig
     from gptscratch.server.batching import BatchingEngine
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from hf_models import greedy, hf_greedy, make_hf_model, transformers
 
-from gptscratch.checkpoints.hf_weights import (
+from gptscratch.checkpoints.huggingface import (
     hf_config_from_model,
     model_config_from_hf,
+    read_hf_tensors,
     state_dict_from_hf,
     state_dict_to_hf,
 )
-from gptscratch.checkpoints.huggingface import read_hf_tensors
 from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
@@ -77,7 +77,7 @@ def test_export_mapping_restores_every_hf_tensor_exactly(name: str) -> None:
 
 
 def test_a_model_without_biases_exports_zero_biases_with_the_same_logits() -> None:
-    from gptscratch.checkpoints.hf_weights import hf_config_from_model
+    from gptscratch.checkpoints.huggingface import hf_config_from_model
     from gptscratch.model.config import ModelConfig
 
     config = ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=8, bias=False)

@@ -18,7 +18,7 @@ from conftest import decode_steps
 
 from gptscratch.checkpoints.checkpoint import load_checkpoint, save_checkpoint
 from gptscratch.checkpoints.convert import export_hf
-from gptscratch.checkpoints.hf_weights import hf_config_from_model, state_dict_to_hf
+from gptscratch.checkpoints.huggingface import hf_config_from_model, state_dict_to_hf
 from gptscratch.checkpoints.load import LoadedModel, load_model, with_context
 from gptscratch.data.tokenizers.char import CharTokenizer
 from gptscratch.errors import UserError

@@ -9,85 +9,48 @@
     api.train(init_from="models/gpt2", data="my_text.txt", out_dir="out/mine")  # fine-tune
     api.export_hf("out/mine", "hf/mine")                       # for transformers
 
-This is the top of the layer stack (beside the CLI): `training.py` composes data, checkpoints,
-runtime and training; `generation.py` text generation; `understanding.py` the pictures, explain,
-the copy check and the run report; `system.py` the torch build; `serving.py` the
-OpenAI-compatible HTTP server (`gptscratch.server`). It never prints. Each name is
-imported from its module on first use, so a command pays only for what it runs (`sample` never
-loads the distributed-training code).
+The top of the layer stack, beside the CLI; it never prints. `_HOME` lists every public name
+once, with the module it lives in, where it is imported on first use: a command pays only for
+what it runs (`sample` never loads the distributed-training code).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from gptscratch.api.generation import (
-        Chunk,
-        Completion,
-        Generation,
-        GenerationConfig,
-        LoadedModel,
-        chat_session,
-        complete,
-        generate,
-        load,
-        stream,
-        stream_chunks,
-    )
-    from gptscratch.api.serving import serve, server_app
-    from gptscratch.api.system import describe_build
-    from gptscratch.api.training import (
-        MODEL_FIELDS,
-        TRAIN_FIELDS,
-        evaluate,
-        export_hf,
-        import_hf,
-        is_main_process,
-        load_prepared,
-        merge_lora,
-        prepare,
-        shutdown,
-        train,
-    )
-    from gptscratch.api.understanding import (
-        check_copy,
-        corpus_index,
-        describe_copy,
-        explain,
-        format_stages,
-        plot_attention,
-        plot_curves,
-        plot_embeddings,
-        plot_logit_lens,
-        plot_next_token,
-        report,
-    )
-
-_MODULES = {
-    "generation": ["load", "stream_chunks", "complete", "stream", "generate", "chat_session",
-                   "GenerationConfig", "LoadedModel", "Chunk", "Completion", "Generation"],
-    "training": ["prepare", "load_prepared", "train", "evaluate", "import_hf", "export_hf",
-                 "merge_lora", "MODEL_FIELDS", "TRAIN_FIELDS", "is_main_process", "shutdown"],
-    "system": ["describe_build"],
-    "serving": ["serve", "server_app"],
-    "understanding": ["plot_curves", "plot_attention", "plot_next_token", "plot_embeddings",
-                      "plot_logit_lens", "explain", "format_stages", "check_copy",
-                      "corpus_index", "describe_copy", "report"],
+_HOME = {
+    # Generation (`api/generation.py`: a path or a loaded model in, text out).
+    "load": "api.generation", "stream_chunks": "api.generation", "complete": "api.generation",
+    "stream": "api.generation", "generate": "api.generation", "chat_session": "api.generation",
+    "GenerationConfig": "generation.config", "LoadedModel": "checkpoints.load",
+    "Chunk": "generation.stream", "Completion": "generation.stream",
+    "Generation": "generation.stream",
+    # Data, training and checkpoints.
+    "prepare": "data.prepare", "load_prepared": "data.token_files", "train": "training.run",
+    "MODEL_FIELDS": "training.run", "TRAIN_FIELDS": "training.run",
+    "is_main_process": "training.distributed", "shutdown": "training.distributed",
+    "evaluate": "api.training", "merge_lora": "api.training",
+    "import_hf": "checkpoints.convert", "export_hf": "checkpoints.convert",
+    "describe_build": "runtime.device",
+    # Serving (`gptscratch.server`, an OpenAI-compatible HTTP API).
+    "serve": "api.serving", "server_app": "api.serving",
+    # Understanding: pictures, a walk through the forward pass, the copy check, the report.
+    "plot_curves": "api.understanding", "plot_attention": "api.understanding",
+    "plot_next_token": "api.understanding", "plot_embeddings": "api.understanding",
+    "plot_logit_lens": "api.understanding", "explain": "api.understanding",
+    "format_stages": "evaluation.explain", "check_copy": "api.understanding",
+    "corpus_index": "api.understanding", "describe_copy": "evaluation.memorisation",
+    "report": "api.understanding",
 }
-_HOME = {name: module for module, names in _MODULES.items() for name in names}
-__all__ = ["load", "stream_chunks", "complete", "stream", "generate", "chat_session",
-           "GenerationConfig", "LoadedModel", "Chunk", "Completion", "Generation", "prepare",
-           "load_prepared", "train", "evaluate", "import_hf", "export_hf", "merge_lora",
-           "MODEL_FIELDS",
-           "TRAIN_FIELDS", "is_main_process", "shutdown", "describe_build", "plot_curves",
-           "plot_attention", "plot_next_token", "plot_embeddings", "plot_logit_lens", "explain",
-           "format_stages", "check_copy", "corpus_index", "describe_copy", "report", "serve",
-           "server_app"]
+__all__ = list(_HOME)
 
 
 def __getattr__(name: str) -> Any:
     if name not in _HOME:
         raise AttributeError(f"module 'gptscratch.api' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"gptscratch.api.{_HOME[name]}"), name)
+    return getattr(importlib.import_module(f"gptscratch.{_HOME[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

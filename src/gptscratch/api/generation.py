@@ -22,14 +22,12 @@ from gptscratch.errors import require
 from gptscratch.generation import stream as text_stream
 from gptscratch.generation.chat import ChatSession, check_scene
 from gptscratch.generation.config import GenerationConfig
-from gptscratch.generation.stream import Chunk, Completion, Generation
+from gptscratch.generation.stream import Completion, Generation
 
 # What the functions below take as `model`: a run or checkpoint directory (or a Hugging Face
 # GPT-2 folder), loaded here, or a model `load` returned.
 ModelSource = str | Path | LoadedModel
 
-__all__ = ["load", "stream_chunks", "complete", "stream", "generate", "chat_session",
-           "GenerationConfig", "LoadedModel", "Chunk", "Completion", "Generation"]
 
 
 def stream_chunks(model: ModelSource, prompts: str | Sequence[str] = "\n",

@@ -1,7 +1,7 @@
-"""The Python API for data, training and evaluation: prepare, train, evaluate, import, export.
+"""The Python API's own functions for checkpoints: evaluate one, fold a LoRA run's adapters.
 
-`train` is `training.run.train` (where a run is put together: settings, checks, data, the
-loop); the others read and write data and checkpoints through their own packages.
+(`prepare`, `train`, `import_hf` and `export_hf` are their packages' own functions, named in
+`api/__init__.py`.)
 """
 
 from __future__ import annotations
@@ -10,20 +10,14 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from gptscratch.checkpoints.convert import export_hf, import_hf, merge_checkpoint
+from gptscratch.checkpoints.convert import merge_checkpoint
 from gptscratch.checkpoints.load import load_model
-from gptscratch.data.prepare import prepare
 from gptscratch.data.sources import read_text_source
 from gptscratch.data.token_files import is_prepared_dir, load_prepared
 from gptscratch.errors import UserError
 from gptscratch.evaluation.evaluate import EvalResult, Tokens, evaluate_tokens
 from gptscratch.runtime.cpu import set_cpu_float_mode
 from gptscratch.runtime.precision import choose_precision
-from gptscratch.training.distributed import is_main_process, shutdown
-from gptscratch.training.run import MODEL_FIELDS, TRAIN_FIELDS, train
-
-__all__ = ["prepare", "load_prepared", "train", "evaluate", "import_hf", "export_hf", "merge_lora",
-           "MODEL_FIELDS", "TRAIN_FIELDS", "is_main_process", "shutdown"]
 
 log = logging.getLogger("gptscratch.api")
 

@@ -19,8 +19,8 @@ from gptscratch.checkpoints.load import LoadedModel, load_model
 from gptscratch.data.sources import read_text_source
 from gptscratch.data.token_files import is_prepared_dir, load_prepared
 from gptscratch.errors import UserError
-from gptscratch.evaluation.explain import Stage, explain_prompt, format_stages
-from gptscratch.evaluation.memorisation import CopyReport, CorpusIndex, describe_copy
+from gptscratch.evaluation.explain import Stage, explain_prompt
+from gptscratch.evaluation.memorisation import CopyReport, CorpusIndex
 from gptscratch.model.config import SamplingConfig
 from gptscratch.viz import attention as viz_attention
 from gptscratch.viz import curves as viz_curves
@@ -28,10 +28,6 @@ from gptscratch.viz import distribution as viz_distribution
 from gptscratch.viz import embeddings as viz_embeddings
 from gptscratch.viz import logit_lens as viz_logit_lens
 from gptscratch.viz import report as viz_report
-
-__all__ = ["plot_curves", "plot_attention", "plot_next_token", "plot_embeddings",
-           "plot_logit_lens", "explain", "format_stages", "corpus_index", "check_copy",
-           "describe_copy", "report"]
 
 
 def _model_of(ckpt: ModelSource, device: str) -> LoadedModel:

@@ -4,8 +4,8 @@ Leaves, which never import each other:
 - `checkpoint`: atomic, verified checkpoints (safetensors weights + JSON metadata), the
   format `train` writes;
 - `adapters`: what a LoRA checkpoint adds: its adapters, its base's source and hash;
-- `huggingface` (with `hf_weights`, the pure name and layout maps): Hugging Face GPT-2
-  folders and hub downloads, read and written.
+- `huggingface`: Hugging Face GPT-2 folders and hub downloads, mapped to ours, read and
+  written.
 Above them:
 - `load`: `load_model(source) -> LoadedModel` for every source, and `build_model`, the one
   way a GPT is made from weights;

@@ -1,12 +1,15 @@
-"""Hugging Face GPT-2 folders: reading one (or a hub download), and writing one.
+"""Hugging Face GPT-2 folders: our config and weights mapped to theirs and back, and the files
+read (a local folder or a hub download) and written.
 
-`read_hf_model` reads a local Hugging Face folder (config.json with model.safetensors, sharded
-safetensors, or pytorch_model.bin loaded with `torch.load(weights_only=True)`, which never runs
-pickled code) or downloads a hub name such as `gpt2` when online, and maps it onto our GPT's
-config and parameter names with `hf_weights.py`. `write_hf_model` writes config.json,
-model.safetensors and the tokenizer files that `transformers.AutoModelForCausalLM` /
-`AutoTokenizer.from_pretrained` load. `convert.py` turns these into `import-hf` and
-`export-hf`; the loader (`load.py`) runs a folder or hub name directly.
+Our parameter names are GPT-2's (`transformer.h.0.attn.c_attn.weight`, ...), so the mapping is
+short. Two differences remain: HF stores the four projections (`attn.c_attn`, `attn.c_proj`,
+`mlp.c_fc`, `mlp.c_proj`) in its `Conv1D` layout, (in, out), where our `nn.Linear` keeps
+(out, in), so those are transposed; and HF GPT-2 always has biases, so a model trained here
+with `bias=False` exports zero biases, which compute the same function. `read_hf_model` reads
+config.json with model.safetensors, sharded safetensors, or pytorch_model.bin (loaded with
+`torch.load(weights_only=True)`, which never runs pickled code); `write_hf_model` writes what
+`transformers.AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` load. `convert.py` makes
+`import-hf` and `export-hf` of them; the loader (`load.py`) runs a folder or hub name directly.
 """
 
 from __future__ import annotations
@@ -15,19 +18,15 @@ import json
 import logging
 import pickle
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import safetensors
 import safetensors.torch
 import torch
 
-from gptscratch.checkpoints.hf_weights import (
-    hf_config_from_model,
-    model_config_from_hf,
-    state_dict_from_hf,
-    state_dict_to_hf,
-)
 from gptscratch.data.tokenizers import GPT2Tokenizer, Tokenizer
 from gptscratch.data.tokenizers.gpt2 import GPT2_VOCAB_SIZE
 from gptscratch.data.tokenizers.hf_files import save_hf_tokenizer, tokenizer_from_hf_dir
@@ -36,6 +35,234 @@ from gptscratch.hub import go_offline_if_unreachable, hub_offline
 from gptscratch.model.config import ModelConfig
 
 log = logging.getLogger("gptscratch.hf")
+
+# GPT2Config's defaults, used for keys a config.json leaves out (as transformers does).
+HF_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
+    "n_inner": None, "activation_function": "gelu_new", "resid_pdrop": 0.1, "embd_pdrop": 0.1,
+    "attn_pdrop": 0.1, "layer_norm_epsilon": 1e-5, "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+    "add_cross_attention": False, "tie_word_embeddings": True,
+}
+# HF activations that are all the tanh approximation of GELU, which our `layers.gelu` computes
+# (activation "gelu_tanh"); HF's "gelu" is the exact form (our activation "gelu").
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+LAYER_NORM_EPS = 1e-5  # the epsilon of our `layers.LayerNorm`
+# Weights that HF keeps as Conv1D, (in, out): transposed to nn.Linear's (out, in).
+_CONV1D = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
+# Buffers (causal masks) that old PyTorch checkpoints store next to the weights.
+_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+
+
+def model_config_from_hf(hf: Mapping[str, Any], where: str) -> ModelConfig:
+    """Our `ModelConfig` for a Hugging Face GPT-2 `config.json`.
+
+    Args:
+        hf: the parsed config.json.
+        where: the file or model name, for error messages.
+
+    Raises:
+        UserError: not GPT-2, or a GPT-2 variant our model does not compute (another
+            activation or LayerNorm epsilon, unscaled or layer-scaled attention,
+            cross-attention, an MLP width other than 4 * n_embd).
+    """
+    try:
+        return _model_config_from_hf(hf, where)
+    except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong type
+        raise UserError(f"{where} holds a value of the wrong type ({type(e).__name__}: "
+                        f"{str(e)[:80]}); it is not a valid GPT-2 config.json") from None
+
+
+def _model_config_from_hf(hf: Mapping[str, Any], where: str) -> ModelConfig:
+    model_type = hf.get("model_type")
+    if model_type != "gpt2":
+        arch = ", ".join(hf.get("architectures") or []) or "no architectures listed"
+        raise UserError(f"{where} holds a {model_type or 'unknown'} model ({arch}), not GPT-2; "
+                        "gptscratch imports GPT-2 checkpoints (model_type gpt2) only")
+    c = {**HF_DEFAULTS, **{k: v for k, v in hf.items() if v is not None or k == "n_inner"}}
+    unsupported = [
+        (c["activation_function"] in (*TANH_GELUS, "gelu"), "activation_function",
+         c["activation_function"], f"gelu or one of {', '.join(TANH_GELUS)}"),
+        (abs(float(c["layer_norm_epsilon"]) - LAYER_NORM_EPS) < 1e-12, "layer_norm_epsilon",
+         c["layer_norm_epsilon"], "1e-05"),
+        (bool(c["scale_attn_weights"]), "scale_attn_weights", c["scale_attn_weights"], "true"),
+        (not c["scale_attn_by_inverse_layer_idx"], "scale_attn_by_inverse_layer_idx",
+         c["scale_attn_by_inverse_layer_idx"], "false"),
+        (not c["add_cross_attention"], "add_cross_attention", c["add_cross_attention"], "false"),
+        (c["n_inner"] in (None, 4 * c["n_embd"]), "n_inner", c["n_inner"],
+         f"null or 4 * n_embd ({4 * c['n_embd']})"),
+    ]
+    # reorder_and_upcast_attn is not checked: it only makes HF's eager path compute the
+    # attention scores in fp32, the same function our fp32 model computes.
+    for ok, name, value, rule in unsupported:
+        if not ok:
+            raise UserError(f"{where} has {name}={value!r}, which gptscratch's GPT does not "
+                            f"compute (it needs {rule}); use a standard GPT-2 checkpoint")
+    # One dropout probability for the three HF has; they are equal in every GPT-2 release.
+    dropout = max(float(c[k]) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop"))
+    try:
+        return ModelConfig(
+            vocab_size=c["vocab_size"], block_size=c["n_positions"], n_layer=c["n_layer"],
+            n_head=c["n_head"], n_embd=c["n_embd"], dropout=dropout, bias=True,
+            tie_embeddings=bool(c["tie_word_embeddings"]),
+            activation="gelu" if c["activation_function"] == "gelu" else "gelu_tanh",
+        )
+    except UserError as e:
+        raise UserError(f"{where} describes an invalid GPT-2: {e}") from None
+
+
+def check_gpt2_expressible(config: ModelConfig) -> None:
+    """Refuse a model that GPT-2's format cannot hold: one built with a modern-recipe option
+    other than GPT-2's. The two GELUs map onto HF's `gelu_new` and `gelu` (see
+    `hf_config_from_model`); `zero_init_proj` only sets the starting weights, so it exports.
+
+    Raises:
+        UserError: one line naming the first such option and its GPT-2 value.
+    """
+    gpt2 = {"positions": "learned", "norm": "layernorm", "qk_norm": False, "logit_softcap": 0.0}
+    for name, value in gpt2.items():
+        if getattr(config, name) != value:
+            raise UserError(
+                f"cannot export to Hugging Face GPT-2: this model has {name}="
+                f"{getattr(config, name)!r}, which GPT-2's format cannot express (it needs "
+                f"{name}={value!r}); use it with gptscratch itself (sample, eval, serve)")
+    if config.activation not in ("gelu_tanh", "gelu"):  # HF's gelu_new and gelu
+        raise UserError(
+            f"cannot export to Hugging Face GPT-2: this model has activation="
+            f"{config.activation!r}, which GPT-2's format cannot express (it needs gelu_tanh or "
+            "gelu); use it with gptscratch itself (sample, eval, serve)")
+
+
+def hf_config_from_model(
+    config: ModelConfig, bos_token_id: int | None, eos_token_id: int | None
+) -> dict[str, Any]:
+    """The config.json that makes transformers build a GPT2LMHeadModel of this shape.
+
+    Raises:
+        UserError: the model has an option GPT-2 cannot express (`check_gpt2_expressible`).
+    """
+    check_gpt2_expressible(config)
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new" if config.activation == "gelu_tanh" else "gelu",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": config.tie_embeddings,
+        "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
+        "use_cache": True,
+        "dtype": "float32",
+    }
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of our GPT's state dict and its shape (lm_head.weight included, tied or
+    not), computed from the config alone: the oracle the loaded files are checked against."""
+    C, V = config.n_embd, config.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "transformer.wte.weight": (V, C), "transformer.wpe.weight": (config.block_size, C),
+        "transformer.ln_f.weight": (C,), "lm_head.weight": (V, C),
+    }
+    if config.bias:
+        shapes["transformer.ln_f.bias"] = (C,)
+    for i in range(config.n_layer):
+        layers = {"ln_1": (C, C), "attn.c_attn": (3 * C, C), "attn.c_proj": (C, C),
+                  "ln_2": (C, C), "mlp.c_fc": (4 * C, C), "mlp.c_proj": (C, 4 * C)}
+        for name, (out, inp) in layers.items():
+            key = f"transformer.h.{i}.{name}"
+            shapes[f"{key}.weight"] = (out,) if name.startswith("ln") else (out, inp)
+            if config.bias:
+                shapes[f"{key}.bias"] = (out,)
+    return shapes
+
+
+def state_dict_from_hf(
+    tensors: Mapping[str, torch.Tensor], config: ModelConfig, where: str
+) -> dict[str, torch.Tensor]:
+    """Our GPT's state dict from a Hugging Face GPT-2 checkpoint's tensors.
+
+    Accepts GPT2LMHeadModel names (`transformer.h.0...`) and bare GPT2Model names (`h.0...`,
+    as in OpenAI's own uploads); skips the causal-mask buffers old checkpoints carry. With tied
+    embeddings a stored `lm_head.weight` is ignored, as transformers ignores it.
+
+    Returns:
+        float32 tensors under our names, `lm_head.weight` included (the embedding when tied).
+
+    Raises:
+        UserError: a tensor is missing, unexpected, or has the wrong shape.
+    """
+    ours: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        bare = name.removeprefix("transformer.")
+        if _BUFFER.fullmatch(bare) or (name == "lm_head.weight" and config.tie_embeddings):
+            continue
+        if _CONV1D.fullmatch(bare):
+            tensor = tensor.t()
+        key = name if name == "lm_head.weight" else f"transformer.{bare}"
+        ours[key] = tensor.float().contiguous()
+    if config.tie_embeddings and "transformer.wte.weight" in ours:
+        ours["lm_head.weight"] = ours["transformer.wte.weight"]
+    check_shapes(ours, expected_shapes(config), where)
+    return ours
+
+
+def state_dict_to_hf(
+    state: Mapping[str, torch.Tensor], config: ModelConfig
+) -> dict[str, torch.Tensor]:
+    """Hugging Face GPT2LMHeadModel tensors from our GPT's state dict.
+
+    A model without biases gets zero biases (the same function); a tied head is left out
+    (transformers re-ties it to `transformer.wte.weight`).
+
+    Raises:
+        UserError: the model has an option GPT-2 cannot express (`check_gpt2_expressible`).
+    """
+    check_gpt2_expressible(config)
+    hf: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if name == "lm_head.weight" and config.tie_embeddings:
+            continue
+        bare = name.removeprefix("transformer.")
+        t = tensor.detach().float()
+        hf[name] = (t.t() if _CONV1D.fullmatch(bare) else t).contiguous().clone()
+    if not config.bias:
+        full = expected_shapes(ModelConfig(**{**config.to_dict(), "bias": True}))
+        for name, shape in full.items():
+            if name.endswith(".bias"):
+                hf[name] = torch.zeros(shape)
+    return hf
+
+
+def check_shapes(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], where: str
+) -> None:
+    """Raise a one-line UserError naming the first missing, unexpected or misshapen tensor."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = ([f"missing {missing[:3]}"] if missing else []) + (
+            [f"unexpected {unexpected[:3]}"] if unexpected else [])
+        raise UserError(f"{where}: the tensors do not match config.json ({'; '.join(parts)}); "
+                        "the weights and config.json must come from the same model")
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            raise UserError(f"{where}: tensor {name} has shape {tuple(state[name].shape)} but "
+                            f"config.json implies {shape}; the weights and config.json must "
+                            "come from the same model")
+
 
 CONFIG, SAFETENSORS, PT_BIN = "config.json", "model.safetensors", "pytorch_model.bin"
 SAFETENSORS_INDEX = "model.safetensors.index.json"

@@ -17,9 +17,13 @@ and rows that leave are dropped from the cache in place. (In a padded batch a ro
 agree with its lone run to about 5e-7 in fp32, not bit for bit: it goes through the masked
 attention kernel.)
 
-Each step, every row's new text is decoded, its stop rules applied (`stops.py`), and what is
-safe to show reported to the row's sink as a `RowEvent`; the last event carries the finish
-reason. Without the KV cache (`use_cache=False`, for learning and as an oracle) each step
+Each step, every row's new text is decoded, its stop rules applied, and what is safe to show
+reported to the row's sink as a `RowEvent`; the last event carries the finish reason. A stop
+rule (`StopRule`) says where a row's text ends (a stop string's start, or where the next
+speaker's heading begins: `script.NextSpeakerStop`) and how much can be shown now: text that
+may still turn into a stop, and an incomplete UTF-8 character (a byte-level BPE token can end
+mid-character, which decodes to U+FFFD), are held back, so a stop is never printed, not even
+in part. Without the KV cache (`use_cache=False`, for learning and as an oracle) each step
 re-reads every row's last block_size tokens instead.
 """
 
@@ -28,13 +32,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import UserError
-from gptscratch.generation.stops import StopRule, apply_rules
 from gptscratch.model.config import SamplingConfig
 from gptscratch.model.decoding import Decoder, generation_bytes, window_keep
 from gptscratch.model.gpt import GPT
@@ -44,6 +48,46 @@ from gptscratch.runtime.device import available_memory
 log = logging.getLogger("gptscratch")
 
 MOST_ROWS = 64  # the default batch's ceiling: beyond it a 2-core CPU gains no throughput
+
+
+class StopRule(Protocol):
+    """Decides where generated text ends. `find(text)` -> (cut, safe): `cut` is the length of
+    the text to keep if it has ended (else None); `safe` how many characters can be shown now."""
+
+    def find(self, text: str) -> tuple[int | None, int]: ...
+
+
+class StopStrings:
+    """End at the first of some (non-empty) strings; the string itself is not output."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = list(stops)
+
+    def find(self, text: str) -> tuple[int | None, int]:
+        hits = [p for p in (text.find(s) for s in self.stops) if p >= 0]
+        if hits:
+            return min(hits), min(hits)
+        # Hold back a tail that might be the beginning of a stop string.
+        held = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:n]):
+                    held = max(held, n)
+                    break
+        return None, len(text) - held
+
+
+def apply_rules(text: str, rules: Sequence[StopRule]) -> tuple[int | None, int]:
+    """Combine stop rules: the earliest cut wins, and only what every rule deems safe shows
+    (never half a character)."""
+    cut: int | None = None
+    safe = len(text.rstrip("\ufffd"))
+    for rule in rules:
+        c, s = rule.find(text)
+        safe = min(safe, s)
+        if c is not None:
+            cut = c if cut is None else min(cut, c)
+    return cut, safe
 
 
 @dataclass(frozen=True)
@@ -80,7 +124,7 @@ class RowRequest:
     max_tokens: tokens to generate at most (0: none).
     sampling: how the row picks each token.
     seed: seeds the row's own generator (None: a random seed).
-    rules: stop rules (`stops.py`); the text they cut is never reported.
+    rules: stop rules (`StopRule`); the text they cut is never reported.
     top_logprobs: None for no per-token reports; N >= 0 for each token's log-probability and
         its N most likely alternatives.
     score_prompt: also report the prompt's tokens with their log-probabilities, before

@@ -1,7 +1,7 @@
 """Generated text, piece by piece: the two entry points of text generation.
 
 `stream_chunks` continues one or more prompts in one batch and yields `Chunk`s of each
-sample's text as soon as they are safe to show (`stops.py` says what is held back);
+sample's text as soon as they are safe to show (the engine's stop rules say what is held back);
 `complete` returns the finished `Completion`s. Both check everything before the first token
 (the config when it was built; here the prompts, the speaker, the tokenizer's coverage of the
 prompts and the memory a batch needs), so a mistake never ends a half-printed text. Each
@@ -27,6 +27,9 @@ from gptscratch.generation.engine import (
     RowEvent,
     RowRequest,
     Sink,
+    StopRule,
+    StopStrings,
+    apply_rules,
     check_rows_fit,
 )
 from gptscratch.generation.script import (
@@ -35,7 +38,6 @@ from gptscratch.generation.script import (
     corpus_script,
     speaker_prompts,
 )
-from gptscratch.generation.stops import StopRule, StopStrings, apply_rules
 from gptscratch.model.beam_search import beam_search
 from gptscratch.model.gpt import GPT
 

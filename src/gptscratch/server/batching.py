@@ -1,26 +1,33 @@
-"""Continuous batching for the server: a queue and one thread in front of the decoding engine.
+"""Continuous batching for the server: a queue and one thread in front of the decoding engine,
+and each request's rows carried between the engine's thread and the request's event loop.
 
 Requests arrive as rows (`generation.engine.RowRequest`) into a bounded queue, from any
 thread. The engine's own thread owns the model: before every decoding step, waiting rows join
 the running batch (up to `max_batch`) and abandoned rows leave it, so a short request never
 waits for a long one to end. Everything about decoding (each row's sampling, seed, window and
 stop rules) is the engine's (`generation/engine.py`); this adds only the queue, the thread
-and their limits. Each row reports its `RowEvent`s to a callback, which the request's
-`Job` (jobs.py) carries back to its event loop.
+and their limits. Each row reports its `RowEvent`s to a callback, which the request's `Job`
+carries back to its event loop; when the request's task ends early (its client
+disconnected), the job cancels its rows, which leave the batch before the next step.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from gptscratch.data.tokenizers import Tokenizer
-from gptscratch.generation.engine import Engine, Row, RowRequest, Sink
+from gptscratch.generation.engine import Engine, Row, RowEvent, RowRequest, Sink
 from gptscratch.model.gpt import GPT
+from gptscratch.server.errors import APIError
 
 log = logging.getLogger("gptscratch")
+LISTEN_S = 0.25  # how often a request waiting for its whole answer checks its client
 
 
 class QueueFull(Exception):
@@ -130,3 +137,61 @@ class BatchingEngine:
             engine.running += [r for r in joining if r not in engine.running
                                and r.finish_reason is None]
             engine.fail(str(exc))
+
+
+class Job:
+    """The rows of one request, queued in the engine, and their events as they come.
+
+    Raises (when built):
+        APIError: 429 when the engine's queue is full, 503 when the engine is not running.
+    """
+
+    def __init__(self, engine: BatchingEngine, rows: Sequence[RowRequest]) -> None:
+        self.engine = engine
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[tuple[int, RowEvent]] = asyncio.Queue()
+        sinks = [functools.partial(self._put, i) for i in range(len(rows))]
+        try:
+            self.handles = engine.submit(rows, sinks)
+        except QueueFull as e:
+            raise APIError(429, str(e), None, "queue_full") from None
+        except EngineStopped as e:
+            raise APIError(503, str(e), None, "engine_stopped") from None
+        self.open = len(rows)
+
+    def _put(self, index: int, event: RowEvent) -> None:
+        """Called on the engine's thread."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
+
+    async def events(self) -> AsyncIterator[tuple[int, RowEvent]]:
+        """(row index, event) pairs until every row has finished."""
+        try:
+            while self.open:
+                index, event = await self.queue.get()
+                if event.finish_reason is not None:
+                    self.open -= 1
+                yield index, event
+        finally:  # cancelled (the client left) or closed early: free the rows at once
+            if self.open:
+                self.engine.cancel(self.handles)
+
+    async def collect(self, left: Callable[[], Awaitable[bool]] | None = None
+                      ) -> list[list[RowEvent]] | None:
+        """Every row's events, once all rows have finished; None if `left()` says the client
+        has gone first (asked every quarter second), and then its rows are cancelled: an
+        answer that nobody will read must not hold rows of the batch to max_tokens."""
+        out: list[list[RowEvent]] = [[] for _ in self.handles]
+
+        async def gather() -> None:
+            async for index, event in self.events():
+                out[index].append(event)
+
+        task = asyncio.ensure_future(gather())
+        while not (await asyncio.wait({task}, timeout=LISTEN_S))[0]:
+            if left is not None and await left():
+                task.cancel()  # `events` cancels the rows as it unwinds
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return None
+        task.result()
+        return out

@@ -15,13 +15,12 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gptscratch.checkpoints.load import LoadedModel
+from gptscratch.generation.engine import StopRule, StopStrings
 from gptscratch.generation.script import ScriptFormat
-from gptscratch.generation.stops import StopRule, StopStrings
-from gptscratch.server.batching import BatchingEngine
+from gptscratch.server.batching import BatchingEngine, Job
 from gptscratch.server.chat_template import next_speaker_stop, render_chat
 from gptscratch.server.config import ServeConfig
 from gptscratch.server.errors import APIError, error_body
-from gptscratch.server.jobs import Job, check_ids, encode, rows_for
 from gptscratch.server.responses import (
     Finished,
     Header,
@@ -35,7 +34,10 @@ from gptscratch.server.schemas import (
     ChatRequest,
     CompletionRequest,
     GenerationRequest,
+    check_ids,
     check_request,
+    encode,
+    rows_for,
     sampling_config,
 )
 

@@ -25,13 +25,15 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 
 from gptscratch.model.gpt import GPT, Trace
+from gptscratch.server.batching import Job
 from gptscratch.server.completions import Served, event_stream
 from gptscratch.server.errors import APIError
-from gptscratch.server.jobs import Job, encode, rows_for
 from gptscratch.server.schemas import (
     MAX_LOGPROBS,
     GenerationRequest,
     check_request,
+    encode,
+    rows_for,
     sampling_config,
 )
 

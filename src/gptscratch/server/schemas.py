@@ -4,19 +4,24 @@ The sampling fields are made from their one declaration (`model.config.SamplingC
 `request_model`), with OpenAI's defaults where they differ. Pydantic checks the types (a wrong
 type is a 422 naming the field); `check_request` checks the values by building the
 `SamplingConfig` (its `SettingError` becomes a 400 naming the field) and against the server's
-limits (`ServeConfig`; a 413 for a prompt that is too long). Fields OpenAI defines that the
-server has no use for (`user`, `suffix`, `best_of`...) are ignored; `top_k`, `min_p` and
-`repetition_penalty` are accepted as extras (the `openai` client's `extra_body`).
+limits (`ServeConfig`; a 413 for a prompt that is too long). A request's prompts become the
+engine's rows here (`rows_for`): choice j of a prompt is seeded with seed + j, so choice 0 is
+what `api.complete` gives with that seed. Fields OpenAI defines that the server has no use for
+(`user`, `suffix`, `best_of`...) are ignored; `top_k`, `min_p` and `repetition_penalty` are
+accepted as extras (the `openai` client's `extra_body`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, create_model
 
-from gptscratch.errors import SettingError
+from gptscratch.data.tokenizers import Tokenizer
+from gptscratch.errors import SettingError, UserError
+from gptscratch.generation.engine import RowRequest, StopRule
 from gptscratch.model.config import SamplingConfig
 from gptscratch.server.config import ServeConfig
 from gptscratch.server.errors import APIError
@@ -151,3 +156,54 @@ def sampling_config(req: BaseModel, declaration: type[SamplingConfig] = Sampling
         return declaration(**{name: getattr(req, name) for name in rules(declaration)})
     except SettingError as e:
         raise APIError(400, e.describe(), e.setting) from None
+
+
+def check_length(ids: list[int], limits: ServeConfig, param: str) -> list[int]:
+    """Raises APIError 413 for a prompt over the server's limit; else returns it."""
+    if len(ids) > limits.max_prompt_tokens:
+        raise APIError(413, f"{param} has {len(ids):,} tokens; this server takes at most "
+                            f"{limits.max_prompt_tokens:,}", param, "prompt_too_long")
+    return ids
+
+
+def encode(tokenizer: Tokenizer, text: str, limits: ServeConfig, param: str) -> list[int]:
+    """A prompt's token ids; an empty prompt is the end-of-text token where there is one.
+
+    Raises:
+        APIError: 400 for characters the tokenizer cannot encode or an empty prompt without
+            an end-of-text token; 413 for a prompt over the server's limit.
+    """
+    try:
+        ids = tokenizer.encode(text)
+    except UserError as e:
+        found = str(e).split("; the model", 1)[0].replace("text has", f"{param} has", 1)
+        raise APIError(400, found, param, "unknown_characters") from None
+    if not ids:
+        if tokenizer.eot_id is None:
+            raise APIError(400, f"{param} is empty; give some text to continue", param)
+        ids = [tokenizer.eot_id]
+    return check_length(ids, limits, param)
+
+
+def check_ids(ids: list[int], vocab_size: int, limits: ServeConfig, param: str) -> list[int]:
+    """A prompt given as token ids, checked like a text prompt.
+
+    Raises:
+        APIError: 400 for no ids or an id outside the vocabulary; 413 for too many.
+    """
+    if not ids:
+        raise APIError(400, f"{param} is an empty list of token ids; give at least one", param)
+    bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise APIError(400, f"{param} has token id {bad}, outside this model's vocabulary "
+                            f"(0 to {vocab_size - 1})", param, "unknown_token")
+    return check_length(ids, limits, param)
+
+
+def rows_for(prompts: Sequence[list[int]], n: int, max_tokens: int, sampling: SamplingConfig,
+             seed: int | None, rules: Sequence[StopRule], top_logprobs: int | None,
+             score_prompt: bool = False) -> list[RowRequest]:
+    """Row i * n + j is choice j of prompt i, seeded with seed + j."""
+    return [RowRequest(tuple(ids), max_tokens, sampling, None if seed is None else seed + j,
+                       tuple(rules), top_logprobs, score_prompt)
+            for ids in prompts for j in range(n)]
