@@ -1,8 +1,7 @@
-"""The one exception type for mistakes a user can fix.
+"""The exceptions for mistakes a user can fix, and for a run stopped by a signal.
 
-Library code raises `UserError` with a one-line message that names the problem and the fix;
-the CLI turns it into `error: <message>` on stderr and exit code 2, with no traceback.
-Anything else that escapes is a bug in gptscratch and keeps its traceback.
+Library code raises `UserError` with a one-line message naming the problem and the fix; the
+CLI prints `error: <message>` and exits 2. Anything else is a bug and keeps its traceback.
 """
 
 import difflib
@@ -15,13 +14,11 @@ class UserError(Exception):
 
 class SettingError(UserError):
     """A setting's value outside its rule, named by the setting, never by a flag: the CLI
-    (`render(flag)`) and the server (`describe()`, with the request field) say it in their
-    own words.
+    (`render(flag)`) and the server (`describe()`) say it in their own words.
 
     Attributes:
-        setting: the setting's name (`top_k`); value: the value given; rule: what the value
-        must be ("must be >= 1"); example: a good value to try, or None; note: what else to
-        say (", or leave it out to keep all").
+        setting: its name (`top_k`); value: the value given; rule: "must be >= 1"; example:
+        a good value to try, or None; note: more to say (", or leave it out to keep all").
     """
 
     def __init__(self, setting: str, value: object, rule: str, example: object = None,
@@ -35,8 +32,7 @@ class SettingError(UserError):
         return f"{self.setting} ({self.value!r}) {self.rule}"
 
     def render(self, flag: str | None) -> str:
-        """The whole message, its fix given as `flag` would write it (`--top-k 50`), or for
-        Python (`top_k=50`) when `flag` is None."""
+        """The whole message, its fix spelled for `flag` (`--top-k 50`) or, if None, Python."""
         if self.example is None:
             return self.describe() + self.note
         fix = f"{flag} {self.example}" if flag else f"{self.setting}={self.example!r}"
@@ -50,20 +46,15 @@ def require(ok: bool, message: str) -> None:
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
-    """" (did you mean X?)" for the choice closest to a misspelt `value`, or "" if none is
-    close: the hint every "unknown ..." message adds."""
+    """" (did you mean X?)" for the choice closest to a misspelt `value`, or "" if none is."""
     close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
 
 
 class Interrupted(BaseException):
-    """A run stopped by a signal (SIGINT: Ctrl-C, SIGTERM: `kill`, schedulers, containers).
-
-    `message` says where it stopped and how to continue; the CLI prints it and exits with
-    128 + `signum` (130 for SIGINT, 143 for SIGTERM), as a shell does for a killed command.
-    Like KeyboardInterrupt it is not an `Exception`: code that catches every error (logging's
-    handlers, which would print a traceback and carry on) lets it through.
-    """
+    """A run stopped by a signal (SIGINT, SIGTERM). The CLI prints `message` (where it stopped,
+    how to continue) and exits 128 + `signum`, as a shell does. Not an `Exception`, like
+    KeyboardInterrupt, so catch-all handlers (logging's) do not swallow it."""
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
@@ -72,9 +63,8 @@ class Interrupted(BaseException):
 
 
 def interruption_behind(exc: BaseException) -> Interrupted | None:
-    """The `Interrupted` that caused `exc`, if any: a second signal raised inside code that
-    turned it into its own error (torch.save's writer, called back from C++, reports a
-    failed write as a RuntimeError whose context is the `Interrupted`)."""
+    """The `Interrupted` behind `exc`, if any: code may turn a second signal into its own error
+    (torch.save's C++ writer: a RuntimeError whose context is the `Interrupted`)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:

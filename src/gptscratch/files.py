@@ -1,11 +1,8 @@
 """Where gptscratch writes, and how: the cache folder, atomic writes, sha256 hashes, and the
-marker that makes a folder ours.
+marker that makes a folder ours. It sits at the bottom of the layers, beside `errors`.
 
-Every file and folder gptscratch writes goes through `atomic_file` or `atomic_dir`: the new
-content is written under a temporary name beside its destination and renamed into place, so a
-crash or Ctrl-C leaves either the old version or the new one, never half of one, with the
-permissions the user's umask gives any file. This module sits at the bottom of the layers,
-beside `errors`.
+Every write goes through `atomic_file` or `atomic_dir`: a temporary beside the destination,
+renamed into place, so a crash or Ctrl-C leaves the old version or the new, never half of one.
 """
 
 from __future__ import annotations
@@ -36,19 +33,13 @@ def cache_path() -> Path:
 
 
 def cache_dir() -> Path:
-    """Return the gptscratch cache folder (`cache_path`), creating it if needed.
-
-    Raises:
-        UserError: The folder cannot be created.
-    """
+    """`cache_path()`, created if needed (a UserError if it cannot be)."""
     path = cache_path()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(
-            f"cannot create the cache folder '{path}' ({exc.strerror}); "
-            "set GPTSCRATCH_CACHE to a writable folder"
-        ) from exc
+        raise UserError(f"cannot create the cache folder '{path}' ({exc.strerror}); "
+                        "set GPTSCRATCH_CACHE to a writable folder") from exc
     return path
 
 
@@ -66,9 +57,8 @@ def _umask() -> int:
 
 
 def _as_if_created_plainly(path: Path) -> None:
-    """Give `path` (and what is under a folder) the permissions a plain `open` or `mkdir`
-    would (0644 / 0755 under the usual umask 022): temporary folders, and some writers such
-    as safetensors, make them private (0600 / 0700)."""
+    """Give `path` (and all under it) the permissions a plain `open` or `mkdir` would: temporary
+    folders and some writers (safetensors) make them private (0600 / 0700)."""
     mask = _umask()
     for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
         os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
@@ -76,14 +66,9 @@ def _as_if_created_plainly(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_file(path: Path, size: int | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to `path` (so the final `os.replace` is atomic); move it
-    onto `path` if the block succeeds, else remove it and leave `path` untouched.
-
-    Args:
-        path: The file to create or replace. Its folder must exist.
-        size: The bytes it will hold, where known, for a full disk's message (else it says
-            what was written when the disk filled).
-    """
+    """Yield a temporary path beside `path` (whose folder must exist), moved onto it if the
+    block succeeds, else removed. `size`: the bytes it will hold, where known, for a full
+    disk's message (else it says what was written when the disk filled)."""
     # A fresh unique name rather than mkstemp: the caller creates the file, so it gets the
     # usual umask permissions instead of mkstemp's 0600.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
@@ -107,14 +92,10 @@ def old_version(dest: Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_dir(dest: Path) -> Iterator[Path]:
-    """Yield a new empty folder beside `dest` (its parent is created if needed); swap it into
-    place if the block succeeds, else remove it and leave `dest` untouched.
-
-    A folder cannot be replaced in one rename, so an existing `dest` is first renamed to
-    `old_version(dest)`, the new folder renamed to `dest`, and the old one removed: at every
-    moment one whole version exists under one of the two names (readers such as
-    `checkpoints.resolve_checkpoint` fall back to the `.old` one).
-    """
+    """Yield a new empty folder beside `dest`, swapped into place if the block succeeds, else
+    removed. An old `dest` is renamed to `old_version(dest)` first (a folder cannot be replaced
+    in one rename), so one whole version always exists under one of the two names (readers
+    such as `checkpoints.resolve_checkpoint` fall back to `.old`)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
@@ -137,9 +118,8 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
 
 
 def _discard(folder: Path, dest: Path) -> None:
-    """Delete `folder` (an old version of `dest`) so that no moment shows it half-deleted
-    under its name: first an atomic rename to a temporary name of `dest` (one a cleanup of a
-    killed save's leftovers removes, like `atomic_dir`'s own), then the deletion."""
+    """Delete `folder` (an old `dest`) without ever showing it half-deleted under its name:
+    rename it to a temporary name that a cleanup of leftovers also removes, then delete."""
     if not folder.exists():
         return
     doomed = folder.with_name(f".{dest.name}.tmp-discarded-{uuid.uuid4().hex[:12]}")
@@ -148,8 +128,7 @@ def _discard(folder: Path, dest: Path) -> None:
 
 
 def _fsync(path: Path) -> None:
-    """Flush a file's (or a folder's entries') data to the disk: a rename is atomic, but
-    after a power cut only what was fsynced is sure to be there."""
+    """fsync a file or folder: a rename is atomic, but only fsynced data survives a power cut."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -169,21 +148,19 @@ def _raise_if_disk_full(exc: BaseException, dest: Path, needed: int) -> None:
     reason = _disk_full_reason(exc)
     if reason is not None:
         free = shutil.disk_usage(dest.parent).free
-        raise UserError(
-            f"no space left to write '{dest}' ({reason}): it needs about "
-            f"{_amount(needed)}, and {_amount(free)} is free on its disk; free some "
-            "space or write elsewhere (nothing was lost: the previous version, if any, is "
-            "intact)") from None
+        raise UserError(f"no space left to write '{dest}' ({reason}): it needs about "
+                        f"{_amount(needed)}, and {_amount(free)} is free on its disk; free "
+                        "some space or write elsewhere (nothing was lost: the previous "
+                        "version, if any, is intact)") from None
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _disk_full_reason(exc: BaseException | None) -> str | None:
-    """The system's words if `exc`, or an error it arose from, says the disk, quota or
-    file-size limit is exhausted. Python raises OSError with an errno; Rust libraries
-    (safetensors, tokenizers) their own types, whose message ends "(os error N)"; torch.save
-    into a Python file a RuntimeError while handling the file's OSError."""
+    """The system's words if `exc` or an error behind it says the disk, quota or file-size
+    limit is full: an OSError's errno, a Rust library's "(os error N)" (safetensors,
+    tokenizers), or torch.save's RuntimeError raised while handling the OSError."""
     seen = 0
     while exc is not None and seen < 8:
         if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
@@ -196,8 +173,7 @@ def _disk_full_reason(exc: BaseException | None) -> str | None:
 
 
 def append_text(path: Path, text: str) -> None:
-    """Append `text` to a log file (a whole line, say); a full disk is one line, as for
-    `atomic_file` (a line cut short by it is one that readers skip)."""
+    """Append `text` to a log file; a full disk is a one-line UserError, as in `atomic_file`."""
     try:
         with open(path, "a", encoding="utf-8") as f:
             f.write(text)
@@ -238,9 +214,8 @@ def owned(folder: Path) -> bool:
 
 
 def foreign_entries(folder: Path, ours: Callable[[Path], bool]) -> list[str]:
-    """The entries of a folder that is not gptscratch's, to name in a refusal: none if it is
-    empty or missing, carries the marker, or `ours(folder)` recognises it (made before the
-    marker existed)."""
+    """The entries of a folder not gptscratch's, to name in a refusal: none if it is missing,
+    empty, marked, or `ours(folder)` recognises it (made before the marker existed)."""
     if not folder.is_dir() or owned(folder) or ours(folder):
         return []
     return sorted(p.name for p in folder.iterdir())
@@ -250,8 +225,7 @@ _LEFTOVER = re.compile(r"\..+\.\d+\.[0-9a-f]{12}\.tmp")  # atomic_file's tempora
 
 
 def remove_leftovers(folder: Path) -> None:
-    """Delete the temporary files a killed write left in a folder of ours (`atomic_file`'s
-    `.NAME.PID.HEX.tmp`), and nothing else."""
+    """Delete what a killed `atomic_file` left in a folder of ours (`.NAME.PID.HEX.tmp`) only."""
     if not owned(folder):
         return
     for path in folder.glob(".*.tmp"):
@@ -260,8 +234,8 @@ def remove_leftovers(folder: Path) -> None:
 
 
 def claim(folder: Path, kind: str) -> None:
-    """Create `folder` if needed and mark it as gptscratch's (`kind`: what it holds). Callers
-    check `foreign_entries` first: nothing is written into a folder that is someone else's."""
+    """Create `folder` if needed and mark it ours (`kind`: what it holds); check
+    `foreign_entries` first: nothing is written into someone else's folder."""
     folder.mkdir(parents=True, exist_ok=True)
     if not owned(folder):
         with atomic_file(folder / OWNER_MARKER) as tmp:

@@ -1,9 +1,8 @@
 """Reaching the Hugging Face Hub, or knowing at once that it cannot be reached.
 
-Hub datasets (`data.sources`) and hub models (`checkpoints.hf_folders`) are optional and need
-the internet. Without it, the Hugging Face libraries retry with back-off for about 23 s
-before failing; `go_offline_if_unreachable` spends at most a second finding out and then puts
-them in offline mode, where they fail at once with a message we can turn into one line.
+Hub datasets (`data.sources`) and models (`checkpoints.hf_folders`) need the internet; without
+it the Hugging Face libraries retry for about 23 s before failing. Offline mode makes them fail
+at once, with a message we can turn into one line.
 """
 
 from __future__ import annotations
@@ -21,16 +20,12 @@ _FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 def hub_offline() -> bool:
     """Whether the user or we put the Hugging Face libraries in offline mode."""
-    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
-               for v in _FLAGS)
+    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in _FLAGS)
 
 
 def go_offline_if_unreachable(timeout: float = 1.0) -> None:
-    """Switch the Hugging Face libraries to offline mode when the Hub cannot be reached.
-
-    The flags are read when `huggingface_hub` and `datasets` are imported, so they are set in
-    the environment and, if those are already imported, in their config modules too.
-    """
+    """Put the Hugging Face libraries in offline mode if the Hub does not answer in `timeout`
+    seconds: in the environment and, as they read it at import, in their imported config."""
     if hub_offline():
         return
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))

@@ -1,10 +1,8 @@
 """How a setting is declared: once, as a config field with its default, its range and its help.
 
-A setting is a field of a frozen config dataclass, made by `setting(...)`. From that one
-declaration come the command-line flag and its help (`cli/parser.py`), the server's request
-schema (`server/schemas.py`) and the check when a config is built (`check_settings`), whose
-`SettingError` names the setting, never a flag: the CLI and the server translate at the edge.
-Nothing here imports torch, so the CLI can build its flags from the declarations cheaply.
+From a `setting(...)` field come the CLI flag and its help (`cli/parser.py`), the server's
+request schema (`server/schemas.py`) and the check when a config is built (`check_settings`),
+whose `SettingError` names the setting, never a flag. No torch here: the CLI builds flags cheaply.
 """
 
 from __future__ import annotations
@@ -66,8 +64,7 @@ class Rule:
         if kind is int and not isinstance(value, int) or math.isnan(value):
             return False
         low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        high_ok = (self.high is None
-                   or (value < self.high if self.high_open else value <= self.high))
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
         return low_ok and high_ok
 
 
@@ -94,12 +91,8 @@ def kinds(cls: Any) -> dict[str, Any]:
 
 
 def check_settings(config: Any) -> None:
-    """Check every declared setting of `config` against its rule (None passes where the
-    field's default is None: "not set").
-
-    Raises:
-        SettingError: the first setting whose value breaks its rule.
-    """
+    """Check every declared setting of `config` against its rule (None passes where the default
+    is None: "not set"); SettingError for the first that breaks it."""
     types_of: dict[str, Any] = kinds(type(config))  # type: ignore[arg-type]
     for f in dataclasses.fields(config):
         rule = f.metadata.get("rule")

@@ -36,7 +36,7 @@ _HOME = {
     # Serving (`gptscratch.server`, an OpenAI-compatible HTTP API).
     "serve": "api.serving", "server_app": "api.serving",
     # Understanding: pictures, a walk through the forward pass, the copy check, the report.
-    "plot_curves": "api.understanding", "plot_attention": "api.understanding",
+    "plot_curves": "viz.curves", "plot_attention": "api.understanding",
     "plot_next_token": "api.understanding", "plot_embeddings": "api.understanding",
     "plot_logit_lens": "api.understanding", "explain": "api.understanding",
     "format_stages": "evaluation.explain", "check_copy": "api.understanding",

@@ -1,10 +1,8 @@
 """The Python API for generation: load a model, then stream or complete text.
 
-Two entry points do the work, `stream_chunks` (text chunks per sample, as they come) and
-`complete` (finished completions); `stream` and `generate` are their one-prompt shorthands.
-Each takes a run or checkpoint directory (loaded here) or an already loaded model, and the
-generation settings as a `GenerationConfig` and / or keyword arguments of the same names,
-checked before anything is loaded.
+`stream_chunks` (text chunks per sample, as they come) and `complete` (finished completions)
+do the work; `stream` and `generate` are their one-prompt shorthands. Each takes a directory or
+a loaded model, and a `GenerationConfig` and / or its fields as keywords, checked before loading.
 
     model = api.load("out/run")
     for chunk in api.stream_chunks(model, ["ROMEO:", "JULIET:"], num_samples=2, seed=0):
@@ -27,7 +25,6 @@ from gptscratch.generation.stream import Completion, Generation
 # What the functions below take as `model`: a run or checkpoint directory (or a Hugging Face
 # GPT-2 folder), loaded here, or a model `load` returned.
 ModelSource = str | Path | LoadedModel
-
 
 
 def stream_chunks(model: ModelSource, prompts: str | Sequence[str] = "\n",

@@ -3,9 +3,7 @@
     api.serve("out/shakespeare-char", port=8000)        # blocks; Ctrl-C stops it
     app = api.server_app("out/shakespeare-char")        # the FastAPI app, to run yourself
 
-Then any OpenAI client talks to it: `OpenAI(base_url="http://127.0.0.1:8000/v1",
-api_key="x")`. The server needs the `serve` extra (fastapi, uvicorn); without it these
-functions raise a one-line `UserError` naming the pip command.
+Then any OpenAI client talks to it: `OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x")`.
 """
 
 from __future__ import annotations
@@ -35,8 +33,7 @@ def require_serve_extra() -> None:
 
 def server_app(model: ModelSource, config: ServeConfig | None = None, *, device: str = "auto",
                dtype: str = "auto", block_size: int | None = None, **options: Any) -> FastAPI:
-    """The server's FastAPI application for a run or checkpoint directory (or a loaded
-    model); its engine starts and stops with the application.
+    """The server's FastAPI application; its engine starts and stops with the application.
 
     Args:
         model: a run or checkpoint directory, or a model from `load`.

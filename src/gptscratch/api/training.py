@@ -1,8 +1,4 @@
-"""The Python API's own functions for checkpoints: evaluate one, fold a LoRA run's adapters.
-
-(`prepare`, `train`, `import_hf` and `export_hf` are their packages' own functions, named in
-`api/__init__.py`.)
-"""
+"""The Python API's own functions for checkpoints: evaluate one, fold a LoRA run's adapters."""
 
 from __future__ import annotations
 
@@ -31,14 +27,8 @@ def merge_lora(ckpt: str | Path, out_dir: str | Path) -> Path:
     return out
 
 
-def evaluate(
-    ckpt: str | Path,
-    data: str | Path | None = None,
-    *,
-    batch_size: int = 16,
-    device: str = "auto",
-    dtype: str = "float32",
-) -> EvalResult:
+def evaluate(ckpt: str | Path, data: str | Path | None = None, *, batch_size: int = 16,
+             device: str = "auto", dtype: str = "float32") -> EvalResult:
     """Loss, perplexity and bits per byte of a checkpoint on its own val split, or on a text
     file / prepared directory given as `data`."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -1,9 +1,6 @@
 """The Python API for understanding a model: pictures, a walk through the forward pass, a
-memorisation check, and the HTML report that compares runs.
-
-Each picture function takes a run or checkpoint directory (read in full precision) or an
-already loaded model, draws with `gptscratch.viz` and returns the path of the PNG; the data
-behind each picture comes from the same `viz` module's compute function.
+memorisation check, and the HTML report that compares runs. Each picture reads its model in
+full precision, computes its data with its `viz` module and returns the PNG's path.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ from gptscratch.evaluation.explain import Stage, explain_prompt
 from gptscratch.evaluation.memorisation import CopyReport, CorpusIndex
 from gptscratch.model.config import SamplingConfig
 from gptscratch.viz import attention as viz_attention
-from gptscratch.viz import curves as viz_curves
 from gptscratch.viz import distribution as viz_distribution
 from gptscratch.viz import embeddings as viz_embeddings
 from gptscratch.viz import logit_lens as viz_logit_lens
@@ -31,22 +27,15 @@ from gptscratch.viz import report as viz_report
 
 
 def _model_of(ckpt: ModelSource, device: str) -> LoadedModel:
-    # Pictures and explanations read the weights in full precision.
-    return load_model(ckpt, device, dtype="float32")
-
-
-def plot_curves(runs: Sequence[str | Path], out: str | Path = "curves.png") -> Path:
-    """Loss, learning rate and tokens/s of one or more runs on one figure; returns the PNG."""
-    return viz_curves.plot_curves(runs, out)
+    return load_model(ckpt, device, dtype="float32")  # pictures read full precision
 
 
 def plot_attention(ckpt: ModelSource, prompt: str, out: str | Path = "attention.png", *,
                    layers: list[int] | None = None, device: str = "auto") -> Path:
     """Every layer's and head's attention weights for `prompt`; returns the PNG."""
-    loaded = _model_of(ckpt, device)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    return viz_attention.plot_attention(viz_attention.attention_maps(model, tokenizer, prompt),
-                                        out, layers)
+    m = _model_of(ckpt, device)
+    return viz_attention.plot_attention(
+        viz_attention.attention_maps(m.model, m.tokenizer, prompt), out, layers)
 
 
 def plot_next_token(ckpt: ModelSource, prompt: str, out: str | Path = "next-token.png", *,
@@ -56,9 +45,8 @@ def plot_next_token(ckpt: ModelSource, prompt: str, out: str | Path = "next-toke
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
     if top < 1:
         raise UserError(f"top ({top}) must be >= 1; try --top 20")
-    loaded = _model_of(ckpt, device)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    dist = viz_distribution.next_token_distribution(model, tokenizer, prompt, sampling, top)
+    m = _model_of(ckpt, device)
+    dist = viz_distribution.next_token_distribution(m.model, m.tokenizer, prompt, sampling, top)
     return viz_distribution.plot_next_token(dist, out, prompt)
 
 
@@ -68,31 +56,28 @@ def plot_embeddings(ckpt: ModelSource, out: str | Path = "embeddings.png", *,
     still there) and position-embedding similarity; returns the PNG."""
     if tokens < 1:
         raise UserError(f"tokens ({tokens}) must be >= 1; try --tokens 100")
-    loaded = _model_of(ckpt, device)
-    model, tokenizer, checkpoint = loaded.model, loaded.tokenizer, loaded.checkpoint
+    m = _model_of(ckpt, device)
     ids = None
-    if checkpoint is not None:
-        ids = viz_embeddings.frequent_token_ids(checkpoint.meta.get("data_dir", ""), tokens)
+    if m.checkpoint is not None:
+        ids = viz_embeddings.frequent_token_ids(m.checkpoint.meta.get("data_dir", ""), tokens)
     if ids is None:
-        ids = np.arange(min(tokens, model.config.vocab_size))
+        ids = np.arange(min(tokens, m.model.config.vocab_size))
     return viz_embeddings.plot_embeddings(
-        viz_embeddings.embedding_picture(model, tokenizer, ids), out)
+        viz_embeddings.embedding_picture(m.model, m.tokenizer, ids), out)
 
 
 def plot_logit_lens(ckpt: ModelSource, prompt: str, out: str | Path = "logit-lens.png", *,
                     device: str = "auto") -> Path:
     """What each layer would predict at each position of `prompt`; returns the PNG."""
-    loaded = _model_of(ckpt, device)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    return viz_logit_lens.plot_logit_lens(viz_logit_lens.logit_lens(model, tokenizer, prompt),
+    m = _model_of(ckpt, device)
+    return viz_logit_lens.plot_logit_lens(viz_logit_lens.logit_lens(m.model, m.tokenizer, prompt),
                                           out)
 
 
 def explain(ckpt: ModelSource, prompt: str, *, device: str = "auto") -> list[Stage]:
     """Walk `prompt` through the model: every stage's shapes and what happens there."""
-    loaded = _model_of(ckpt, device)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    return explain_prompt(model, tokenizer, prompt)
+    m = _model_of(ckpt, device)
+    return explain_prompt(m.model, m.tokenizer, prompt)
 
 
 # About 400 MB of text: the index of a larger corpus would not fit a laptop's memory.

@@ -1,12 +1,8 @@
 """LoRA checkpoints: the adapters alone, plus where their base model is and its hash.
 
-A LoRA run's checkpoint is an ordinary checkpoint directory whose `model.safetensors` holds
-only the `lora_A` / `lora_B` tensors (a few MB for GPT-2 small) and whose `checkpoint.json`
-has a `lora` entry: the rank, alpha, dropout and targets, the base model's source (a
-gptscratch checkpoint or Hugging Face folder as an absolute path, or a hub name) and the
-sha256 of the base's weights (`state_hash`): the adapters only mean something on the exact
-weights they were trained on. The loader (`load.py`) puts base and adapters together; this
-module only describes and checks them.
+A LoRA run's `model.safetensors` holds only the `lora_A` / `lora_B` tensors (a few MB for GPT-2
+small); its `checkpoint.json` has a `lora` entry naming the base and the sha256 of its weights,
+as the adapters only mean something on those exact weights. `load.py` puts the two together.
 """
 
 from __future__ import annotations
@@ -25,8 +21,7 @@ from gptscratch.model.lora import add_lora, is_lora_parameter
 
 
 def state_hash(state: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over a state dict's names, dtypes, shapes and bytes, in name order: the same
-    weights give the same hash whichever file format they were read from."""
+    """sha256 of a state dict's names, dtypes, shapes and bytes: the same from any format."""
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
@@ -36,8 +31,7 @@ def state_hash(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def base_source(init_from: str | Path) -> str:
-    """How a LoRA checkpoint names its base: an existing path made absolute (so the run can
-    be used from any folder), a hub name as it is."""
+    """A base as stored: an existing path made absolute (usable from any folder), else as is."""
     path = Path(init_from).expanduser()
     return str(path.resolve()) if path.exists() else str(init_from)
 
@@ -62,19 +56,14 @@ def check_base(state: Mapping[str, torch.Tensor], lora: Mapping[str, Any], where
 
 
 def add_adapters(model: GPT, lora: Mapping[str, Any]) -> GPT:
-    """Put the adapters a `lora` metadata entry describes on `model` (zero change until their
-    weights are loaded)."""
+    """Put the adapters a `lora` entry describes on `model` (no change until weights load)."""
     add_lora(model, int(lora["rank"]), float(lora["alpha"]), float(lora.get("dropout", 0.0)),
              parse_targets(str(lora["targets"])))
     return model
 
 
 def load_adapter_weights(model: GPT, tensors: Mapping[str, torch.Tensor], where: Path) -> None:
-    """Copy a LoRA checkpoint's adapter tensors into a model that has the same adapters.
-
-    Raises:
-        UserError: the tensors do not match the adapters.
-    """
+    """Copy a LoRA checkpoint's adapter tensors into `model`; UserError if they do not match."""
     own = {n: p for n, p in model.named_parameters() if is_lora_parameter(n)}
     wrong = sorted(set(own) ^ set(tensors)) or [
         n for n in own if own[n].shape != tensors[n].shape]
@@ -87,8 +76,7 @@ def load_adapter_weights(model: GPT, tensors: Mapping[str, torch.Tensor], where:
 
 
 def merged_config(config: ModelConfig, lora: Mapping[str, Any]) -> ModelConfig:
-    """The model config once the adapters are folded in: an adapted LM head gets its own
-    weight (`model.lora.merge_lora`)."""
+    """The config once the adapters are folded in: an adapted LM head gets its own weight."""
     if "head" in parse_targets(str(lora["targets"])) and config.tie_embeddings:
         return ModelConfig.from_dict({**config.to_dict(), "tie_embeddings": False})
     return config

@@ -1,17 +1,10 @@
-"""Checkpoints as plain data, written atomically.
+"""Checkpoints as plain data, written atomically; the trainer saves them, `load.py` reads them.
 
-A checkpoint is a directory:
-  model.safetensors  the weights (tensors only, no pickled code); a LoRA run's holds only its
-                     adapters, and checkpoint.json names their base (`adapters.py`)
-  checkpoint.json    model and training config, step, losses, and a sha256 of every file
-  tokenizer.json     the tokenizer, so sampling needs nothing but this directory
-  state.pt           optimizer, grad scaler, RNG states and data position; loads with
-                     torch.load(weights_only=True)
-A run directory holds `latest/` (resume from here) and `best/` (lowest val loss). Every save
-goes to a temporary directory that is renamed into place (`files.atomic_dir`), so a crash
-mid-save leaves the previous checkpoint whole. The trainer saves checkpoints; every reader
-builds its model through the one loader (`load.py`). Checkpoints of every earlier version
-load: fields added to `ModelConfig` since have GPT-2's value as their default.
+A checkpoint is a directory: model.safetensors (the weights; a LoRA run's: its adapters only),
+checkpoint.json (configs, step, losses, every file's sha256), tokenizer.json, and state.pt
+(optimizer, scaler, RNG states, data position; loads with weights_only=True). A run holds
+`latest/` (resume from here) and `best/` (lowest val loss). Every earlier version loads: fields
+added to `ModelConfig` since default to GPT-2's value.
 """
 
 from __future__ import annotations
@@ -51,21 +44,12 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def save_checkpoint(
-    dest: Path,
-    model: nn.Module,
-    tokenizer: Tokenizer,
-    meta: dict[str, Any],
-    state: dict[str, Any] | None = None,
-) -> None:
-    """Write a checkpoint directory atomically.
+def save_checkpoint(dest: Path, model: nn.Module, tokenizer: Tokenizer, meta: dict[str, Any],
+                    state: dict[str, Any] | None = None) -> None:
+    """Write checkpoint `dest` (e.g. run/latest) atomically: a crash leaves the old one whole.
 
-    Args:
-        dest: the directory to create or replace (e.g. run/latest).
-        model: the GPT (wrappers are removed, so no `module.` or `_orig_mod.` prefixes).
-        tokenizer: saved beside the weights.
-        meta: JSON-serialisable facts (model_config, train_config, step, losses...).
-        state: optimizer / scaler / RNG tensors and plain values for exact resume.
+    `meta` holds JSON facts (model_config, train_config, step, losses...); `state` the optimizer
+    / scaler / RNG tensors and plain values for an exact resume.
     """
     with atomic_dir(Path(dest)) as tmp:
         if has_lora(unwrap(model)):  # a LoRA run: the adapters alone (`adapters.py`)
@@ -86,12 +70,7 @@ def save_checkpoint(
 
 
 def check_new_folder(out: Path) -> None:
-    """Refuse an output folder that exists with something in it (a checkpoint or export is
-    written only where nothing of the user's can be replaced).
-
-    Raises:
-        UserError: `out` names no new folder, or one that is not empty.
-    """
+    """Refuse (UserError) an output folder that is not new or empty: nothing is replaced."""
     if out.name in ("", ".."):  # "", "." and ".." name folders that exist already
         raise UserError(f"--out '{out}' names no new folder; give the name of one to create")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -100,8 +79,8 @@ def check_new_folder(out: Path) -> None:
 
 
 def link_checkpoint(src: Path, dest: Path) -> None:
-    """Make `dest` a copy of checkpoint `src` (hard links where possible: files are never
-    modified in place, so sharing them is safe), atomically."""
+    """Copy checkpoint `src` to `dest` atomically, hard-linked where possible (files are never
+    modified in place, so sharing them is safe)."""
     with atomic_dir(dest) as tmp:
         for f in src.iterdir():
             try:
@@ -111,10 +90,7 @@ def link_checkpoint(src: Path, dest: Path) -> None:
 
 
 def resolve_checkpoint(path: Path | str, prefer: str = "best") -> Path:
-    """Turn a run directory or a checkpoint directory into a checkpoint directory.
-
-    A run directory resolves to its `best/` (or `latest/` when prefer="latest" or no best).
-    """
+    """The checkpoint directory `path` is, or its run's best/ (latest/ if preferred or no best)."""
     path = Path(path)
     if (path / META).exists():
         return path
@@ -145,11 +121,7 @@ class Checkpoint:
         return load_tokenizer(self.path / TOKENIZER)
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The tensors of model.safetensors (a LoRA run's: its adapters only), on the CPU.
-
-        Raises:
-            UserError: the file is unreadable.
-        """
+        """model.safetensors' tensors (a LoRA run's: adapters only) on the CPU, or UserError."""
         try:
             return safetensors.torch.load_file(str(self.path / WEIGHTS))
         except (safetensors.SafetensorError, OSError) as e:
@@ -160,22 +132,13 @@ class Checkpoint:
         if not (self.path / STATE).exists():
             raise UserError(f"checkpoint '{self.path}' has no {STATE} (weights only); "
                             "it can be sampled or fine-tuned but not resumed")
-        state: dict[str, Any] = torch.load(self.path / STATE, map_location="cpu",
-                                           weights_only=True)
+        state: dict[str, Any] = torch.load(self.path / STATE, map_location="cpu", weights_only=True)
         return state
 
 
 def load_checkpoint(path: Path | str, prefer: str = "best", verify: bool = True) -> Checkpoint:
-    """Find, read and check a checkpoint: its metadata's types and ranges, and its files,
-    which must be exactly ours (`model.safetensors`, `tokenizer.json`, optionally
-    `state.pt`), each matching its recorded sha256.
-
-    verify=False skips the sha256s only, for a caller that reads just the metadata and loads
-    (and so verifies) the checkpoint later.
-
-    Raises:
-        UserError: the checkpoint is missing, unreadable, damaged or not gptscratch's.
-    """
+    """Find, read and check a checkpoint (UserError if missing, damaged or not ours); verify=False
+    skips the files' sha256s, for a caller that reads the metadata now and loads it later."""
     ckpt_dir = resolve_checkpoint(path, prefer)
     try:
         meta = json.loads((ckpt_dir / META).read_text())
@@ -195,9 +158,8 @@ def load_checkpoint(path: Path | str, prefer: str = "best", verify: bool = True)
 
 
 def _check_meta(meta: Any, where: Path) -> None:
-    """The metadata must be ours and whole, whatever wrote the file: only known file names
-    (never a path that reaches outside the checkpoint), each with a sha256; the model config
-    within its ranges; numbers that are numbers."""
+    """The metadata must be ours and whole: only our file names (never a path outside the
+    checkpoint), each with a sha256; the model config in range; numbers that are numbers."""
     if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
         raise UserError(f"'{where}' is not a gptscratch checkpoint file; point --ckpt at a "
                         "folder written by gptscratch train or import-hf")

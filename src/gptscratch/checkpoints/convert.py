@@ -1,8 +1,7 @@
 """A model from one format written in another: `import-hf`, `export-hf` and `merge-lora`.
 
-Each reads its source through the loader (`load.py`) and writes a new folder, refused before
-anything is read if it exists with something in it, built in a temporary folder and renamed
-into place (`files.atomic_dir`): a failure leaves nothing behind.
+Each writes a new (or empty) folder atomically, checked before anything is read: a failure
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -21,13 +20,9 @@ log = logging.getLogger("gptscratch.hf")
 
 
 def import_hf(source: str, out_dir: Path | str) -> Path:
-    """Convert a Hugging Face GPT-2 (folder or hub name) into a gptscratch checkpoint.
+    """Convert a Hugging Face GPT-2 (folder or hub name) into checkpoint `out_dir`, returned.
 
-    The checkpoint holds weights, config and tokenizer but no training state: sample from it,
-    evaluate it, export it, or fine-tune it with `train(init_from=...)`.
-
-    Returns:
-        The checkpoint folder (`out_dir`).
+    It has no training state: sample, evaluate, export or fine-tune it (`train(init_from=...)`).
     """
     out = Path(out_dir)
     check_new_folder(out)
@@ -43,15 +38,8 @@ def import_hf(source: str, out_dir: Path | str) -> Path:
 
 
 def export_hf(ckpt: Path | str, out_dir: Path | str) -> Path:
-    """Write a gptscratch checkpoint as a Hugging Face GPT-2 folder.
-
-    The folder holds config.json, model.safetensors, tokenizer.json and tokenizer_config.json;
-    `AutoModelForCausalLM.from_pretrained(out_dir)` builds a GPT2LMHeadModel computing the same
-    logits, and `pipeline("text-generation", model=out_dir)` runs it.
-
-    Returns:
-        The exported folder (`out_dir`).
-    """
+    """Write a gptscratch checkpoint as Hugging Face GPT-2 folder `out_dir`, returned:
+    `AutoModelForCausalLM.from_pretrained(out_dir)` computes the same logits."""
     out = Path(out_dir)
     check_new_folder(out)
     checkpoint = load_checkpoint(ckpt)
@@ -61,19 +49,14 @@ def export_hf(ckpt: Path | str, out_dir: Path | str) -> Path:
                         "then export DIR")
     loaded = load_model(checkpoint)
     with atomic_dir(out) as tmp:  # `out` is absent or an empty folder, checked above
-        write_hf_model(tmp, loaded.model.state_dict(), checkpoint.model_config,
-                       loaded.tokenizer)
+        write_hf_model(tmp, loaded.model.state_dict(), checkpoint.model_config, loaded.tokenizer)
     log.info("exported %s to %s", checkpoint.path, out)
     return out
 
 
 def merge_checkpoint(ckpt: Path | str, out_dir: Path | str) -> Path:
     """Write a LoRA checkpoint's base + adapters as one plain checkpoint (weights only), which
-    samples at the base model's speed and exports to Hugging Face.
-
-    Raises:
-        UserError: `out_dir` exists and is not empty, or `ckpt` is not a LoRA checkpoint.
-    """
+    samples at the base model's speed and exports to Hugging Face."""
     out = Path(out_dir)
     check_new_folder(out)
     checkpoint = load_checkpoint(ckpt)

@@ -1,15 +1,9 @@
-"""Hugging Face GPT-2 folders: our config and weights mapped to theirs and back, and the files
-read (a local folder or a hub download) and written.
+"""Hugging Face GPT-2 folders (local, or hub downloads): read into our terms, and written.
 
-Our parameter names are GPT-2's (`transformer.h.0.attn.c_attn.weight`, ...), so the mapping is
-short. Two differences remain: HF stores the four projections (`attn.c_attn`, `attn.c_proj`,
-`mlp.c_fc`, `mlp.c_proj`) in its `Conv1D` layout, (in, out), where our `nn.Linear` keeps
-(out, in), so those are transposed; and HF GPT-2 always has biases, so a model trained here
-with `bias=False` exports zero biases, which compute the same function. `read_hf_model` reads
-config.json with model.safetensors, sharded safetensors, or pytorch_model.bin (loaded with
-`torch.load(weights_only=True)`, which never runs pickled code); `write_hf_model` writes what
-`transformers.AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` load. `convert.py` makes
-`import-hf` and `export-hf` of them; the loader (`load.py`) runs a folder or hub name directly.
+Our parameter names are GPT-2's, so the mapping is short: HF keeps the four projections as
+`Conv1D`, (in, out), where our `nn.Linear` is (out, in), so they are transposed; and HF GPT-2
+always has biases, so a `bias=False` model exports zero ones (the same function). `convert.py`
+makes `import-hf` and `export-hf` of this; the loader (`load.py`) runs a folder or hub name.
 """
 
 from __future__ import annotations
@@ -55,17 +49,8 @@ _BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 
 
 def model_config_from_hf(hf: Mapping[str, Any], where: str) -> ModelConfig:
-    """Our `ModelConfig` for a Hugging Face GPT-2 `config.json`.
-
-    Args:
-        hf: the parsed config.json.
-        where: the file or model name, for error messages.
-
-    Raises:
-        UserError: not GPT-2, or a GPT-2 variant our model does not compute (another
-            activation or LayerNorm epsilon, unscaled or layer-scaled attention,
-            cross-attention, an MLP width other than 4 * n_embd).
-    """
+    """Our `ModelConfig` for a parsed GPT-2 `config.json` (`where` names it in errors);
+    UserError for another model, or a GPT-2 variant our model does not compute."""
     try:
         return _model_config_from_hf(hf, where)
     except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong type
@@ -112,13 +97,8 @@ def _model_config_from_hf(hf: Mapping[str, Any], where: str) -> ModelConfig:
 
 
 def check_gpt2_expressible(config: ModelConfig) -> None:
-    """Refuse a model that GPT-2's format cannot hold: one built with a modern-recipe option
-    other than GPT-2's. The two GELUs map onto HF's `gelu_new` and `gelu` (see
-    `hf_config_from_model`); `zero_init_proj` only sets the starting weights, so it exports.
-
-    Raises:
-        UserError: one line naming the first such option and its GPT-2 value.
-    """
+    """Refuse (UserError) a modern-recipe option GPT-2's format cannot hold; `zero_init_proj`
+    only sets the starting weights, so it exports."""
     gpt2 = {"positions": "learned", "norm": "layernorm", "qk_norm": False, "logit_softcap": 0.0}
     for name, value in gpt2.items():
         if getattr(config, name) != value:
@@ -133,44 +113,29 @@ def check_gpt2_expressible(config: ModelConfig) -> None:
             "gelu); use it with gptscratch itself (sample, eval, serve)")
 
 
-def hf_config_from_model(
-    config: ModelConfig, bos_token_id: int | None, eos_token_id: int | None
-) -> dict[str, Any]:
-    """The config.json that makes transformers build a GPT2LMHeadModel of this shape.
-
-    Raises:
-        UserError: the model has an option GPT-2 cannot express (`check_gpt2_expressible`).
-    """
+def hf_config_from_model(config: ModelConfig, bos_token_id: int | None,
+                         eos_token_id: int | None) -> dict[str, Any]:
+    """The config.json that makes transformers build a GPT2LMHeadModel of this shape."""
     check_gpt2_expressible(config)
     return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": config.vocab_size,
-        "n_positions": config.block_size,
-        "n_embd": config.n_embd,
-        "n_layer": config.n_layer,
-        "n_head": config.n_head,
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": config.vocab_size, "n_positions": config.block_size,
+        "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,
         "n_inner": None,
         "activation_function": "gelu_new" if config.activation == "gelu_tanh" else "gelu",
-        "resid_pdrop": config.dropout,
-        "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
-        "layer_norm_epsilon": LAYER_NORM_EPS,
-        "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "scale_attn_by_inverse_layer_idx": False,
-        "reorder_and_upcast_attn": False,
+        "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout, "layer_norm_epsilon": LAYER_NORM_EPS,
+        "initializer_range": 0.02, "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
         "tie_word_embeddings": config.tie_embeddings,
-        "bos_token_id": bos_token_id,
-        "eos_token_id": eos_token_id,
-        "use_cache": True,
-        "dtype": "float32",
+        "bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
+        "use_cache": True, "dtype": "float32",
     }
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor of our GPT's state dict and its shape (lm_head.weight included, tied or
-    not), computed from the config alone: the oracle the loaded files are checked against."""
+    """Our GPT's state-dict shapes (lm_head.weight included) from the config: the oracle for
+    loaded files."""
     C, V = config.n_embd, config.vocab_size
     shapes: dict[str, tuple[int, ...]] = {
         "transformer.wte.weight": (V, C), "transformer.wpe.weight": (config.block_size, C),
@@ -189,20 +154,14 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def state_dict_from_hf(
-    tensors: Mapping[str, torch.Tensor], config: ModelConfig, where: str
-) -> dict[str, torch.Tensor]:
-    """Our GPT's state dict from a Hugging Face GPT-2 checkpoint's tensors.
+def state_dict_from_hf(tensors: Mapping[str, torch.Tensor], config: ModelConfig,
+                       where: str) -> dict[str, torch.Tensor]:
+    """Our GPT's state dict (float32, `lm_head.weight` included) from HF GPT-2 tensors.
 
-    Accepts GPT2LMHeadModel names (`transformer.h.0...`) and bare GPT2Model names (`h.0...`,
-    as in OpenAI's own uploads); skips the causal-mask buffers old checkpoints carry. With tied
-    embeddings a stored `lm_head.weight` is ignored, as transformers ignores it.
-
-    Returns:
-        float32 tensors under our names, `lm_head.weight` included (the embedding when tied).
-
-    Raises:
-        UserError: a tensor is missing, unexpected, or has the wrong shape.
+    Takes GPT2LMHeadModel names (`transformer.h.0...`) and bare GPT2Model ones (`h.0...`, as in
+    OpenAI's uploads); skips old checkpoints' causal-mask buffers and, with tied embeddings, a
+    stored `lm_head.weight` (as transformers does). UserError for a missing, unexpected or
+    misshapen tensor.
     """
     ours: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
@@ -219,17 +178,10 @@ def state_dict_from_hf(
     return ours
 
 
-def state_dict_to_hf(
-    state: Mapping[str, torch.Tensor], config: ModelConfig
-) -> dict[str, torch.Tensor]:
-    """Hugging Face GPT2LMHeadModel tensors from our GPT's state dict.
-
-    A model without biases gets zero biases (the same function); a tied head is left out
-    (transformers re-ties it to `transformer.wte.weight`).
-
-    Raises:
-        UserError: the model has an option GPT-2 cannot express (`check_gpt2_expressible`).
-    """
+def state_dict_to_hf(state: Mapping[str, torch.Tensor],
+                     config: ModelConfig) -> dict[str, torch.Tensor]:
+    """HF GPT2LMHeadModel tensors from our state dict: a model without biases gets zero ones
+    (the same function); a tied head is left out (transformers re-ties it)."""
     check_gpt2_expressible(config)
     hf: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
@@ -246,9 +198,8 @@ def state_dict_to_hf(
     return hf
 
 
-def check_shapes(
-    state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], where: str
-) -> None:
+def check_shapes(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
+                 where: str) -> None:
     """Raise a one-line UserError naming the first missing, unexpected or misshapen tensor."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -280,13 +231,8 @@ class HFModel:
 
 
 def read_hf_model(source: str) -> HFModel:
-    """Read a Hugging Face GPT-2 from a local folder or, online, a hub name.
-
-    Raises:
-        UserError: a missing folder or config, a model that is not GPT-2, weights that do not
-            match the config, an unreadable (e.g. truncated) weights file, or a hub name that
-            cannot be fetched (offline: at once, without retries).
-    """
+    """Read a Hugging Face GPT-2 from a local folder or, online, a hub name; UserError for a
+    missing, damaged or non-GPT-2 model or a hub name that cannot be fetched (offline: at once)."""
     folder = locate_hf_model(source)
     where = f"'{folder / CONFIG}'"
     try:
@@ -410,11 +356,7 @@ def _read_pytorch_bin(path: Path) -> dict[str, torch.Tensor]:
 
 def write_hf_model(folder: Path, state: dict[str, torch.Tensor], config: ModelConfig,
                    tokenizer: Tokenizer) -> None:
-    """Write our weights, config and tokenizer into `folder` as a Hugging Face GPT-2.
-
-    Raises:
-        UserError: the model has an option GPT-2 cannot express (`check_gpt2_expressible`).
-    """
+    """Write our weights, config and tokenizer into `folder` as a Hugging Face GPT-2."""
     tensors = state_dict_to_hf(state, config)
     hf_config = hf_config_from_model(config, tokenizer.eot_id, tokenizer.eot_id)
     (folder / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")

@@ -1,12 +1,9 @@
 """The one loader: from any model source to a `LoadedModel`, on its device, ready to run.
 
-A source is a gptscratch run or checkpoint folder (a run resolves to its best/), a LoRA run
-(its base, found again and checked by its hash, with the adapters on top), a Hugging Face
-GPT-2 folder or, where the caller allows it, a hub name (online), or a model already loaded.
-Every command that runs a model and the trainer (resuming a run, fine-tuning from
-`--init-from`) load it here, and every GPT made from weights is made by `build_model`. The
-format readers (`checkpoint.py`, `adapters.py`, `huggingface.py`) are leaves below this module
-that never import each other.
+A source is a gptscratch run (its best/) or checkpoint folder, a LoRA run (its base, checked
+by hash, with the adapters on top), a Hugging Face GPT-2 folder or hub name, or a loaded model.
+Every command that runs a model and the trainer (resume, `--init-from`) load here, and
+`build_model` makes every GPT from weights.
 """
 
 from __future__ import annotations
@@ -44,9 +41,8 @@ log = logging.getLogger("gptscratch")
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model in eval mode on its device, the tokenizer it reads text with, and where it
-    came from: a gptscratch checkpoint (its metadata: step, losses, training data), or None
-    for a Hugging Face model or one built in memory."""
+    """A model in eval mode on its device, its tokenizer, and its gptscratch checkpoint
+    (metadata: step, losses, training data; None for a Hugging Face or in-memory model)."""
 
     model: GPT
     tokenizer: Tokenizer
@@ -67,11 +63,8 @@ ModelSource = str | Path | Checkpoint | LoadedModel
 def build_model(config: ModelConfig, weights: Mapping[str, torch.Tensor]) -> GPT:
     """A GPT whose parameters are `weights`' own tensors (contiguous fp32), in eval mode.
 
-    Built on the meta device, where nothing is initialised or allocated: the tensors read from
-    a file become the parameters, so a 1.5B model is held once, not twice, while it loads.
-
-    Raises:
-        UserError: the weights' names or shapes do not match the config.
+    Built on the meta device (nothing initialised or allocated), so a 1.5B model is held once,
+    not twice, while it loads. UserError if the weights' names or shapes do not match.
     """
     with torch.device("meta"):
         model = GPT(config)
@@ -104,11 +97,8 @@ def _own_storage(t: torch.Tensor) -> torch.Tensor:
 
 
 def fit_block_size(state: Mapping[str, torch.Tensor], block_size: int) -> dict[str, torch.Tensor]:
-    """The weights for a context of `block_size`: the first rows of the position table.
-
-    Position embeddings are learned per position, so a shorter context simply never uses the
-    later rows; dropping them is exact for sequences that fit.
-    """
+    """The weights for a context of `block_size`: the first rows of the position table (exact:
+    a shorter context never uses the later rows)."""
     fitted = dict(state)
     if "transformer.wpe.weight" in state:  # rotary positions have no table to cut
         fitted["transformer.wpe.weight"] = state["transformer.wpe.weight"][:block_size]
@@ -116,13 +106,10 @@ def fit_block_size(state: Mapping[str, torch.Tensor], block_size: int) -> dict[s
 
 
 def with_context(config: ModelConfig, block_size: int | None) -> ModelConfig:
-    """`config` with generation reading `block_size` tokens at once (None: as trained).
+    """`config` reading `block_size` tokens at once (None: as trained): the KV cache's size.
 
-    The context is the KV cache's size and the window generation slides (model/decoding.py).
-    Learned positions have one row of `wpe` per trained position, so their context can only
-    shrink. Rotary positions have no table and their scores depend on distances only, so the
-    context can also grow past the trained one; whether the model copes with distances it
-    never saw in training is another matter (its text, or `eval` on a longer window, tells).
+    Learned positions (one `wpe` row each) can only shrink; rotary ones have no table and can
+    also grow (whether the model copes with unseen distances, its text or `eval` tells).
     """
     if block_size is None or block_size == config.block_size:
         return config
@@ -148,15 +135,13 @@ def load_model(source: ModelSource, device: str = "cpu", dtype: str = "float32",
             `hub`, a hub name), or a `LoadedModel` (returned as it is, or as a view reading
             `block_size` tokens: the caller's model is never changed).
         device: auto | cpu | cuda | cuda:N | mps.
-        dtype: the weights' dtype: auto (bf16 where it is faster: CUDA, and CPUs with AMX for
-            models at least 512 wide), float32, bfloat16 or float16
-            (`runtime.precision.choose_precision`).
+        dtype: auto (bf16 where faster: CUDA, and AMX CPUs for models 512+ wide), float32,
+            bfloat16 or float16.
         block_size: the context read at once (default: the trained one; `with_context`).
-        hub: a source that is not a local path is a Hugging Face hub name.
 
     Raises:
-        UserError: a missing or damaged source, a context the model cannot read, a model that
-            does not fit in memory, or a device or dtype this machine cannot run.
+        UserError: a missing or damaged source, a context the model cannot read, a model too
+            big for memory, or a device or dtype this machine cannot run.
     """
     if isinstance(source, LoadedModel):
         if block_size is None or block_size == source.model.config.block_size:

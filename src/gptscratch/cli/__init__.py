@@ -1,9 +1,6 @@
-"""The `gptscratch` command: parses arguments, calls `gptscratch.api`, reports errors.
-
-User mistakes (`UserError`) become one line on stderr, `error: ...`, and exit code 2; a
-setting's error (`SettingError`, which names the setting) is said with the setting's flag.
-This package is the only code that configures logging or writes to the terminal directly:
-`parser.py` builds the argument parser, `commands.py` and `generate.py` run the sub-commands.
+"""The `gptscratch` command: parses arguments (`parser.py`), runs a sub-command through
+`gptscratch.api` (`commands.py`, `generate.py`) and reports a `UserError` as one line on stderr,
+exit code 2 (a `SettingError` with its flag). Only this package configures logging.
 """
 
 from __future__ import annotations
@@ -33,9 +30,8 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def configure_logging(quiet: bool) -> None:
-    """gptscratch's progress and info lines go to stderr as plain lines (stdout carries only
-    results: generated text, evaluation figures). Under torchrun only rank 0 reports progress;
-    the other ranks show warnings and errors, tagged with their rank."""
+    """Progress and info lines to stderr (stdout carries only results); under torchrun, ranks
+    other than 0 show only warnings and errors, tagged with their rank."""
     handler = _StderrHandler()
     rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
     other_rank = rank != "0"
@@ -48,11 +44,7 @@ def configure_logging(quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `gptscratch` console script and `python -m gptscratch`.
-
-    The library sets up the process where its commands start (the CPU float mode before any
-    torch work: `runtime.cpu.set_cpu_float_mode`); this only parses, runs and reports.
-    """
+    """Entry point of `gptscratch` and `python -m gptscratch`; returns the exit code."""
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet)
     try:

@@ -1,6 +1,4 @@
-"""The sub-commands other than generation: each calls `gptscratch.api` and prints the result.
-`COMMANDS` maps every sub-command to its function.
-"""
+"""The sub-commands other than generation: each calls `gptscratch.api` and prints the result."""
 
 from __future__ import annotations
 

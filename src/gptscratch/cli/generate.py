@@ -1,6 +1,5 @@
 """`sample` and `chat`: generation from the command line, streamed to stdout as it is produced
-(several samples print one after another, in order), with `--json` for machine-readable output.
-The settings come from the flags as one `GenerationConfig`, checked before the model loads.
+(several samples one after another, in order), with `--json` for machine-readable output.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """The `gptscratch` argument parser: every sub-command, its flags and their help text.
 
-The flags of every declared setting are made from its declaration (`gptscratch.settings`):
-`train`'s from `ModelConfig` and `TrainConfig`, `sample`'s and `chat`'s from
-`GenerationConfig`, `serve`'s from `ServeConfig`, so a new setting becomes a flag, with its
-help, with no code here. Only these config modules are imported to build the parser; the
-commands themselves call `gptscratch.api`.
+Every declared setting's flag and help are made from its declaration (`gptscratch.settings`),
+so a new setting needs no code here; building the parser imports only the config modules.
 """
 
 from __future__ import annotations
@@ -59,11 +56,9 @@ def add_setting_flags(p: argparse.ArgumentParser, cls: Any, skip: Set[str] = fro
             extra["help"] += " (preset default)"
         if kind is bool:
             if from_preset:
-                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                               **extra)
+                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, **extra)
             else:
-                p.add_argument(flag, action="store_false" if f.default else "store_true",
-                               **extra)
+                p.add_argument(flag, action="store_false" if f.default else "store_true", **extra)
             continue
         extra["metavar"] = (rule.metavar if rule is not None and rule.metavar
                             else flag[2:].upper() if get_origin(kind) is tuple
@@ -71,8 +66,7 @@ def add_setting_flags(p: argparse.ArgumentParser, cls: Any, skip: Set[str] = fro
         if get_origin(kind) is tuple:  # repeatable; the config splits "a,b" where it may
             p.add_argument(flag, action="append", default=None if from_preset else [], **extra)
         else:
-            p.add_argument(flag, type=kind, default=None if from_preset else f.default,
-                           **extra)
+            p.add_argument(flag, type=kind, default=None if from_preset else f.default, **extra)
 
 
 def _model_flags(p: argparse.ArgumentParser, dtype_help: str, context: bool = True) -> None:
@@ -121,9 +115,8 @@ def _generation_flags(skip: set[str]) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole `gptscratch` parser: one sub-parser per command."""
-    parser = _Parser(
-        prog="gptscratch",
-        description="Build, train and run GPT language models from scratch.")
+    parser = _Parser(prog="gptscratch",
+                     description="Build, train and run GPT language models from scratch.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     # -q also works after the command name (`gptscratch sample -q ...`).
     quiet = argparse.ArgumentParser(add_help=False)

@@ -1,10 +1,6 @@
-"""Tokenizing a stream of text in parallel worker processes, in order, in bounded memory.
-
-`prepare` hands `encode_stream` a stream of `Piece`s and gets back, in the same order, each
-piece's token ids, with the tokenizer's end-of-text id after the last piece of every document.
-Pieces travel to the workers in batches of a few megabytes, at most two per worker in flight,
-so memory stays bounded however large the corpus is. A small corpus (under `_POOL_MIN_CHARS`)
-is encoded in this process: starting workers would cost more than it saves.
+"""Tokenizing a stream of text in worker processes, in order and in bounded memory: the
+encoding step of `prepare`. A small corpus (under `_POOL_MIN_CHARS`) is encoded in this
+process, where starting workers would cost more than it saves.
 """
 
 from __future__ import annotations
@@ -24,21 +20,14 @@ from gptscratch.data.token_files import token_dtype
 from gptscratch.data.tokenizers import Tokenizer, tokenizer_from_dict
 
 _BATCH_CHARS = 4_000_000  # text per task sent to a worker
-_IN_FLIGHT_PER_WORKER = 2
+_IN_FLIGHT_PER_WORKER = 2  # tasks queued per worker: what bounds memory
 _POOL_MIN_CHARS = 8_000_000
 
 
 @dataclass(frozen=True)
 class Piece:
-    """A piece of a document's text, with where its ids go.
-
-    Attributes:
-        doc: The document's number in the stream (from 0).
-        text: The text.
-        end: Whether it is the document's last piece (its ids then end with end-of-text).
-        val: Whether it belongs to the validation split.
-        first: Whether it is the document's first piece.
-    """
+    """A piece of document number `doc` (from 0) bound for validation if `val`; `first` and
+    `end` mark the document's first and last piece (whose ids end with end-of-text)."""
 
     doc: int
     text: str
@@ -68,12 +57,9 @@ def default_workers() -> int:
 
 def encode_stream(tok: Tokenizer, pieces: Iterator[Piece], *, workers: int,
                   lowercase: bool = False) -> Iterator[Encoded]:
-    """Encode `pieces` in order with `tok` (`workers` processes; 1 means in this process).
-
-    Every document's last piece gets `tok.eot_id` appended (with a char vocabulary saved
-    before it had one, when an old model trains on, a blank line separates documents instead).
-    Errors raised while encoding (a `UserError` from the tokenizer) come back as they are.
-    """
+    """Encode `pieces` in order with `tok` in `workers` processes (1: in this one). A
+    document's last piece ends with `tok.eot_id` (a char vocabulary saved without one, from an
+    old model, separates documents by a blank line instead); errors come back as they are."""
     dtype = token_dtype(tok.vocab_size)
     batches = _batches(pieces)
     if workers <= 1:
@@ -127,8 +113,7 @@ _worker: dict[str, Any] = {}
 
 
 def _start_worker(tok_dict: dict[str, Any], lowercase: bool, dtype: str) -> None:
-    """Build the worker's own tokenizer; it encodes with one thread (the workers are the
-    parallelism)."""
+    """Build the worker's own tokenizer, single-threaded: the workers are the parallelism."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     tok = tokenizer_from_dict(tok_dict)
     if hasattr(tok, "threads"):

@@ -1,18 +1,8 @@
 """Tokenize a corpus once into sharded, memory-mapped token files: the step between text and
-training.
-
-`prepare` streams the documents of a source (`sources`), learns the tokenizer from the stream
-where it needs the text (`char`, `bpe:N`), tokenizes in worker processes (`encode`) and writes
-the shards as it goes, then `tokenizer.json` and, last, `meta.json` (`token_files`), in bounded
-memory whatever the corpus size. A folder prepared from the same sources (recognised by their
-cheap `Source.fingerprint`) with the same options is reused. An interrupted prepare leaves no
-`meta.json`, so nothing looks prepared; the next run rebuilds the folder from the start.
-
-Splits: each document goes to validation or training by a hash of its number in the stream
-(`is_val_document`), so a stream of unknown length is split as it goes. If no document landed
-in validation, the last training document moves there. A corpus that is one document (one
-text file, the built-in plays) is cut by position instead: validation is its last
-`val_fraction`, from a line start. Every document ends with the tokenizer's end-of-text token.
+training. `prepare` streams a source's documents, learns the tokenizer where it needs the text,
+encodes in worker processes (`encode`) and writes the shards as it goes, in bounded memory;
+`meta.json` comes last (`token_files`), so an interrupted run leaves nothing that looks
+prepared. A folder prepared from the same sources with the same options is reused.
 """
 
 from __future__ import annotations
@@ -61,54 +51,34 @@ DEFAULT_BPE_SAMPLE_MB = 200.0
 
 
 def prepare(
-    source: str,
-    tokenizer: str | Tokenizer = "char",
-    out_dir: Path | str | None = None,
-    *,
-    val_fraction: float = 0.1,
-    lowercase: bool = False,
-    text_column: str = "text",
-    hf_dataset: str | None = None,
-    hf_split: str = "train",
-    hf_text_column: str | None = None,
-    hf_data_files: list[str] | None = None,
-    hf_streaming: bool = False,
-    workers: int | None = None,
-    bpe_sample_mb: float = DEFAULT_BPE_SAMPLE_MB,
-    skip_bad_files: bool = False,
-    force: bool = False,
-    progress: bool = True,
-    replace: bool = True,
-    context: int | None = None,
-    shard_tokens: int = SHARD_TOKENS,
+    source: str, tokenizer: str | Tokenizer = "char", out_dir: Path | str | None = None, *,
+    val_fraction: float = 0.1, lowercase: bool = False, text_column: str = "text",
+    hf_dataset: str | None = None, hf_split: str = "train", hf_text_column: str | None = None,
+    hf_data_files: list[str] | None = None, hf_streaming: bool = False,
+    workers: int | None = None, bpe_sample_mb: float = DEFAULT_BPE_SAMPLE_MB,
+    skip_bad_files: bool = False, force: bool = False, progress: bool = True,
+    replace: bool = True, context: int | None = None, shard_tokens: int = SHARD_TOKENS,
 ) -> PreparedData:
-    """Tokenize a corpus into `out_dir`, or reuse it if it was already prepared the same way
-    (`token_files.py` describes the folder and its `meta.json`).
+    """Tokenize a corpus into `out_dir` and open it, or reuse it if prepared the same way.
 
     Args:
-        source: What to read; see `sources.open_source`.
-        tokenizer: `char`, `gpt2` or `bpe:N`, or an existing tokenizer to encode with as
-            it is (fine-tuning a model keeps the model's own tokenizer).
-        out_dir: Output folder: new, empty or gptscratch's own (it is refused otherwise).
-            Defaults to `default_prepared_dir(...)`.
+        source: What to read; `sources.open_source` also explains `text_column`, the `hf_*`
+            options and `skip_bad_files` (`hf_text_column` is `text_column`'s old name).
+        tokenizer: `char`, `gpt2`, `bpe:N`, or a tokenizer to encode with as it is (a
+            fine-tuned model keeps its own).
+        out_dir: New, empty or gptscratch's own; default `default_prepared_dir(...)`.
         val_fraction: Share of the documents (of a one-document corpus: of its end) used for
             validation.
-        lowercase: Lowercase the text as it streams.
-        text_column: The field or column with the text (JSON lines, parquet, datasets).
-        hf_dataset, hf_split, hf_data_files, hf_streaming: Load this Hugging Face dataset's
-            split (local files for a builder such as `text`; `hf_streaming` streams a hub
-            dataset instead of downloading it). `hf_text_column` is `text_column`'s old name.
         workers: Tokenizer processes (default: every core this process may use).
         bpe_sample_mb: For `bpe:N`: the megabytes of training text the merges are learned from.
-        skip_bad_files: Skip files that are not UTF-8 (with a warning) instead of stopping.
         force: Rebuild even if the folder holds the same data.
-        progress: Show a progress bar on a terminal.
         replace: Whether other data prepared in `out_dir` may be replaced (not a run's own).
         context: The block size of the model the data is for: each split must be longer.
         shard_tokens: The most ids per token file.
 
-    Returns the prepared folder, opened. Raises UserError for bad options, an unreadable or
-    empty input, splits too small, or an output folder that is not ours to write.
+    Raises:
+        UserError: Bad options, an unreadable or empty input, splits too small, or an output
+            folder that is not ours to write.
     """
     given = None if isinstance(tokenizer, str) else tokenizer
     spec = _spec_of(tokenizer)  # fail before reading anything
@@ -221,9 +191,8 @@ def _counted(texts: Iterator[str], seen: list[int], limit: int | None) -> Iterat
 
 def _write_folder(out: Path, tok: Tokenizer, src: Source, options: dict[str, Any],
                   context: int | None, **settings: Any) -> dict[str, Any]:
-    """Write the shards, the tokenizer and, last, `meta.json` (returned). On any failure the
-    token files are removed (and the folder too, if this call made it): nothing is left that
-    looks prepared."""
+    """Write the shards, the tokenizer and, last, `meta.json` (returned). A failure removes the
+    token files (and the folder, if this call made it): nothing is left that looks prepared."""
     made = None  # the highest folder this call creates, if any
     if not out.exists():
         made = out
@@ -254,8 +223,7 @@ def _write_shards(out: Path, tok: Tokenizer, src: Source, val_fraction: float, l
                   *, workers: int, progress: bool, shard_tokens: int) -> dict[str, Any]:
     """Encode the stream and write each split's shards; returns the counts for `meta.json`."""
     dtype = token_dtype(tok.vocab_size)
-    counts = {f"{split}_{what}": 0 for split in ("train", "val")
-              for what in ("bytes", "documents")}
+    counts = {f"{split}_{what}": 0 for split in ("train", "val") for what in ("bytes", "documents")}
     # Every id holds at least one byte of text, plus one end-of-text id per document.
     most = None if src.total_bytes is None else src.total_bytes + 1
     with (ShardWriter(out, "train", dtype, shard_tokens, most) as train,
@@ -300,7 +268,10 @@ def is_val_document(number: int, val_fraction: float) -> bool:
 
 
 def split_pieces(src: Source, val_fraction: float) -> Iterator[Piece]:
-    """The corpus as pieces marked with their document and split (see the module docstring)."""
+    """The corpus as pieces marked with their document and split: a document goes to
+    validation by `is_val_document` (`prepare` moves the last one there if none did); a
+    one-document corpus is cut by position: validation is its last `val_fraction`, from a
+    line start."""
     if src.one_document:
         assert src.split_one is not None
         train, val = src.split_one(val_fraction)
@@ -308,8 +279,7 @@ def split_pieces(src: Source, val_fraction: float) -> Iterator[Piece]:
         yield from _marked(val, 0, val=True, ends=True)
         return
     for number, doc in enumerate(src.documents()):
-        yield from _marked(doc.pieces, number, val=is_val_document(number, val_fraction),
-                           ends=True)
+        yield from _marked(doc.pieces, number, val=is_val_document(number, val_fraction), ends=True)
 
 
 def _marked(pieces: Iterator[str], doc: int, *, val: bool, ends: bool) -> Iterator[Piece]:

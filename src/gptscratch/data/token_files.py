@@ -1,20 +1,9 @@
-"""The prepared-data folder: sharded, memory-mapped token files and the metadata that vouches
-for them.
+"""The prepared-data folder: sharded token files and the `meta.json` that vouches for them.
 
-`prepare.py` writes a folder of token shards (`train-00000.bin`, `train-00001.bin`, ...,
-`val-00000.bin`, ...: flat arrays of token ids, each at most `SHARD_TOKENS` long, written by
-`ShardWriter`), plus `tokenizer.json` and `meta.json`. The trainer, evaluation and script
-mode open it with `load_prepared` and read each split through memory maps as one long array
-(`TokenSplit`), so a corpus far larger than memory still trains. `meta.json` is written last:
-a folder with a `meta.json` is always complete.
-
-`meta.json` holds: `format_version` (2), `tokenizer` (the spec), `tokenizer_kind`,
-`tokenizer_fingerprint`, `vocab_size`, `eot_id`, `dtype` ("uint16" or "uint32"),
-`train_tokens`, `val_tokens`, `train_bytes` and `val_bytes` (UTF-8 bytes of each split's
-text, for bits per byte), `train_documents`, `val_documents`, `shards` (per split, a list of
-`{"file", "tokens", "sha256"}`), `source` (a description), `source_fingerprint`,
-`prepare_key` (a hash of that and every option), `val_fraction` and `lowercase`. Folders of
-format 1 (one `train.bin` and one `val.bin`, no `shards`) still load.
+`prepare` writes `train-00000.bin`, ..., `val-00000.bin` (flat arrays of ids, `ShardWriter`),
+`tokenizer.json` and, last, `meta.json`: a folder with a `meta.json` is complete. The trainer,
+evaluation and script mode open it with `load_prepared` and read each split through memory
+maps as one array (`TokenSplit`), so a corpus far larger than memory still trains.
 """
 
 from __future__ import annotations
@@ -51,11 +40,9 @@ _TOKEN_FILE = re.compile(r"(train|val)(-\d{5})?\.bin")
 
 
 class TokenSplit:
-    """One split's token ids across its shards, read through memory maps as one array.
-
-    Supports what training and evaluation need: `len`, integer and integer-array indexing
-    (windows may cross a shard's end), slices, and `np.asarray` (which reads it all).
-    """
+    """One split's ids across its shards, read through memory maps as one array: `len`,
+    integer and integer-array indexing (windows may cross a shard's end), slices, and
+    `np.asarray` (which reads it all)."""
 
     def __init__(self, maps: list[np.memmap[Any, np.dtype[Any]]]) -> None:
         self._maps = [m for m in maps if len(m)]
@@ -97,14 +84,12 @@ Tokens = np.ndarray | TokenSplit
 
 
 class ShardWriter:
-    """Writes one split's ids as a sequence of shards, each an atomic file of at most
-    `shard_tokens` ids, hashed as it is written. Use as a context manager: a failure removes
-    the shard being written (finished shards are the caller's to remove)."""
+    """Writes one split's ids as shards, atomic files of at most `shard_tokens` ids hashed as
+    written; `most_tokens` (an upper bound, where known) sizes a full disk's message. As a
+    context manager, a failure removes the shard being written (finished ones: the caller)."""
 
     def __init__(self, out: Path, split: str, dtype: np.dtype[Any],
                  shard_tokens: int = SHARD_TOKENS, most_tokens: int | None = None) -> None:
-        """`most_tokens`: an upper bound on the split's ids, where known, so that a full disk's
-        message can say how much space a shard needs."""
         self.out, self.split, self.dtype, self.shard_tokens = out, split, dtype, shard_tokens
         self.most_tokens = most_tokens
         self.shards: list[dict[str, Any]] = []
@@ -159,13 +144,11 @@ class ShardWriter:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """A prepared folder: its `meta.json` contents and its tokenizer.
-
-    Attributes:
-        dir: The folder holding the token shards, `tokenizer.json` and `meta.json`.
-        meta: The parsed `meta.json` (see the module's docstring for its keys).
-        tokenizer: The tokenizer the ids were made with.
-    """
+    """A prepared folder and its tokenizer. `meta` (`meta.json`) holds the tokenizer's spec
+    (`tokenizer`), kind, fingerprint, `vocab_size` and `eot_id`, the ids' `dtype`, each split's
+    `_tokens`, `_bytes` (UTF-8, for bits per byte), `_documents` and `shards` (`{"file",
+    "tokens", "sha256"}`), the `source` and its fingerprint, the options and their hash
+    (`prepare_key`), and `format_version` (2; format 1's `train.bin` / `val.bin` still load)."""
 
     dir: Path
     meta: dict[str, Any]
@@ -222,11 +205,8 @@ def start_writing(out: Path) -> None:
 
 
 def default_prepared_dir(source: str, tokenizer: str, hf_dataset: str | None = None) -> Path:
-    """Return the folder `prepare` uses when no `out_dir` is given: one per input and tokenizer.
-
-    It sits under `cache_dir()/prepared/`, named after the input plus a short hash of its full
-    path (so two `input.txt` in different folders do not collide).
-    """
+    """The folder `prepare` uses without `out_dir`: under `cache_dir()/prepared/`, named after
+    the input, a short hash of its full path (two `input.txt` do not collide) and the tokenizer."""
     name = hf_dataset or source
     full = name if hf_dataset or name == "shakespeare" else str(Path(name).expanduser().resolve())
     stem = "".join(c if c.isalnum() or c in "-." else "-" for c in Path(name).name)[:40]
@@ -236,11 +216,7 @@ def default_prepared_dir(source: str, tokenizer: str, hf_dataset: str | None = N
 
 
 def check_context_fits(train_tokens: int, val_tokens: int, context: int) -> None:
-    """Each split must hold more tokens than one context window, or no batch can be drawn.
-
-    Raises:
-        UserError: a split is too short for the model's `context` (its block size).
-    """
+    """Raise a UserError unless each split is longer than `context` (the block size)."""
     for split, n in (("train", train_tokens), ("val", val_tokens)):
         if n <= context:
             raise UserError(f"the {split} split has {n} tokens, fewer than one block of "
@@ -249,12 +225,8 @@ def check_context_fits(train_tokens: int, val_tokens: int, context: int) -> None
 
 
 def check_output_folder(out: Path) -> None:
-    """Refuse to prepare into a folder that holds anyone else's files: it must be new, empty,
-    or gptscratch's (its marker, or a `meta.json` of ours from before the marker existed).
-
-    Raises:
-        UserError: `out` is a file, or a folder with files that are not gptscratch's.
-    """
+    """Refuse (UserError) a file, or a folder holding anyone else's files: `out` must be new,
+    empty, or gptscratch's (its marker, or a `meta.json` of ours from before the marker)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"'{out}' is a file; give a folder for the prepared data")
     foreign = foreign_entries(out, is_prepared_dir)
@@ -270,15 +242,12 @@ def is_prepared_dir(path: Path | str) -> bool:
 
 
 def load_prepared(dir: Path | str, *, verify: bool = False) -> PreparedData:
-    """Open a folder written by `prepare`, checking that its files are whole.
-
-    Args:
-        dir: The folder.
-        verify: Also check every shard's sha256 against `meta.json` (reads all the data).
+    """Open a folder written by `prepare`, checking that its files are whole (with `verify`,
+    every shard's sha256 too: that reads all the data).
 
     Raises:
-        UserError: No `meta.json`, an unknown format, shards whose names, sizes or hashes do
-            not match `meta.json`, or a tokenizer that does not match.
+        UserError: No `meta.json`, an unknown format, or shards or a tokenizer that do not
+            match `meta.json`.
     """
     folder = Path(dir)
     redo = "run prepare on the text again"

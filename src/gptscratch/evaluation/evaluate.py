@@ -1,10 +1,6 @@
-"""Measuring a model: cross-entropy loss, perplexity and bits per byte.
-
-`estimate_loss` is the trainer's quick look (a fixed number of random batches);
-`evaluate_tokens` walks a whole token sequence in non-overlapping windows of block_size,
-so every token is predicted exactly once (the first token of each window with no context).
-Bits per byte divides the total information by the text's UTF-8 size, which makes models with
-different tokenizers comparable.
+"""Measuring a model: cross-entropy loss, perplexity and bits per byte (the total information
+over the text's UTF-8 size, comparable across tokenizers). `estimate_loss` is the trainer's
+quick look; `evaluate_tokens` scores a whole token sequence.
 """
 
 from __future__ import annotations
@@ -26,26 +22,17 @@ AutocastFactory = Callable[[], contextlib.AbstractContextManager[None]]
 
 
 @torch.no_grad()
-def estimate_loss(
-    model: torch.nn.Module,
-    tokens: Tokens,
-    *,
-    batch_size: int,
-    block_size: int,
-    iters: int,
-    seed: int,
-    device: torch.device,
-    autocast: AutocastFactory = contextlib.nullcontext,
-    shard: tuple[int, int] = (0, 1),
-    sum_across: Callable[[torch.Tensor], None] | None = None,
-) -> float:
+def estimate_loss(model: torch.nn.Module, tokens: Tokens, *, batch_size: int, block_size: int,
+                  iters: int, seed: int, device: torch.device,
+                  autocast: AutocastFactory = contextlib.nullcontext,
+                  shard: tuple[int, int] = (0, 1),
+                  sum_across: Callable[[torch.Tensor], None] | None = None) -> float:
     """Mean loss over `iters` random batches drawn with a fixed seed (the same batches at every
     evaluation, so successive evaluations differ only because the model changed).
 
     With several processes, `shard=(rank, world_size)` gives each its slice of every global
-    batch (as in training, see `get_batch`) and `sum_across` (an in-place all-reduce sum)
-    combines the per-batch losses: every rank returns what one process evaluating batches of
-    `batch_size * world_size` would.
+    batch (see `get_batch`) and `sum_across` (an in-place all-reduce sum) combines the losses:
+    every rank returns what one process evaluating batches of `batch_size * world_size` would.
     """
     was_training = model.training
     model.eval()
@@ -87,18 +74,13 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate_tokens(
-    model: GPT,
-    tokens: Tokens,
-    *,
-    num_bytes: int | None = None,
-    batch_size: int = 16,
-    autocast: AutocastFactory = contextlib.nullcontext,
-) -> EvalResult:
-    """Loss over a whole sequence of token ids.
+def evaluate_tokens(model: GPT, tokens: Tokens, *, num_bytes: int | None = None,
+                    batch_size: int = 16, autocast: AutocastFactory = contextlib.nullcontext
+                    ) -> EvalResult:
+    """Loss over a whole sequence of token ids, in non-overlapping windows of block_size, so
+    every token is predicted once (each window's first with no context).
 
     Args:
-        model: the GPT (its block_size sets the window).
         tokens: 1-D array of ids, at least 2 long.
         num_bytes: UTF-8 size of the text the tokens came from, for bits per byte.
         batch_size: windows per forward pass.

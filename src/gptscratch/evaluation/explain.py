@@ -1,10 +1,8 @@
 """Walk one prompt through the model, stage by stage, with shapes and a line on each.
 
-The stages are what `GPT.forward` computed, kept by its `Trace`: tokenization, token and
-position embeddings, then in every block norm -> attention (queries, keys, values, weights,
-weighted sum) -> residual add -> norm -> MLP -> residual add, then the final norm, the LM head
-and the softmax over the next token. Each `Stage` keeps its output tensor, so a notebook or a
-test can look closer (and the last logits are the model's own).
+The stages are what `GPT.forward` computed, kept by its `Trace`: tokenization, embeddings, each
+block's norm, attention, residual add, norm, MLP and add, then the final norm, the LM head and
+the next-token softmax. Each `Stage` keeps its output tensor for a notebook or test to inspect.
 """
 
 from __future__ import annotations
@@ -22,21 +20,13 @@ from gptscratch.model.gpt import GPT, Trace
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of the forward pass.
+    """One step of the forward pass."""
 
-    Attributes:
-        name: short name ("block 0: attention weights").
-        shape: the shape(s) going in and out, as text.
-        explanation: one line on what happens here.
-        detail: a line of concrete values (tokens, statistics, top predictions), or "".
-        output: the stage's output tensor (batch of one), for closer inspection.
-    """
-
-    name: str
-    shape: str
-    explanation: str
-    detail: str
-    output: torch.Tensor
+    name: str  # short name ("block 0: attention weights")
+    shape: str  # the shape(s) going in and out, as text
+    explanation: str  # one line on what happens here
+    detail: str  # a line of concrete values (tokens, statistics, top predictions), or ""
+    output: torch.Tensor  # the stage's output (batch of one), for closer inspection
 
 
 def _shape(t: torch.Tensor) -> str:

@@ -1,15 +1,12 @@
 """Does the model create or copy? The longest span of generated text found verbatim in the
-training corpus, and how many of its word n-grams the corpus contains.
+training corpus, and how many of its word n-grams the corpus holds, both against an index built
+once (`CorpusIndex`). A memorising model reproduces long passages; a generalising one, only
+short phrases.
 
-A model that memorised its data reproduces long passages; one that generalised writes text
-whose short phrases are common but whose long spans are new. Both are answered against an index
-of the corpus built once (`CorpusIndex`), so checking many samples is cheap.
-
-The longest span, exactly and fast on a 5 MB corpus: an L-character window of the text occurs
-in the corpus iff some corpus window has the same polynomial hash and a real substring search
-confirms it (so a hash collision never gives a wrong answer). That is monotone in L, so a
-search over L works; each hit is grown to its full length at once, so a copied passage takes
-two or three probes, original text a binary search below 16 characters.
+The longest span, exactly: an L-character window of the text occurs in the corpus iff a corpus
+window has the same polynomial hash and a substring search confirms it (no false hit from a
+collision). That is monotone in L, so L is searched; a hit is grown to its full length at once,
+so a copied passage takes two or three probes, original text a binary search below 16 chars.
 """
 
 from __future__ import annotations
@@ -27,25 +24,15 @@ _WORD = re.compile(r"\S+")
 
 @dataclass(frozen=True)
 class CopyReport:
-    """How much of a text is found in the training corpus.
+    """How much of a text is found in the training corpus."""
 
-    Attributes:
-        longest: the longest span of the text found verbatim in the corpus ("" if none).
-        start: where that span starts in the text (-1 if none).
-        corpus_offset: where it occurs in the corpus (character offset; -1 if none).
-        corpus_line: the corpus line it starts on (1-based; 0 if none).
-        n: the word n-gram length of the overlap figures.
-        ngrams: how many word n-grams the text has.
-        ngrams_found: how many of them occur in the corpus.
-    """
-
-    longest: str
-    start: int
-    corpus_offset: int
-    corpus_line: int
-    n: int
-    ngrams: int
-    ngrams_found: int
+    longest: str  # the longest span of the text found verbatim in the corpus ("" if none)
+    start: int  # where that span starts in the text (-1 if none)
+    corpus_offset: int  # where it occurs in the corpus (character offset; -1 if none)
+    corpus_line: int  # the corpus line it starts on (1-based; 0 if none)
+    n: int  # the word n-gram length of the overlap figures
+    ngrams: int  # how many word n-grams the text has
+    ngrams_found: int  # how many of them occur in the corpus
 
     @property
     def overlap(self) -> float:
@@ -177,11 +164,9 @@ class CorpusIndex:
         span = text[start:start + length] if length else ""
         offset = self.corpus.find(span) if span else -1
         found, total = self.ngram_overlap(text, n)
-        return CopyReport(
-            longest=span, start=start, corpus_offset=offset,
-            corpus_line=self.corpus.count("\n", 0, offset) + 1 if offset >= 0 else 0,
-            n=n, ngrams=total, ngrams_found=found,
-        )
+        return CopyReport(longest=span, start=start, corpus_offset=offset,
+                          corpus_line=self.corpus.count("\n", 0, offset) + 1 if offset >= 0 else 0,
+                          n=n, ngrams=total, ngrams_found=found)
 
 
 def describe_copy(report: CopyReport) -> str:

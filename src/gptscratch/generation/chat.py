@@ -14,12 +14,7 @@ from collections.abc import Iterator
 from gptscratch.checkpoints.load import LoadedModel
 from gptscratch.errors import UserError
 from gptscratch.generation.config import GenerationConfig
-from gptscratch.generation.script import (
-    add_speech,
-    corpus_script,
-    resolve_speaker,
-    speaker_prompt,
-)
+from gptscratch.generation.script import add_speech, corpus_script, resolve_speaker, speaker_prompt
 from gptscratch.generation.stream import stream_chunks
 
 
@@ -30,11 +25,8 @@ def check_scene(config: GenerationConfig, you: str | None) -> None:
 
 
 class ChatSession:
-    """The state of a chat: the model, the settings and (in a scene) the dialogue so far.
-
-    Turn t is generated with seed `config.seed + t` (when a seed is given), so a session
-    is reproducible and turns still differ.
-    """
+    """The state of a chat: the model, the settings and (in a scene) the dialogue so far. Turn
+    t is seeded with `config.seed + t` (given a seed): reproducible, yet turns differ."""
 
     def __init__(self, loaded: LoadedModel, config: GenerationConfig,
                  you: str | None = None) -> None:

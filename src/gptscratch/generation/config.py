@@ -1,11 +1,8 @@
-"""How to generate: the one generation config, validated once, where it is built.
+"""The one generation config (`GenerationConfig`), validated once, where it is built.
 
-Everything that shapes a continuation is a field here: the sampling settings and penalties
-and beam search (declared once in `model.config.SamplingConfig` and `BeamConfig`, which this
-config extends), its length, stop strings, script mode, how many samples, the seed and the KV
-cache. Each field is a declared setting (`gptscratch.settings`): the `sample` and `chat`
-flags and their help are made from the declarations, the Python API takes the same names as
-keyword arguments, and a mistake is reported the same way before the model is loaded.
+It extends `model.config.SamplingConfig` and `BeamConfig` with the length, stop strings, script
+mode, samples, seed and KV cache. Each field is a declared setting (`gptscratch.settings`): the
+`sample` and `chat` flags, the Python API's keyword arguments and the errors come from it.
 """
 
 from __future__ import annotations

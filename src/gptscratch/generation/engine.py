@@ -1,30 +1,12 @@
-"""The decoding engine: every row of text being generated, decoded together, one token a step.
+"""The decoding engine: every row being generated, decoded together, one token a step.
 
-Every caller decodes through it: `stream_chunks` / `complete` (and so `sample`, `chat` and the
-Python API), the training-time samples, and the HTTP server, which only adds a thread and a
-queue in front (`server/batching.py`). A row (`RowRequest`: prompt ids, length, sampling
-settings, seed, stop rules) keeps everything that shapes its text to itself: its own
-`SamplingConfig`, its own seeded `torch.Generator`, its own penalty history, its own context
-window and its own stop rules. Rows may join a batch that is already decoding and leave it at
-any step (continuous batching), so a row's text never depends on which rows share its batch:
-a row sampled with seed s gives what the same prompt alone with seed s gives.
-
-The window follows `model.decoding.Decoder`'s rule for a prompt decoded alone: the last
-block_size prompt tokens, then a slide to the last `window_keep` tokens when the cache is
-full. A row that joins, or whose window slides, is prefilled on its own and its cache rows
-merged into the batch's (`Decoder.add`); the rows already running are never computed again,
-and rows that leave are dropped from the cache in place. (In a padded batch a row's logits
-agree with its lone run to about 5e-7 in fp32, not bit for bit: it goes through the masked
-attention kernel.)
-
-Each step, every row's new text is decoded, its stop rules applied, and what is safe to show
-reported to the row's sink as a `RowEvent`; the last event carries the finish reason. A stop
-rule (`StopRule`) says where a row's text ends (a stop string's start, or where the next
-speaker's heading begins: `script.NextSpeakerStop`) and how much can be shown now: text that
-may still turn into a stop, and an incomplete UTF-8 character (a byte-level BPE token can end
-mid-character, which decodes to U+FFFD), are held back, so a stop is never printed, not even
-in part. Without the KV cache (`use_cache=False`, for learning and as an oracle) each step
-re-reads every row's last block_size tokens instead.
+Every caller decodes through it: `stream_chunks` / `complete` (so `sample`, `chat` and the
+API), training-time samples, and the server (`server/batching.py` adds a thread and a queue).
+Each row keeps its own sampling settings, seeded generator, penalty history, window and stop
+rules, and joins or leaves a running batch at any step (continuous batching): a row with seed s
+gives what its prompt alone with seed s gives (its logits to about 5e-7 in fp32, not bit for
+bit: a padded batch takes the masked attention kernel). Each step, each row's new text passes
+its stop rules, and what is safe to show goes to its sink as a `RowEvent`.
 """
 
 from __future__ import annotations
@@ -78,8 +60,8 @@ class StopStrings:
 
 
 def apply_rules(text: str, rules: Sequence[StopRule]) -> tuple[int | None, int]:
-    """Combine stop rules: the earliest cut wins, and only what every rule deems safe shows
-    (never half a character)."""
+    """Combine stop rules: the earliest cut wins, and only what every rule deems safe shows,
+    never half a UTF-8 character (a byte-level BPE token can end mid-character: U+FFFD)."""
     cut: int | None = None
     safe = len(text.rstrip("\ufffd"))
     for rule in rules:
@@ -118,18 +100,10 @@ class RowEvent:
 
 @dataclass(frozen=True)
 class RowRequest:
-    """One sequence to generate.
-
-    prompt_ids: the prompt's token ids (at least one).
-    max_tokens: tokens to generate at most (0: none).
-    sampling: how the row picks each token.
-    seed: seeds the row's own generator (None: a random seed).
-    rules: stop rules (`StopRule`); the text they cut is never reported.
-    top_logprobs: None for no per-token reports; N >= 0 for each token's log-probability and
-        its N most likely alternatives.
-    score_prompt: also report the prompt's tokens with their log-probabilities, before
-        generating: OpenAI's echo with logprobs, which evaluation harnesses use to score text.
-    """
+    """One sequence to generate, from at least one prompt id. `seed` None seeds at random;
+    `top_logprobs` N >= 0 reports each token's log-probability and N best alternatives (None:
+    no per-token reports); `score_prompt` first reports the prompt's tokens with theirs
+    (OpenAI's echo with logprobs, which evaluation harnesses use to score text)."""
 
     prompt_ids: tuple[int, ...]
     max_tokens: int
@@ -163,7 +137,8 @@ class Row:
         self.history: TokenCounts | None = None
 
     def begin(self, device: torch.device, vocab_size: int, block_size: int) -> None:
-        """Set up the row's torch state when it joins the batch."""
+        """Set up the row's torch state when it joins; its window is the last block_size
+        prompt tokens, as `Decoder` takes for a prompt decoded alone."""
         self.generator = torch.Generator(device=device)
         if self.request.seed is not None:
             self.generator.manual_seed(self.request.seed)
@@ -214,13 +189,9 @@ def check_rows_fit(model: GPT, rows: int, use_cache: bool = True) -> None:
 
 
 class Engine:
-    """Decodes its running rows together, one token each per `step`.
-
-    Args:
-        model: the GPT, in eval mode (only the engine's caller runs it, one step at a time).
-        tokenizer: turns each row's ids into text for its stop rules and events.
-        use_cache: decode with the KV cache (True), or re-read each row's window every step.
-    """
+    """Decodes its running rows together, one token each per `step`; `model` in eval mode,
+    run only by the engine's caller. `use_cache=False` (for learning, and as an oracle)
+    re-reads each row's window every step."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, use_cache: bool = True) -> None:
         self.model = model
@@ -233,8 +204,7 @@ class Engine:
         self.largest_batch = 0  # the most rows one step decoded (for tests and logs)
 
     def join(self, rows: Sequence[Row]) -> None:
-        """Rows join the batch (decoded from the next step on); a row asked to score its
-        prompt reports that first, and one asking for no tokens ends at once."""
+        """Rows join, decoded from the next step on; one asked to score its prompt reports it."""
         for row in rows:
             row.begin(self.device, self.model.config.vocab_size, self.block_size)
             if row.request.score_prompt:
@@ -295,8 +265,8 @@ class Engine:
         return self.decoder.batch if self.decoder is not None else 0
 
     def _prepare(self) -> Decoder:
-        """Bring the decoder up to date with the batch: rows that joined, and rows whose window
-        slid, are prefilled on their own and merged in; the others are left as they are."""
+        """Bring the decoder up to date: rows that joined, or whose window slid, are prefilled
+        on their own and merged in (`Decoder.add`); rows already running are not recomputed."""
         if not self.use_cache:  # every step re-reads each row's last block_size tokens
             return Decoder(self.model, [r.context[-self.block_size:] for r in self.running],
                            use_cache=False)

@@ -1,13 +1,10 @@
 """Script mode: plays and screenplays, where each speech is headed by its speaker's name.
 
-Two layouts are recognised, as found in the corpora people train on:
-- "line" (the built-in Shakespeare, tinyshakespeare): a blank line, `ROMEO:` alone on its line,
-  then the speech on the lines below.
-- "inline" (many TV scripts): `ROMEO: speech...` on one line.
-
-`find_script_format` learns the layout and the speakers from a corpus (`script_format` does it
-once per prepared corpus and caches the answer); `speaker_prompts` makes prompts that open a
-named speaker's next speech; `NextSpeakerStop` ends generation where another speech begins.
+Two layouts: "line" (tinyshakespeare: a blank line, `ROMEO:` alone on its line, the speech
+below) and "inline" (many TV scripts: `ROMEO: speech...`). `find_script_format` learns the
+layout and speakers from a corpus (`script_format` caches it per prepared corpus),
+`speaker_prompts` opens a named speaker's next speech, and `NextSpeakerStop` ends generation
+where another speech begins.
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ log = logging.getLogger("gptscratch")
 # A speaker name: starts with a capital, then up to ~40 name characters ("FIRST CITIZEN",
 # "Lady Capulet", "MR. DARCY"). It never contains a colon.
 _NAME = r"[A-Z][A-Za-z0-9' .,&-]{0,40}"
-# Script mode finds a corpus's speakers in its first 50M ids, decoded a million at a time.
+# A corpus's speakers show up early: scan its first 50M ids (never gigabytes), 1M at a time.
 _SCAN_CHUNK, _SCAN_TOKENS = 1_000_000, 50_000_000
 _LINE_LABEL = re.compile(rf"(?:^|\n)\n(?P<name>{_NAME}):[ \t]*\n")
 _INLINE_LABEL = re.compile(rf"(?m)^(?P<name>{_NAME}): +\S")
@@ -66,15 +63,11 @@ class ScriptFormat:
 
 @dataclass(frozen=True)
 class NameShape:
-    """The shape of a cast's names, to recognise names it never had: a model invents
-    speakers (`HERMAN`, `MISTRESS OF SYRACUSE`, `Third Lord`), and misspells them.
-
-    max_words: one more than the longest name's words.
-    capitals: the cast is written in capitals (the built-in corpus's `FIRST WITCH`): a name
-        must then be mostly capitals (80 % of its letters: `HELENNY V ElPH` still counts);
-        otherwise (`First Citizen`, `Duke of York`) each word must start with a capital,
-        but for the lower-case joining words the cast uses (`joiners`).
-    """
+    """The shape of a cast's names, to recognise names it never had: a model invents speakers
+    (`HERMAN`, `Third Lord`) and misspells them. A name has at most `max_words` words (one more
+    than the longest name's); with `capitals` (`FIRST WITCH`) 80 % of its letters are capitals
+    (`HELENNY V ElPH` still counts), else each word is capitalised but the cast's lower-case
+    `joiners` (`Duke of York`)."""
 
     max_words: int = 4
     capitals: bool = True
@@ -99,12 +92,9 @@ class NameShape:
 
 
 def find_script_format(text: str | Iterable[str], min_speeches: int = 2) -> ScriptFormat | None:
-    """Find the speakers of a script corpus (its text, or its text in pieces); None when the
-    text is not a script.
-
-    A name counts as a speaker once it heads at least `min_speeches` speeches, which filters
-    out one-off lines that merely end in a colon; a script needs two speakers at least.
-    """
+    """The speakers of a script corpus (its text, or its text in pieces); None if it is not a
+    script. A speaker heads `min_speeches` speeches at least (which filters out one-off lines
+    ending in a colon); a script needs two speakers."""
     counts = {"line": Counter[str](), "inline": Counter[str]()}
     for piece in [text] if isinstance(text, str) else text:
         for style, pattern in (("line", _LINE_LABEL), ("inline", _INLINE_LABEL)):
@@ -141,8 +131,7 @@ def script_format(checkpoint: Checkpoint) -> ScriptFormat | None:
 
 
 def _corpus_text(prepared: PreparedData) -> Iterator[str]:
-    """The corpus's text, decoded a million ids at a time, up to `_SCAN_TOKENS` ids: a corpus
-    of gigabytes is never decoded whole (its speakers show up long before its end)."""
+    """The corpus's text, in pieces, up to `_SCAN_TOKENS` ids."""
     seen = 0
     for tokens in (prepared.train_tokens(), prepared.val_tokens()):
         for start in range(0, len(tokens), _SCAN_CHUNK):
@@ -153,7 +142,7 @@ def _corpus_text(prepared: PreparedData) -> Iterator[str]:
             yield prepared.tokenizer.decode(ids)
 
 
-def _read_cached(path: Path) -> ScriptFormat | None | bool:  # False: no usable cache
+def _read_cached(path: Path) -> ScriptFormat | None | bool:
     """The cached answer of `script_format` (None: not a script), or False when there is no
     usable cache (absent, or damaged: it is then found again)."""
     try:
@@ -215,20 +204,12 @@ def add_speech(transcript: str, name: str, speech: str, style: str) -> str:
 
 
 class NextSpeakerStop:
-    """Ends a speech where the next speaker's heading begins.
-
-    A heading is a line (line style: alone on its line; inline style: at its start, followed
-    by the speech) holding a name and a colon, where the name is a speaker of the corpus, or,
-    after a blank line (line style), any name shaped like the corpus's names
-    (`NameShape`): a model invents speakers ("HERMAN:", "Third Lord:") and
-    their speeches must end too. Without a corpus, any name in capitals counts.
-
-    Used on the generated continuation of a `speaker_prompt`. `find(text)` returns
-    (cut, safe): cut is where the speech ends (None while no heading has appeared), safe how
-    many characters may be shown now. Text that could still turn into a heading (an unfinished
-    line that starts like a name, and the blank lines before it) is held back, so a heading is
-    never half printed.
-    """
+    """A `StopRule` ending a `speaker_prompt`'s speech where the next speaker's heading begins:
+    a name and a colon (line style: alone on its line; inline: at a line's start), the name a
+    corpus speaker or, after a blank line in line style, shaped like one (`NameShape`), since
+    invented speakers' speeches must end too (without a corpus, any name in capitals). Text that
+    could still become a heading (an unfinished name-like line, and the blank lines before it)
+    is held back: a heading is never half shown."""
 
     def __init__(self, script: ScriptFormat | None) -> None:
         self.style = script.style if script is not None else "line"

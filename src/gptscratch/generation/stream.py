@@ -1,15 +1,9 @@
-"""Generated text, piece by piece: the two entry points of text generation.
+"""The two entry points of text generation, for the CLI, the Python API, chat and notebooks.
 
-`stream_chunks` continues one or more prompts in one batch and yields `Chunk`s of each
-sample's text as soon as they are safe to show (the engine's stop rules say what is held back);
-`complete` returns the finished `Completion`s. Both check everything before the first token
-(the config when it was built; here the prompts, the speaker, the tokenizer's coverage of the
-prompts and the memory a batch needs), so a mistake never ends a half-printed text. Each
-prompt is encoded once. Sampled rows run through the decoding engine (`engine.py`), sample j
-of every prompt seeded with seed + j (as the server seeds choice j), so a sample reads the
-same alone or in a batch; beam search (`model.beam_search`) runs prompt by prompt, its text
-cut by the same stop rules. The CLI, the Python API, chat sessions and the notebooks all
-generate through these two functions.
+`stream_chunks` yields each sample's text in `Chunk`s as soon as it is safe to show; `complete`
+returns the finished `Completion`s. All is checked before the first token (prompts, speaker,
+tokenizer coverage, memory), so a mistake never ends a half-printed text. Sampled rows go
+through `engine`; beam search (`model.beam_search`) runs prompt by prompt.
 """
 
 from __future__ import annotations
@@ -44,15 +38,10 @@ from gptscratch.model.gpt import GPT
 
 @dataclass
 class Completion:
-    """One finished generation.
-
-    prompt: the text the model continued (with script mode's speaker heading).
-    text: the continuation (the prompt is not repeated; a stop string is not included).
-    token_ids / logprobs: every generated token and its log-probability under the model
-        (tokens after a stop cut are included: they were generated).
-    finish_reason: "length" (max_new_tokens reached) or "stop" (a stop rule ended it).
-    score: the beam search score (length-normalised log-probability); None when sampled.
-    """
+    """One finished generation: the `prompt` as continued (with script mode's speaker heading),
+    the continuation `text` (without the prompt or a stop string), every generated token's id
+    and log-probability (those past a stop cut too), the `finish_reason` ("length" or "stop")
+    and the beam search `score` (length-normalised log-probability; None when sampled)."""
 
     prompt: str
     text: str = ""
@@ -87,15 +76,9 @@ def stream_chunks(loaded: LoadedModel, prompts: str | Sequence[str],
                   config: GenerationConfig, script: ScriptFormat | None = None) -> Generation:
     """Generate continuations of one or more prompts, yielding text chunks as they come.
 
-    Row i * num_samples + j is sample j of prompt i. Each row ends with one chunk carrying its
-    `Completion` (text, token ids, per-token log-probabilities, finish reason).
-
-    Args:
-        loaded: the model and tokenizer (`checkpoints.load.load_model`).
-        prompts: one prompt or several (of any lengths: they share one batch).
-        config: how to generate.
-        script: the corpus's speakers for script mode (default: found from the checkpoint's
-            training data when script mode needs them).
+    Row i * num_samples + j is sample j of prompt i; each row's last chunk carries its
+    `Completion`. Prompts of any lengths share one batch. `script` (the corpus's speakers) is
+    found from the checkpoint's training data when script mode needs it and none is given.
 
     Raises:
         UserError: an empty prompt, an unknown speaker, a prompt the tokenizer cannot encode,
@@ -117,9 +100,7 @@ def stream_chunks(loaded: LoadedModel, prompts: str | Sequence[str],
 
 def complete(loaded: LoadedModel, prompts: str | Sequence[str],
              config: GenerationConfig) -> list[Completion]:
-    """Generate for one or more prompts in one batch and return every `Completion` (text,
-    token ids, per-token log-probabilities, finish reason; the score with beams), row i *
-    num_samples + j being sample j of prompt i."""
+    """The finished `Completion`s of `stream_chunks`, in its row order."""
     done: dict[int, Completion] = {}
     for chunk in stream_chunks(loaded, prompts, config):
         if chunk.completion is not None:

@@ -1,25 +1,11 @@
-"""Causal multi-head self-attention: how each position gathers information from earlier ones.
+"""Causal multi-head self-attention: how each position gathers information from earlier ones
+(queries, keys, values and heads: docs/concepts/attention.md and multi-head-attention.md).
 
-Each token's vector x is projected three ways: a query q ("what am I looking for?"), a key k
-("what do I contain?") and a value v ("what do I pass on if chosen?"). A position's output is
-the average of the values of all positions up to and including itself, weighted by how well its
-query matches their keys. With H heads, C channels are split into H groups of D = C / H that
-attend independently, so different heads can track different relations.
-
-Two paths compute the same thing:
-- `explicit_attention`: the maths written out (scores, causal mask, softmax, weighted sum); it
-  hands back the attention weights, which a traced forward keeps (`gpt.Trace`: explain, the
-  attention pictures and the playground read them).
-- `F.scaled_dot_product_attention`: PyTorch's fused kernel (flash / memory-efficient
-  attention), which never materialises the (T, T) score matrix. Used for training and
-  generation by default. A test checks that both agree.
-
-During generation a `LayerCache` (see kv_cache.py) supplies the keys and values of earlier
-tokens, so only the new tokens' q, k and v are computed.
-
-Two options of the modern recipe act on q and k before either path runs, so both paths see
-the same q and k: `qk_norm` (RMSNorm of each head's queries and keys) and rotary position
-embeddings (`positions="rope"`, rotary.py), which turn q and k by their positions.
+Two paths compute the same thing, and a test checks they agree: `explicit_attention`, the maths
+written out, which hands back the weights a traced forward keeps (`gpt.Trace`), and PyTorch's
+fused `F.scaled_dot_product_attention`, the default, which never materialises the (T, T)
+scores. In generation a `LayerCache` (kv_cache.py) supplies earlier tokens' keys and values.
+QK-norm and rotary positions (rotary.py) act on q and k before either path runs.
 """
 
 from __future__ import annotations
@@ -36,13 +22,8 @@ from gptscratch.model.layers import RMSNorm
 from gptscratch.model.rotary import apply_rotary, rotary_angles
 
 
-def explicit_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    dropout_p: float = 0.0,
-    mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
+                       mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal scaled dot-product attention, step by step.
 
     Args:
@@ -98,9 +79,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         # QK-norm (Dehghani et al. 2023, ViT-22B; modded-nanogpt): unit-RMS queries and keys
-        # cap how large a score can grow, which stopped the attention-logit blow-ups that
-        # diverged their large runs and tolerates higher learning rates. A learned gain of D
-        # channels, shared by the heads, lets attention sharpen again.
+        # bound the scores, which stopped attention-logit blow-ups from diverging large runs.
+        # A learned gain of D channels, shared by the heads, lets attention sharpen again.
         self.q_norm: RMSNorm | None = RMSNorm(config.head_size) if config.qk_norm else None
         self.k_norm: RMSNorm | None = RMSNorm(config.head_size) if config.qk_norm else None
         self.rotary = config.positions == "rope"

@@ -1,14 +1,11 @@
 """Beam search: keep the N most probable continuations instead of sampling one.
 
-At each step every running beam is extended by every token; the 2N best extensions by total
-log-probability are ranked, extensions that end a hypothesis (an end token, or a stop rule
-on the text) are set aside as finished, and the best N others run on. Hypotheses are compared
-by a length-normalised score, sum(log p) / length ** length_penalty (as in Hugging Face
-`generate`): with length_penalty > 0 longer hypotheses are favoured over short ones, which a
-raw sum of negative log-probabilities would always penalise.
-
-The beams are rows of one `Decoder` batch, so they share the KV cache machinery: after each
-step the cache rows are reordered to follow the surviving beams' parents.
+Each step extends every running beam by every token and ranks the 2N best extensions by total
+log-probability; those that end (an end token, a stop rule) are set aside as finished and the
+best N others run on. Hypotheses compare by sum(log p) / length ** length_penalty, as in
+Hugging Face `generate`: a raw sum of negative log-probabilities always penalises length, and
+length_penalty > 0 favours longer hypotheses. The beams are rows of one `Decoder`, whose cache
+rows follow the surviving beams' parents.
 """
 
 from __future__ import annotations
@@ -40,23 +37,14 @@ def _score(logprob: float, length: int, length_penalty: float) -> float:
 
 
 @torch.inference_mode()
-def beam_search(
-    model: GPT,
-    prompt: Sequence[int],
-    max_new_tokens: int,
-    config: BeamConfig,
-    *,
-    is_finished: Callable[[list[int]], bool] | None = None,
-    sampling: SamplingConfig | None = None,
-    use_cache: bool = True,
-) -> list[Hypothesis]:
-    """The best hypotheses continuing `prompt`, best first (at most `config.beams`).
+def beam_search(model: GPT, prompt: Sequence[int], max_new_tokens: int, config: BeamConfig, *,
+                is_finished: Callable[[list[int]], bool] | None = None,
+                sampling: SamplingConfig | None = None, use_cache: bool = True
+                ) -> list[Hypothesis]:
+    """The best hypotheses continuing `prompt` (token ids), best first (at most `config.beams`).
 
     Args:
         model: the GPT, in eval mode.
-        prompt: the prompt's token ids.
-        max_new_tokens: the longest continuation.
-        config: beams, length penalty, early stopping.
         is_finished: says whether a continuation (its token ids) has ended, e.g. at an end
             token or a stop string; by default hypotheses end only at max_new_tokens.
         sampling: only its repetition / frequency / presence penalties are used (beam search

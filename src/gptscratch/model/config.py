@@ -1,11 +1,9 @@
-"""The model layer's settings: the shape of a GPT, and how it picks tokens, validated when built.
+"""The model layer's settings, validated when built: errors name the field, value, rule and fix.
 
-`ModelConfig` is the model's shape: presets (`gptscratch.training.presets`) return one, the
-CLI overrides single fields with `dataclasses.replace`, which re-runs validation.
-`SamplingConfig` and `BeamConfig` are how the decoding loop picks each token, declared once
-(`gptscratch.settings`): the `sample` / `chat` flags, the server's request fields and their
-checks are made from these declarations. Errors name the field, the value, the rule and a fix.
-Nothing here imports torch: the CLI reads these classes to build its flags.
+`ModelConfig` is a GPT's shape (presets return one; `dataclasses.replace` re-validates).
+`SamplingConfig` and `BeamConfig` say how decoding picks tokens, declared once with
+`gptscratch.settings`, which makes the CLI flags and the server's request fields from them.
+No torch import: the CLI reads these classes to build its flags.
 """
 
 from __future__ import annotations
@@ -20,12 +18,10 @@ from gptscratch.settings import check_settings, setting
 ACTIVATIONS = ("gelu_tanh", "gelu", "relu2", "swiglu")
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
-# Upper bounds far beyond any model this toolkit trains (GPT-2 XL: 50,257 ids, 1,024 context,
-# 48 layers, 25 heads, 1,600 wide), which stop a mistyped flag or a damaged checkpoint from
-# asking for terabytes.
+# Far beyond GPT-2 XL (50,257 ids, 1,024 context, 48 layers, 25 heads, 1,600 wide): they stop a
+# mistyped flag or a damaged checkpoint from asking for terabytes.
 LIMITS = {"vocab_size": 2**24, "block_size": 2**20, "n_layer": 1024, "n_head": 1024,
           "n_embd": 2**16}
-
 
 # What `--lora-targets` may name (`model.lora.TARGETS` says which layers each adapts). Here,
 # with no torch import, so the trainer's config can check the names as it is built.
@@ -50,11 +46,8 @@ def parse_targets(spec: str) -> tuple[str, ...]:
 def swiglu_hidden(n_embd: int) -> int:
     """The hidden width of a SwiGLU MLP: 8C/3 rounded up to a multiple of 64.
 
-    SwiGLU has three C x hidden matrices (gate, up, down) where GELU's MLP has two C x 4C
-    ones; 2/3 of 4C keeps the parameters (and FLOPs) equal, 3 * C * 8C/3 = 2 * C * 4C, as in
-    Shazeer 2020 and LLaMA. Rounding up to a multiple of 64 keeps the matmuls on whole
-    hardware tiles (LLaMA rounds to 256); it adds a little at small widths (C = 384: exactly
-    1,024; C = 768: 2,048).
+    Three C x 8C/3 matrices cost what GELU's two C x 4C ones cost (Shazeer 2020, LLaMA); a
+    multiple of 64 keeps the matmuls on whole hardware tiles (C = 384: 1,024; C = 768: 2,048).
     """
     return 64 * math.ceil(8 * n_embd / 3 / 64)
 
@@ -79,8 +72,7 @@ class ModelConfig:
     activation: str = setting(
         "gelu_tanh", "gelu_tanh (GPT-2's) | gelu (exact; a faster kernel on CPU) | relu2 "
                      "(relu(x)^2, Primer) | swiglu (gated MLP, ~8C/3 wide)")
-    # The modern recipe's options (rotary.py, layers.py, attention.py, gpt.py); each default
-    # is GPT-2's.
+    # The modern recipe's options (docs/concepts/modern-recipe.md); each default is GPT-2's.
     positions: str = setting(
         "learned", "learned (GPT-2's position table) | rope (rotary q and k, RoFormer)")
     norm: str = setting("layernorm", "layernorm (GPT-2's) | rmsnorm (no mean, no bias)")
@@ -93,33 +85,24 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name, most in LIMITS.items():
             value = getattr(self, name)
-            require(
-                isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most,
-                f"{name} ({value!r}) must be a whole number from 1 to {most:,}; "
-                f"try --{name.replace('_', '-')} {min(most, 256)}",
-            )
+            require(isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most,
+                    f"{name} ({value!r}) must be a whole number from 1 to {most:,}; "
+                    f"try --{name.replace('_', '-')} {min(most, 256)}")
         for name in ("bias", "tie_embeddings", "qk_norm", "zero_init_proj"):
             require(isinstance(getattr(self, name), bool),
                     f"{name} ({getattr(self, name)!r}) must be true or false")
         if self.n_embd % self.n_head:
             up = (self.n_embd // self.n_head + 1) * self.n_head
-            raise UserError(
-                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
-                f"try --n-embd {up} or an --n-head that divides {self.n_embd}"
-            )
-        require(
-            isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
-            f"dropout ({self.dropout!r}) must be in [0, 1); try --dropout 0.1",
-        )
-        require(
-            self.attention in ("auto", "sdpa", "explicit"),
-            f"attention ({self.attention!r}) must be auto, sdpa or explicit; try --attention auto",
-        )
-        require(
-            self.activation in ACTIVATIONS,
-            f"activation ({self.activation!r}) must be {', '.join(ACTIVATIONS)}; "
-            "try --activation gelu_tanh",
-        )
+            raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                            f"try --n-embd {up} or an --n-head that divides {self.n_embd}")
+        require(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+                f"dropout ({self.dropout!r}) must be in [0, 1); try --dropout 0.1")
+        require(self.attention in ("auto", "sdpa", "explicit"),
+                f"attention ({self.attention!r}) must be auto, sdpa or explicit; "
+                "try --attention auto")
+        require(self.activation in ACTIVATIONS,
+                f"activation ({self.activation!r}) must be {', '.join(ACTIVATIONS)}; "
+                "try --activation gelu_tanh")
         self._check_modern_options()
 
     def _check_modern_options(self) -> None:
@@ -134,12 +117,10 @@ class ModelConfig:
                 f"{self.n_embd} / {self.n_head} = {D} (rotary turns pairs of channels); try "
                 f"--n-embd {self.n_embd + self.n_head} or --positions learned")
         cap = self.logit_softcap
-        require(
-            isinstance(cap, (int, float)) and not isinstance(cap, bool) and math.isfinite(cap)
-            and cap >= 0,
-            f"logit_softcap ({cap!r}) must be 0 (off) or a positive number; "
-            "try --logit-softcap 30",
-        )
+        require(isinstance(cap, (int, float)) and not isinstance(cap, bool)
+                and math.isfinite(cap) and cap >= 0,
+                f"logit_softcap ({cap!r}) must be 0 (off) or a positive number; "
+                "try --logit-softcap 30")
 
     @property
     def head_size(self) -> int:
@@ -157,9 +138,8 @@ class ModelConfig:
         return 2 * self.mlp_hidden if self.activation == "swiglu" else self.mlp_hidden
 
     def parameter_count(self) -> int:
-        """Every parameter of the GPT this config builds (a tied head counted once), known
-        before anything is allocated: a config read from a file can be checked against the
-        memory it needs."""
+        """Every parameter of the GPT this config builds (a tied head counted once), known before
+        anything is allocated, so a config read from a file can be checked against memory."""
         C, b, hidden = self.n_embd, int(self.bias), self.mlp_hidden
         norm = C * (1 + b) if self.norm == "layernorm" else C  # RMSNorm has a gain only
         fc_out = self.mlp_fc_out

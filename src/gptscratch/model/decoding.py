@@ -1,20 +1,13 @@
 """Decoding: feed the model its own predictions, one token at a time.
 
-`Decoder` holds a batch of rows (prompts of any lengths, left-padded) and gives the scores of
-every row's next token; the caller picks the tokens (`sampling.sample_next_token`) and appends
-them. With the KV cache (the default) it prefills the prompts once and then feeds one token
-per row per step; without it, it re-runs the whole context every step, as nanoGPT and minGPT
-do (kept for learning and as the oracle in tests). Rows can leave (`keep`) and join (`add`) a
-batch that is decoding.
-
-The model has learned positions only up to block_size. When a row's context fills the cache,
-generation slides the window: it keeps the most recent `window_keep(block_size)` tokens,
-prefills them into a fresh cache, and goes on. (The uncached path crops to the last block_size
-tokens every step; the two agree token for token until the context first fills.)
-
-Beam search (beam_search.py) and the decoding engine of the text layer
-(`gptscratch.generation.engine`, which gives each row its own sampling settings, seed and
-window) are built on `Decoder`.
+`Decoder` holds a batch of rows (prompts of any lengths, left-padded) and gives every row's
+next-token scores; the caller picks the tokens (`sampling.sample_next_token`) and appends them.
+With the KV cache it prefills the prompts once, then feeds one token per row per step; without
+it re-runs the whole context each step, as nanoGPT does (kept for learning and as the tests'
+oracle). Rows can leave (`keep`) and join (`add`) mid-decoding. When the context fills
+block_size, the window slides: the newest `window_keep` tokens are prefilled into a fresh cache
+(the uncached path crops each step; the two agree until the context first fills). Beam search
+and `gptscratch.generation.engine` are built on `Decoder`.
 """
 
 from __future__ import annotations
@@ -134,14 +127,13 @@ class Decoder:
 
     @torch.inference_mode()
     def add(self, prompts: Sequence[Sequence[int]]) -> None:
-        """Add rows to a batch already decoding with the cache, without running its rows again.
+        """Add rows to a batch already decoding with the cache, without running its rows again
+        (re-prefilling the batch would cost a joining row's prompt for every running row).
 
-        The new prompts are prefilled on their own, all but their last token; their cache rows
-        join this batch's, lined up at the newest position (the shorter side gains left
-        padding). The next `logits()` then feeds every row its newest token in one step. A
-        joining row computes what it would alone, up to the rounding of the masked kernel.
-        (Re-prefilling the whole batch instead would cost a joining row's prompt for every
-        row already running.)
+        The new prompts are prefilled on their own, all but their last token, and their cache
+        rows join this batch's, lined up at the newest position (the shorter side gains left
+        padding); the next `logits()` feeds every row its newest token. A joining row computes
+        what it would alone, up to the rounding of the masked kernel.
         """
         if not self.use_cache or self.cache is None:
             raise ValueError("add() needs a batch that has started decoding with the cache")

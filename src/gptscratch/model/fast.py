@@ -1,17 +1,13 @@
 """Speed and memory paths for particular devices, kept apart from the teaching model.
 
-The model files (`gpt.py`, `attention.py`, `layers.py`) are the reference: plain `nn.Linear`
-layers and one attention path chosen by the config. What a device needs to run them faster
-lives here, applied to a built model by the code that knows the device and dtype (the
-checkpoint loader and the trainer's set-up), never by the model itself; the measurements
-behind each choice are in docs/benchmarks.md. Each path computes what the reference computes,
-up to rounding, and a test checks it.
-
-- `FastLinear`: on a CPU, a one-row bf16 product runs as `torch.mv`, which read the weights
-  ~1.7x faster than `F.linear` on an AMX CPU ("Generation" in docs/benchmarks.md); and a
-  frozen weight stored in bf16 (`store_frozen_in_bf16`) answers an fp32 caller.
-- `choose_attention_path`: under bf16 autocast on a CPU, the explicit attention path's plain
-  matmuls (which run on AMX) trained faster than SDPA's fused CPU backward ("Attention path").
+The model files are the reference; the code that knows the device and dtype (the checkpoint
+loader, the trainer's set-up) applies these to a built model. Each computes what the reference
+does, up to rounding (a test checks); the measurements are in docs/benchmarks.md.
+- `FastLinear`: a one-row bf16 product on a CPU runs as `torch.mv`, which read the weights
+  ~1.7x faster than `F.linear` on an AMX CPU ("Generation"); and a frozen weight stored in
+  bf16 (`store_frozen_in_bf16`) answers an fp32 caller.
+- `choose_attention_path`: under CPU bf16 autocast, the explicit path's plain matmuls (on AMX)
+  trained faster than SDPA's fused CPU backward ("Attention path").
 """
 
 from __future__ import annotations

@@ -1,20 +1,13 @@
 """The GPT: token ids in, next-token logits out.
 
-Data flow for a batch of token ids idx (B, T):
-  token embedding (B, T, C) + position embedding (T, C)
+  idx (B, T) -> token embedding (B, T, C) + position embedding (T, C)
   -> N x Block: x = x + attention(LayerNorm(x)); x = x + MLP(LayerNorm(x))   (pre-norm residual)
-  -> final LayerNorm -> LM head (C -> V, sharing its weight with the token embedding)
-  -> logits (B, T, V): for each position, a score for every possible next token.
-The loss (`lm_loss`) is a separate function so generation and training share one forward.
-Generation passes a `KVCache` (kv_cache.py) so each step feeds only the new tokens. A `Trace`
-passed to the same forward keeps what it computed on the way (embeddings, every block's
-stages and attention weights, the final hidden states): `explain`, the logit lens, the
-attention pictures and the playground read it, so no other file re-implements a block.
+  -> final LayerNorm -> LM head (C -> V, tied to the token embedding) -> logits (B, T, V)
 
-`ModelConfig`'s modern-recipe options change single steps of this flow, each defaulting to
-GPT-2's: rotary positions inside attention instead of the `wpe` table (rotary.py), RMSNorm for
-LayerNorm and ReLU^2 / SwiGLU MLPs (layers.py), QK-norm (attention.py), zero-initialised
-output projections and soft-capped logits (below).
+The loss (`lm_loss`) is separate, so training and generation share one forward. A `KVCache`
+(kv_cache.py) lets each generation step feed only the new tokens; a `Trace` keeps what the
+forward computed for explain, the logit lens and the pictures, so no other file re-implements
+a block. The modern recipe's options (docs/concepts/modern-recipe.md) change single steps.
 """
 
 from __future__ import annotations
@@ -35,22 +28,16 @@ from gptscratch.model.layers import make_mlp, make_norm
 
 @dataclass
 class Trace:
-    """What one forward pass computed, kept for a closer look (batch of B, T positions).
+    """What one forward pass computed, kept for a closer look (batch of B, T positions)."""
 
-    tokens: (B, T, C) the token embeddings; positions: (T, C) the learned position
-        embeddings (None with rotary positions); embedded: (B, T, C) their sum, block 0's input.
-    blocks: one dict per block, in order: "ln_1" (B, T, C), "qkv" (B, T, 3C), "weights"
-        (B, H, T, T) the attention weights, "attention" (B, T, C) the attention's output,
-        "mid" (B, T, C) the stream after the attention's residual add, "ln_2", "mlp" and
-        "out" (B, T, C) the stream after the block.
-    final: (B, T, C) the final norm's output, what the LM head reads.
-    """
-
-    tokens: torch.Tensor | None = None
-    positions: torch.Tensor | None = None
-    embedded: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None  # (B, T, C) the token embeddings
+    positions: torch.Tensor | None = None  # (T, C) learned position embeddings (None: rotary)
+    embedded: torch.Tensor | None = None  # (B, T, C) their sum, block 0's input
+    # One dict per block, in order: "ln_1" (B, T, C), "qkv" (B, T, 3C), "weights" (B, H, T, T)
+    # the attention weights, "attention" (B, T, C) its output, "mid" (B, T, C) the stream after
+    # its residual add, "ln_2", "mlp" and "out" (B, T, C) the stream after the block.
     blocks: list[dict[str, torch.Tensor]] = field(default_factory=list)
-    final: torch.Tensor | None = None
+    final: torch.Tensor | None = None  # (B, T, C) the final norm's output, what the head reads
 
     def streams(self) -> list[torch.Tensor]:
         """The residual stream entering block 0 and leaving every block: n_layer + 1 of
@@ -121,11 +108,9 @@ class GPT(nn.Module):
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
         # GPT-2 scales the init of each residual branch's last projection by 1/sqrt(2 * L): the
-        # residual stream sums 2 * L branches, and this keeps its variance from growing with L.
-        # zero_init_proj (modded-nanogpt's speedruns) goes further: every branch starts at
-        # exactly zero, so each block starts as the identity and the untrained network is just
-        # embedding -> final norm -> head; the branches grow in from there (the first
-        # gradients reach c_proj, whose input is not zero).
+        # stream sums 2 * L branches, and this keeps its variance from growing with L.
+        # zero_init_proj (modded-nanogpt) starts every branch at zero, each block as the
+        # identity; c_proj's input is not zero, so its first gradient is not either.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 if config.zero_init_proj:
@@ -143,10 +128,8 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; by default without the position embedding (as GPT-2 reports it).
-
-        A tied token embedding is counted once: it is shared with the LM head.
-        """
+        """Parameter count, by default without the position embedding (as GPT-2 reports it);
+        a tied token embedding is counted once."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding and self.transformer.wpe is not None:
             n -= self.transformer.wpe.weight.numel()
@@ -227,8 +210,7 @@ class GPT(nn.Module):
 
 def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     """cap * tanh(logits / cap) (Gemma 2; modded-nanogpt): about the identity for small logits,
-    never beyond +-cap. It keeps the model from pushing a few logits ever higher to make its
-    predictions overconfident, which steadied training and lowered the final loss there."""
+    never beyond +-cap, so the model cannot push a few logits ever higher (overconfidence)."""
     return cap * torch.tanh(logits / cap)
 
 

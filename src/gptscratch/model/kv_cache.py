@@ -1,18 +1,12 @@
 """The KV cache: keys and values of the tokens already seen, kept so each new token costs one step.
 
-Without a cache, generating token t re-runs the model over all t tokens of context, so a
-1,024-token generation does ~500x the work it needs. Keys and values of past positions never
-change (attention is causal), so we compute them once and keep them here: the prompt is
-"prefilled" in one forward pass, then each decoding step feeds one new token per row, appends
-its keys and values, and attends over everything stored.
-
-Storage is preallocated per layer, (B, H, block_size, D) for keys and for values, so a step only
-writes one slice and never copies the past (Hugging Face's default cache concatenates instead).
-
-Rows of a batch may hold prompts of different lengths: they are left-padded to a common length.
-`pad[b]` counts row b's padding slots; they are masked out of attention, and each row's position
-embeddings start at 0 on its first real token, so a padded row computes exactly what it would
-alone.
+Past keys and values never change (attention is causal), so they are computed once: the prompt
+is prefilled in one forward pass, then each step feeds one new token per row and attends over
+everything stored (uncached, a 1,024-token generation does ~500x the work). Storage is
+preallocated, (B, H, block_size, D) per layer, so a step writes one slice and never copies the
+past (Hugging Face's default cache concatenates). Rows are left-padded to a common length:
+row b's `pad[b]` slots are masked out of attention and its positions start at 0 on its first
+real token, so a padded row computes exactly what it would alone.
 """
 
 from __future__ import annotations
@@ -50,17 +44,9 @@ class KVCache:
         pad: (B,) int64 left-padding length of each row; None for none.
     """
 
-    def __init__(
-        self,
-        n_layer: int,
-        batch: int,
-        n_head: int,
-        head_dim: int,
-        max_len: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        pad: torch.Tensor | None = None,
-    ) -> None:
+    def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, max_len: int,
+                 device: torch.device, dtype: torch.dtype, pad: torch.Tensor | None = None
+                 ) -> None:
         shape = (n_layer, batch, n_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -70,10 +56,9 @@ class KVCache:
         self.padded = bool(self.pad.any())
 
     def layer(self, i: int) -> LayerCache:
-        """Layer i's view, made when asked: views kept on the cache would refer back to it, and
-        a cache in a reference cycle waits for Python's cyclic garbage collector instead of
-        being freed when its last user lets go (a server that made a cache per request grew
-        by one batch's cache per round of requests until it did)."""
+        """Layer i's view, made when asked: views kept on the cache would make a reference cycle,
+        freed only by Python's cyclic garbage collector (a server making a cache per request grew
+        by one batch's cache per round of requests until the collector ran)."""
         return LayerCache(self, i)
 
     @property
@@ -93,11 +78,10 @@ class KVCache:
     def attention_mask(self, T: int) -> torch.Tensor | None:
         """Which cached positions the next T queries may attend to.
 
-        Returns None when plain causal attention is right (no padding, and either one new token,
-        which sees the whole cache, or a prefill from empty, the usual causal triangle).
-        Otherwise a (B, 1, T, length + T) bool mask, True where attention is allowed: causal,
-        and never to a padding slot. A padding query attends to itself only, so its softmax
-        stays finite; nothing ever reads its output.
+        Returns None when plain causal attention is right (no padding, and one new token or a
+        prefill from empty). Otherwise a (B, 1, T, length + T) bool mask, True where attention
+        is allowed: causal, never to a padding slot. A padding query attends to itself only, so
+        its softmax stays finite; nothing ever reads its output.
         """
         if not self.padded and (T == 1 or self.length == 0):
             return None

@@ -1,12 +1,8 @@
-"""The small building blocks of a Transformer block: GELU, LayerNorm and the MLP.
-
-They sit between the embeddings and the output head: every block normalises its input
-(LayerNorm), mixes information across positions (attention, in `attention.py`) and then
-transforms each position on its own (the MLP below), adding each result back to the residual
-stream. Parameter names (`c_fc`, `c_proj`, `ln_1`...) follow GPT-2's so real weights map 1:1.
-
-After GPT-2's pieces come the "modern recipe" alternatives a `ModelConfig` may pick: RMSNorm
-for LayerNorm, and ReLU^2 or SwiGLU MLPs for the GELU one; `make_norm` and `make_mlp` choose.
+"""The small building blocks of a Transformer block: GELU, LayerNorm and the MLP that transforms
+each position on its own (attention, which mixes positions, is in attention.py). Then the modern
+recipe's alternatives, RMSNorm and the ReLU^2 and SwiGLU MLPs; `make_norm` and `make_mlp` choose.
+Names (`c_fc`, `c_proj`) follow GPT-2's so real weights map 1:1. Concepts: docs/concepts/gelu.md,
+layer-norm.md and modern-recipe.md.
 """
 
 from __future__ import annotations
@@ -23,12 +19,8 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
-    """GELU, tanh approximation, as in GPT-2 (Hendrycks & Gimpel 2016).
-
-    GELU(x) = x * Phi(x), where Phi is the standard normal CDF: a smooth ReLU that lets a little
-    negative signal through. GPT-2 used the tanh approximation of Phi, so we do too:
-    0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))).
-    """
+    """GELU(x) = x * Phi(x), Phi the standard normal CDF (Hendrycks & Gimpel 2016), with GPT-2's
+    tanh approximation: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))."""
     return 0.5 * x * (1.0 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
@@ -38,13 +30,12 @@ def gelu_exact(x: torch.Tensor) -> torch.Tensor:
 
 
 class GELU(nn.Module):
-    """The GELU the model runs: PyTorch's fused kernel for exactly the formula of `gelu` above
+    """The GELU the model runs: PyTorch's fused kernel for the formula of `gelu`
     (`approximate="tanh"`, GPT-2's) or of `gelu_exact` (`approximate="none"`).
 
-    Why not call `gelu`: written out, the formula is six element-wise ops whose intermediates
-    autograd must keep; `F.gelu` does the same maths forward and backward in one kernel each,
-    about twice as fast (docs/benchmarks.md, "GELU"). The exact form's kernel is faster still,
-    but GPT-2's weights need the tanh form. Tests check both kernels against the formulas.
+    Why not call `gelu`: written out it is six element-wise ops whose intermediates autograd
+    must keep; `F.gelu` is one kernel each way, about twice as fast (docs/benchmarks.md,
+    "GELU"). Tests check both kernels against the formulas.
     """
 
     def __init__(self, approximate: str = "tanh") -> None:
@@ -56,11 +47,9 @@ class GELU(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's always has one).
-
-    For each position independently: y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias,
-    with mean and variance over the C channels. Unlike BatchNorm it needs no batch statistics,
-    so training and generation (batch of one) behave the same.
+    """LayerNorm with an optional bias (PyTorch's always has one): for each position,
+    y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias, over the C channels. No batch
+    statistics, so training and generation (batch of one) behave the same.
     """
 
     def __init__(self, n_embd: int, bias: bool) -> None:
@@ -94,12 +83,9 @@ NORM_EPS = 1e-5  # RMSNorm's epsilon, the same as LayerNorm's
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * weight.
-
-    LayerNorm without the mean subtraction and the bias: they found the re-centring adds
-    nothing but work, and the rescaling alone keeps the activations in range. Over the last
-    dimension, whatever its size: C in a block, D for the per-head queries and keys of
-    `qk_norm` (attention.py).
+    """RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * weight, LayerNorm
+    without the re-centring and the bias, which they found add nothing but work. Over the last
+    dimension: C in a block, D for `qk_norm`'s per-head queries and keys (attention.py).
     """
 
     def __init__(self, size: int) -> None:
@@ -142,14 +128,11 @@ class ReLU2MLP(nn.Module):
 
 class SwiGLUMLP(nn.Module):
     """Gated feed-forward network, SwiGLU (Shazeer 2020, as in PaLM and LLaMA):
-    y = W2 (silu(x W1) * (x W3)), hidden width `config.mlp_hidden` (~8C/3, see
-    `config.swiglu_hidden`: three matrices at 2/3 the width cost what GELU's two cost).
+    y = W2 (silu(x W1) * (x W3)), hidden width `config.mlp_hidden` (~8C/3, `swiglu_hidden`).
 
-    One projection of x opens a gate (silu(x W1) = x W1 * sigmoid(x W1)) that scales a second,
-    linear one (x W3) element by element; Shazeer found these gated units beat ReLU and GELU at
-    equal parameters. `c_fc` computes W1 and W3 at once (C -> 2 * hidden; its first half of
-    rows is W1, the gate), as `c_attn` computes q, k and v at once: one matmul, GPT-2's names,
-    and LoRA's "mlp" target adapts the gate and the up-projection together.
+    `c_fc` computes W1 (its first half of rows, the gate) and W3 at once, C -> 2 * hidden, as
+    `c_attn` computes q, k and v: one matmul, GPT-2's names, and LoRA's "mlp" target adapts
+    the gate and the up-projection together.
     """
 
     def __init__(self, config: ModelConfig) -> None:

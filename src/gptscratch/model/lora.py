@@ -1,22 +1,14 @@
 """LoRA: fine-tune a big model by training two small matrices per layer (Hu et al. 2021).
 
-Full fine-tuning updates every weight W (out x in) and keeps AdamW's two moments for each:
-16 bytes a parameter, ~24 GB for GPT-2 XL. LoRA freezes W and learns a low-rank change
-instead:
+W (out x in) stays frozen and a low-rank change is learned (docs/concepts/lora.md):
 
     y = x W^T + b  +  (alpha / R) * x A^T B^T        A: (R, in), B: (out, R), R << in, out
 
-Only A and B train: for GPT-2 small at rank 8 on the attention projections that is 0.44M of
-124M parameters. B starts at zero, so at step 0 the model is exactly the pretrained one; A
-starts random (the same uniform init as nn.Linear's weight), so B's first gradient, which is
-proportional to A x, is not zero. Dividing by R makes alpha, not R, set how large the change
-is, so a learning rate tuned at one rank carries over to another. When training is done the
-change folds into the weight, W' = W + (alpha / R) B A (`merge_lora`), and the model runs at
-the original speed with no trace of the adapters.
-
-The adapter keeps the layer's parameter names (`c_attn.weight`, `c_attn.bias`) and adds
-`c_attn.lora_A` and `c_attn.lora_B`, so the base weights load as they always did and a
-checkpoint can hold the adapters alone.
+B starts at zero, so step 0 is exactly the pretrained model; A starts random, so B's first
+gradient (proportional to A x) is not zero; alpha / R keeps a good learning rate across ranks.
+`merge_lora` folds the change in, W' = W + (alpha / R) B A. The adapter keeps the layer's names
+(`c_attn.weight`) and adds `c_attn.lora_A` and `c_attn.lora_B`, so base weights load as always
+and a checkpoint can hold the adapters alone.
 """
 
 from __future__ import annotations
@@ -91,12 +83,8 @@ def target_layers(model: nn.Module, targets: tuple[str, ...]) -> list[tuple[str,
 
 
 def check_rank(model: nn.Module, rank: int, targets: tuple[str, ...]) -> None:
-    """A rank of at least 1 and no larger than the smallest adapted layer's sides (a larger
-    "low-rank" change would have more parameters than the layer, and no more expressive power).
-
-    Raises:
-        UserError: the rank is out of range; the message gives the range.
-    """
+    """Raise a UserError unless 1 <= rank <= the smallest side of the adapted layers (a larger
+    "low-rank" change would have more parameters than the layer, and no more expressive power)."""
     layers = target_layers(model, targets)
     most = min(min(m.in_features, m.out_features) for _, m in layers)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= most:
@@ -134,11 +122,9 @@ def has_lora(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its layer's weight and put a plain Linear back (in place).
-
-    A LoRA head on a tied LM head cannot fold into the shared matrix without changing the
-    token embedding too, so the head gets its own weight; the caller's config must then say
-    `tie_embeddings=False`.
+    """Fold every adapter into its layer's weight and put a plain Linear back (in place). A
+    tied LM head with an adapter gets its own weight (folding into the shared matrix would
+    change the token embedding too): the caller's config must then say `tie_embeddings=False`.
     """
     for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]:
         plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,

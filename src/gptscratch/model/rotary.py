@@ -1,24 +1,11 @@
 """Rotary position embeddings (RoPE; Su et al. 2021, "RoFormer"): positions as rotations.
 
-GPT-2 adds a learned vector per position to each token's embedding (`wpe`). Rotary adds
-nothing: inside attention it rotates each query and key by an angle proportional to its
-position. Split a head's D channels into D/2 pairs and treat each pair as a complex number z;
-at position p, pair j becomes z * exp(i * p * theta_j), with theta_j = base^(-2j / D). The
-score of query m against key n is then
-
-    Re(q_m * conj(k_n)) summed over pairs, with q_m rotated by m and k_n by n,
-    = a function of q, k and (m - n) only,
-
-because exp(i m theta) * conj(exp(i n theta)) = exp(i (m - n) theta). So attention sees
-*relative* positions, no table limits the context, and a window that slides during
-generation (decoding.py) can be re-read from position 0 without changing any score between
-the tokens it keeps. Low pairs turn fast (theta_0 = 1 radian per position) and high pairs
-slowly, so heads can track both nearby and distant tokens.
-
-Pairing: this module pairs channel j with channel j + D/2 (the "half-split" layout of GPT-NeoX
-and Hugging Face's LLaMA), not RoFormer's neighbours (2j, 2j + 1). The two differ only by a
-fixed permutation of the channels, applied to q and k alike, which the learned c_attn absorbs;
-the halves are contiguous, so no strided gather is needed.
+Instead of adding a position vector (`wpe`), attention turns each query and key: pair j of a
+head's channels, read as a complex number, is multiplied at position p by exp(i p theta_j),
+theta_j = base^(-2j / D). Since exp(i m theta) conj(exp(i n theta)) = exp(i (m - n) theta), a
+score depends on q, k and the distance m - n only, so a sliding window (decoding.py) keeps
+every score between the tokens it keeps. Channel j pairs with j + D/2 (GPT-NeoX's layout), not
+RoFormer's (2j, 2j + 1). The whole story: docs/concepts/modern-recipe.md, "Rotary positions".
 """
 
 from __future__ import annotations
@@ -39,9 +26,8 @@ def rotary_angles(positions: torch.Tensor, head_size: int) -> tuple[torch.Tensor
 
     Returns:
         cos, sin: (T, D/2) or (B, T, D/2) fp32. Computed on the fly (T * D/2 sines a layer,
-        small beside attention's T * T * D) rather than kept in a buffer: a model built on
-        the meta device (checkpoint loading) would have to rebuild one, and casting the model
-        to bf16 would round it.
+        small beside attention's T * T * D): a buffer would need rebuilding on a model built on
+        the meta device (checkpoint loading), and casting the model to bf16 would round it.
     """
     pairs = torch.arange(0, head_size, 2, dtype=torch.float32, device=positions.device)
     theta = ROPE_BASE ** (-pairs / head_size)  # (D/2,) theta_j = base^(-2j / D)

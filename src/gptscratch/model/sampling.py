@@ -1,9 +1,9 @@
 """Choosing the next token from the model's scores: penalties, temperature, top-k, top-p, min-p.
 
-This is the one place where logits become token ids; the decoding engine, beam search and the
-pictures call it. The settings are `config.SamplingConfig`. The order follows Hugging Face
-`generate`: penalties change the raw logits first, then temperature, then the filters that cut
-unlikely tokens (top-k, top-p, min-p), then a draw (or the argmax when temperature is 0).
+The one place where logits become token ids (the decoding engine, beam search and the pictures
+call it; settings: `config.SamplingConfig`). Hugging Face `generate`'s order: penalties on the
+raw logits, temperature, the filters, then a draw, or the argmax at temperature 0
+(docs/concepts/sampling.md).
 """
 
 from __future__ import annotations
@@ -76,17 +76,13 @@ def filter_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
     return logits
 
 
-def sample_next_token(
-    logits: torch.Tensor,
-    config: SamplingConfig,
-    generator: torch.Generator | None = None,
-    history: TokenCounts | None = None,
-) -> torch.Tensor:
+def sample_next_token(logits: torch.Tensor, config: SamplingConfig,
+                      generator: torch.Generator | None = None,
+                      history: TokenCounts | None = None) -> torch.Tensor:
     """Pick one next token per row.
 
     Args:
         logits: (B, V) scores for the next token (any float dtype).
-        config: the sampling settings.
         generator: source of randomness; the same seed gives the same tokens.
         history: the rows' tokens so far, needed when a penalty is set.
 

@@ -1,7 +1,5 @@
 """Whether to train through `torch.compile`: on where fused kernels repay the compile time.
-
-The trainer asks once, at set-up, with what is left of the run; `--compile` / `--no-compile`
-(`SystemConfig.compile`) override the answer.
+The trainer asks once, at set-up; `--compile` / `--no-compile` (`SystemConfig.compile`) override it.
 """
 
 from __future__ import annotations
@@ -16,16 +14,14 @@ COMPILE_MIN_SECONDS = 600.0
 
 def choose_compile(requested: bool | None, device: torch.device, max_steps: int | None = None,
                    max_time: float | None = None) -> tuple[bool, str]:
-    """Whether to train through `torch.compile`, and why (for the log).
+    """Whether to train through `torch.compile`, and why (for the log); `requested` forces it.
 
-    `--compile` / `--no-compile` force it. Otherwise it depends on the device and the run's
-    length. On CUDA: on, where fusing the element-wise ops into their neighbours is the known
-    large win, unless the run is capped below `COMPILE_MIN_STEPS` steps or
-    `COMPILE_MIN_SECONDS` (a reasoned threshold, not measured here: no GPU was available).
-    Off elsewhere: on this 2-core CPU a cold compile of the shakespeare-char preset (33 s)
+    On CUDA: on (fusing element-wise ops into their neighbours is the known large win) unless
+    the run is capped below the thresholds above (reasoned, not measured: no GPU was at hand).
+    Off elsewhere: on the 2-core CPU a cold compile of the shakespeare-char preset (33 s)
     repays itself only after ~5.3 minutes of 9 % faster steps, longer than its 4.5-minute
     run, and at the GPT-2 124M shape compiled steps were slower at any run length
-    (docs/benchmarks.md has the figures); MPS support is partial.
+    (docs/benchmarks.md); MPS support is partial.
     """
     if requested is not None:
         return requested, "requested"

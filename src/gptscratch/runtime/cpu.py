@@ -1,7 +1,6 @@
 """CPU settings: flushing denormals, keeping freed memory, and what bf16 support the CPU has.
-
-These are process-wide switches with measured reasons (docs/benchmarks.md has the figures);
-each is set once, by the command that needs it, before the work it speeds up.
+Process-wide switches with measured reasons (docs/benchmarks.md), each set once, by the
+command that needs it, before the work it speeds up.
 """
 
 from __future__ import annotations
@@ -17,13 +16,10 @@ import torch
 
 
 def set_cpu_float_mode() -> None:
-    """Flush denormal floats to zero.
-
-    Measured here: matmuls over denormal fp32 inputs ran up to 80x slower. OpenMP worker
-    threads inherit the floating-point mode when they are created, so this must run before the
-    first parallel op of the process: the entry points that run the model (`api.train`,
-    `training.setup.start_runtime`, `checkpoints.load.load_model`) call it first thing.
-    """
+    """Flush denormal floats to zero: matmuls over denormal fp32 inputs ran up to 80x slower
+    here. OpenMP threads inherit the mode when created, so this runs before the process's first
+    parallel op (first thing in `api.train`, `training.setup.start_runtime`,
+    `checkpoints.load.load_model`)."""
     torch.set_flush_denormal(True)
 
 
@@ -32,18 +28,16 @@ _allocator_kept = False
 
 
 def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory in the process for reuse; True if it was done.
+    """Make glibc's malloc keep freed memory for reuse (process-wide, once); True if done.
 
-    A training step allocates the same large tensors (activations, logits, gradients) every
-    step and frees them. By default glibc serves each block above its mmap threshold with a
-    fresh `mmap` and hands it back to the OS on free, so the next step takes a page fault for
-    every 4 KiB it touches again. With mmap off and heap trimming off, freed blocks stay in
-    the heap and are reused, as PyTorch's own CUDA caching allocator does on GPUs. Measured
-    on the 2-core VM (docs/benchmarks.md): a GPT-2 124M bf16 step (batch 4 x 256) took 4.5 s
-    without and 1.5 s with it (3.1x; the preset's step 1.08x), and no longer swings between
-    runs. The cost: the process keeps its peak heap until it exits (peak RSS 3.4 against
-    3.0 GB at 124M). It is process-wide and done once; other C libraries (macOS, musl) are
-    left alone.
+    Each step allocates and frees the same large tensors; by default glibc serves blocks
+    above its mmap threshold with a fresh `mmap` and returns them on free, so the next step
+    page-faults on every 4 KiB again. With mmap and trimming off they stay in the heap and are
+    reused, as PyTorch's CUDA caching allocator does. Measured on the 2-core VM
+    (docs/benchmarks.md): a GPT-2 124M bf16 step (batch 4 x 256) took 4.5 s without and 1.5 s
+    with it (3.1x; the preset's step 1.08x), and no longer swings between runs. The cost: the
+    peak heap is kept until exit (peak RSS 3.4 against 3.0 GB at 124M). Other C libraries
+    (macOS, musl) are left alone.
     """
     global _allocator_kept
     if _allocator_kept:
@@ -65,11 +59,8 @@ def keep_freed_memory() -> bool:
 
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16).
-
-    With AMX, bf16 matmuls ran about 5x faster than fp32 here; without such instructions bf16
-    is emulated and slower than fp32.
-    """
+    """Whether the CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16): with AMX, bf16
+    matmuls ran about 5x faster than fp32 here; without them bf16 is emulated and slower."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -79,6 +70,5 @@ def cpu_has_fast_bf16() -> bool:
 
 def cpu_supports_bf16() -> bool:
     """Whether PyTorch's CPU kernels (oneDNN) can compute in bf16 at all on this CPU."""
-    return bool(torch.backends.mkldnn.is_available()) and bool(
-        torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
+    return (bool(torch.backends.mkldnn.is_available())
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))

@@ -1,10 +1,5 @@
 """Where tensors live: the one function that turns `--device auto|cpu|cuda|mps` into a device,
-the PyTorch build behind it, and how much memory is free there (generation checks a batch fits
-before it starts).
-
-The same `pip install` line gives a CPU build of torch on some machines and a CUDA build
-(several GB of NVIDIA libraries) on others, and a CUDA build on a machine without a GPU is the
-common surprise: the first device choice of each torch version names its build.
+the PyTorch build behind it, and how much memory is free there.
 """
 
 from __future__ import annotations
@@ -23,10 +18,8 @@ _BUILD_SEEN = "torch-build.json"  # in the cache folder: the last torch version 
 
 
 def choose_device(spec: str = "auto") -> torch.device:
-    """`auto` picks CUDA, then Apple's MPS, then the CPU; an explicit device is checked.
-
-    The first time a torch version is used here, the log says which build it is.
-    """
+    """`auto` picks CUDA, then Apple's MPS, then the CPU; an explicit device is checked. The
+    first time a torch version is used here, the log says which build it is."""
     notice = first_use_notice()
     if notice:
         logging.getLogger("gptscratch").info(notice)
@@ -60,7 +53,9 @@ def describe_build() -> str:
 
 
 def first_use_notice() -> str | None:
-    """The build line the first time this torch version is used here, else None."""
+    """The build line the first time this torch version is used here, else None: the same
+    `pip install` gives a CPU build on some machines and a CUDA build (several GB) on others,
+    and a CUDA build on a machine without a GPU is the common surprise."""
     path = cache_dir() / _BUILD_SEEN
     try:
         seen = json.loads(path.read_text(encoding="utf-8")).get("torch")
@@ -96,11 +91,7 @@ def available_memory(device: torch.device) -> int | None:
 
 
 def check_fits(needed: int, device: torch.device, what: str, fix: str) -> None:
-    """Refuse, before allocating, what cannot fit in the device's free memory.
-
-    Raises:
-        UserError: `what` needs more than is free; the message says `fix`.
-    """
+    """Before allocating, raise a UserError (ending in `fix`) if `what` needs more than is free."""
     free = available_memory(device)
     if free is not None and needed > free:
         raise UserError(f"{what} needs about {needed / 2**30:,.1f} GiB but only "

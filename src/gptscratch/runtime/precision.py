@@ -1,11 +1,8 @@
 """Precision: the one place that decides the dtype a model computes in on a device.
 
-Training keeps weights and optimizer state in fp32 and runs the forward and backward matmuls
-in the chosen dtype under `torch.autocast`. bf16 keeps fp32's exponent range, so it needs no
-loss scaling; fp16 does (a GradScaler), and is only offered on CUDA. Inference has no
-gradients to keep in fp32, so it casts the weights themselves: half the bytes to read for
-every generated token. Both follow the same decision tree; only the CPU width threshold and
-the float16-on-CPU refusal differ (`for_inference`).
+Training keeps fp32 weights and optimizer state and runs matmuls under `torch.autocast` (bf16
+keeps fp32's range and needs no loss scaling; fp16 needs a GradScaler, on CUDA only).
+Inference casts the weights themselves: half the bytes to read per generated token.
 """
 
 from __future__ import annotations
@@ -56,12 +53,9 @@ def choose_precision(requested: str, device: torch.device, n_embd: int,
                      for_inference: bool = False) -> Precision:
     """Resolve `--dtype auto|float32|bfloat16|float16` for a device and model width.
 
-    Args:
-        requested: the user's choice; auto picks the fastest dtype measured for the device.
-        device: where the model runs.
-        n_embd: the model's width (small models do not gain from bf16 on a CPU).
-        for_inference: the dtype of the weights for generation, rather than of autocast in
-            training (and evaluation).
+    `auto` picks the fastest dtype measured for the device (a narrow model, `n_embd`, gains
+    nothing from bf16 on a CPU). `for_inference`: the weights' dtype for generation, not
+    autocast's in training (the same rule, with its own CPU width floor and device checks).
 
     Raises:
         UserError: an unknown dtype, or one this device cannot run.

@@ -1,11 +1,8 @@
 """The HTTP application: OpenAI's routes over one served model, and how to run it.
 
-`build_app` wires the routes (`GET /health`, `GET /v1/models`, `POST /v1/completions`,
-`POST /v1/chat/completions`, and the playground page at `/` with its two routes) to a
-`Served` model and its engine, checks the optional API key
-(a Bearer token, as the `openai` client sends it) and makes every error OpenAI-shaped
-(`errors`). CORS is off: a browser page on another origin cannot call the server. `run`
-serves the app with uvicorn until interrupted, starting and stopping the engine around it.
+`build_app` wires the routes (health, models, completions, chat completions, the playground) to
+a `Served` model and its engine, behind an optional Bearer API key (as the `openai` client sends
+it), with OpenAI-shaped errors. CORS is off: a page on another origin cannot call the server.
 """
 
 from __future__ import annotations
@@ -34,8 +31,7 @@ log = logging.getLogger("gptscratch")
 
 
 def _key_check(api_key: str | None) -> Any:
-    """A dependency refusing requests without `Authorization: Bearer <api_key>` (none when
-    no key is set)."""
+    """A dependency refusing requests without `Authorization: Bearer <api_key>` (if one is set)."""
 
     async def check(request: Request) -> None:
         if api_key is None:
@@ -51,8 +47,7 @@ def _key_check(api_key: str | None) -> Any:
 
 
 def build_app(served: Served, api_key: str | None = None) -> FastAPI:
-    """The FastAPI application serving `served` (its engine is started and stopped with
-    the application's lifespan)."""
+    """The FastAPI application serving `served`; its engine starts and stops with the app."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -85,8 +80,7 @@ def build_app(served: Served, api_key: str | None = None) -> FastAPI:
     @app.get("/v1/models/{model_id}", dependencies=auth)
     async def model(model_id: str) -> dict[str, Any]:
         served.check_model(model_id)
-        return {"id": served.name, "object": "model", "created": started,
-                "owned_by": "gptscratch"}
+        return {"id": served.name, "object": "model", "created": started, "owned_by": "gptscratch"}
 
     @app.post("/v1/completions", dependencies=auth)
     async def completions(body: CompletionRequest, request: Request) -> Response:

@@ -1,14 +1,10 @@
-"""Continuous batching for the server: a queue and one thread in front of the decoding engine,
-and each request's rows carried between the engine's thread and the request's event loop.
+"""Continuous batching for the server: a bounded queue and one thread in front of the engine.
 
-Requests arrive as rows (`generation.engine.RowRequest`) into a bounded queue, from any
-thread. The engine's own thread owns the model: before every decoding step, waiting rows join
-the running batch (up to `max_batch`) and abandoned rows leave it, so a short request never
-waits for a long one to end. Everything about decoding (each row's sampling, seed, window and
-stop rules) is the engine's (`generation/engine.py`); this adds only the queue, the thread
-and their limits. Each row reports its `RowEvent`s to a callback, which the request's `Job`
-carries back to its event loop; when the request's task ends early (its client
-disconnected), the job cancels its rows, which leave the batch before the next step.
+Rows (`generation.engine.RowRequest`) arrive in the queue from any thread. The engine's thread
+owns the model: before every step, waiting rows join the batch (up to `max_batch`) and
+abandoned rows leave it, so a short request never waits for a long one; all decoding is the
+engine's. A request's `Job` carries its rows' `RowEvent`s back to its event loop, and cancels
+the rows when its client disconnects.
 """
 
 from __future__ import annotations
@@ -39,14 +35,8 @@ class EngineStopped(Exception):
 
 
 class BatchingEngine:
-    """The decoding engine on a thread of its own, fed from a bounded queue.
-
-    Args:
-        model: the GPT, in eval mode (only this engine's thread runs it).
-        tokenizer: turns each row's ids into text for its stop rules and events.
-        max_batch: the most rows decoded together.
-        max_queue: the most rows waiting to join; beyond it `submit` raises `QueueFull`.
-    """
+    """The decoding engine on a thread of its own (the only one to run `model`), fed from a
+    bounded queue: `max_batch` rows decode together, and `max_queue` rows may wait to join."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch: int = 8,
                  max_queue: int = 64) -> None:
@@ -67,8 +57,7 @@ class BatchingEngine:
         return self.engine.largest_batch
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="gptscratch-engine",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="gptscratch-engine", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -94,8 +83,7 @@ class BatchingEngine:
             if not self.alive:
                 raise EngineStopped("the generation engine is not running")
             if len(self._waiting) + len(rows) > self.max_queue:
-                raise QueueFull(f"the queue is full ({self.max_queue} waiting rows); "
-                                "retry later")
+                raise QueueFull(f"the queue is full ({self.max_queue} waiting rows); retry later")
             self._waiting.extend(rows)
             self._cond.notify_all()
         return rows
@@ -118,8 +106,7 @@ class BatchingEngine:
 
     def run_once(self) -> None:
         """One turn: waiting rows join while there is room, abandoned rows leave, and every
-        running row gets one token. The thread calls it in a loop; tests call it directly to
-        choose what happens in each step."""
+        running row gets one token (the thread loops on it; tests call it to choose each step)."""
         engine = self.engine
         with self._cond:
             joining: list[Row] = []

@@ -1,16 +1,10 @@
 """Chat messages as a play script: how a base model trained on plays holds a conversation.
 
-A gptscratch model is a base model: it has seen play scripts, not chat transcripts. So the
-conversation is rendered as a scene, in the layout of the training corpus (script mode,
-`generation.script`), and the model writes the next speech:
+A gptscratch model has seen play scripts, not chat transcripts, so the conversation becomes a
+scene in the training corpus's layout (script mode, `generation.script`), and the model writes
+the next speech:
 
-    <system and developer messages, each on its own lines, as a prologue>
-
-    USER:
-    <the user's message>
-
-    ASSISTANT:
-    <an earlier answer>
+    <system and developer messages, as a prologue>
 
     USER:
     <the user's message>
@@ -18,11 +12,8 @@ conversation is rendered as a scene, in the layout of the training corpus (scrip
     ASSISTANT:
                                         <- the model continues here
 
-(the "inline" layout, `USER: message`, for corpora written that way). A message's `name`
-field is the character who speaks it, so a Shakespeare model can be asked to play ROMEO
-answering JULIET; without one, user messages are spoken by USER and answers by ASSISTANT
-(names the corpus's speakers are matched to ignoring case). The answer ends where the next
-speaker's heading begins (`script.NextSpeakerStop`), which is never part of the reply.
+A message's `name` is the character who speaks it (a Shakespeare model can play ROMEO
+answering JULIET). The answer ends where the next speaker's heading begins.
 """
 
 from __future__ import annotations
@@ -47,13 +38,9 @@ def _speaker(message: ChatMessage, script: ScriptFormat | None) -> str:
 
 def render_chat(messages: Sequence[ChatMessage], script: ScriptFormat | None,
                 assistant: str | None = None) -> tuple[str, str]:
-    """The prompt a conversation becomes, and the character the model speaks as.
-
-    Args:
-        messages: the conversation, oldest first.
-        script: the training corpus's layout and speakers (None: "line" layout).
-        assistant: the model's character (default: the name of the last assistant message,
-            else ASSISTANT).
+    """The prompt a conversation (oldest message first) becomes, and the character the model
+    speaks as: `assistant`, else the last assistant message's name, else ASSISTANT. `script`
+    None means the "line" layout.
 
     Raises:
         APIError: no user or assistant message, or a name that cannot head a speech.

@@ -1,9 +1,8 @@
 """The two generation endpoints: /v1/completions and /v1/chat/completions.
 
-Each checks its request (`schemas`), turns it into engine rows (`jobs`), and answers with the
-whole result or streams it as server-sent events (`responses`). A completion's prompt may be
-one string or several; a chat's messages become one script-mode prompt (`chat_template`)
-whose answer ends where the next speaker begins.
+Each checks its request (`schemas`), queues its rows (`batching.Job`) and answers whole or as
+server-sent events (`responses`); a chat's messages become one script-mode prompt
+(`chat_template`) whose answer ends where the next speaker begins.
 """
 
 from __future__ import annotations
@@ -73,9 +72,8 @@ def _failed(results: list[Finished]) -> None:
                        f"generation failed: {broken.error}")
 
 
-def _start(served: Served, req: GenerationRequest, prompts: list[list[int]],
-           max_tokens: int, rules: list[StopRule], top: int | None,
-           score_prompt: bool = False) -> Job:
+def _start(served: Served, req: GenerationRequest, prompts: list[list[int]], max_tokens: int,
+           rules: list[StopRule], top: int | None, score_prompt: bool = False) -> Job:
     return Job(served.engine, rows_for(prompts, req.n, max_tokens, sampling_config(req),
                                        req.seed, rules, top, score_prompt))
 
@@ -96,8 +94,7 @@ def _prompts(served: Served, prompt: Any) -> tuple[list[str], list[list[int]]]:
     return texts, ids
 
 
-async def complete(served: Served, req: CompletionRequest, left: ClientLeft = None
-                   ) -> Response:
+async def complete(served: Served, req: CompletionRequest, left: ClientLeft = None) -> Response:
     """POST /v1/completions; `left` tells whether the client has gone (`Job.collect`)."""
     served.check_model(req.model)
     max_tokens = check_request(req, served.limits, DEFAULT_COMPLETION_TOKENS)
@@ -124,9 +121,8 @@ async def complete(served: Served, req: CompletionRequest, left: ClientLeft = No
     return JSONResponse(header.wrap(choices, usage=used))
 
 
-async def _completion_chunks(job: Job, header: Header, req: CompletionRequest,
-                             texts: list[str], used: dict[str, int]
-                             ) -> AsyncIterator[dict[str, Any]]:
+async def _completion_chunks(job: Job, header: Header, req: CompletionRequest, texts: list[str],
+                             used: dict[str, int]) -> AsyncIterator[dict[str, Any]]:
     """Echoed prompts first (with logprobs, each when its scores arrive), then the text."""
     generated = 0
     offsets = [len(texts[i // req.n]) if req.echo else 0 for i in range(len(job.handles))]

@@ -1,9 +1,6 @@
-"""The server's settings, each declared once: what `gptscratch serve` listens on and allows.
-
-The `serve` flags and their help are made from these declarations (`cli/parser.py`), and
-`api.server_app` takes the same names as keyword arguments; the values are checked when the
-config is built, before the model loads. Imports nothing heavy (no fastapi, no torch), so the
-CLI can read it to build its flags.
+"""The server's settings (`ServeConfig`), each declared once: the `serve` flags and help
+(`cli/parser.py`) and `api.server_app`'s keyword arguments are made from them, and checked
+before the model loads. Imports nothing heavy (no fastapi, no torch), so the CLI can read it.
 """
 
 from __future__ import annotations
@@ -18,8 +15,7 @@ from gptscratch.settings import check_settings, setting
 class ServeConfig:
     """Where the server listens, and what one request and the whole batch may hold."""
 
-    host: str = setting("127.0.0.1", "address to listen on (default 127.0.0.1: this machine "
-                                     "only)")
+    host: str = setting("127.0.0.1", "address to listen on (default 127.0.0.1: this machine only)")
     port: int = setting(8000, "port (default 8000)", low=0, high=65535, example=8000)
     max_batch: int | None = setting(
         None, "the most sequences decoded together (default: 64, or as many as a quarter of "

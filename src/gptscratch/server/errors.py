@@ -1,10 +1,7 @@
-"""Errors as OpenAI's API reports them: `{"error": {"message", "type", "param", "code"}}`.
-
-Clients written for OpenAI (its `openai` package among them) read this shape to raise their
-own typed errors (`BadRequestError`, `RateLimitError`...), so every failure the server
-reports uses it: our own `APIError`s, FastAPI's validation errors (wrong types, malformed
-JSON), unknown routes, and anything unexpected, which is logged here and never sent to the
-client as a traceback.
+"""Errors as OpenAI's API reports them: `{"error": {"message", "type", "param", "code"}}`, the
+shape OpenAI's clients read to raise their typed errors (`BadRequestError`, `RateLimitError`...).
+Every failure uses it: `APIError`s, FastAPI's validation errors, unknown routes, and anything
+unexpected (logged here, never sent to the client as a traceback).
 """
 
 from __future__ import annotations

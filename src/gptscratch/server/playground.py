@@ -1,13 +1,11 @@
 """The playground: a page at `/` to watch the model write token by token, and see why.
 
 Two native routes feed it (OpenAI's API has no fields for what they show):
-- `POST /playground/generate` streams, per generated token, its id, text and probability
-  and the most likely alternatives, through the same engine (and batch) as every request;
-- `POST /playground/attention` gives the last layer's attention weights, per head, of one
-  position of a text, from the model's own forward (its `Trace`): what the model looked at
-  when it chose the token after that position.
-
-The page (`static/playground.html`) is plain HTML, CSS and JavaScript: no CDN, no build step.
+`POST /playground/generate` streams each token's id, text, probability and likeliest
+alternatives, through the same engine (and batch) as every request; `POST /playground/attention`
+gives the last layer's attention weights per head at one position (from the model's `Trace`):
+what the model looked at when it chose the next token. The page (`static/playground.html`) is
+plain HTML, CSS and JavaScript: no CDN, no build step.
 """
 
 from __future__ import annotations

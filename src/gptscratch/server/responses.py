@@ -1,9 +1,6 @@
-"""OpenAI's response shapes, built from the engine's `RowEvent`s.
-
-`text_completion` objects for /v1/completions and `chat.completion` objects for
-/v1/chat/completions, whole or as streamed chunks (`text_completion` chunks and
-`chat.completion.chunk` deltas), with OpenAI's two log-probability layouts and the usage
-counts. `sse` frames a stream of them as server-sent events ending in `data: [DONE]`.
+"""OpenAI's response shapes, built from the engine's `RowEvent`s: `text_completion` and
+`chat.completion` objects, whole or as streamed chunks, with OpenAI's two log-probability
+layouts and the usage counts; `sse` frames a stream as server-sent events.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """The request bodies the server accepts, in OpenAI's field names, and the checks on them.
 
-The sampling fields are made from their one declaration (`model.config.SamplingConfig`,
-`request_model`), with OpenAI's defaults where they differ. Pydantic checks the types (a wrong
-type is a 422 naming the field); `check_request` checks the values by building the
-`SamplingConfig` (its `SettingError` becomes a 400 naming the field) and against the server's
-limits (`ServeConfig`; a 413 for a prompt that is too long). A request's prompts become the
-engine's rows here (`rows_for`): choice j of a prompt is seeded with seed + j, so choice 0 is
-what `api.complete` gives with that seed. Fields OpenAI defines that the server has no use for
-(`user`, `suffix`, `best_of`...) are ignored; `top_k`, `min_p` and `repetition_penalty` are
-accepted as extras (the `openai` client's `extra_body`).
+The sampling fields come from their one declaration (`SamplingConfig`, via `request_model`),
+with OpenAI's defaults where they differ. Pydantic checks the types (a 422 naming the field);
+`check_request` checks the values (a 400 naming the field) and the server's limits
+(`ServeConfig`). Fields the server has no use for (`user`, `suffix`, `best_of`...) are ignored;
+`top_k`, `min_p` and `repetition_penalty` are extras (the `openai` client's `extra_body`).
 """
 
 from __future__ import annotations
@@ -51,8 +47,7 @@ def request_model(declaration: type, **defaults: Any) -> type[BaseModel]:
 
 
 class GenerationRequest(request_model(SamplingConfig, temperature=1.0)):  # type: ignore[misc]
-    """The fields completions and chat completions share: the sampling settings (OpenAI's
-    temperature default, 1.0), and these."""
+    """Both endpoints' fields: the sampling settings (with OpenAI's temperature, 1.0) and these."""
 
     model: str | None = None
     max_tokens: int | None = None
@@ -147,11 +142,7 @@ def check_request(req: GenerationRequest, limits: ServeConfig, default_max_token
 
 def sampling_config(req: BaseModel, declaration: type[SamplingConfig] = SamplingConfig
                     ) -> SamplingConfig:
-    """The request's sampling settings, checked by their declaration's rules.
-
-    Raises:
-        APIError: 400 naming the first field whose value breaks its rule.
-    """
+    """The request's sampling settings; raises APIError 400 naming the first field at fault."""
     try:
         return declaration(**{name: getattr(req, name) for name in rules(declaration)})
     except SettingError as e:
@@ -186,11 +177,8 @@ def encode(tokenizer: Tokenizer, text: str, limits: ServeConfig, param: str) -> 
 
 
 def check_ids(ids: list[int], vocab_size: int, limits: ServeConfig, param: str) -> list[int]:
-    """A prompt given as token ids, checked like a text prompt.
-
-    Raises:
-        APIError: 400 for no ids or an id outside the vocabulary; 413 for too many.
-    """
+    """A prompt given as token ids, checked like a text prompt: raises APIError 400 for no ids
+    or an id outside the vocabulary, 413 for too many."""
     if not ids:
         raise APIError(400, f"{param} is an empty list of token ids; give at least one", param)
     bad = next((i for i in ids if not 0 <= i < vocab_size), None)
@@ -203,7 +191,8 @@ def check_ids(ids: list[int], vocab_size: int, limits: ServeConfig, param: str) 
 def rows_for(prompts: Sequence[list[int]], n: int, max_tokens: int, sampling: SamplingConfig,
              seed: int | None, rules: Sequence[StopRule], top_logprobs: int | None,
              score_prompt: bool = False) -> list[RowRequest]:
-    """Row i * n + j is choice j of prompt i, seeded with seed + j."""
+    """Row i * n + j is choice j of prompt i, seeded with seed + j (so choice 0 is what
+    `api.complete` gives with that seed)."""
     return [RowRequest(tuple(ids), max_tokens, sampling, None if seed is None else seed + j,
                        tuple(rules), top_logprobs, score_prompt)
             for ids in prompts for j in range(n)]

@@ -1,13 +1,7 @@
 """Warnings a run deserves: settings and curves that quietly waste it.
 
 Each is one line in the log, never an error (the run may be exactly what the user wants):
-- the model has more parameters than the training split has tokens: it can learn the text
-  by heart instead of its patterns (a 2.4M-parameter model on a 5 KB corpus reached train
-  loss 0.05 against val 5.9, and 90 % of its samples were copied);
-- one step's batch holds more tokens than the whole training split;
-- the warm-up lasts as long as the run, so the learning rate never reaches its peak;
-- while training, val loss rises for several evaluations in a row as train loss falls:
-  overfitting (`OverfitWatch`).
+`plan_warnings` before the first step, `OverfitWatch` as the evaluations come in.
 """
 
 from __future__ import annotations
@@ -21,17 +15,11 @@ OVERFIT_EVALS = 3
 
 def plan_warnings(train_tokens: int, n_params: int, tokens_per_step: int, max_steps: int,
                   warmup_iters: int, timed: bool) -> list[str]:
-    """The warnings a run's plan deserves, before its first step.
-
-    Args:
-        train_tokens: tokens in the training split.
-        n_params: the model's parameters.
-        tokens_per_step: the global batch, in tokens.
-        max_steps: the run's length in steps (a cap when `timed`).
-        warmup_iters: steps of learning-rate warm-up.
-        timed: the run ends by a time budget, so its step count is not known yet.
-    """
+    """The warnings a run's plan deserves, before its first step (`tokens_per_step`: the global
+    batch; `timed`: a time budget ends the run, so `max_steps` is only a cap)."""
     warnings = []
+    # More parameters than tokens: a 2.4M-parameter model on a 5 KB corpus reached train loss
+    # 0.05 against val 5.9, and 90 % of its samples were copied.
     if train_tokens < n_params:
         warnings.append(
             f"the training split has {train_tokens:,} tokens for a model of {n_params:,} "

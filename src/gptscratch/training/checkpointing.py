@@ -1,12 +1,6 @@
-"""Evaluate and save: the periodic look at the losses, and the checkpoint written with it.
-
-Every `eval_interval` steps (and when a run stops) the loss is measured on fixed train and val
-batches, logged and written to `metrics.jsonl` with a short text sample (`samples.py`), and
-a checkpoint saved as `latest/` (and `best/` when val improved), holding everything an exact
-resume (`resume.py`) needs: the optimizer, the grad scaler, the batch generator and every
-process's random state. Under FSDP the whole weights and optimizer state are gathered on rank 0
-into the files one process writes. A non-finite loss is never saved over the last good
-checkpoint.
+"""Evaluate and save, every `eval_interval` steps and when a run stops: the losses, and a
+checkpoint holding everything an exact resume (`resume.py`) needs. A non-finite loss is never
+saved over the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -38,9 +32,7 @@ _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 def evaluate_and_save(state: TrainState) -> None:
     """Measure train/val loss, log them, save `latest/` (and `best/` if val improved).
-
-    Collective under torchrun: every rank evaluates its share, rank 0 writes.
-    """
+    Collective under torchrun: every rank evaluates its share, rank 0 writes."""
     rt, optim, run = state.runtime, state.config.optim, state.config.run
     kwargs: dict[str, Any] = dict(
         batch_size=optim.batch_size, block_size=state.model_config.block_size,
@@ -86,12 +78,9 @@ def evaluate_and_save(state: TrainState) -> None:
 
 
 def _model_and_optimizer_state(state: TrainState) -> tuple[GPT, dict[str, Any]]:
-    """The model a checkpoint is written from and the optimizer's state.
-
-    Under FSDP, collective: the whole of both, gathered on rank 0's CPU into an ordinary GPT
-    (the other ranks get their own model and empty dicts), the optimizer state keyed by
-    parameter name (`transformer.h.0.attn.c_attn.weight`) rather than by position.
-    """
+    """The model a checkpoint is written from and the optimizer's state. Under FSDP,
+    collective: both gathered whole on rank 0's CPU (an ordinary GPT; the optimizer state keyed
+    by parameter name), while the other ranks get their own model and empty dicts."""
     if not state.config.system.fsdp:
         return state.model, state.optimizer.state_dict()
     weights = get_model_state_dict(state.model, options=_FULL)
@@ -104,8 +93,8 @@ def _model_and_optimizer_state(state: TrainState) -> tuple[GPT, dict[str, Any]]:
 
 
 def _rng_state(torch_rng: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-    """This rank's random state: the CPU generator as of the last finished step and, on CUDA,
-    the GPU's (dropout masks on a GPU come from the latter). `resume.restore_rng` reads it."""
+    """This rank's random state (`resume.restore_rng` reads it): the CPU generator as of the
+    last finished step and, on CUDA, the GPU's (which draws a GPU's dropout masks)."""
     states = {"torch_rng": torch_rng}
     if device.type == "cuda":
         states["cuda_rng"] = torch.cuda.get_rng_state(device)

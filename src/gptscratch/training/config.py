@@ -1,11 +1,7 @@
-"""The trainer's configuration, in sections: optimisation, run length, system, fine-tuning.
-
-Each section is a frozen dataclass validated when built, like `ModelConfig`, and each part
-of the trainer is handed only the section it reads (the optimizer `OptimConfig`, the device
-set-up `SystemConfig`...). `TrainConfig` holds the four. Field names are unique across the
-sections, so a flat name (`learning_rate`, `--learning-rate`, a checkpoint's `train_config`
-entry) always says which section it belongs to: `TrainConfig.from_dict` / `to_dict` and
-`replace` speak that flat form, which checkpoints store and presets and the CLI use.
+"""The trainer's configuration: four frozen sections validated when built (optimisation, run
+length, system, fine-tuning), held by `TrainConfig`; each part of the trainer reads only its own.
+Field names are unique across sections, so `TrainConfig.from_dict` / `to_dict` / `replace` speak
+a flat form (`learning_rate`), which checkpoints store and presets and the CLI use.
 """
 
 from __future__ import annotations
@@ -43,16 +39,11 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 disables clipping
-    # Steps whose loss or gradients are not finite update nothing; this many in a row end
-    # the run (it has diverged), leaving the last good checkpoint.
-    max_bad_steps: int = 5
-    # adamw: AdamW for every parameter. muon: Muon (`muon.py`) for the Transformer blocks'
-    # weight matrices, AdamW (the settings above) for the rest; weight_decay applies to both,
-    # at each one's rate.
+    max_bad_steps: int = 5  # non-finite steps (each skipped) in a row that end the run
+    # muon: `muon.py`; weight_decay applies to both kinds, at each one's rate.
     optimizer: str = setting(
         "adamw", "adamw | muon (Muon for the blocks' weight matrices, AdamW for the rest)")
-    # The Muon group's peak rate (modded-nanogpt's 0.02); the schedule scales it as it scales
-    # learning_rate (warmup, cosine decay to min_lr / learning_rate of it).
+    # modded-nanogpt's 0.02; warmup and decay scale it as they scale learning_rate.
     muon_lr: float = setting(
         0.02, "Muon's peak learning rate, scaled by the same schedule as --learning-rate")
     muon_momentum: float = setting(0.95, "Muon's Nesterov momentum (modded-nanogpt's 0.95)")
@@ -68,17 +59,13 @@ class OptimConfig:
                 f"muon_momentum ({self.muon_momentum}) must be in [0, 1); "
                 "try --muon-momentum 0.95")
         require(self.warmup_iters >= 0, f"warmup_iters ({self.warmup_iters}) must be >= 0")
-        require(
-            self.learning_rate > 0 and 0 <= self.min_lr <= self.learning_rate,
-            f"learning rates must satisfy 0 <= min_lr ({self.min_lr}) <= learning_rate "
-            f"({self.learning_rate}) and learning_rate > 0; "
-            f"try --min-lr {self.learning_rate / 10:g}",
-        )
+        require(self.learning_rate > 0 and 0 <= self.min_lr <= self.learning_rate,
+                f"learning rates must satisfy 0 <= min_lr ({self.min_lr}) <= learning_rate "
+                f"({self.learning_rate}) and learning_rate > 0; "
+                f"try --min-lr {self.learning_rate / 10:g}")
         require(self.weight_decay >= 0, f"weight_decay ({self.weight_decay}) must be >= 0")
-        require(
-            0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
-            f"beta1 ({self.beta1}) and beta2 ({self.beta2}) must be in [0, 1)",
-        )
+        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
+                f"beta1 ({self.beta1}) and beta2 ({self.beta2}) must be in [0, 1)")
         require(self.grad_clip >= 0, f"grad_clip ({self.grad_clip}) must be >= 0 (0 disables)")
 
 
@@ -87,8 +74,7 @@ MAX_EVAL_SAMPLE_TOKENS = 10_000  # a sample to read, not a corpus: it runs at ev
 
 
 def _check_loggers(run: Any) -> None:
-    """`loggers` as a tuple of known names: a list (JSON) or "a,b" strings are split, repeats
-    dropped."""
+    """`loggers` as a tuple of known names (from a JSON list or "a,b" strings; no repeats)."""
     given = [run.loggers] if isinstance(run.loggers, str) else list(run.loggers)
     names: list[str] = []
     for item in given:
@@ -103,8 +89,7 @@ def _check_loggers(run: Any) -> None:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """How long to train, how often to evaluate and log (and to which loggers), and the seed of
-    everything random."""
+    """How long to train, how often to evaluate and log (and where), and the random seed."""
 
     max_iters: int = 2000  # optimizer steps; `epochs` overrides it when set
     epochs: float | None = None
@@ -114,8 +99,6 @@ class RunConfig:
     eval_iters: int = 20
     log_interval: int = 10
     seed: int = 1337
-    # Where the metrics go besides metrics.jsonl (always written): any of LOGGERS
-    # (`tracking.py`); the flag repeats or takes a comma-separated list.
     loggers: tuple[str, ...] = setting(
         (), "also log to tensorboard, csv or wandb (repeatable, or comma-separated)",
         flag="--logger")
@@ -131,14 +114,11 @@ class RunConfig:
                 f"eval_sample_tokens ({self.eval_sample_tokens}) must be a whole number from 0 "
                 f"(none) to {MAX_EVAL_SAMPLE_TOKENS:,}; try --eval-sample-tokens 100")
         require(self.log_interval >= 1, f"log_interval ({self.log_interval}) must be >= 1")
-        require(
-            self.epochs is None or self.epochs > 0,
-            f"epochs ({self.epochs}) must be > 0; try --epochs 1",
-        )
-        require(
-            self.max_time is None or self.max_time >= 0,
-            f"max_time ({self.max_time}) must be >= 0 seconds (0: no limit); try --max-time 300",
-        )
+        require(self.epochs is None or self.epochs > 0,
+                f"epochs ({self.epochs}) must be > 0; try --epochs 1")
+        require(self.max_time is None or self.max_time >= 0,
+                f"max_time ({self.max_time}) must be >= 0 seconds (0: no limit); "
+                "try --max-time 300")
 
 
 @dataclass(frozen=True)
@@ -147,35 +127,25 @@ class SystemConfig:
 
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (`runtime.precision`)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    # torch.compile: None picks per device (`runtime.compile.choose_compile`); True / False
-    # force it.
-    compile: bool | None = None
-    # The peak TFLOP/s per process to report MFU against; None: a known GPU's data-sheet bf16
-    # peak, else a matmul rate measured once on this machine (`mfu.peak_flops`).
-    peak_tflops: float | None = None
-    # Under torchrun: shard parameters, gradients and optimizer state across the processes
-    # (FSDP) instead of keeping a full copy on each (DDP). For models that do not fit one GPU.
+    compile: bool | None = None  # None: by device (`runtime.compile.choose_compile`)
+    peak_tflops: float | None = None  # per process, for MFU; None: `mfu.peak_flops` finds it
+    # FSDP instead of DDP's full copy on each process: for models that do not fit one GPU.
     fsdp: bool = setting(
         False, "under torchrun: shard weights, gradients and optimizer state across processes")
-    # Activations shrink from ~L blocks' worth to one, for ~1/3 more compute.
     activation_checkpointing: bool = setting(
         False, "recompute each block's activations in the backward pass: less memory, ~1/3 "
                "more compute")
 
     def __post_init__(self) -> None:
-        # dtype and device are checked against the machine where they are resolved
-        # (`runtime.precision.choose_precision`, `runtime.device.choose_device`).
-        require(
-            self.peak_tflops is None or self.peak_tflops > 0,
-            f"peak_tflops ({self.peak_tflops}) must be > 0; e.g. --peak-tflops 989 for an H100",
-        )
+        # dtype and device are checked where they are resolved, against the machine (`runtime`).
+        require(self.peak_tflops is None or self.peak_tflops > 0,
+                f"peak_tflops ({self.peak_tflops}) must be > 0; e.g. --peak-tflops 989 for an H100")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Fine-tuning: parameters kept fixed (they are left out of the optimizer), or LoRA
-    adapters (`model.lora`) trained on a frozen model. Freezing the embeddings also freezes a
-    tied LM head, which is the same matrix."""
+    """Fine-tuning: parameters kept fixed (left out of the optimizer), or LoRA adapters
+    (`model.lora`) trained on a frozen model."""
 
     freeze_embeddings: bool = setting(
         False, "fine-tuning: keep the embeddings (and a tied LM head) fixed")
@@ -189,17 +159,13 @@ class FinetuneConfig:
         "attn", "LoRA: the layers to adapt, comma-separated: attn, mlp, head")
 
     def __post_init__(self) -> None:
-        require(
-            isinstance(self.freeze_layers, int) and self.freeze_layers >= 0,
-            f"freeze_layers ({self.freeze_layers}) must be a whole number >= 0; "
-            "try --freeze-layers 0",
-        )
-        require(
-            isinstance(self.lora_rank, int) and not isinstance(self.lora_rank, bool)
-            and self.lora_rank >= 0,
-            f"lora_rank ({self.lora_rank}) must be a whole number >= 1 (0: no LoRA); "
-            "try --lora-rank 8",
-        )
+        require(isinstance(self.freeze_layers, int) and self.freeze_layers >= 0,
+                f"freeze_layers ({self.freeze_layers}) must be a whole number >= 0; "
+                "try --freeze-layers 0")
+        require(isinstance(self.lora_rank, int) and not isinstance(self.lora_rank, bool)
+                and self.lora_rank >= 0,
+                f"lora_rank ({self.lora_rank}) must be a whole number >= 1 (0: no LoRA); "
+                "try --lora-rank 8")
         require(isinstance(self.lora_alpha, (int, float)) and 0 < self.lora_alpha < 1e6,
                 f"lora_alpha ({self.lora_alpha}) must be > 0; try --lora-alpha 16")
         require(isinstance(self.lora_dropout, (int, float)) and 0 <= self.lora_dropout < 1,
@@ -232,8 +198,7 @@ class TrainConfig:
         return cls().replace(**{k: v for k, v in d.items() if k in cls.field_names()})
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed, by their flat names; each changed section is
-        validated again."""
+        """A copy with fields changed by their flat names, each section validated again."""
         owner = self.field_names()
         unknown = sorted(set(changes) - set(owner))
         require(not unknown, f"unknown training setting(s) {unknown}")

@@ -1,16 +1,8 @@
 """Training on several processes started by `torchrun`: DDP, or FSDP with `--fsdp`.
 
-torchrun starts N copies of the trainer and tells each its place (RANK, LOCAL_RANK,
-WORLD_SIZE). Under DDP each process (a rank) holds the whole model and trains on its own slice
-of every global batch (batch_size x world size x grad_accum): all ranks draw the same seeded
-window offsets and each keeps its share (`get_batch(..., shard=)`), so 2 ranks see exactly what
-one process would (tests/slow/test_distributed_runs.py). The gradients are all-reduced (NCCL
-between GPUs, gloo between CPU processes) once a step, on the last micro-batch. Under FSDP
-(`shard_model`) each rank keeps 1/N of the parameters, gradients and optimizer state.
-Rank 0 logs and writes metrics and checkpoints, from the unwrapped module and under FSDP
-gathered whole (`checkpointing.py`): the files one process writes, so either kind of run
-resumes the other's; a barrier after each save keeps the ranks in step. Outside torchrun
-everything here is a no-op.
+Each rank trains on its slice of every global batch, so 2 ranks see exactly what one process
+would (tests/slow/test_distributed_runs.py); rank 0 writes the checkpoints, gathered whole under
+FSDP, so either kind of run resumes the other's. Outside torchrun everything here is a no-op.
 """
 
 from __future__ import annotations
@@ -111,26 +103,19 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
 
 
 def shutdown() -> None:
-    """Leave the process group (torch warns at exit if a group is left open).
-
-    Collect garbage first: FSDP's sharded modules sit in reference cycles, and if they are
-    only freed while the interpreter shuts down, tensors that gloo's worker threads still
-    reference are destroyed without a usable interpreter and the process aborts ("terminate
-    called without an active exception"; seen once in CI on a 2-process FSDP run).
-    """
+    """Leave the process group (torch warns at exit if a group is left open). Collect garbage
+    first: FSDP's modules sit in reference cycles, and freed only as the interpreter shuts down,
+    tensors gloo's threads still reference abort the process ("terminate called without an
+    active exception"; seen once in CI, 2-process FSDP)."""
     if dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
 
 
 def shard_model(model: GPT, ctx: DistContext) -> None:
-    """Shard the model in place with FSDP2's `fully_shard`, one unit per Transformer block.
-
-    A block's weights are all-gathered just before it runs (forward and backward) and freed
-    after, so a rank holds one block's full weights plus its 1/N shard of everything; the
-    embeddings, final norm and (tied) head form the root unit. Call it before building the
-    optimizer: the parameters become sharded tensors (DTensors), which the optimizer must hold.
-    """
+    """Shard the model in place with FSDP2's `fully_shard`, one unit per Transformer block, so
+    a rank holds one block's full weights at a time plus its 1/N shard of everything. Call it
+    before building the optimizer, which must hold the sharded parameters (DTensors)."""
     if not ctx.enabled:
         raise UserError("this run trains with --fsdp, which shards the model across processes "
                         "started by torchrun; start it with `torchrun --nproc_per_node=N -m "
@@ -186,8 +171,7 @@ def sum_across_ranks(value: torch.Tensor) -> None:
 
 
 def agree(value: float, ctx: DistContext, device: torch.device) -> float:
-    """Rank 0's value on every rank: used for the wall clock, so that all ranks follow the
-    same time-based schedule and stop at the same step."""
+    """Rank 0's value on every rank (its clock: all ranks follow one schedule, stop together)."""
     if not ctx.enabled:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
@@ -211,8 +195,7 @@ def barrier(ctx: DistContext) -> None:
 
 @contextlib.contextmanager
 def main_rank_first(ctx: DistContext) -> Iterator[None]:
-    """Rank 0 runs the block first (e.g. preparing data into shared files); the others run it
-    after, and find its results in place."""
+    """Rank 0 runs the block first (e.g. preparing data into shared files), the others after."""
     if not ctx.is_main:
         barrier(ctx)
     yield

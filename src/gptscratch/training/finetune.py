@@ -1,11 +1,5 @@
-"""Fine-tuning: the training defaults and model rules of a run started with `--init-from`,
-and the plan of a LoRA run (`lora_plan`: its checks, and the `lora` entry of its checkpoints).
-
-The source (any model `checkpoints.load.load_model` reads) fixes the model's shape and
-tokenizer: only dropout, the attention path and a shorter context (the position table is
-cropped, `checkpoints.load.fit_block_size`) may change. Its weights become the new model's
-parameters, the fine-tuning section's freezing applies (`optimizer.freeze_parameters`), and
-the run trains with the defaults below (`run.py` puts it together).
+"""Fine-tuning (`--init-from`): its training defaults, the model changes it allows (the source
+fixes the shape and tokenizer), and the plan of a LoRA run; `run.py` puts the run together.
 """
 
 from __future__ import annotations
@@ -32,21 +26,18 @@ FREE_FIELDS = ("dropout", "attention")
 
 
 def finetune_train_config() -> TrainConfig:
-    """The defaults of a fine-tuning run (every field can still be overridden).
-
-    The learning rate, 1e-4 decaying to 1e-5, is 6-30x below the from-scratch presets'
-    (6e-4 to 3e-3): large steps would wash out what the model already knows. It sits in the
-    range commonly used to fine-tune GPT-2 (3e-5 in nanoGPT's Shakespeare fine-tune, 5e-5 in
-    transformers' Trainer). No weight decay: it would pull the pretrained weights towards zero
-    rather than keep them near where they started.
-    """
+    """The defaults of a fine-tuning run (every field can still be overridden): learning rate
+    1e-4 decaying to 1e-5, 6-30x below the from-scratch presets' (6e-4 to 3e-3), as large steps
+    would wash out what the model knows (GPT-2 is commonly fine-tuned at 3e-5 to 5e-5: nanoGPT,
+    transformers' Trainer); no weight decay, which would pull the pretrained weights to zero."""
     return TrainConfig().replace(
         batch_size=8, max_iters=500, learning_rate=1e-4, min_lr=1e-5, warmup_iters=20,
         weight_decay=0.0, eval_interval=100, eval_iters=20)
 
 
 def finetune_model_config(base: ModelConfig, overrides: Mapping[str, Any]) -> ModelConfig:
-    """The source's model config with the allowed overrides applied.
+    """The source's model config with `overrides`: FREE_FIELDS, or a shorter block_size (the
+    position table is cropped: `checkpoints.load.fit_block_size`).
 
     Raises:
         UserError: an override would change a weight's shape (or a longer context is asked).
@@ -66,9 +57,8 @@ def finetune_model_config(base: ModelConfig, overrides: Mapping[str, Any]) -> Mo
 
 def lora_plan(init_from: str | Path, base_sha256: str, model_config: ModelConfig,
               train_config: TrainConfig) -> dict[str, Any]:
-    """The `lora` entry of a LoRA run's checkpoints (`base_sha256`: the hash of the base's
-    weights), with every refusal its settings can cause made now, before anything is
-    written."""
+    """The `lora` entry of a LoRA run's checkpoints (`base_sha256`: the base weights' hash),
+    with every refusal its settings can cause made now, before anything is written."""
     ft = train_config.finetune
     if train_config.system.fsdp:
         raise UserError("--lora-rank trains with one copy of the model per process (DDP); "

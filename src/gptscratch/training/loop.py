@@ -1,22 +1,8 @@
 """The training loop: batches in, a better model (and checkpoints) out.
 
-One optimizer step (`train_step`) = `grad_accum` micro-batches of (batch_size, block_size)
-tokens: forward in the chosen precision, loss, backward (gradients add up), then clip, AdamW
-step, zero grads. Every `eval_interval` steps `evaluate_and_save` measures the loss on fixed
-train and val batches and saves a checkpoint (`latest/`, and `best/` when val improves).
-Everything random (batch positions, dropout) is drawn from state that the checkpoint records,
-so `resume=True` continues exactly where the run stopped (`resume.py` puts that state back).
-Started by torchrun, the same loop trains with DDP or FSDP: the multi-process parts live in
-`distributed.py` (and in `checkpointing.py` / `resume.py` for checkpoints across processes).
-`setup.py` builds the state this loop advances, and `run.py` is where a run starts
-(settings, checks, data), before it calls `run` here.
-
-Speed: a step reads one number back from the device, whether its gradient norm is finite
-(`check_finite`, which decides whether the update is applied); losses and gradient norms are
-summed on the device and read once per log interval. Batches come from memory-mapped token files
-(pinned and copied asynchronously on CUDA), and the progress line shows tokens/s and MFU
-(`mfu.py`). Its records go to `metrics.jsonl` and to the loggers `--logger` asks for
-(`tracking.py`).
+`run` advances the state `setup.set_up` builds, one step (`train_step`) at a time, evaluating
+and saving every `eval_interval` steps (`checkpointing.py`), under torchrun too. A step reads
+one number back from the device (`check_finite`). For learners: docs/concepts/training-loop.md.
 """
 
 from __future__ import annotations
@@ -39,11 +25,7 @@ from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import lm_loss
 from gptscratch.training.checkpointing import evaluate_and_save
 from gptscratch.training.config import TrainConfig
-from gptscratch.training.distributed import (
-    agree,
-    gradient_sync,
-    mean_across_ranks,
-)
+from gptscratch.training.distributed import agree, gradient_sync, mean_across_ranks
 from gptscratch.training.metrics import eta, format_duration, progress_line, read_metrics
 from gptscratch.training.optimizer import lr_at
 from gptscratch.training.setup import TrainRuntime, TrainState, set_up
@@ -63,32 +45,21 @@ class TrainResult:
     elapsed: float
 
 
-def run(
-    data: PreparedData,
-    model_config: ModelConfig,
-    config: TrainConfig,
-    out_dir: Path | str,
-    runtime: TrainRuntime,
-    *,
-    resume: bool = False,
-    stop_at: int | None = None,
-    extra_meta: dict[str, Any] | None = None,
-    init_weights: Mapping[str, torch.Tensor] | None = None,
-) -> TrainResult:
+def run(data: PreparedData, model_config: ModelConfig, config: TrainConfig, out_dir: Path | str,
+        runtime: TrainRuntime, *, resume: bool = False, stop_at: int | None = None,
+        extra_meta: dict[str, Any] | None = None,
+        init_weights: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
     """Train a GPT on prepared data, writing checkpoints and metrics under `out_dir`.
 
     Args:
-        data: token files and tokenizer from `gptscratch.data.prepare`.
         model_config: the model shape; its vocab_size must match the tokenizer.
-        config: the optimisation, run-length, system and fine-tuning sections.
-        out_dir: run directory (latest/, best/, metrics.jsonl).
         runtime: the device, processes and precision from `setup.start_runtime`.
-        resume: continue from `out_dir/latest` (weights, optimizer, RNG and data position).
-        stop_at: stop after this step as if interrupted (a checkpoint is saved); continue later
-            with resume=True. The schedule still follows the full run.
+        resume: continue exactly from `out_dir/latest` (weights, optimizer, RNG, data position).
+        stop_at: stop after this step as if interrupted (a checkpoint is saved; the schedule
+            still follows the full run).
         extra_meta: JSON facts to store in checkpoints (e.g. the preset name).
         init_weights: a state dict to start from instead of a random init (fine-tuning);
-            ignored on resume, where the checkpoint's weights win.
+            ignored on resume.
     """
     state = set_up(data, model_config, config, Path(out_dir), runtime, resume=resume,
                    init_weights=init_weights, extra_meta=extra_meta)
@@ -144,12 +115,9 @@ def _interrupted_message(state: TrainState, signum: int) -> str:
 
 
 def learning_rate(state: TrainState) -> float | None:
-    """The learning rate of the next step, or None when the time budget is spent.
-
-    With a time budget the schedule follows the clock: progress is the larger of the share of
-    steps and the share of time done. Ranks follow rank 0's clock, so they agree on the LR and
-    on the last step.
-    """
+    """The learning rate of the next step, or None when the time budget is spent. With a budget,
+    progress is the larger of the shares of steps and of time done, by rank 0's clock so that
+    all ranks agree on the LR and the last step."""
     run, optim, rt = state.config.run, state.config.optim, state.runtime
     progress = state.step / state.max_steps
     if run.max_time:
@@ -163,12 +131,8 @@ def learning_rate(state: TrainState) -> float | None:
 
 
 def train_step(state: TrainState, lr: float) -> None:
-    """One optimizer step at learning rate `lr`, over `grad_accum` micro-batches.
-
-    A step whose gradient norm is not finite (a NaN or inf loss makes it so) updates nothing:
-    it is skipped with a warning and counted, and `max_bad_steps` of them in a row end the run
-    (`check_finite`). With float16, the GradScaler skips such steps itself, as it should.
-    """
+    """One optimizer step at learning rate `lr`, over `grad_accum` micro-batches; a step whose
+    gradient norm is not finite updates nothing (`check_finite`)."""
     optim, rt = state.config.optim, state.runtime
     for group in state.optimizer.param_groups:
         group["lr"] = lr
@@ -229,7 +193,6 @@ def check_finite(state: TrainState, norm: torch.Tensor) -> bool:
 def log_progress(state: TrainState, lr: float) -> None:
     """The progress line and a metrics.jsonl record for the steps since the last one."""
     ctx, window = state.runtime.ctx, state.window
-    # Read back once per log interval (a step itself reads only whether its norm is finite).
     good = max(1, window.steps - window.skipped)  # skipped steps' losses are not counted
     mean_loss = mean_across_ranks(window.loss, ctx).item() / good
     per_step = window.seconds_per_step()
@@ -249,5 +212,3 @@ def log_progress(state: TrainState, lr: float) -> None:
             record["skipped_updates"] = window.skipped
         state.metrics.write(record)
     window.restart()
-
-

@@ -1,21 +1,7 @@
-"""Will this run fit? The memory a training step needs, estimated before anything is built.
-
-Four parts, each a plain formula of the configs:
-  weights      every parameter: 4 bytes, or 2 for frozen matrices kept in bf16 (LoRA, bf16 runs)
-  gradients    4 bytes a trainable parameter
-  optimizer    AdamW's two moments: 8 bytes a trainable parameter; with --optimizer muon the
-               blocks' weight matrices keep one momentum buffer (4 bytes) instead
-  activations  what the forward pass keeps for the backward, per micro-batch of B x T tokens:
-               about 16 C values a token a layer (the inputs of the LayerNorms, the four
-               projections and GELU, and q, k, v and the attention output; H T more with the
-               explicit attention path's score matrix), and the (B, T, V) logits three times
-               (logits, their softmax in the loss, their gradient). Activation checkpointing
-               keeps only each block's input (C a token a layer) and recomputes one block at a
-               time.
-Full fine-tuning is dominated by 16 bytes a parameter (GPT-2 XL: ~25 GB before activations);
-LoRA trains ~0.1-1 % of them, so the frozen weights and the activations are what is left.
-It is an estimate (allocator slack, compiled graphs and the data loader are not counted), and
-the run is refused only when the estimate itself exceeds the free memory.
+"""Will this run fit? The memory a training step needs, estimated before anything is built:
+weights, gradients, optimizer state and activations, each a plain formula of the configs (not
+counting allocator slack, compiled graphs or the data loader). Full fine-tuning costs ~16 bytes
+a parameter (GPT-2 XL: ~25 GB before activations); LoRA trains ~0.1-1 % of them.
 """
 
 from __future__ import annotations
@@ -26,7 +12,8 @@ from gptscratch.model.config import ModelConfig, parse_targets
 from gptscratch.model.lora import TARGETS
 from gptscratch.training.config import TrainConfig
 
-# Values kept for the backward pass per token, per layer, in units of C (see above).
+# Values kept for the backward pass per token, per layer, in units of C: the inputs of the
+# LayerNorms, the four projections and GELU, and q, k, v and the attention output.
 ACTIVATIONS_PER_LAYER = 16
 
 
@@ -85,8 +72,6 @@ def estimate_training_memory(model: ModelConfig, config: TrainConfig, world_size
     """The memory a training step of `model` under `config` needs on one process.
 
     Args:
-        model: the model's shape.
-        config: batch, LoRA, activation checkpointing, FSDP.
         world_size: processes; FSDP splits weights, gradients and optimizer state across them.
         low_precision: the run autocasts to bf16 / fp16, so activations are mostly 2-byte and
             LoRA's frozen matrices are kept in bf16.
@@ -108,12 +93,12 @@ def estimate_training_memory(model: ModelConfig, config: TrainConfig, world_size
     shards = world_size if config.system.fsdp else 1
     per_token_layer = (C if config.system.activation_checkpointing
                        else ACTIVATIONS_PER_LAYER * C)
-    scores = model.n_head * T if model.attention == "explicit" else 0
+    scores = model.n_head * T if model.attention == "explicit" else 0  # the score matrix
     value_bytes = 3 if low_precision else 4  # a mix of bf16 copies and fp32 values
     kept = B * T * (L * per_token_layer + scores) * value_bytes
     if config.system.activation_checkpointing:  # one block recomputed at a time
         kept += B * T * (ACTIVATIONS_PER_LAYER * C + scores) * value_bytes
-    logits = 3 * B * T * model.vocab_size * 4
+    logits = 3 * B * T * model.vocab_size * 4  # logits, their softmax in the loss, the gradient
     return MemoryEstimate(weights // shards, 4 * trainable // shards, moments // shards,
                           kept + logits)
 

@@ -1,8 +1,5 @@
-"""Training telemetry: `metrics.jsonl` (one JSON object a line) and the progress line.
-
-`ProgressWindow` gathers what a progress line reports (kept on the device, so a step never
-waits for it); `eta` forecasts the time left and where the run ends; `progress_line` formats
-it all. `MetricsLog` writes the records, and hands them on to the loggers (`tracking.py`).
+"""Training telemetry: `metrics.jsonl` (one JSON object a line, passed on to the loggers of
+`tracking.py`) and the progress line.
 """
 
 from __future__ import annotations
@@ -26,31 +23,23 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def progress_line(
-    step: int, total: int, loss: float, lr: float, tokens_per_s: float, elapsed: float,
-    eta: float, mfu: float | None = None, estimated_total: bool = False, paused: float = 0.0,
-) -> str:
-    """One human-readable line: step, loss, learning rate, speed (tokens/s and model FLOPs
-    utilisation, a fraction), elapsed time and ETA. `estimated_total` marks a total forecast
-    by the time budget (`step 812/~2400`); `paused` (seconds of evaluation and checkpointing in
-    the window, left out of the speed) is said when there was any."""
+def progress_line(step: int, total: int, loss: float, lr: float, tokens_per_s: float,
+                  elapsed: float, eta: float, mfu: float | None = None,
+                  estimated_total: bool = False, paused: float = 0.0) -> str:
+    """One human-readable line: step, loss, learning rate, tokens/s, MFU (a fraction), elapsed
+    time and ETA. `estimated_total` marks a total forecast by the time budget (`812/~2400`);
+    `paused`: seconds of evaluation in the window, left out of the speed."""
     mfu_text = f" | MFU {100 * mfu:5.1f}%" if mfu is not None else ""
     paused_text = f" (speed excludes {paused:.1f} s of evaluation)" if paused > 0 else ""
-    return (
-        f"step {step:>6}/{'~' if estimated_total else ''}{total} | loss {loss:.4f} | lr {lr:.2e} | "
-        f"{tokens_per_s / 1000:7.1f}k tok/s{mfu_text} | {format_duration(elapsed)} elapsed | "
-        f"ETA {format_duration(eta)}{paused_text}"
-    )
+    return (f"step {step:>6}/{'~' if estimated_total else ''}{total} | loss {loss:.4f} | "
+            f"lr {lr:.2e} | {tokens_per_s / 1000:7.1f}k tok/s{mfu_text} | "
+            f"{format_duration(elapsed)} elapsed | ETA {format_duration(eta)}{paused_text}")
 
 
 class ProgressWindow:
-    """The steps since the last progress line: their summed loss and gradient norm (device
-    tensors, read once per line), their count, when the window started, and the seconds spent
-    in it on anything but training (evaluation, checkpoints), which the speed leaves out.
-
-    Speed is always the window's training time over its steps, never one step's: a window's
-    tokens/s is what the run really did between two progress lines.
-    """
+    """The steps since the last progress line: summed loss and gradient norm (device tensors,
+    read once per line, so a step never waits), their count, and the seconds spent evaluating,
+    which the speed (the window's training time over its steps) leaves out."""
 
     def __init__(self, device: torch.device) -> None:
         self.loss = torch.zeros((), device=device)
@@ -81,8 +70,7 @@ def eta(step: int, max_steps: int, seconds_per_step: float, elapsed: float,
 
 
 class MetricsLog:
-    """Appends records to `metrics.jsonl` in the run directory, flushed line by line, and
-    passes each to the attached sinks (TensorBoard, CSV, wandb: `tracking.open_sinks`)."""
+    """Appends records to `metrics.jsonl` and passes each to the sinks (`tracking.open_sinks`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -110,9 +98,8 @@ class MetricsLog:
             sink.close()
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past `step`: on resume, a run interrupted after its last checkpoint
-        would otherwise leave steps that will be trained again (and a line cut short by a
-        kill, which no reader could parse). Rewritten atomically."""
+        """Drop records past `step`, atomically: on resume, steps after the checkpoint will be
+        trained again (and a line cut short by a kill could not be parsed)."""
         if not self.path.exists():
             return
         keep = [json.dumps(r) + "\n" for r in read_metrics(self.path) if r.get("step", 0) <= step]
@@ -121,8 +108,7 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All whole records of a metrics.jsonl file (a last line cut short by a killed process
-    is left out)."""
+    """All whole records of a metrics.jsonl file (a line cut short by a kill is left out)."""
     records = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         try:

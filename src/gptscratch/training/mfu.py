@@ -1,13 +1,7 @@
-"""Model FLOPs utilisation (MFU): how much of the hardware's matmul rate training turns into
-model arithmetic.
-
-MFU = (model FLOPs per token x tokens per second) / peak FLOP/s. Model FLOPs count only the
-maths the model needs (PaLM, Chowdhery et al. 2022, appendix B; as in nanoGPT), not recomputation
-or overhead, so MFU compares implementations and machines fairly. The peak is:
-- on a known CUDA GPU, its dense bf16 tensor-core rate from the vendor's data sheet;
-- otherwise (CPUs, unknown GPUs) a matmul rate measured once on this machine, in the training
-  dtype, and cached in the gptscratch cache folder; or a value given with `--peak-tflops`.
-The trainer shows MFU next to tokens/s in its progress line.
+"""Model FLOPs utilisation (MFU), shown next to tokens/s in the progress line: model FLOPs per
+token x tokens per second / peak FLOP/s (`peak_flops`). Model FLOPs count only the maths the
+model needs (PaLM, Chowdhery et al. 2022, appendix B; as in nanoGPT), not recomputation or
+overhead, so MFU compares implementations and machines fairly.
 """
 
 from __future__ import annotations
@@ -22,9 +16,8 @@ import torch
 from gptscratch.files import atomic_file, cache_dir
 from gptscratch.model.config import ModelConfig
 
-# Dense (not 2:4-sparse) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets. Matched
-# against torch.cuda.get_device_name(); the first matching entry wins, so the more specific
-# names come first.
+# Dense (not 2:4-sparse) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets, matched
+# against torch.cuda.get_device_name(): the first match wins, so specific names come first.
 GPU_BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H200", 989.0),
     ("H100 PCIe", 756.0),
@@ -46,16 +39,10 @@ CEILING_SIZE = 2048  # a square matmul large enough to reach the kernel's steady
 def flops_per_token(config: ModelConfig, n_params: int) -> float:
     """Training FLOPs per token: 6N for the weight matmuls plus the attention term.
 
-    Each weight is used in one multiply-add (2 FLOPs) per token forward and two backward
-    (gradients for inputs and weights): 6N. Attention's scores and weighted sum add
-    2 x 2 x T x C per layer forward (T keys of width C per query), times 3 for the backward:
-    12 L C T, with T the full context as nanoGPT counts it.
-
-    Args:
-        config: the model shape.
-        n_params: parameters that take part in matmuls (the tied embedding counts once, as
-            the LM head; the position embedding not: `GPT.num_params()`).
-    """
+    Each weight does one multiply-add (2 FLOPs) per token forward and two backward (input and
+    weight gradients): 6N. Attention's scores and weighted sum add 2 x 2 x T x C a layer
+    forward, x3 with the backward: 12 L C T, with T the full context as nanoGPT counts it.
+    `n_params`: those in matmuls (`GPT.num_params()`: the tied embedding once, as the head)."""
     return 6.0 * n_params + 12.0 * config.n_layer * config.n_embd * config.block_size
 
 
@@ -69,11 +56,9 @@ def gpu_peak_flops(device_name: str) -> float | None:
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = CEILING_SIZE,
                          repeats: int = 5) -> float:
-    """The best rate of a (size x size) @ (size x size) matmul in `dtype`, in FLOP/s.
-
-    Its random inputs come from a generator of its own: drawing them from the global one would
-    change a training run's dropout masks depending on whether the ceiling was cached.
-    """
+    """The best rate of a (size x size) @ (size x size) matmul in `dtype`, in FLOP/s. Its inputs
+    come from its own generator: the global one would change a run's dropout masks depending on
+    whether the ceiling was cached."""
     gen = torch.Generator(device).manual_seed(0)
     a = torch.randn(size, size, device=device, generator=gen).to(dtype)
     b = torch.randn(size, size, device=device, generator=gen).to(dtype)
@@ -126,11 +111,9 @@ def measured_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
 
 def peak_flops(device: torch.device, dtype: torch.dtype,
                given_tflops: float | None = None) -> tuple[float, str]:
-    """The peak FLOP/s to measure MFU against, and where it comes from (for the log).
-
-    Order: a value the user gave; on CUDA the data-sheet dense bf16 peak of a known GPU (the
-    rate that matters, whatever dtype trains); else a measured matmul ceiling in `dtype`.
-    """
+    """The peak FLOP/s to measure MFU against, and its source for the log: a value the user
+    gave; on CUDA a known GPU's data-sheet dense bf16 peak (the rate that matters, whatever
+    dtype trains); else a matmul ceiling in `dtype` measured once on this machine (cached)."""
     if given_tflops:
         return given_tflops * 1e12, "given by --peak-tflops"
     if device.type == "cuda":

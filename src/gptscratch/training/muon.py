@@ -1,19 +1,5 @@
 """Muon for the Transformer blocks' weight matrices, AdamW for every other parameter: the
-optimizer of `--optimizer muon`, written out here as `--optimizer adamw`'s rule is in
-`torch.optim.AdamW`.
-
-Muon (Keller Jordan, 2024; the optimizer of modded-nanogpt's speed records; explained in
-docs/concepts/modern-recipe.md) treats a weight matrix as the linear map it is: each step it
-replaces the Nesterov momentum of the gradient with the nearest semi-orthogonal matrix
-(`newton_schulz`), so every direction of the map learns at the same pace. `optimizer.py`
-(`is_muon_weight`) gives it the 2-D weights inside the blocks; the rest keeps AdamW.
-
-One optimizer holds both kinds of group (`muon=True` follows Muon, any other AdamW), so the
-schedule, clipping, the GradScaler, checkpoints and exact resume work as with AdamW. The
-schedule sets every group's `lr` to AdamW's rate; a Muon group steps at `lr * lr_scale`
-(`lr_scale = muon_lr / learning_rate`: `optimizer.muon_group`), so warmup and decay shape both
-alike. Under DDP the gradients are averaged before `step` runs; under FSDP each rank gathers
-the whole matrix to orthogonalise it and keeps its own rows (`orthogonalise`).
+optimizer of `--optimizer muon` (Keller Jordan 2024; docs/concepts/modern-recipe.md).
 
 Cost: Newton-Schulz on an (m, n) matrix, m <= n, adds ~5 m / B to its share of a step of B
 tokens: under 1% at modded-nanogpt's scale (m = 768, B = 524,288), but on the shakespeare-char
@@ -38,27 +24,22 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz_dtype(device: torch.device) -> torch.dtype:
-    """The precision Newton-Schulz runs in on `device`.
-
-    bfloat16 on CUDA, as the original: the iteration only needs the singular values in a band,
-    not exact, and bf16 matmuls run on the GPU's tensor cores at several times fp32's rate.
-    float32 elsewhere: CPUs without bf16 matrix units (most) emulate bf16 matmuls, far slower
-    than fp32 (a 384 x 1536 by 1536 x 384 product took 13x as long on this project's 2-core
-    test machine), and other devices may lack them.
+    """The precision Newton-Schulz runs in on `device`: bfloat16 on CUDA, as the original (the
+    singular values need only land in a band, and bf16 matmuls run on tensor cores); float32
+    elsewhere, as CPUs without bf16 matrix units (most) emulate bf16 matmuls, far slower (a
+    384 x 1536 by 1536 x 384 product took 13x as long on this project's 2-core test machine).
     """
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None
                   ) -> torch.Tensor:
-    """The semi-orthogonal matrix nearest `g`, approximately: U V^T of g's SVD U S V^T, with
-    each singular value mapped into [0.68, 1.21] rather than to exactly 1 (see
-    NS_COEFFICIENTS). An SVD would be exact but is slow on GPUs and has no bf16 kernel; this
-    is a few matmuls.
+    """The semi-orthogonal matrix nearest `g`, approximately: U V^T of g's SVD U S V^T, each
+    singular value mapped into [0.68, 1.21] (NS_COEFFICIENTS) by a few matmuls; an exact SVD is
+    slow on GPUs and has no bf16 kernel.
 
     Args:
         g: (rows, cols) a gradient-like matrix.
-        steps: iterations; 5 in the original.
         dtype: the precision to iterate in; None: `newton_schulz_dtype` of g's device.
 
     Returns:
@@ -80,32 +61,26 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = N
 
 
 def orthogonalise(update: torch.Tensor, steps: int) -> torch.Tensor:
-    """`newton_schulz` of `update`; under FSDP (a DTensor holding this rank's rows) of the
-    whole matrix, gathered from every rank, of which this rank keeps its own rows.
-
-    Every rank gathers the same matrix and runs the same deterministic iteration, so the rows
-    it keeps are those one process computes; slicing the result locally
-    (`src_data_rank=None`) needs no second exchange. Each rank orthogonalises every matrix, as
-    one process would (modded-nanogpt shares that work out among the ranks instead): simpler,
-    at a cost that does not shrink with more ranks.
+    """`newton_schulz` of `update`; under FSDP (a DTensor of this rank's rows) of the whole
+    matrix gathered from every rank, each keeping its rows of the same deterministic result
+    (`src_data_rank=None`: no second exchange). Every rank orthogonalises every matrix
+    (modded-nanogpt shares that work out): simpler, at a cost that does not shrink with ranks.
     """
     if isinstance(update, DTensor):
         whole = newton_schulz(update.full_tensor(), steps)
-        return distribute_tensor(whole, update.device_mesh, update.placements,
-                                 src_data_rank=None)
+        return distribute_tensor(whole, update.device_mesh, update.placements, src_data_rank=None)
     return newton_schulz(update, steps)
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
     """Muon for the parameter groups flagged `muon=True` (2-D matrices), AdamW for the rest.
 
-    Group settings: `lr`; AdamW's `betas`, `eps`, `weight_decay`; Muon's `lr_scale` (its rate
-    is `lr * lr_scale`), `momentum`, `nesterov`, `ns_steps` and `weight_decay`. Decoupled
-    weight decay (p <- p * (1 - rate * weight_decay)) applies to both kinds, as AdamW does;
-    "Muon is scalable for LLM training" (Liu et al. 2025) found Muon needs it in long runs.
-
-    State per parameter: AdamW's `step`, `exp_avg` and `exp_avg_sq` (as `torch.optim.AdamW`
-    names them), Muon's `momentum_buffer`.
+    One optimizer for both, so the schedule, clipping, the GradScaler, checkpoints and exact
+    resume work as with AdamW. Group settings: `lr`; AdamW's `betas`, `eps`; Muon's `lr_scale`
+    (its rate is `lr * lr_scale`, so the schedule shapes both alike), `momentum`, `nesterov`,
+    `ns_steps`; and decoupled `weight_decay` for both ("Muon is scalable for LLM training", Liu
+    et al. 2025, found Muon needs it in long runs). State per parameter: AdamW's `step`,
+    `exp_avg`, `exp_avg_sq` (as `torch.optim.AdamW` names them), Muon's `momentum_buffer`.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3,
@@ -113,8 +88,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
                  weight_decay: float = 0.0, lr_scale: float = 1.0, momentum: float = 0.95,
                  nesterov: bool = True, ns_steps: int = 5) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, muon=False,
-                        lr_scale=lr_scale, momentum=momentum, nesterov=nesterov,
-                        ns_steps=ns_steps)
+                        lr_scale=lr_scale, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -140,17 +114,15 @@ class MuonWithAdamW(torch.optim.Optimizer):
             if not state:
                 state["momentum_buffer"] = torch.zeros_like(p)
             buf = state["momentum_buffer"]  # (rows, cols), as p
-            # Momentum as a running mean, buf = beta buf + (1 - beta) g, so it keeps the
-            # gradient's scale (SGD's buf = beta buf + g only differs by the factor 1 - beta,
-            # which the normalisation in newton_schulz removes).
+            # Momentum as a running mean, buf = beta buf + (1 - beta) g: SGD's buf = beta buf + g
+            # differs only by the factor 1 - beta, which newton_schulz's normalisation removes.
             buf.lerp_(p.grad, 1 - beta)
             # Nesterov: step along where the momentum is heading, (1 - beta) g + beta buf.
             update = p.grad.lerp(buf, beta) if group["nesterov"] else buf
             ortho = orthogonalise(update, group["ns_steps"]).to(p.dtype)
             # An orthogonalised (rows, cols) update has RMS 1/sqrt(max(rows, cols)); the factor
-            # sqrt(max(1, rows / cols)) (modded-nanogpt's) lifts a tall matrix's (the MLP's
-            # up-projection, 4C x C) to 1/sqrt(cols), what a square matrix of as many inputs
-            # gets, instead of half that.
+            # sqrt(max(1, rows / cols)) (modded-nanogpt's) lifts a tall matrix's (the MLP's c_fc,
+            # 4C x C) to 1/sqrt(cols), what a square matrix of as many inputs gets.
             rows, cols = p.shape
             p.mul_(1 - rate * group["weight_decay"])
             p.add_(ortho, alpha=-rate * max(1.0, rows / cols) ** 0.5)

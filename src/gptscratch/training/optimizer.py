@@ -1,13 +1,6 @@
-"""The optimizer, its parameter groups, and the learning-rate schedule it follows.
-
-AdamW with two groups: weight decay for matrices, none for biases and norms; or, with
-`--optimizer muon`, a third group of the blocks' matrices for Muon (`muon.py`). Decay pulls
-weights towards zero, a regulariser that suits the matmul weights and embeddings (2-D);
-biases and LayerNorm gains (1-D) only shift or scale and are left free, as in GPT-2 and
-nanoGPT. Frozen parameters (fine-tuning, `freeze_parameters`) are left out entirely.
-The rate warms up linearly, then decays along a cosine to a floor (`lr_at`): warmup avoids
-large, badly-aimed Adam steps while its moment estimates are still noisy; cosine decay lets
-the model settle into a minimum at the end (Loshchilov & Hutter 2017).
+"""The optimizer, its parameter groups, and the learning-rate schedule it follows: AdamW, or
+with `--optimizer muon` Muon for the blocks' matrices (`muon.py`); frozen parameters are left
+out. For learners: docs/concepts/training-loop.md.
 """
 
 from __future__ import annotations
@@ -34,12 +27,9 @@ def check_freeze_layers(freeze_layers: int, n_layer: int) -> None:
 
 
 def freeze_parameters(model: GPT, config: FinetuneConfig) -> None:
-    """Stop gradients to the embeddings and / or the first `freeze_layers` blocks.
-
-    Fine-tuning on little text can overwrite what a pretrained model knows; fixing the lower
-    layers (which hold the most general features) and the embeddings limits that, and saves
-    their gradients and optimizer state.
-    """
+    """Stop gradients to the embeddings and / or the first `freeze_layers` blocks: fixing the
+    most general features keeps fine-tuning on little text from overwriting what the model
+    knows, and saves their gradients and optimizer state."""
     check_freeze_layers(config.freeze_layers, model.config.n_layer)
     if config.freeze_embeddings:
         model.transformer.wte.requires_grad_(False)
@@ -51,9 +41,8 @@ def freeze_parameters(model: GPT, config: FinetuneConfig) -> None:
 
 
 def is_muon_weight(name: str, p: nn.Parameter) -> bool:
-    """Whether `--optimizer muon` gives this parameter to Muon: a 2-D weight inside a
-    Transformer block (the attention and MLP Linear layers). Not a LoRA adapter: those are
-    low-rank factors, not a layer's map, and keep AdamW as every other parameter does."""
+    """Whether `--optimizer muon` gives this parameter to Muon: a 2-D weight inside a block
+    (attention and MLP Linears), not a LoRA adapter's low-rank factor (not a layer's map)."""
     return name.startswith("transformer.h.") and p.dim() == 2 and not is_lora_parameter(name)
 
 
@@ -69,14 +58,14 @@ def _named_groups(model: nn.Module, muon: bool) -> list[list[tuple[str, nn.Param
 
 def parameter_groups(model: nn.Module, weight_decay: float,
                      muon: dict[str, object] | None = None) -> list[dict[str, object]]:
-    """Split trainable parameters into a decayed (dim >= 2) and a non-decayed group; with
-    `muon` (the Muon group's settings, `muon_group`) the blocks' matrices form a third group,
-    decayed too, that `MuonWithAdamW` updates with Muon."""
+    """Split trainable parameters into a decayed (dim >= 2) and a non-decayed group: decay
+    regularises matmul weights and embeddings, while biases and norm gains only shift or scale
+    (as in GPT-2 and nanoGPT). With `muon` (`muon_group`) the blocks' matrices form a third
+    group, decayed too, that `MuonWithAdamW` updates with Muon."""
     groups = _named_groups(model, muon is not None)
     out: list[dict[str, object]] = [
         {"params": [p for _, p in groups[0]], "weight_decay": weight_decay},
-        {"params": [p for _, p in groups[1]], "weight_decay": 0.0},
-    ]
+        {"params": [p for _, p in groups[1]], "weight_decay": 0.0}]
     if muon is not None:
         out.append({"params": [p for _, p in groups[2]], "weight_decay": weight_decay, **muon})
     return out
@@ -91,15 +80,13 @@ def muon_group(config: OptimConfig) -> dict[str, object]:
 
 def state_by_name(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     """An `optimizer.state_dict()` (parameters numbered in `parameter_groups` order) keyed by
-    parameter name instead, the form `torch.distributed.checkpoint` loads into sharded models.
-    """
+    parameter name instead, the form `torch.distributed.checkpoint` loads into sharded models."""
     muon = any(g.get("muon") for g in state["param_groups"])
     order = [n for group in _named_groups(model, muon) for n, _ in group]
     return {
         "state": {order[i]: v for i, v in state["state"].items()},
         "param_groups": [{**g, "params": [order[i] for i in g["params"]]}
-                         for g in state["param_groups"]],
-    }
+                         for g in state["param_groups"]]}
 
 
 def make_optimizer(model: nn.Module, config: OptimConfig, device: torch.device
@@ -107,9 +94,8 @@ def make_optimizer(model: nn.Module, config: OptimConfig, device: torch.device
     """AdamW over the two groups, the fused kernel where this PyTorch offers it for the device;
     or, with `optimizer="muon"`, Muon for the blocks' matrices and AdamW for the rest."""
     if config.optimizer == "muon":
-        return MuonWithAdamW(
-            parameter_groups(model, config.weight_decay, muon_group(config)),
-            lr=config.learning_rate, betas=(config.beta1, config.beta2))
+        return MuonWithAdamW(parameter_groups(model, config.weight_decay, muon_group(config)),
+                             lr=config.learning_rate, betas=(config.beta1, config.beta2))
     fused_ok = ("fused" in inspect.signature(torch.optim.AdamW).parameters
                 and device.type in ("cuda", "cpu"))
     return torch.optim.AdamW(parameter_groups(model, config.weight_decay),
@@ -118,13 +104,12 @@ def make_optimizer(model: nn.Module, config: OptimConfig, device: torch.device
 
 
 def lr_at(step: int, max_lr: float, min_lr: float, warmup: int, progress: float) -> float:
-    """Learning rate for an optimizer step: linear warmup, then cosine decay to `min_lr`.
+    """Learning rate for an optimizer step: linear warmup (Adam's moment estimates are noisy at
+    first), then cosine decay to `min_lr` to settle into a minimum (Loshchilov & Hutter 2017).
 
     Args:
         step: the optimizer step about to be taken (0-based).
         max_lr: peak learning rate, reached at the end of warmup.
-        min_lr: floor of the cosine decay.
-        warmup: number of warmup steps.
         progress: fraction of training done, in [0, 1] (by steps, or by time with --max-time).
     """
     if step < warmup:

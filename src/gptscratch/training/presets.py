@@ -1,8 +1,5 @@
 """Named starting points: plain functions returning a model shape, a tokenizer and a TrainConfig.
-
-Every field can still be overridden on the command line (training settings by their flat
-names, see `TrainConfig.replace`). The vocabulary size is not part of a preset: it comes from
-the tokenizer of the prepared data.
+Every field can still be overridden; the vocabulary size comes from the prepared data.
 """
 
 from __future__ import annotations
@@ -14,18 +11,17 @@ from typing import Any
 from gptscratch.errors import UserError, did_you_mean
 from gptscratch.training.config import TrainConfig
 
-# The "modern recipe" of issue 16, by flat setting names (ModelConfig fields and TrainConfig
-# fields, as `api.train`'s overrides take them): what modded-nanogpt's speed runs and recent
-# open models changed in GPT-2. The `shakespeare-char` preset and the `all` row of
-# benchmarks/recipe.py both read this one dict. It keeps the tied head: with a 65-character
-# vocabulary untying adds 16K parameters, and modded-nanogpt unties to give the embedding and
-# the head their own learning rates, which one AdamW rate here does not do (the benchmark's
-# `untied` row measures it alone). The softcap is modded-nanogpt's 15 (its "softer softcap"
-# record lowered it from Gemma 2's 30 and trained faster at small scale).
+# The "modern recipe" of issue 16 by flat setting names (as `api.train`'s overrides take them):
+# what modded-nanogpt's speed runs and recent open models changed in GPT-2. The
+# `shakespeare-char` preset and benchmarks/recipe.py's `all` row both read it. It keeps the
+# tied head: with a 65-character vocabulary untying adds 16K parameters, and modded-nanogpt
+# unties to give the embedding and the head their own learning rates, which one AdamW rate
+# here does not do (the benchmark's `untied` row measures it alone). The softcap is
+# modded-nanogpt's 15 (its "softer softcap" record lowered it from Gemma 2's 30 and trained
+# faster at small scale).
 MODERN_RECIPE: dict[str, Any] = dict(
     positions="rope", norm="rmsnorm", qk_norm=True, activation="relu2", zero_init_proj=True,
-    logit_softcap=15.0, optimizer="muon",
-)
+    logit_softcap=15.0, optimizer="muon")
 
 
 @dataclass(frozen=True)
@@ -54,9 +50,7 @@ def shakespeare_char_gpt2() -> Preset:
         train=TrainConfig().replace(
             batch_size=16, max_iters=20000, max_time=270.0, learning_rate=4e-3, min_lr=1e-4,
             warmup_iters=100, weight_decay=0.1, beta2=0.99, eval_interval=500, eval_iters=20,
-            log_interval=100,
-        ),
-    )
+            log_interval=100))
 
 
 def shakespeare_char() -> Preset:
@@ -71,8 +65,7 @@ def shakespeare_char() -> Preset:
                     "zero-init projections, logit softcap, Muon); ~5 minutes on 2 cores",
         tokenizer=base.tokenizer,
         model={**base.model, **{k: v for k, v in MODERN_RECIPE.items() if k not in train_names}},
-        train=base.train.replace(**{k: v for k, v in MODERN_RECIPE.items() if k in train_names}),
-    )
+        train=base.train.replace(**{k: v for k, v in MODERN_RECIPE.items() if k in train_names}))
 
 
 def shakespeare_bpe() -> Preset:
@@ -83,9 +76,7 @@ def shakespeare_bpe() -> Preset:
         model=dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.1, bias=False),
         train=TrainConfig().replace(
             batch_size=16, grad_accum=2, max_iters=5000, learning_rate=6e-4, min_lr=6e-5,
-            warmup_iters=200, weight_decay=0.1, beta2=0.95, eval_interval=250, eval_iters=40,
-        ),
-    )
+            warmup_iters=200, weight_decay=0.1, beta2=0.95, eval_interval=250, eval_iters=40))
 
 
 def gpt2_small() -> Preset:
@@ -96,9 +87,7 @@ def gpt2_small() -> Preset:
         model=dict(block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=True),
         train=TrainConfig().replace(
             batch_size=12, grad_accum=40, max_iters=600000, learning_rate=6e-4, min_lr=6e-5,
-            warmup_iters=2000, weight_decay=0.1, beta2=0.95, eval_interval=1000, eval_iters=200,
-        ),
-    )
+            warmup_iters=2000, weight_decay=0.1, beta2=0.95, eval_interval=1000, eval_iters=200))
 
 
 PRESETS: dict[str, Callable[[], Preset]] = {

@@ -1,10 +1,6 @@
-"""Resuming a run: check that a checkpoint fits the run asked for, then put back everything
-the training loop needs to continue as if it had never stopped.
-
-A checkpoint's `state.pt` (written by `checkpointing.py`) holds the optimizer and grad-scaler
-state, the data generator (which batches come next) and the random state of every process
-(dropout masks); `checkpoint.json` holds the step, the losses so far and the wall time already
-spent, which a time-budgeted run's schedule follows. `setup.py` loads the weights first,
+"""Resuming a run: check that a checkpoint fits the run asked for, then put back everything the
+loop needs to continue as if it had never stopped (optimizer, grad scaler, batch generator,
+every process's random state, the step and time spent). `setup.py` loads the weights first,
 before FSDP would shard them, then calls `restore_training_state` once the optimizer exists.
 """
 
@@ -67,9 +63,8 @@ def checkpoint_to_resume(out_dir: Path, model_config: ModelConfig,
 
 
 def check_same_optimizer(ckpt: Checkpoint, optimizer: str) -> None:
-    """Refuse to resume with another `--optimizer` than the run's: AdamW's state does not fit
-    Muon's groups (`optimizer.py`), nor the reverse. Checkpoints from before the option
-    trained with AdamW."""
+    """Refuse to resume with another `--optimizer` than the run's (AdamW's state does not fit
+    Muon's groups, nor the reverse); checkpoints from before the option trained with AdamW."""
     was = ckpt.meta.get("train_config", {}).get("optimizer", "adamw")
     if was != optimizer:
         raise UserError(f"checkpoint '{ckpt.path}' was trained with --optimizer {was}, not "
@@ -80,11 +75,8 @@ def check_same_optimizer(ckpt: Checkpoint, optimizer: str) -> None:
 def restore_training_state(ckpt: Checkpoint, optimizer: torch.optim.Optimizer, model: nn.Module,
                            scaler: torch.amp.GradScaler, data_rng: torch.Generator,
                            ctx: DistContext, device: torch.device, seed: int) -> ResumePoint:
-    """Load the optimizer, scaler and random state of `ckpt` into this run; return its step.
-
-    At another number of processes than the checkpoint's, training continues but not exactly
-    as an uninterrupted run would, and a warning says what changes.
-    """
+    """Load the optimizer, scaler and random state of `ckpt` into this run; return where it
+    stood. At another number of processes it continues, not exactly, and a warning says so."""
     state = ckpt.training_state()
     load_optimizer_state(model, optimizer, state["optimizer"])
     scaler.load_state_dict(state["scaler"])
@@ -107,12 +99,8 @@ def restore_training_state(ckpt: Checkpoint, optimizer: torch.optim.Optimizer, m
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
                          state: dict[str, Any]) -> None:
-    """Load a checkpoint's optimizer state, whichever kind of run wrote it.
-
-    One process and DDP save `optimizer.state_dict()` (keyed by position); FSDP saves it keyed
-    by parameter name. A sharded model takes the named form (each rank keeps its shard); a
-    plain one takes either.
-    """
+    """Load a checkpoint's optimizer state, keyed by position (one process, DDP) or by
+    parameter name (FSDP): a sharded model takes the named form, a plain one either."""
     # Decided by the groups' parameter lists: the state itself is empty before the first step.
     by_name = all(isinstance(p, str) for g in state["param_groups"] for p in g["params"])
     if not by_name and not is_sharded(model):
@@ -126,12 +114,9 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 def restore_rng(state: dict[str, Any], saved_world: int, ctx: DistContext,
                 device: torch.device, seed: int) -> None:
-    """Give this rank its random state back from a checkpoint's `state.pt`.
-
-    At the same world size each rank continues its own streams, so the run continues exactly.
-    At another size rank 0 continues the saved streams and the other ranks start fresh ones
-    from the seed: the caller should say so.
-    """
+    """Give this rank its random state back from a checkpoint's `state.pt`: at the same world
+    size each rank continues its own streams; at another, rank 0 continues the saved ones and
+    the others start fresh from the seed (the caller says so)."""
     mine: dict[str, Any] = state
     if saved_world == ctx.world_size and "rank_rngs" in state:
         mine = state["rank_rngs"][ctx.rank]
@@ -145,9 +130,8 @@ def restore_rng(state: dict[str, Any], saved_world: int, ctx: DistContext,
 
 def resumed_provenance(meta: dict[str, Any], saved: TrainConfig, overrides: dict[str, Any],
                        out: Path) -> dict[str, Any] | None:
-    """What a resumed fine-tuning run keeps of its checkpoint's provenance (None: not one):
-    the source, and a LoRA run's adapters' settings and base, which the run's overrides must
-    leave as they are.
+    """What a resumed fine-tuning run keeps of its checkpoint's provenance (None: not one): the
+    source, and a LoRA run's adapters' settings and base, which overrides must leave alone.
 
     Raises:
         UserError: the overrides add LoRA to a run or change a LoRA run's settings.

@@ -1,11 +1,8 @@
 """How a training run starts: one pass from what was asked to the running loop.
 
-`train` resolves the settings once (a preset, the run being resumed, or the model being
-fine-tuned gives the configs; overrides replace single fields), then makes every refusal it
-can before anything is written, each once: the settings, the run folder, the loggers'
-packages, the device and dtype, the memory a step needs. It then prepares the data (rank 0
-first under torchrun) and hands the configs to the loop (`loop.run`), which builds the model
-and the state it advances (`setup.set_up`).
+`train` resolves the settings (from a preset, the run being resumed or the model being
+fine-tuned, with overrides), makes every refusal it can before anything is written, prepares
+the data and hands over to `loop.run`.
 """
 
 from __future__ import annotations
@@ -70,37 +67,27 @@ class Plan:
         return self.source is not None or "lora" in self.extra_meta
 
 
-def train(
-    preset: str = "shakespeare-char",
-    data: str | Path | None = None,
-    out_dir: str | Path | None = None,
-    *,
-    tokenizer: str | None = None,
-    resume: bool = False,
-    stop_at: int | None = None,
-    overrides: dict[str, Any] | None = None,
-    prepare_options: dict[str, Any] | None = None,
-    init_from: str | Path | None = None,
-) -> TrainResult:
+def train(preset: str = "shakespeare-char", data: str | Path | None = None,
+          out_dir: str | Path | None = None, *, tokenizer: str | None = None, resume: bool = False,
+          stop_at: int | None = None, overrides: dict[str, Any] | None = None,
+          prepare_options: dict[str, Any] | None = None,
+          init_from: str | Path | None = None) -> TrainResult:
     """Train (or resume) a preset, with any model or training field overridden.
 
     Args:
-        preset: a name from `gptscratch.training.presets.PRESETS`.
+        preset: a name from `presets.PRESETS`.
         data: raw text ("shakespeare", a file, a directory or glob) or a prepared directory;
             defaults to the built-in Shakespeare, or on resume to the run's own data.
         out_dir: run directory; defaults to out/<preset> (out/finetune with init_from).
         tokenizer: "char", "gpt2" or "bpe:N"; defaults to the preset's.
-        resume: continue the run in out_dir from its latest checkpoint. Its saved config is
-            the base; only `overrides` change it (e.g. a larger max_iters).
+        resume: continue the run in out_dir from its saved config, changed only by `overrides`.
         stop_at: stop after this step as if interrupted.
         overrides: ModelConfig / TrainConfig fields by name. Giving max_iters or epochs
             without max_time drops the preset's time budget.
         prepare_options: passed to `prepare` (val_fraction, lowercase, hf_* options).
-        init_from: fine-tune: start from these weights (a gptscratch run or checkpoint, a
-            Hugging Face GPT-2 folder or hub name) instead of a random init. The model's shape
-            and tokenizer come from it, the preset is not used, and the training defaults are
-            `training.finetune.finetune_train_config` (learning rate 1e-4). On resume the
-            run's own checkpoint wins and this is ignored.
+        init_from: fine-tune from these weights (a gptscratch run or checkpoint, a Hugging
+            Face GPT-2 folder or hub name), which fix the shape and tokenizer; the defaults
+            are `finetune.finetune_train_config`'s, not a preset's. Ignored on resume.
     """
     set_cpu_float_mode()  # before any torch work, fine-tuning's source model included
     overrides = dict(overrides or {})
@@ -197,10 +184,8 @@ def _vocab_guess(data: str | Path, tokenizer: str | Tokenizer) -> int:
 
 def _prepared_data(plan: Plan, runtime: TrainRuntime, context: int,
                    options: dict[str, Any]) -> PreparedData:
-    """A prepared data directory is used as it is (with the tokenizer asked for, if one was);
-    anything else is raw text, prepared (once) into the run folder's `data/`, which a run
-    with checkpoints never lets other text replace. Under torchrun rank 0 prepares the files;
-    the other ranks then read them."""
+    """A prepared data directory as it is (checked against the tokenizer asked for), or raw
+    text prepared once into the run folder's `data/` (by rank 0 under torchrun)."""
     with main_rank_first(runtime.ctx):
         if is_prepared_dir(plan.data):
             prepared = load_prepared(plan.data)
@@ -210,15 +195,13 @@ def _prepared_data(plan: Plan, runtime: TrainRuntime, context: int,
                                int(prepared.meta["val_tokens"]), context)
         else:
             prepared = prepare(str(plan.data), plan.tokenizer, plan.folder.path / "data",
-                               replace=not plan.folder.has_checkpoint, context=context,
-                               **options)
+                               replace=not plan.folder.has_checkpoint, context=context, **options)
         if runtime.ctx.is_main:
             claim_run_folder(plan.folder)  # every refusal about the folder and data came first
     return prepared
 
 
-def _check_tokenizer(prepared: PreparedData, data: str | Path,
-                     tokenizer: str | Tokenizer) -> None:
+def _check_tokenizer(prepared: PreparedData, data: str | Path, tokenizer: str | Tokenizer) -> None:
     """Prepared data serves a run only with the tokenizer asked for (by name, or a fine-tuned
     model's own)."""
     if not isinstance(tokenizer, str):
@@ -233,10 +216,8 @@ def _check_tokenizer(prepared: PreparedData, data: str | Path,
 
 
 def _resume_data(data: str | Path | None, out: Path, recorded: Path) -> str | Path:
-    """The data a resumed run continues on: its own, `recorded` (or the run folder's `data/`
-    when the run folder was moved or copied with it). `data` may name it again (its prepared
-    folder, or the raw text it was prepared from, checked when it is prepared again), but not
-    other data, which would change the run under its checkpoints.
+    """The data a resumed run continues on: its own, `recorded` (or the run folder's `data/`,
+    if the folder moved with it), which `data` may name again (prepared or raw) but not change.
 
     Raises:
         UserError: `data` names other data than the run's own, which still exists.

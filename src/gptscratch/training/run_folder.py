@@ -1,14 +1,6 @@
-"""The run folder (`train --out DIR`): what gptscratch keeps there, and the rule that it
-touches nothing else.
-
-A run folder holds `latest/` and `best/` (checkpoints, and their `.old` twins for the moment a
-save swaps them), `data/` (the prepared corpus), `metrics.jsonl` and the marker
-`.gptscratch.json` that says the folder is gptscratch's (a folder written by an earlier
-version, without the marker, is recognised by its checkpoints). `check_run_folder` runs before
-anything is written, prepared data included: it refuses a folder that holds anyone else's
-files, a run that would overwrite another, and a resume with nothing to resume. `claim_run_folder`
-then marks the folder, clears what a run killed with SIGKILL left half-made, and starts a fresh
-run's `metrics.jsonl` anew.
+"""The run folder (`train --out DIR`): `latest/` and `best/` (and their `.old` twins while a save
+swaps them), `data/`, `metrics.jsonl` and the marker `.gptscratch.json`; and the rule that
+gptscratch touches nothing else there (`check_run_folder`, before anything is written).
 """
 
 from __future__ import annotations

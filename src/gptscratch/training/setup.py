@@ -1,10 +1,7 @@
 """Setting up a training run: the runtime once, then the explicit state the loop works on.
 
-`start_runtime` decides where training runs (device, torchrun processes, precision) and
-applies the CPU settings, once per process, before any data is prepared: a device or dtype
-this machine cannot run is refused before anything is written. `set_up` then builds the
-`TrainState`: the model (fresh, fine-tuned from given weights, or resumed), the optimizer,
-the random state, and the figures the progress line needs; `loop.py` advances it.
+`start_runtime` picks the device, processes and precision before any data is prepared; `set_up`
+builds the `TrainState` (model, optimizer, random state, progress figures) `loop.py` advances.
 """
 
 from __future__ import annotations
@@ -34,12 +31,7 @@ from gptscratch.runtime.device import check_fits, choose_device
 from gptscratch.runtime.precision import Precision, choose_precision
 from gptscratch.training.advice import OverfitWatch, plan_warnings
 from gptscratch.training.config import OptimConfig, RunConfig, SystemConfig, TrainConfig
-from gptscratch.training.distributed import (
-    DistContext,
-    init_distributed,
-    shard_model,
-    wrap_model,
-)
+from gptscratch.training.distributed import DistContext, init_distributed, shard_model, wrap_model
 from gptscratch.training.memory import MemoryEstimate, estimate_training_memory, memory_fix
 from gptscratch.training.metrics import MetricsLog, ProgressWindow, format_duration
 from gptscratch.training.mfu import flops_per_token, peak_flops
@@ -131,12 +123,8 @@ def total_steps(run: RunConfig, optim: OptimConfig, train_tokens: int, block_siz
 
 def check_training_fits(model: ModelConfig, config: TrainConfig, runtime: TrainRuntime,
                         fine_tuning: bool = False) -> MemoryEstimate:
-    """Refuse a run whose step cannot fit in the device's free memory (`memory.py`'s
-    estimate); return the estimate.
-
-    Raises:
-        UserError: it cannot fit; the message names what to change.
-    """
+    """Refuse a run whose step cannot fit in the device's free memory (a UserError naming what
+    to change); return the estimate."""
     estimate = estimate_training_memory(model, config, runtime.ctx.world_size,
                                         low_precision=runtime.precision.dtype != torch.float32)
     check_fits(estimate.total, runtime.device,
@@ -146,8 +134,7 @@ def check_training_fits(model: ModelConfig, config: TrainConfig, runtime: TrainR
 
 
 def check_run(data: PreparedData, model_config: ModelConfig) -> None:
-    """Refuse, before anything is built, a run that cannot work on this data. (The run folder
-    itself is checked before the data is prepared: `run_folder.check_run_folder`.)"""
+    """Refuse, before anything is built, a run that cannot work on this data."""
     if model_config.vocab_size != data.tokenizer.vocab_size:
         raise UserError(f"model vocab_size ({model_config.vocab_size}) differs from the "
                         f"tokenizer's ({data.tokenizer.vocab_size}); build the config with the "
@@ -179,8 +166,7 @@ def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, o
     metrics = MetricsLog(out_dir / "metrics.jsonl")
     point = None
     if ckpt is not None:
-        point = restore_training_state(ckpt, optimizer, model, scaler, data_rng, ctx, device,
-                                       seed)
+        point = restore_training_state(ckpt, optimizer, model, scaler, data_rng, ctx, device, seed)
         if ctx.is_main:
             metrics.truncate_after(point.step)
     max_steps = total_steps(config.run, config.optim, int(data.meta["train_tokens"]),
@@ -211,10 +197,8 @@ def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, o
 def _build_model(model_config: ModelConfig, config: TrainConfig, runtime: TrainRuntime,
                  ckpt: Checkpoint | None, init_weights: Mapping[str, torch.Tensor] | None,
                  lora: Mapping[str, Any] | None = None) -> GPT:
-    """The GPT on its device: the checkpoint's (resuming; a LoRA run's base and adapters),
-    given weights (fine-tuning: they become the parameters, no copy), or random (seeded);
-    frozen where fine-tuning asks, with new LoRA adapters where `lora` describes them,
-    sharded under FSDP."""
+    """The GPT on its device: the checkpoint's, given weights (they become the parameters, no
+    copy) or random (seeded); frozen, or with new LoRA adapters, as fine-tuning asks."""
     ctx, seed = runtime.ctx, config.run.seed
     torch.manual_seed(seed)
     if ckpt is not None:
@@ -257,8 +241,7 @@ def _log_plan(state: TrainState, n_params: int, peak_source: str) -> None:
              f"; FSDP: each process holds 1/{ctx.world_size} of the weights, gradients and "
              "optimizer state" if state.config.system.fsdp else "")
     log.info("MFU measured against %.1f TFLOP/s per process (%s); the model needs %.1f "
-             "MFLOPs per token", state.peak_flops / 1e12, peak_source,
-             state.flops_per_token / 1e6)
+             "MFLOPs per token", state.peak_flops / 1e12, peak_source, state.flops_per_token / 1e6)
     for warning in plan_warnings(int(state.data.meta["train_tokens"]), n_params,
                                  state.tokens_per_step, state.max_steps, optim.warmup_iters,
                                  timed=bool(run.max_time)):

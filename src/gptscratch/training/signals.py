@@ -1,11 +1,9 @@
 """Stopping a run on request: SIGINT (Ctrl-C) and SIGTERM (`kill`, job schedulers, containers).
 
-The first signal asks the run to stop: the step under way finishes (a step is never cut
-between the optimizer's update and the step counter), a checkpoint is saved, and the run
-raises `errors.Interrupted`, which says how to resume. A second signal stops at once, wherever
-the run is: a save under way is abandoned, and since every save is atomic the previous
-checkpoint stays whole. Under torchrun every process receives the signal; they agree on the
-step to stop at, so their save (a collective) happens together.
+The first signal lets the step under way finish (a step is never cut between the optimizer's
+update and the step counter), saves a checkpoint and raises `errors.Interrupted`, which says
+how to resume; a second stops at once (every save is atomic, so the last checkpoint stays
+whole). Under torchrun the processes agree on the step to stop at, so they save together.
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
-"""Experiment tracking: where a run's records go besides `metrics.jsonl`.
-
-`metrics.MetricsLog` writes every record (progress, evaluation, text sample) to
-`metrics.jsonl` and hands it to the sinks made here, one per `--logger`: TensorBoard event
-files under `<run>/tensorboard/`, a table `<run>/metrics.csv`, and Weights & Biases (online or
-offline as the environment says, e.g. WANDB_MODE=offline). Only rank 0 logs. A resumed run
-continues its sinks: TensorBoard drops the events after the checkpoint (`purge_step`), the CSV
-is rebuilt from `metrics.jsonl` (already cut back to the checkpoint), and wandb continues the
-run whose id it left in `<run>/wandb-run-id`.
+"""Experiment tracking: where a run's records go besides `metrics.jsonl`, one sink per
+`--logger`: TensorBoard under `<run>/tensorboard/`, `<run>/metrics.csv`, and Weights & Biases
+(WANDB_MODE says online or offline). Only rank 0 logs; a resumed run continues its sinks.
 """
 
 from __future__ import annotations
@@ -47,11 +41,8 @@ class Sink(Protocol):
 
 
 def check_loggers(loggers: Sequence[str]) -> None:
-    """Refuse, before a run writes anything, a logger whose package is not installed.
-
-    Raises:
-        UserError: e.g. `--logger wandb needs the wandb package: pip install wandb`.
-    """
+    """Refuse, before a run writes anything, a logger whose package is not installed (a
+    UserError such as `--logger wandb needs the wandb package: pip install wandb`)."""
     for name in [n for n in loggers if n in _NEEDS]:
         module, pip = _NEEDS[name]
         try:
@@ -62,12 +53,10 @@ def check_loggers(loggers: Sequence[str]) -> None:
 
 def open_sinks(loggers: Sequence[str], out_dir: Path, hparams: dict[str, Any],
                past: list[dict[str, Any]], resumed_at: int | None) -> list[Sink]:
-    """The sinks `loggers` ask for, each told the run's settings once.
+    """The sinks `loggers` ask for, each told the run's settings (`hparams`) once.
 
     Args:
         loggers: names from `config.LOGGERS` ("jsonl" needs no sink: `MetricsLog` is it).
-        out_dir: the run folder.
-        hparams: the flat train config and the model config, logged as the run's settings.
         past: the records already in metrics.jsonl (a resumed run's, up to its checkpoint).
         resumed_at: the checkpoint's step when resuming, else None.
     """
@@ -130,7 +119,7 @@ class TensorBoardSink:
 
 class CsvSink:
     """`metrics.csv`: one row per record (samples aside), a column per key, blank where a
-    record lacks it. Opened from metrics.jsonl's records, so it always matches that file."""
+    record lacks it; rebuilt from metrics.jsonl's records when opened, so it matches that file."""
 
     def __init__(self, path: Path, past: list[dict[str, Any]]) -> None:
         self.path = path
@@ -140,8 +129,7 @@ class CsvSink:
 
     def _line(self, values: Sequence[Any]) -> str:
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(
-            ["" if v is None else v for v in values])
+        csv.writer(buffer, lineterminator="\n").writerow(["" if v is None else v for v in values])
         return buffer.getvalue()
 
     def _rewrite(self) -> None:

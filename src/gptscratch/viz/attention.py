@@ -1,9 +1,6 @@
-"""Attention heatmaps: for a prompt, every layer's and head's attention weights.
-
-Row t of a head's map is the softmax distribution that position t (the query) puts over the
-positions it may see, 0..t (the keys); everything right of the diagonal is zero because of the
-causal mask. The weights are those the model's own forward computed (kept by its `Trace`), so
-what is drawn is exactly what the model computes.
+"""Attention heatmaps: every layer's and head's attention weights for a prompt, as the model's
+own forward computed them (its `Trace`). Row t is query t's distribution over keys 0..t; the
+causal mask zeroes everything right of the diagonal.
 """
 
 from __future__ import annotations
@@ -24,15 +21,10 @@ MAX_TOKENS = 64  # beyond this a token per tick row is no longer legible
 
 @dataclass(frozen=True)
 class AttentionMaps:
-    """The data an attention picture is drawn from.
+    """The data an attention picture is drawn from."""
 
-    Attributes:
-        tokens: the T prompt tokens' text.
-        weights: (L, H, T, T) float32; weights[l, h, t] is query t's distribution over keys.
-    """
-
-    tokens: list[str]
-    weights: np.ndarray
+    tokens: list[str]  # the T prompt tokens' text
+    weights: np.ndarray  # (L, H, T, T) float32; [l, h, t] is query t's distribution over keys
 
 
 @torch.no_grad()
@@ -53,13 +45,7 @@ def attention_figure_size(n_layers: int, n_heads: int, n_tokens: int) -> tuple[f
 
 
 def plot_attention(maps: AttentionMaps, out: str | Path, layers: list[int] | None = None) -> Path:
-    """Draw one heatmap per (layer, head), tokens on both axes; return the PNG path.
-
-    Args:
-        maps: from `attention_maps`.
-        out: the .png file to write.
-        layers: 0-based layers to draw (default: all).
-    """
+    """Draw one heatmap per (layer, head) of `layers` (0-based; None: all); return the PNG path."""
     n_layer, n_head, T, _ = maps.weights.shape
     if T > MAX_TOKENS:
         raise UserError(f"the prompt has {T} tokens; attention maps stay legible up to "

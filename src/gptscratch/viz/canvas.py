@@ -1,6 +1,5 @@
 """What every picture shares: the prompt run through the model in eval mode, a headless
-matplotlib figure, legible token labels, and an atomic PNG write (a temporary file renamed into
-place, so a failure leaves no partial file).
+matplotlib figure, legible token labels, and an atomic PNG write (no partial file on failure).
 """
 
 from __future__ import annotations
@@ -41,11 +40,8 @@ def token_label(text: str) -> str:
 
 
 def new_figure(width: float, height: float) -> Figure:
-    """A figure of `width` x `height` inches on the Agg canvas (no display needed).
-
-    The Figure is built directly rather than through pyplot, so no global state (open
-    figures, the chosen backend) is touched and nothing leaks between calls.
-    """
+    """A figure of `width` x `height` inches on the Agg canvas (no display needed), built
+    without pyplot so no global state (open figures, the backend) leaks between calls."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

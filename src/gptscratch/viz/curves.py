@@ -1,9 +1,6 @@
-"""Training curves from one or more runs' `metrics.jsonl`: loss, learning rate, tokens/s.
-
-Several runs on one figure, one colour per run, make runs comparable at a glance (a learning
-rate sweep, two model sizes). The training loop writes two kinds of record (see
-`training/loop.py`): one per log interval (`loss`, `lr`, `tokens_per_s`) and one per evaluation
-(`train_loss`, `val_loss`).
+"""Training curves from one or more runs' `metrics.jsonl`: loss, learning rate, tokens/s, one
+colour per run so runs compare at a glance. The training loop writes one record per log
+interval (`loss`, `lr`, `tokens_per_s`) and one per evaluation (`train_loss`, `val_loss`).
 """
 
 from __future__ import annotations
@@ -55,13 +52,9 @@ def load_curves(run: str | Path) -> RunCurves:
     return curves
 
 
-def plot_curves(runs: Sequence[str | Path], out: str | Path) -> Path:
-    """Draw loss (train and val), learning rate and tokens/s of each run; return the PNG path.
-
-    Args:
-        runs: run directories (or metrics.jsonl files); each gets its own colour.
-        out: the .png file to write.
-    """
+def plot_curves(runs: Sequence[str | Path], out: str | Path = "curves.png") -> Path:
+    """Draw loss (train and val), learning rate and tokens/s of each run (a directory or its
+    metrics.jsonl); return the PNG path."""
     if not runs:
         raise UserError("no runs given; pass at least one run directory, e.g. --runs out/run")
     all_curves = [load_curves(r) for r in runs]

@@ -1,10 +1,6 @@
-"""The next-token distribution for a prompt, and what the sampling settings do to it.
-
-The model gives a probability to every token of the vocabulary. Before drawing one, the sampler
-(`model/sampling.py`, the one implementation every generator uses) divides the logits by the
-temperature, keeps only the top-k tokens and/or the smallest set whose probability reaches
-top-p, and renormalises. This picture shows the top candidates twice: as the model scores them
-(temperature 1, nothing cut) and as the sampler will draw them, with cut tokens marked.
+"""The next-token distribution for a prompt, and what the sampling settings do to it: the top
+candidates as the model scores them (temperature 1, nothing cut) and as the sampler
+(`model/sampling.py`, the one every generator uses) will draw them, cut tokens marked.
 """
 
 from __future__ import annotations
@@ -25,31 +21,20 @@ from gptscratch.viz import canvas
 
 @dataclass(frozen=True)
 class NextTokenDistribution:
-    """The data the next-token picture is drawn from: the top N candidates, most likely first.
+    """The data the next-token picture is drawn from: the top N candidates, most likely first."""
 
-    Attributes:
-        tokens: (N,) candidate token texts.
-        ids: (N,) their ids.
-        model_probs: (N,) softmax of the raw logits (temperature 1).
-        sample_probs: (N,) the probability the sampler draws each; 0 for cut tokens.
-        kept: (N,) bool, False where temperature / top-k / top-p cut the token.
-        n_kept: how many tokens of the whole vocabulary the sampler can still draw.
-        sampling: the settings applied.
-    """
-
-    tokens: list[str]
-    ids: np.ndarray
-    model_probs: np.ndarray
-    sample_probs: np.ndarray
-    kept: np.ndarray
-    n_kept: int
-    sampling: SamplingConfig
+    tokens: list[str]  # (N,) candidate token texts
+    ids: np.ndarray  # (N,) their ids
+    model_probs: np.ndarray  # (N,) softmax of the raw logits (temperature 1)
+    sample_probs: np.ndarray  # (N,) the probability the sampler draws each; 0 for cut tokens
+    kept: np.ndarray  # (N,) bool, False where temperature / top-k / top-p cut the token
+    n_kept: int  # how many tokens of the whole vocabulary the sampler can still draw
+    sampling: SamplingConfig  # the settings applied
 
 
 @torch.no_grad()
-def next_token_distribution(
-    model: GPT, tokenizer: Tokenizer, prompt: str, sampling: SamplingConfig, top: int = 20,
-) -> NextTokenDistribution:
+def next_token_distribution(model: GPT, tokenizer: Tokenizer, prompt: str,
+                            sampling: SamplingConfig, top: int = 20) -> NextTokenDistribution:
     """Score the token after `prompt` and apply `sampling` the way the generator does."""
     idx, _ = canvas.encode_prompt(model, tokenizer, prompt)
     with canvas.eval_mode(model):
@@ -66,14 +51,11 @@ def next_token_distribution(
     order = torch.argsort(model_probs, descending=True)[:n]
     ids = order.cpu().numpy()
     return NextTokenDistribution(
-        tokens=[tokenizer.decode([int(i)]) for i in ids],
-        ids=ids,
+        tokens=[tokenizer.decode([int(i)]) for i in ids], ids=ids,
         model_probs=model_probs[order].cpu().numpy(),
         sample_probs=sample_probs[order].cpu().numpy(),
         kept=(sample_probs[order] > 0).cpu().numpy(),
-        n_kept=int((sample_probs > 0).sum()),
-        sampling=sampling,
-    )
+        n_kept=int((sample_probs > 0).sum()), sampling=sampling)
 
 
 def describe_sampling(s: SamplingConfig) -> str:

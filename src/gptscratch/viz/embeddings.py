@@ -1,10 +1,6 @@
-"""Token embeddings in 2D, and how similar the learned position embeddings are.
-
-The token embedding `wte` (V, C) gives every token a C-dimensional vector; training moves
-tokens used alike close together (vowels, digits, capital letters, punctuation...). PCA keeps
-the two directions along which the vectors vary most, so the scatter is a faithful, if
-flattened, view. The position embedding `wpe` (block_size, C) is learned too: its cosine
-similarity matrix usually shows a bright band along the diagonal (nearby positions look alike).
+"""Token embeddings (`wte`, (V, C)) in 2D by PCA, which keeps the two directions along which
+they vary most, and the cosine similarity of the position embeddings (`wpe`), usually a bright
+diagonal band (docs/concepts/residuals-and-positions.md).
 """
 
 from __future__ import annotations
@@ -27,25 +23,15 @@ FIGSIZE = (17.0, 8.0)  # inches; 1700 x 800 pixels
 
 @dataclass(frozen=True)
 class EmbeddingPicture:
-    """The data the embeddings picture is drawn from.
+    """The data the embeddings picture is drawn from."""
 
-    Attributes:
-        ids: (N,) the token ids shown.
-        tokens: their text.
-        coords: (N, 2) their embeddings projected on the first two principal components of the
-            whole (V, C) embedding matrix.
-        explained: (2,) fraction of the variance each component explains.
-        position_similarity: (P, P) cosine similarity between position embeddings (for
-            rotary positions, between the positions' (cos, sin) rotation angles).
-        positions: what the position panel shows, "wpe" or "rotary".
-    """
-
-    ids: np.ndarray
-    tokens: list[str]
-    coords: np.ndarray
-    explained: np.ndarray
+    ids: np.ndarray  # (N,) the token ids shown
+    tokens: list[str]  # their text
+    coords: np.ndarray  # (N, 2) on the first two principal components of the whole (V, C) wte
+    explained: np.ndarray  # (2,) fraction of the variance each component explains
+    # (P, P) cosine similarity between position embeddings (rotary: between (cos, sin) angles)
     position_similarity: np.ndarray
-    positions: str = "wpe"
+    positions: str = "wpe"  # what the position panel shows, "wpe" or "rotary"
 
 
 def frequent_token_ids(data_dir: str | Path, n: int) -> np.ndarray | None:
@@ -61,15 +47,10 @@ def frequent_token_ids(data_dir: str | Path, n: int) -> np.ndarray | None:
 
 
 @torch.no_grad()
-def embedding_picture(
-    model: GPT, tokenizer: Tokenizer, token_ids: np.ndarray | None = None,
-) -> EmbeddingPicture:
-    """Project token embeddings to 2D with PCA and compare position embeddings.
-
-    Args:
-        token_ids: which tokens to show (default: the first DEFAULT_TOKENS ids, which for a
-            char vocabulary is all of them).
-    """
+def embedding_picture(model: GPT, tokenizer: Tokenizer,
+                      token_ids: np.ndarray | None = None) -> EmbeddingPicture:
+    """Project token embeddings to 2D with PCA and compare position embeddings; `token_ids`
+    are the tokens to show (None: the first DEFAULT_TOKENS ids, all of a char vocabulary)."""
     wte = model.transformer.wte.weight.detach().float().cpu()  # (V, C)
     if model.transformer.wpe is not None:
         wpe = model.transformer.wpe.weight.detach().float().cpu()  # (P, C)
@@ -86,14 +67,10 @@ def embedding_picture(
     ids = np.asarray(token_ids, dtype=np.int64)
     coords = (centred[torch.from_numpy(ids)] @ top).numpy()
     unit = wpe / wpe.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return EmbeddingPicture(
-        ids=ids,
-        tokens=[tokenizer.decode([int(i)]) for i in ids],
-        coords=coords,
-        explained=explained.numpy(),
-        position_similarity=(unit @ unit.T).numpy(),
-        positions="wpe" if model.transformer.wpe is not None else "rotary",
-    )
+    return EmbeddingPicture(ids=ids, tokens=[tokenizer.decode([int(i)]) for i in ids],
+                            coords=coords, explained=explained.numpy(),
+                            position_similarity=(unit @ unit.T).numpy(),
+                            positions="wpe" if model.transformer.wpe is not None else "rotary")
 
 
 def plot_embeddings(pic: EmbeddingPicture, out: str | Path) -> Path:

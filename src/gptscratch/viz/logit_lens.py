@@ -1,9 +1,6 @@
-"""The logit lens: what the model would predict if it stopped after each layer.
-
-The residual stream x (B, T, C) has the same shape after every block, and the output head
-reads it only at the end: logits = lm_head(ln_f(x)). Applying that same head to the stream
-after the embeddings and after each block (nostalgebraist 2020, "interpreting GPT: the logit
-lens") shows how the prediction forms layer by layer. The last row is the model's real output.
+"""The logit lens (nostalgebraist 2020): what the model would predict if it stopped after each
+layer. The model's own read-out, lm_head(ln_f(x)), is applied to the residual stream after the
+embeddings and after every block; the last row is the model's real output.
 """
 
 from __future__ import annotations
@@ -25,25 +22,15 @@ MAX_TOKENS = 48
 
 @dataclass(frozen=True)
 class LogitLens:
-    """The data the logit-lens picture is drawn from (R = n_layer + 1 rows).
+    """The data the logit-lens picture is drawn from (R = n_layer + 1 rows)."""
 
-    Attributes:
-        tokens: the T input tokens' text.
-        ids: (T,) their ids.
-        stages: R row names: "embeddings", then "after block 0" ... .
-        top_ids: (R, T) the most likely next token at each stage and position.
-        top_tokens: (R, T) its text.
-        top_probs: (R, T) its probability.
-        next_probs: (R, T - 1) the probability given to the prompt's true next token.
-    """
-
-    tokens: list[str]
-    ids: np.ndarray
-    stages: list[str]
-    top_ids: np.ndarray
-    top_tokens: list[list[str]]
-    top_probs: np.ndarray
-    next_probs: np.ndarray
+    tokens: list[str]  # the T input tokens' text
+    ids: np.ndarray  # (T,) their ids
+    stages: list[str]  # R row names: "embeddings", then "after block 0" ...
+    top_ids: np.ndarray  # (R, T) the most likely next token at each stage and position
+    top_tokens: list[list[str]]  # (R, T) its text
+    top_probs: np.ndarray  # (R, T) its probability
+    next_probs: np.ndarray  # (R, T - 1) the probability given to the prompt's true next token
 
 
 @torch.no_grad()
@@ -62,14 +49,10 @@ def logit_lens(model: GPT, tokenizer: Tokenizer, prompt: str) -> LogitLens:
     next_probs = probs[:, :-1, :].gather(-1, next_ids.view(1, -1, 1).expand(len(streams), -1, 1))
     ids = top_ids.cpu().numpy()
     return LogitLens(
-        tokens=tokens,
-        ids=idx[0].cpu().numpy(),
+        tokens=tokens, ids=idx[0].cpu().numpy(),
         stages=["embeddings"] + [f"after block {i}" for i in range(len(streams) - 1)],
-        top_ids=ids,
-        top_tokens=[[tokenizer.decode([int(i)]) for i in row] for row in ids],
-        top_probs=top_probs.cpu().numpy(),
-        next_probs=next_probs[..., 0].cpu().numpy(),
-    )
+        top_ids=ids, top_tokens=[[tokenizer.decode([int(i)]) for i in row] for row in ids],
+        top_probs=top_probs.cpu().numpy(), next_probs=next_probs[..., 0].cpu().numpy())
 
 
 def plot_logit_lens(lens: LogitLens, out: str | Path) -> Path:
@@ -104,4 +87,3 @@ def plot_logit_lens(lens: LogitLens, out: str | Path) -> Path:
     fig.suptitle("Logit lens: each layer's best guess for the next token",
                  fontsize=canvas.TITLE_SIZE)
     return canvas.save_png(fig, out)
-

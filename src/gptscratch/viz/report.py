@@ -1,12 +1,9 @@
 """The run report: one self-contained HTML file that lays runs side by side.
 
-Each run is read back from its folder (`load_run`: `metrics.jsonl` and the latest checkpoint's
-`checkpoint.json`) and shown with its settings (those that differ between the runs
-highlighted), final and best losses, tokens seen, wall time, training curves
-(`curves.plot_curves`), the samples taken at each evaluation, and the copy check of the last
-one (`evaluation.memorisation`, done by the caller: `api.report`). Pictures are inlined as
-base64 PNG data and the styles as one <style> block, so the file opens anywhere, offline; it
-holds no script and no link outside it. Every text from a run is HTML-escaped.
+Each run is read back from its folder (`load_run`) and shown with its settings (differences
+highlighted), losses, tokens seen, wall time, curves, samples and the copy check of the last
+sample (done by the caller, `api.report`). Pictures are inlined as base64 PNGs, with no script
+and no outside link, so the file opens anywhere offline; every text from a run is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -43,29 +40,17 @@ img { max-width: 100%; border: 1px solid #ddd; }
 
 @dataclass
 class RunSummary:
-    """One run as a report shows it.
+    """One run as a report shows it."""
 
-    Attributes:
-        name: the run folder as it was given (what the report calls the run).
-        path: that folder.
-        settings: the flat model and train configs ({} when the run has no checkpoint).
-        evals: the evaluation records (step, train_loss, val_loss, ...), in order.
-        samples: (step, text) of the samples taken at each evaluation.
-        steps: the last step the run logged.
-        tokens_per_step: the global batch in tokens (None without a checkpoint).
-        wall_time: training seconds, from the last record.
-        data_dir: the prepared data the run trained on (for the copy check), "" if unknown.
-    """
-
-    name: str
+    name: str  # the run folder as it was given (what the report calls the run)
     path: Path
-    settings: dict[str, Any] = field(default_factory=dict)
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    samples: list[tuple[int, str]] = field(default_factory=list)
-    steps: int = 0
-    tokens_per_step: int | None = None
-    wall_time: float | None = None
-    data_dir: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)  # model and train configs, flat
+    evals: list[dict[str, Any]] = field(default_factory=list)  # evaluation records, in order
+    samples: list[tuple[int, str]] = field(default_factory=list)  # (step, text) per evaluation
+    steps: int = 0  # the last step the run logged
+    tokens_per_step: int | None = None  # the global batch in tokens (None: no checkpoint)
+    wall_time: float | None = None  # training seconds, from the last record
+    data_dir: str = ""  # the prepared data it trained on (for the copy check), "" if unknown
 
     @property
     def tokens_seen(self) -> int | None:
@@ -83,7 +68,7 @@ class RunSummary:
 
 
 def load_run(run: str | Path) -> RunSummary:
-    """Read a run folder written by `gptscratch train`.
+    """Read a run folder written by `gptscratch train` (its metrics.jsonl and latest checkpoint).
 
     Raises:
         UserError: `run` is not such a folder (no metrics.jsonl), or it holds no records yet.
@@ -255,13 +240,8 @@ def render_report(runs: Sequence[RunSummary], pictures: Sequence[Path],
 
 def write_report(runs: Sequence[RunSummary], out: str | Path,
                  copies: Mapping[str, CopyReport | str | None]) -> Path:
-    """Draw the pictures, render the page and write it to `out` atomically; return the path.
-
-    Args:
-        runs: the runs, in the order they are shown.
-        out: the .html file (see `check_out`).
-        copies: by run name, the copy check of its last sample, or why there is none.
-    """
+    """Draw the pictures, render the page and write it to `out` (see `check_out`) atomically;
+    return the path. `copies`: by run name, the copy check of its last sample, or why none."""
     path = check_out(out)
     if not runs:
         raise UserError("no runs given; pass at least one run folder, e.g. --runs out/run")

@@ -1,11 +1,8 @@
 """Reading raw training text as a stream of documents: the start of the flow from text to tokens.
 
-`open_source` turns what the user named into a `Source`: the built-in corpus, a text file, a
-folder or glob of files (`files.py` says how each kind of file is read), or a Hugging Face
-dataset (`datasets.py`). A source never holds the corpus in memory: `Source.documents()` yields
-one `Document` at a time, and each document yields its text in pieces of about a megabyte, cut
-where encoding the pieces one by one gives exactly the ids of encoding the whole
-(`tokenizers.base.split_for_encoding`). `prepare` tokenizes the stream.
+`open_source` turns what the user named (the built-in corpus; files, a folder or a glob:
+`files.py`; a Hugging Face dataset: `datasets.py`) into a `Source`, which `prepare` streams one
+`Document` at a time, never holding the corpus in memory.
 """
 
 from __future__ import annotations
@@ -33,29 +30,20 @@ __all__ = ["BUILTIN_SOURCE", "DOCUMENT_SEPARATOR", "PIECE_CHARS", "Document", "S
            "open_source", "read_text_source", "line_cut"]
 
 
-def open_source(
-    source: str,
-    *,
-    text_column: str = "text",
-    hf_dataset: str | None = None,
-    hf_split: str = "train",
-    hf_data_files: list[str] | None = None,
-    hf_streaming: bool = False,
-    skip_bad_files: bool = False,
-) -> Source:
+def open_source(source: str, *, text_column: str = "text", hf_dataset: str | None = None,
+                hf_split: str = "train", hf_data_files: list[str] | None = None,
+                hf_streaming: bool = False, skip_bad_files: bool = False) -> Source:
     """Find what `source` names and describe it, reading only file names, sizes and ends.
 
     Args:
-        source: `"shakespeare"` (the built-in corpus; it wins over a file of that name, write
-            `./shakespeare` for the file), a file, a folder (every `.txt`, `.md`, `.jsonl`,
-            `.json` and `.parquet` file under it, compressed or not, recursively, in sorted
-            order), or a glob pattern (its sorted matches). Ignored when `hf_dataset` is given.
+        source: `"shakespeare"` (the built-in corpus, over a file of that name: write
+            `./shakespeare` for the file), a file, a folder (its `.txt`, `.md`, `.jsonl`,
+            `.json` and `.parquet` files, compressed or not, recursively, sorted) or a glob
+            (its sorted matches). Ignored when `hf_dataset` is given.
         text_column: The field of a JSON line, parquet column or dataset column with the text.
-        hf_dataset: A dataset name on the Hub, or a local builder such as `"text"` or `"json"`
-            used with `hf_data_files`.
+        hf_dataset: A dataset on the Hub, or a local builder (`"text"`, `"json"`) reading the
+            local `hf_data_files`.
         hf_split: The dataset's split, e.g. `"train"` or `"train[:10%]"`.
-        hf_data_files: Local files for the builder.
-        hf_streaming: Stream the dataset instead of downloading it whole.
         skip_bad_files: Skip files that are not UTF-8 (warning, with a count at the end)
             instead of stopping.
 
@@ -90,12 +78,8 @@ def open_source(
 
 
 def read_text_source(source: str, **options: Any) -> tuple[str, str]:
-    """The whole corpus as one string (documents joined by a blank line) and its description:
-    for small corpora and checks on text (the copy check), never for preparing data.
-
-    Raises:
-        UserError: as `open_source`, or the corpus is empty.
-    """
+    """The whole corpus as one string (documents joined by a blank line) and its description,
+    for small corpora and the copy check, never for preparing; a UserError if it is empty."""
     src = open_source(source, **options)
     text = DOCUMENT_SEPARATOR.join("".join(doc.pieces) for doc in src.documents())
     if not text.strip():

@@ -1,7 +1,5 @@
-"""What a source of training text is: a stream of `Document`s, each a stream of text pieces.
-
-`sources.open_source` builds a `Source` (from files: `files.py`, `text.py`; from a Hugging Face
-dataset: `datasets.py`); `prepare` reads it.
+"""What a source of training text is: a stream of `Document`s, each a stream of text pieces,
+built by `sources.open_source` and read by `prepare`.
 """
 
 from __future__ import annotations
@@ -19,13 +17,9 @@ PIECE_CHARS = 1_000_000  # the size of the pieces a document's text comes in
 
 @dataclass
 class Document:
-    """One document of a corpus: where it came from, and its text in order, in pieces.
-
-    Attributes:
-        name: Where it is, for messages: a file, `file:line`, or a dataset row.
-        pieces: Its text, in pieces of about `PIECE_CHARS` characters; encoding them one by
-            one gives exactly the ids of encoding their concatenation.
-    """
+    """One document: `name` says where it is, for messages (a file, `file:line`, a dataset
+    row); `pieces` is its text in pieces of about `PIECE_CHARS` characters, which encoded one
+    by one give exactly the ids of encoding their concatenation (`split_for_encoding`)."""
 
     name: str
     pieces: Iterator[str]
@@ -38,19 +32,18 @@ class Document:
 
 @dataclass
 class Source:
-    """A corpus to stream: its documents, a description, and a cheap fingerprint.
+    """A corpus to stream.
 
     Attributes:
         description: What it is, for `meta.json` and messages.
-        fingerprint: A JSON-able description that changes when the corpus does, made without
-            reading it all (file sizes, modification times and a hash of each file's ends).
-        total_bytes: The size of the text to read, when it is known in advance (the
-            compressed size for compressed files); None for a dataset.
-        one_document: Whether the corpus is a single document (one text file, or the built-in
-            plays), which `prepare` splits by position instead of document by document.
-        documents: A function that starts a new pass over the documents.
-        split_one: For a single document: a function of the validation fraction that
-            returns the (train, val) piece streams, cut at a line boundary.
+        fingerprint: JSON-able; changes when the corpus does, made without reading it all.
+        total_bytes: The size to read, where known in advance (compressed files: compressed);
+            None for a dataset.
+        one_document: A single document (one text file, the built-in plays), which `prepare`
+            splits by position.
+        documents: Starts a new pass over the documents.
+        split_one: For one document: the (train, val) piece streams for a validation
+            fraction, cut at a line start.
     """
 
     description: str

@@ -1,9 +1,5 @@
 """A corpus of files: which files a folder or glob holds, what each one is by its name, its
-fingerprint, and its documents (text and JSON files may also end in `.gz` or `.zst`):
-- `.txt`, `.md` (or any other name matched by a glob): one document per file (`text.py`).
-- `.jsonl`, `.json`: one document per line, from the `text_column` field of each JSON object
-  (a `.json` file that holds one JSON array of objects is read whole).
-- `.parquet`: one document per row of the `text_column` column (needs pyarrow, from `[hf]`).
+fingerprint, and its documents.
 """
 
 from __future__ import annotations
@@ -54,7 +50,8 @@ def readable_kind(path: Path) -> bool:
 
 
 def files_source(files: list[Path], what: str, column: str, skip_bad: bool) -> Source:
-    """The files as a source: one document per text file, per JSON record, per parquet row."""
+    """The files as a source (text and JSON may be `.gz`, `.zst`): one document per text file
+    (`.txt`, `.md`, any glob match), per JSON line or array element, per parquet row."""
     sizes = []
     for p in files:
         try:

@@ -1,8 +1,5 @@
-"""Reading a text file as UTF-8, in pieces, in bounded memory, gzip or zstandard included.
-
-A file is read a megabyte at a time and decoded one line-aligned block at a time, so a byte
-that is not UTF-8 is reported with its exact offset; the text comes out in pieces of about
-`PIECE_CHARS`, cut only where encoding the pieces one by one gives the ids of the whole.
+"""Reading a text file (gzip or zstandard too) as UTF-8 pieces in bounded memory, for the file
+sources of `files.py`.
 """
 
 from __future__ import annotations

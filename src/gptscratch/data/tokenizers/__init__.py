@@ -1,10 +1,6 @@
-"""Text to token ids and back: three tokenizers behind one protocol (`base.py`), by name.
-
-`char` gives each character of the corpus an id (`char.py`), `gpt2` is GPT-2's byte-level BPE
-(`gpt2.py`) and `bpe:N` a byte-level BPE with N ids trained on the user's text
-(`trained_bpe.py`); `hf_files.py` converts them to and from Hugging Face files. Here `prepare`
-builds one from its spec (`build_tokenizer`) and saves it next to the token files; generation,
-evaluation and checkpoints rebuild it offline (`tokenizer_from_dict`, `load_tokenizer`).
+"""Text to token ids and back: the tokenizers by name (`char`, `gpt2`, `bpe:N`) behind one
+protocol (`base.py`). `prepare` builds one from its spec and saves it beside the token files;
+generation, evaluation and checkpoints rebuild it offline from that saved form.
 """
 
 from __future__ import annotations
@@ -34,11 +30,7 @@ BPE_MAX_VOCAB = 1_000_000
 
 
 def parse_tokenizer_spec(spec: str) -> tuple[str, int | None]:
-    """Check a tokenizer spec and split it into (kind, bpe vocab size or None).
-
-    Raises:
-        UserError: The spec is unknown or its vocabulary size is not a sane integer.
-    """
+    """Split a tokenizer spec into (kind, bpe vocab size or None); a UserError if it is bad."""
     kind, _, size = spec.strip().lower().partition(":")
     if kind in ("char", "gpt2") and not size:
         return kind, None
@@ -57,13 +49,8 @@ def parse_tokenizer_spec(spec: str) -> tuple[str, int | None]:
 
 
 def build_tokenizer(spec: str, text: str | Iterable[str] | None = None) -> Tokenizer:
-    """Build the tokenizer that `spec` names (`char`, `gpt2` or `bpe:N`).
-
-    Args:
-        spec: The tokenizer spec.
-        text: The corpus the `char` vocabulary or the `bpe` merges are learned from (a string
-            or a stream of pieces); not needed for `gpt2`.
-    """
+    """Build the tokenizer `spec` names; `char` learns its vocabulary and `bpe:N` its merges
+    from `text` (a string or a stream of pieces)."""
     kind, n = parse_tokenizer_spec(spec)
     if kind == "gpt2":
         return GPT2Tokenizer()
@@ -74,11 +61,7 @@ def build_tokenizer(spec: str, text: str | Iterable[str] | None = None) -> Token
 
 
 def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer from its `to_dict()` form, offline.
-
-    Raises:
-        UserError: The dict is not a tokenizer description this version understands.
-    """
+    """Rebuild a tokenizer from its `to_dict()` form, offline (a UserError if it is not one)."""
     kind = d.get("kind") if isinstance(d, dict) else None
     if not isinstance(kind, str) or kind not in KINDS:
         raise UserError(f"unknown saved tokenizer kind {kind!r}; expected char, gpt2 or bpe")
@@ -98,11 +81,7 @@ def save_tokenizer(tok: Tokenizer, path: Path) -> None:
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
-    """Read a tokenizer saved by `save_tokenizer`.
-
-    Raises:
-        UserError: The file is missing or is not a saved tokenizer.
-    """
+    """Read a tokenizer saved by `save_tokenizer` (a UserError if missing or damaged)."""
     path = Path(path)
     try:
         d = json.loads(path.read_text(encoding="utf-8"))

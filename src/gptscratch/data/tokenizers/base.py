@@ -1,8 +1,5 @@
-"""What every tokenizer is: the protocol, the end-of-text token, and newline-safe splitting.
-
-A tokenizer turns text into token ids and back, and describes itself as a JSON-able dict
-(`to_dict`) whose hash (`fingerprint`) tells whether two tokenizers give the same ids. The
-kinds (`char.py`, `gpt2.py`, `trained_bpe.py`) subclass the protocol for its shared methods.
+"""What every tokenizer is: the protocol, the end-of-text token, and newline-safe splitting,
+shared by the kinds (`char.py`, `gpt2.py`, `trained_bpe.py`), which subclass the protocol.
 """
 
 from __future__ import annotations
@@ -45,26 +42,17 @@ class Tokenizer(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
     def fingerprint(self) -> str:
-        """The sha256 hex digest of the canonical JSON form of `to_dict()`."""
+        """sha256 of `to_dict()`'s canonical JSON: equal when two tokenizers give the same ids."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"),
                                ensure_ascii=False)
         return sha256_bytes(canonical.encode("utf-8"))
 
 
 def split_for_encoding(text: str, target_chars: int) -> list[str]:
-    """Cut `text` into pieces of about `target_chars` that encode exactly like the whole.
-
-    Cuts fall only at the end of a non-blank line, just before its line break, so
-    `concat(encode(p) for p in pieces) == encode(text)` for GPT-2-style byte-level BPE.
-    A piece may be longer than `target_chars` when no line break is near.
-
-    Args:
-        text: Text to cut.
-        target_chars: Rough piece length in characters.
-
-    Returns:
-        The pieces, in order; `"".join(pieces) == text`. Empty text gives `[]`.
-    """
+    """Cut `text` into pieces of about `target_chars` (longer where no line break is near)
+    that encode exactly like the whole: cuts fall only at the end of a non-blank line, before
+    its break, so `concat(encode(p) for p in pieces) == encode(text)` for GPT-2-style
+    byte-level BPE. `"".join(pieces) == text`; empty text gives `[]`."""
     pieces: list[str] = []
     start = 0
     while len(text) - start > target_chars:

@@ -1,9 +1,5 @@
-"""The `char` tokenizer: one id per character of the corpus.
-
-The simplest tokenizer, and the one the `shakespeare-char` preset learns from: the vocabulary
-is the sorted set of characters in the text, so every id is a letter, digit or punctuation
-mark a learner can read. A corpus of several documents adds one last id for `<|endoftext|>`,
-the token that ends each document; a single text (the built-in plays) needs none.
+"""The `char` tokenizer: one id per character of the corpus. The simplest, and the one the
+`shakespeare-char` preset learns from: every id is a character a learner can read.
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ from gptscratch.errors import UserError
 
 class CharTokenizer(Tokenizer):
     """One id per character; the vocabulary is the sorted set of the corpus characters, then
-    `<|endoftext|>` (id `len(chars)`) when `eot` is set."""
+    `<|endoftext|>` (id `len(chars)`) when `eot` is set: a corpus of several documents."""
 
     kind = "char"
 
@@ -71,11 +67,9 @@ class CharTokenizer(Tokenizer):
             seen = dict.fromkeys(chr(c) for c in codepoints[unknown].tolist())
             shown = ", ".join(repr(c) for c in list(seen)[:10])
             more = f" and {len(seen) - 10} more" if len(seen) > 10 else ""
-            raise UserError(
-                f"text has characters outside the char vocabulary: {shown}{more}; the model "
-                f"was trained on a char vocabulary of {len(self._chars)} characters, so remove "
-                "them or use a BPE tokenizer (gpt2 or bpe:N)"
-            )
+            raise UserError(f"text has characters outside the char vocabulary: {shown}{more}; "
+                            f"the model was trained on a char vocabulary of {len(self._chars)} "
+                            "characters, so remove them or use a BPE tokenizer (gpt2 or bpe:N)")
         return ids.astype(np.int32)
 
     def decode(self, ids: Sequence[int]) -> str:

