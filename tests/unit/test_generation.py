@@ -130,7 +130,7 @@ def test_the_engines_logprobs_are_the_models_own() -> None:
     model = _model(n_layer=2, n_head=2, n_embd=16, block_size=32)
     letters = CharTokenizer([chr(ord("0") + i) for i in range(37)])
     row = Row(RowRequest((1, 2, 3), 5, SamplingConfig(temperature=1.0), seed=1), lambda e: None)
-    Engine(model, letters).run([row])
+    Engine(model, letters).run_to_end([row])
     assert len(row.generated) == 5
     for i, token in enumerate(row.generated):
         with torch.no_grad():

@@ -214,7 +214,7 @@ class Engine:
             else:
                 self._finish(row, "", [], "length")
 
-    def run(self, rows: Sequence[Row]) -> None:
+    def run_to_end(self, rows: Sequence[Row]) -> None:
         """Decode `rows` (and any already running) to their ends."""
         self.join(rows)
         while self.running:

@@ -18,8 +18,6 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from gptscratch.checkpoints.load import LoadedModel
-from gptscratch.generation.engine import default_max_batch
-from gptscratch.generation.script import corpus_script
 from gptscratch.server.batching import BatchingEngine
 from gptscratch.server.completions import Served, chat, complete
 from gptscratch.server.config import ServeConfig
@@ -46,13 +44,14 @@ def _key_check(api_key: str | None) -> Any:
     return Depends(check)
 
 
-def build_app(served: Served, api_key: str | None = None) -> FastAPI:
+def build_app(served: Served) -> FastAPI:
     """The FastAPI application serving `served`; its engine starts and stops with the app."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not served.engine.alive:
             served.engine.start()
+        served.script  # noqa: B018  (the corpus's speakers, found before the first chat)
         try:
             yield
         finally:
@@ -62,7 +61,7 @@ def build_app(served: Served, api_key: str | None = None) -> FastAPI:
                   openapi_url=None)
     app.state.served = served  # for tests and tools that look inside
     install_error_handlers(app)
-    auth = [_key_check(api_key)]
+    auth = [_key_check(served.config.api_key)]
     started = int(time.time())
 
     @app.get("/health")
@@ -103,24 +102,9 @@ def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
     uvicorn.run(app, host=host, port=port, http="h11", log_level="warning")
 
 
-def model_name(loaded: LoadedModel) -> str:
-    """The served model's name: its run folder (`out/shakespeare-char` for its best/ or
-    latest/ checkpoint), else its checkpoint folder."""
-    if loaded.checkpoint is None:
-        return "gptscratch"
-    path = loaded.checkpoint.path.resolve()
-    return path.parent.name if path.name in ("best", "latest") else path.name
-
-
 def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAPI:
-    """The application serving a loaded model, with its own (not yet started) engine
-    (`config.max_batch` None: `default_max_batch`)."""
+    """The application serving a loaded model, with its own (not yet started) engine."""
     config = config or ServeConfig()
-    max_batch = config.max_batch
-    if max_batch is None:
-        max_batch = default_max_batch(loaded.model)
-        log.info("decoding up to %d sequences together (set it with --max-batch)", max_batch)
-    engine = BatchingEngine(loaded.model, loaded.tokenizer, max_batch, config.max_queue)
-    served = Served(loaded, engine, config.name or model_name(loaded), config,
-                    corpus_script(loaded.checkpoint))
-    return build_app(served, config.api_key)
+    engine = BatchingEngine(loaded.model, loaded.tokenizer, config.max_batch, config.max_queue)
+    served = Served(loaded, engine, config)
+    return build_app(served)

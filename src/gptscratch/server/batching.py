@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from gptscratch.data.tokenizers import Tokenizer
-from gptscratch.generation.engine import Engine, Row, RowEvent, RowRequest, Sink
+from gptscratch.generation.engine import Engine, Row, RowEvent, RowRequest, Sink, default_max_batch
 from gptscratch.model.gpt import GPT
 from gptscratch.server.errors import APIError
 
@@ -36,11 +36,15 @@ class EngineStopped(Exception):
 
 class BatchingEngine:
     """The decoding engine on a thread of its own (the only one to run `model`), fed from a
-    bounded queue: `max_batch` rows decode together, and `max_queue` rows may wait to join."""
+    bounded queue: `max_batch` rows decode together (None: `default_max_batch`), and
+    `max_queue` rows may wait to join."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch: int = 8,
+    def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch: int | None = 8,
                  max_queue: int = 64) -> None:
         self.engine = Engine(model, tokenizer)
+        if max_batch is None:
+            max_batch = default_max_batch(model)
+            log.info("decoding up to %d sequences together (set it with --max-batch)", max_batch)
         self.max_batch = max_batch
         self.max_queue = max_queue
         self._waiting: deque[Row] = deque()

@@ -7,6 +7,7 @@ server-sent events (`responses`); a chat's messages become one script-mode promp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gptscratch.checkpoints.load import LoadedModel
 from gptscratch.generation.engine import StopRule, StopStrings
-from gptscratch.generation.script import ScriptFormat
+from gptscratch.generation.script import ScriptFormat, corpus_script
 from gptscratch.server.batching import BatchingEngine, Job
 from gptscratch.server.chat_template import next_speaker_stop, render_chat
 from gptscratch.server.config import ServeConfig
@@ -46,13 +47,25 @@ ClientLeft = Callable[[], Awaitable[bool]] | None
 
 @dataclass
 class Served:
-    """What the endpoints share: the model, its engine, its name and the limits."""
+    """What the endpoints share: the model, its engine and the server's settings."""
 
     loaded: LoadedModel
     engine: BatchingEngine
-    name: str
-    limits: ServeConfig
-    script: ScriptFormat | None = None
+    config: ServeConfig
+
+    @functools.cached_property
+    def name(self) -> str:
+        """`config.name`, else the run folder (`out/shakespeare-char` for its best/ or
+        latest/ checkpoint), else the checkpoint folder."""
+        if self.config.name is not None or self.loaded.checkpoint is None:
+            return self.config.name or "gptscratch"
+        path = self.loaded.checkpoint.path.resolve()
+        return path.parent.name if path.name in ("best", "latest") else path.name
+
+    @functools.cached_property
+    def script(self) -> ScriptFormat | None:
+        """The training corpus's speakers, for chat (found once, as the server starts)."""
+        return corpus_script(self.loaded.checkpoint)
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.name:
@@ -81,7 +94,7 @@ def _start(served: Served, req: GenerationRequest, prompts: list[list[int]], max
 def _prompts(served: Served, prompt: Any) -> tuple[list[str], list[list[int]]]:
     """The request's prompts (one text, several texts, one list of token ids, or several) as
     texts (ids decoded, for echo) and as token ids."""
-    tokenizer, limits = served.loaded.tokenizer, served.limits
+    tokenizer, limits = served.loaded.tokenizer, served.config
     if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
         prompt = [prompt]
     if not prompt:
@@ -97,7 +110,7 @@ def _prompts(served: Served, prompt: Any) -> tuple[list[str], list[list[int]]]:
 async def complete(served: Served, req: CompletionRequest, left: ClientLeft = None) -> Response:
     """POST /v1/completions; `left` tells whether the client has gone (`Job.collect`)."""
     served.check_model(req.model)
-    max_tokens = check_request(req, served.limits, DEFAULT_COMPLETION_TOKENS)
+    max_tokens = check_request(req, served.config, DEFAULT_COMPLETION_TOKENS)
     texts, prompts = _prompts(served, req.prompt)
     rules: list[StopRule] = [StopStrings(req.stops)] if req.stops else []
     scored = req.echo and req.logprobs is not None
@@ -149,11 +162,11 @@ async def _completion_chunks(job: Job, header: Header, req: CompletionRequest, t
 async def chat(served: Served, req: ChatRequest, left: ClientLeft = None) -> Response:
     """POST /v1/chat/completions; `left` as for `complete`."""
     served.check_model(req.model)
-    max_tokens = check_request(req, served.limits, served.limits.max_tokens_per_request)
+    max_tokens = check_request(req, served.config, served.config.max_tokens_per_request)
     if not req.messages:
         raise APIError(400, "messages is empty; give at least one user message", "messages")
     prompt, _ = render_chat(req.messages, served.script)
-    ids = encode(served.loaded.tokenizer, prompt, served.limits, "messages")
+    ids = encode(served.loaded.tokenizer, prompt, served.config, "messages")
     rules: list[StopRule] = [next_speaker_stop(served.script)]
     if req.stops:
         rules.insert(0, StopStrings(req.stops))

@@ -89,10 +89,10 @@ def add_playground(app: FastAPI, served: Served, auth: list[Any]) -> None:
 
     @app.post("/playground/generate", dependencies=auth)
     async def generate(body: PlaygroundRequest) -> Response:
-        max_tokens = check_request(body, served.limits, 100)
+        max_tokens = check_request(body, served.config, 100)
         if not 0 <= body.top <= MAX_LOGPROBS:
             raise APIError(400, f"top ({body.top}) must be between 0 and {MAX_LOGPROBS}", "top")
-        ids = encode(served.loaded.tokenizer, body.prompt, served.limits, "prompt")
+        ids = encode(served.loaded.tokenizer, body.prompt, served.config, "prompt")
         job = Job(served.engine, rows_for([ids], 1, max_tokens, sampling_config(body),
                                           body.seed, [], body.top))
         return event_stream(_token_events(job, served.loaded.tokenizer, ids))

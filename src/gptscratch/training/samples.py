@@ -29,7 +29,7 @@ def sample_at_step(model: GPT, tokenizer: Tokenizer, tokens: int, seed: int, ste
     was_training = model.training
     model.eval()
     try:
-        Engine(model, tokenizer).run([row])  # the decoding engine every generator uses
+        Engine(model, tokenizer).run_to_end([row])  # the decoding engine every generator uses
     finally:
         model.train(was_training)
     return row.text
