@@ -15,8 +15,8 @@ from gptscratch.checkpoints.checkpoint import load_checkpoint
 from gptscratch.checkpoints.load import load_model
 from gptscratch.cli import main
 from gptscratch.training.config import TrainConfig
-from gptscratch.training.finetune import finetune_train_config
 from gptscratch.training.optimizer import freeze_parameters, make_optimizer
+from gptscratch.training.run import finetune_train_config
 
 FAST = dict(batch_size=4, eval_iters=2, log_interval=5, dtype="float32")
 

@@ -116,7 +116,7 @@ def test_grad_norm_is_pytorchs_norm_of_the_first_step(tmp_path: Path,
 
 
 def test_a_sample_leaves_the_random_state_and_the_mode_alone(tiny_run: Path) -> None:
-    from gptscratch.training.samples import sample_at_step
+    from gptscratch.training.checkpointing import sample_at_step
 
     loaded = api.load(tiny_run, "cpu", dtype="float32")
     model, tokenizer = loaded.model, loaded.tokenizer

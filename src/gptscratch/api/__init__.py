@@ -30,7 +30,7 @@ _HOME = {
     "prepare": "data.prepare", "load_prepared": "data.token_files", "train": "training.run",
     "MODEL_FIELDS": "training.run", "TRAIN_FIELDS": "training.run",
     "is_main_process": "training.distributed", "shutdown": "training.distributed",
-    "evaluate": "api.training", "merge_lora": "api.training",
+    "evaluate": "evaluation.evaluate", "merge_lora": "checkpoints.convert",
     "import_hf": "checkpoints.convert", "export_hf": "checkpoints.convert",
     "describe_build": "runtime.device",
     # Serving (`gptscratch.server`, an OpenAI-compatible HTTP API).

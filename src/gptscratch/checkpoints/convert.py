@@ -54,7 +54,7 @@ def export_hf(ckpt: Path | str, out_dir: Path | str) -> Path:
     return out
 
 
-def merge_checkpoint(ckpt: Path | str, out_dir: Path | str) -> Path:
+def merge_lora(ckpt: Path | str, out_dir: Path | str) -> Path:
     """Write a LoRA checkpoint's base + adapters as one plain checkpoint (weights only), which
     samples at the base model's speed and exports to Hugging Face."""
     out = Path(out_dir)
@@ -70,4 +70,5 @@ def merge_checkpoint(ckpt: Path | str, out_dir: Path | str) -> Path:
             "model_config": loaded.model.config.to_dict(),
             "merged_from": str(checkpoint.path.resolve()), "merged_lora": checkpoint.meta["lora"]}
     save_checkpoint(out, loaded.model, loaded.tokenizer, meta)
+    log.info("merged the adapters of %s into %s", ckpt, out)
     return out

@@ -69,11 +69,14 @@ def add_setting_flags(p: argparse.ArgumentParser, cls: Any, skip: Set[str] = fro
             p.add_argument(flag, type=kind, default=None if from_preset else f.default, **extra)
 
 
-def _model_flags(p: argparse.ArgumentParser, dtype_help: str, context: bool = True) -> None:
-    """Where and how to run a checkpoint: what every command that loads one takes."""
+def _model_flags(p: argparse.ArgumentParser, dtype_help: str | None = None,
+                 dtype: str = "auto", context: bool = True) -> None:
+    """Where and how to run a checkpoint: what every command that loads one takes (the
+    weights' dtype and the context where `dtype_help` / `context` say)."""
     p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--dtype", default="auto", help=dtype_help)
+    if dtype_help is not None:
+        p.add_argument("--dtype", default=dtype, help=dtype_help)
     if context:
         p.add_argument("--block-size", type=int, default=None, metavar="N", help=CONTEXT_HELP)
 
@@ -193,17 +196,14 @@ def _add_generation_parsers(sub: Any, quiet: argparse.ArgumentParser) -> None:
 def _add_model_parsers(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p = sub.add_parser("eval", parents=[quiet],
                        help="loss, perplexity and bits per byte of a checkpoint")
-    p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+    _model_flags(p, "float32 | bfloat16 | float16", dtype="float32", context=False)
     p.add_argument("--data", default=None, help="a text file (default: the run's val split)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p = sub.add_parser("explain", parents=[quiet],
                        help="walk a prompt through the model, printing every stage's shapes")
-    p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+    _model_flags(p, context=False)
     p.add_argument("--prompt", required=True, help="the text to run through the model")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
 
 
 def _add_serve_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
@@ -240,8 +240,7 @@ def _add_viz_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
         p: argparse.ArgumentParser = viz.add_parser(name, parents=[quiet], help=help_text)
         p.add_argument("--out", default=f"{name}.png", help=f"PNG file (default {name}.png)")
         if name != "curves":
-            p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
-            p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+            _model_flags(p, context=False)
         if prompt:
             p.add_argument("--prompt", required=True, help="the text to look at")
         return p

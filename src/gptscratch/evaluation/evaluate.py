@@ -1,6 +1,7 @@
 """Measuring a model: cross-entropy loss, perplexity and bits per byte (the total information
 over the text's UTF-8 size, comparable across tokenizers). `estimate_loss` is the trainer's
-quick look; `evaluate_tokens` scores a whole token sequence.
+quick look; `evaluate_tokens` scores a whole token sequence; `evaluate` (`gptscratch eval`)
+scores a checkpoint on its own val split or on any text.
 """
 
 from __future__ import annotations
@@ -10,13 +11,18 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from gptscratch.checkpoints.load import load_model
 from gptscratch.data.batches import get_batch
-from gptscratch.data.token_files import Tokens
+from gptscratch.data.sources import read_text_source
+from gptscratch.data.token_files import Tokens, is_prepared_dir, load_prepared
+from gptscratch.errors import UserError
 from gptscratch.model.gpt import GPT, lm_loss
+from gptscratch.runtime.precision import choose_precision
 
 AutocastFactory = Callable[[], contextlib.AbstractContextManager[None]]
 
@@ -112,3 +118,39 @@ def evaluate_tokens(model: GPT, tokens: Tokens, *, num_bytes: int | None = None,
     loss = total_nats / total_tokens
     bpb = total_nats / (math.log(2) * num_bytes) if num_bytes else None
     return EvalResult(loss, math.exp(loss), bpb, total_tokens)
+
+
+def evaluate(ckpt: str | Path, data: str | Path | None = None, *, batch_size: int = 16,
+             device: str = "auto", dtype: str = "float32") -> EvalResult:
+    """Loss, perplexity and bits per byte of a checkpoint on its own val split, or on a text
+    file / prepared directory given as `data`."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch_size ({batch_size!r}) must be a positive whole number; try "
+                        "--batch-size 16")
+    loaded = load_model(ckpt, device, dtype="float32")
+    model, tokenizer, checkpoint = loaded.model, loaded.tokenizer, loaded.checkpoint
+    precision = choose_precision(dtype, next(model.parameters()).device, model.config.n_embd)
+    meta = checkpoint.meta if checkpoint is not None else {}
+    if data is None or is_prepared_dir(data):
+        data_dir = data if data is not None else meta.get("data_dir", "")
+        if not is_prepared_dir(data_dir):
+            raise UserError(f"the checkpoint's data directory '{data_dir}' is gone; "
+                            "pass a text file with --data")
+        prepared = load_prepared(data_dir)
+        if prepared.tokenizer.fingerprint() != tokenizer.fingerprint():
+            raise UserError(f"'{data_dir}' was prepared with another tokenizer than the "
+                            "checkpoint's; pass a raw text file with --data instead")
+        tokens: Tokens = prepared.val_tokens()
+        num_bytes = int(prepared.meta["val_bytes"])
+        scored = f"the val split of {data_dir}"
+    else:
+        text, description = read_text_source(str(data))
+        tokens = tokenizer.encode_array(text)
+        num_bytes = len(text.encode("utf-8"))
+        scored = description
+    if len(tokens) < 2:
+        raise UserError("the evaluation text has fewer than 2 tokens; give a longer text")
+    result = evaluate_tokens(model, tokens, num_bytes=num_bytes, batch_size=batch_size,
+                             autocast=precision.autocast)
+    return dataclasses.replace(result, checkpoint=str(checkpoint.path if checkpoint else ckpt),
+                               step=meta.get("step"), scored=scored)

@@ -1,6 +1,7 @@
-"""Evaluate and save, every `eval_interval` steps and when a run stops: the losses, and a
-checkpoint holding everything an exact resume (`resume.py`) needs. A non-finite loss is never
-saved over the last good checkpoint.
+"""Evaluate and save, every `eval_interval` steps and when a run stops: the losses, a text
+sample (`sample_at_step`, written to `metrics.jsonl` and the loggers; it draws only from its
+own generator, so a resumed run stays bit-identical), and a checkpoint holding everything an
+exact resume (`resume.py`) needs. A non-finite loss is never saved over the last good one.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from torch.distributed.checkpoint.state_dict import (
 
 from gptscratch.checkpoints.checkpoint import link_checkpoint, save_checkpoint
 from gptscratch.checkpoints.load import build_model
+from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import UserError
 from gptscratch.evaluation.evaluate import estimate_loss
+from gptscratch.generation.engine import Engine, Row, RowRequest
+from gptscratch.model.config import SamplingConfig
 from gptscratch.model.gpt import GPT
 from gptscratch.training.distributed import barrier, gather_to_main, sum_across_ranks
-from gptscratch.training.samples import sample_at_step
 from gptscratch.training.setup import TrainState
 
 log = logging.getLogger("gptscratch.train")
@@ -113,3 +116,28 @@ def checkpoint_meta(state: TrainState, elapsed: float) -> dict[str, Any]:
             "data_key": state.data.meta.get("prepare_key"),
             "precision": state.runtime.precision.name,
             "world_size": state.runtime.ctx.world_size, **state.extra_meta}
+
+
+SAMPLING = SamplingConfig(temperature=0.8)  # the CLI's default, so it reads like `sample`
+
+
+def start_ids(tokenizer: Tokenizer) -> list[int]:
+    """Where a sample starts: the end-of-text token (a document's start), else a newline,
+    else the first token of the vocabulary."""
+    if tokenizer.eot_id is not None:
+        return [tokenizer.eot_id]
+    return tokenizer.encode("\n")[-1:] or [0]
+
+
+def sample_at_step(model: GPT, tokenizer: Tokenizer, tokens: int, seed: int, step: int) -> str:
+    """`tokens` tokens of text from `model`, reproducible from (`seed`, `step`), in eval mode
+    and in its weights' dtype (float32 during training: a short sample is cheap)."""
+    row = Row(RowRequest(tuple(start_ids(tokenizer)), tokens, SAMPLING,
+                         seed=seed * 1_000_003 + step), sink=lambda event: None)
+    was_training = model.training
+    model.eval()
+    try:
+        Engine(model, tokenizer).run_to_end([row])  # the decoding engine every generator uses
+    finally:
+        model.train(was_training)
+    return row.text
