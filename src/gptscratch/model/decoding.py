@@ -75,27 +75,22 @@ class Decoder:
     def batch(self) -> int:
         return self.seq.size(0)
 
-    def _window(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Columns start: of the sequence, and each row's padding inside them."""
-        return self.seq[:, start:], (self.pad - start).clamp(min=0)
-
-    def _prefill(self, start: int) -> torch.Tensor:
-        """Run the model over the window from column `start`; (B, C) features of its last
-        position, with a fresh cache when caching."""
-        window, pad = self._window(start)
+    def _prefill(self, start: int, end: int | None = None) -> torch.Tensor:
+        """Run the model over columns start:end into a fresh cache when caching (n samples of
+        one prompt are prefilled once, then copied); the (B, C) features of the last position
+        (empty if the columns are)."""
+        window, pad = self.seq[:, start:end], (self.pad - start).clamp(min=0)  # (B, W), (B,)
         if not self.use_cache:
-            if not bool(pad.any()):
-                return self.model.features(window)[:, -1]
-            cache = self.model.new_kv_cache(self.batch, pad)  # masks the padding, then dropped
-            return self.model.features(window, cache)[:, -1]
-        if self._shared_prompt and self.cache is None and self.batch > 1:
-            self._shared_prompt = False
-            self.cache = self.model.new_kv_cache(1, pad[:1])
-            h = self.model.features(window[:1], self.cache)[:, -1]
-            self.cache.reorder(torch.zeros(self.batch, dtype=torch.long, device=h.device))
-            return h.expand(self.batch, -1)
-        self.cache = self.model.new_kv_cache(self.batch, pad)
-        return self.model.features(window, self.cache)[:, -1]
+            cache = self.model.new_kv_cache(self.batch, pad) if bool(pad.any()) else None
+            return self.model.features(window, cache)[:, -1]  # the cache only masks padding
+        rows = 1 if self._shared_prompt and self.batch > 1 else self.batch
+        self._shared_prompt = False
+        self.cache = self.model.new_kv_cache(rows, pad[:rows])
+        h = (self.model.features(window[:rows], self.cache)[:, -1] if window.size(1)
+             else window.new_zeros(rows, 0))
+        if rows < self.batch:
+            self.cache.reorder(torch.zeros(self.batch, dtype=torch.long, device=pad.device))
+        return h.expand(self.batch, -1)
 
     @torch.inference_mode()
     def logits(self) -> torch.Tensor:
@@ -138,7 +133,7 @@ class Decoder:
         if not self.use_cache or self.cache is None:
             raise ValueError("add() needs a batch that has started decoding with the cache")
         new = Decoder(self.model, prompts)
-        new._prefill_context()
+        new._prefill(max(0, new.seq.size(1) - self.block_size), -1)  # all but the newest token
         assert new.cache is not None
         width = max(self.seq.size(1), new.seq.size(1))
         self.pad = torch.cat([self.pad + width - self.seq.size(1),
@@ -149,23 +144,6 @@ class Decoder:
         self.rows = torch.cat([self.rows, new.rows + first])
         self.prompts += new.prompts
         self.cache.extend(new.cache)
-        self._shared_prompt = False
-
-    def _prefill_context(self) -> None:
-        """Fill a fresh cache with every row's window but its newest token (the state
-        `logits()` expects between steps)."""
-        T = self.seq.size(1)
-        start = max(0, T - self.block_size)
-        pad = (self.pad - start).clamp(min=0)
-        if self._shared_prompt and self.batch > 1:  # n samples of one prompt: prefill it once
-            self.cache = self.model.new_kv_cache(1, pad[:1])
-            if T - 1 > start:
-                self.model.features(self.seq[:1, start:-1], self.cache)
-            self.cache.reorder(torch.zeros(self.batch, dtype=torch.long, device=pad.device))
-        else:
-            self.cache = self.model.new_kv_cache(self.batch, pad)
-            if T - 1 > start:
-                self.model.features(self.seq[:, start:-1], self.cache)
         self._shared_prompt = False
 
     @torch.inference_mode()
