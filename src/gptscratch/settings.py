@@ -14,7 +14,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from gptscratch.errors import SettingError
+from gptscratch.errors import SettingError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,9 @@ class Rule:
 
     help: one line for `--help`. low / high: the range (None: unbounded), each end included
     unless `low_open` / `high_open`. choices: the values allowed (a setting of words).
-    example: a good value to suggest in an error. note: what an error adds after it.
-    flag / metavar: the command-line flag and its value's name, where not the default ones.
+    example: a good value to suggest in an error. note: what an error adds after it. says:
+    the rule in words, where not `describe`'s. flag / metavar: the command-line flag and its
+    value's name, where not the default ones.
     """
 
     help: str
@@ -35,13 +36,20 @@ class Rule:
     choices: tuple[str, ...] = ()
     example: Any = None
     note: str = ""
+    says: str = ""
     flag: str | None = None
     metavar: str | None = None
 
-    def describe(self) -> str:
-        """The rule in words: "must be >= 1", "must be in (0, 1]", "must be a or b"."""
+    def describe(self, value: Any = None, kind: Any = None) -> str:
+        """The rule in words: "must be >= 1", "must be in (0, 1]", "must be one of a, b" (with
+        a "did you mean" for a misspelt `value`), "must be true or false"."""
+        if self.says:
+            return self.says
+        if kind is bool:
+            return "must be true or false"
         if self.choices:
-            return f"must be {' or '.join(self.choices)}"
+            return f"must be one of {', '.join(self.choices)}" + did_you_mean(str(value),
+                                                                              self.choices)
         if self.low is not None and self.high is not None:
             return (f"must be in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
                     f"{')' if self.high_open else ']'}")
@@ -61,7 +69,7 @@ class Rule:
             return True  # a tuple of strings, say: its config checks it
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
-        if kind is int and not isinstance(value, int) or math.isnan(value):
+        if kind is int and not isinstance(value, int) or not math.isfinite(value):
             return False
         low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
         high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
@@ -100,4 +108,5 @@ def check_settings(config: Any) -> None:
         if rule is None or (value is None and f.default is None):
             continue
         if not rule.allows(value, types_of[f.name]):
-            raise SettingError(f.name, value, rule.describe(), rule.example, rule.note)
+            raise SettingError(f.name, value, rule.describe(value, types_of[f.name]),
+                               rule.example, rule.note)

@@ -23,6 +23,10 @@ NORMS = ("layernorm", "rmsnorm")
 LIMITS = {"vocab_size": 2**24, "block_size": 2**20, "n_layer": 1024, "n_head": 1024,
           "n_embd": 2**16}
 
+
+def _whole(name: str) -> str:
+    return f"must be a whole number from 1 to {LIMITS[name]:,}"
+
 # What `--lora-targets` may name (`model.lora.TARGETS` says which layers each adapts). Here,
 # with no torch import, so the trainer's config can check the names as it is built.
 LORA_TARGETS = ("attn", "mlp", "head")
@@ -57,70 +61,54 @@ class ModelConfig:
     """Shape of a GPT. Letters used in the code: B batch, T time, C = n_embd, H = n_head,
     D = C // H head size, V = vocab_size, L = n_layer."""
 
-    vocab_size: int = 65  # the tokenizer's: it comes with the data, never a flag
+    vocab_size: int = setting(65, "the tokenizer's vocabulary (it comes with the data)", low=1,
+                              high=LIMITS["vocab_size"], says=_whole("vocab_size"))
     block_size: int = setting(256, "context length in tokens: the longest context the model "
-                                   "sees at once (and the KV cache holds)")
-    n_layer: int = setting(6, "Transformer blocks")
-    n_head: int = setting(6, "attention heads per block")
-    n_embd: int = setting(384, "embedding width (divisible by n_head)")
-    dropout: float = setting(0.0, "dropout probability")
+                                   "sees at once (and the KV cache holds)", low=1,
+                              high=LIMITS["block_size"], says=_whole("block_size"), example=256)
+    n_layer: int = setting(6, "Transformer blocks", low=1, high=LIMITS["n_layer"],
+                           says=_whole("n_layer"), example=6)
+    n_head: int = setting(6, "attention heads per block", low=1, high=LIMITS["n_head"],
+                          says=_whole("n_head"), example=6)
+    n_embd: int = setting(384, "embedding width (divisible by n_head)", low=1,
+                          high=LIMITS["n_embd"], says=_whole("n_embd"), example=256)
+    dropout: float = setting(0.0, "dropout probability", low=0, high=1, high_open=True,
+                             example=0.1)
     bias: bool = setting(True, "biases in Linear and LayerNorm layers, as GPT-2 has")
     attention: str = setting("auto", "auto | sdpa | explicit: the attention path (auto: SDPA, "
-                                     "or explicit where model/fast.py finds it faster)")
+                                     "or explicit where model/fast.py finds it faster)",
+                             choices=("auto", "sdpa", "explicit"), example="auto")
     tie_embeddings: bool = setting(True, "share the token embedding with the LM head, as "
                                          "GPT-2 does (off: Hugging Face models saved untied)")
     activation: str = setting(
         "gelu_tanh", "gelu_tanh (GPT-2's) | gelu (exact; a faster kernel on CPU) | relu2 "
-                     "(relu(x)^2, Primer) | swiglu (gated MLP, ~8C/3 wide)")
+                     "(relu(x)^2, Primer) | swiglu (gated MLP, ~8C/3 wide)",
+        choices=ACTIVATIONS, example="gelu_tanh")
     # The modern recipe's options (docs/concepts/modern-recipe.md); each default is GPT-2's.
     positions: str = setting(
-        "learned", "learned (GPT-2's position table) | rope (rotary q and k, RoFormer)")
-    norm: str = setting("layernorm", "layernorm (GPT-2's) | rmsnorm (no mean, no bias)")
+        "learned", "learned (GPT-2's position table) | rope (rotary q and k, RoFormer)",
+        choices=POSITIONS, example="rope")
+    norm: str = setting("layernorm", "layernorm (GPT-2's) | rmsnorm (no mean, no bias)",
+                        choices=NORMS, example="rmsnorm")
     qk_norm: bool = setting(False, "RMSNorm each head's queries and keys before attention")
     zero_init_proj: bool = setting(
         False, "start the attention and MLP output projections at zero")
     logit_softcap: float = setting(
-        0.0, "bound the logits: X * tanh(logits / X), as Gemma 2 (0: off)")
+        0.0, "bound the logits: X * tanh(logits / X), as Gemma 2 (0: off)", low=0,
+        example=30, note=" (0 is off)")
 
     def __post_init__(self) -> None:
-        for name, most in LIMITS.items():
-            value = getattr(self, name)
-            require(isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most,
-                    f"{name} ({value!r}) must be a whole number from 1 to {most:,}; "
-                    f"try --{name.replace('_', '-')} {min(most, 256)}")
-        for name in ("bias", "tie_embeddings", "qk_norm", "zero_init_proj"):
-            require(isinstance(getattr(self, name), bool),
-                    f"{name} ({getattr(self, name)!r}) must be true or false")
+        check_settings(self)
         if self.n_embd % self.n_head:
             up = (self.n_embd // self.n_head + 1) * self.n_head
             raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                             f"try --n-embd {up} or an --n-head that divides {self.n_embd}")
-        require(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
-                f"dropout ({self.dropout!r}) must be in [0, 1); try --dropout 0.1")
-        require(self.attention in ("auto", "sdpa", "explicit"),
-                f"attention ({self.attention!r}) must be auto, sdpa or explicit; "
-                "try --attention auto")
-        require(self.activation in ACTIVATIONS,
-                f"activation ({self.activation!r}) must be {', '.join(ACTIVATIONS)}; "
-                "try --activation gelu_tanh")
-        self._check_modern_options()
-
-    def _check_modern_options(self) -> None:
-        require(self.positions in POSITIONS,
-                f"positions ({self.positions!r}) must be learned or rope; try --positions rope")
-        require(self.norm in NORMS,
-                f"norm ({self.norm!r}) must be layernorm or rmsnorm; try --norm rmsnorm")
         D = self.head_size
         if self.positions == "rope" and D % 2:
             raise UserError(
                 f"positions 'rope' needs an even head size, but n_embd / n_head = "
                 f"{self.n_embd} / {self.n_head} = {D} (rotary turns pairs of channels); try "
                 f"--n-embd {self.n_embd + self.n_head} or --positions learned")
-        cap = self.logit_softcap
-        require(isinstance(cap, (int, float)) and not isinstance(cap, bool)
-                and math.isfinite(cap) and cap >= 0,
-                f"logit_softcap ({cap!r}) must be 0 (off) or a positive number; "
-                "try --logit-softcap 30")
 
     @property
     def head_size(self) -> int:

@@ -7,22 +7,15 @@ a flat form (`learning_rate`), which checkpoints store and presets and the CLI u
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from gptscratch.errors import did_you_mean, require
+from gptscratch.errors import SettingError, require
 from gptscratch.model.config import parse_targets
-from gptscratch.settings import setting
+from gptscratch.settings import check_settings, setting
 
 OPTIMIZERS = ("adamw", "muon")  # `optimizer.make_optimizer`
-
-
-def _positive(section: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(section, name)
-        require(isinstance(value, int) and value >= 1,
-                f"{name} ({value}) must be a positive integer; try --{name.replace('_', '-')} 1")
+LOGGERS = ("jsonl", "tensorboard", "csv", "wandb")  # jsonl (metrics.jsonl) is always on
 
 
 @dataclass(frozen=True)
@@ -30,47 +23,35 @@ class OptimConfig:
     """How each step learns: batch, the optimizer (AdamW, or Muon with AdamW), the
     learning-rate schedule, clipping."""
 
-    batch_size: int = 32
-    grad_accum: int = 1  # micro-batches per optimizer step
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4  # cosine decay floor
-    warmup_iters: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 disables clipping
-    max_bad_steps: int = 5  # non-finite steps (each skipped) in a row that end the run
+    batch_size: int = setting(32, "sequences per micro-batch", low=1, example=1)
+    grad_accum: int = setting(1, "micro-batches per optimizer step", low=1, example=1)
+    learning_rate: float = setting(1e-3, "peak learning rate", low=0, low_open=True, example=1e-3)
+    min_lr: float = setting(1e-4, "the cosine decay's floor", low=0, example=1e-4)
+    warmup_iters: int = setting(100, "steps of linear warmup", low=0, example=100)
+    weight_decay: float = setting(0.1, "AdamW's (and Muon's) weight decay", low=0, example=0.1)
+    beta1: float = setting(0.9, "AdamW's beta1", low=0, high=1, high_open=True, example=0.9)
+    beta2: float = setting(0.99, "AdamW's beta2", low=0, high=1, high_open=True, example=0.99)
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0: no clipping)", low=0,
+                               example=1.0)
+    max_bad_steps: int = setting(
+        5, "non-finite steps in a row (each skipped) that end the run", low=1, example=5)
     # muon: `muon.py`; weight_decay applies to both kinds, at each one's rate.
     optimizer: str = setting(
-        "adamw", "adamw | muon (Muon for the blocks' weight matrices, AdamW for the rest)")
+        "adamw", "adamw | muon (Muon for the blocks' weight matrices, AdamW for the rest)",
+        choices=OPTIMIZERS, example="adamw")
     # modded-nanogpt's 0.02; warmup and decay scale it as they scale learning_rate.
     muon_lr: float = setting(
-        0.02, "Muon's peak learning rate, scaled by the same schedule as --learning-rate")
-    muon_momentum: float = setting(0.95, "Muon's Nesterov momentum (modded-nanogpt's 0.95)")
+        0.02, "Muon's peak learning rate, scaled by the same schedule as --learning-rate",
+        low=0, low_open=True, example=0.02)
+    muon_momentum: float = setting(0.95, "Muon's Nesterov momentum (modded-nanogpt's 0.95)",
+                                   low=0, high=1, high_open=True, example=0.95)
 
     def __post_init__(self) -> None:
-        _positive(self, "batch_size", "grad_accum", "max_bad_steps")
-        require(self.optimizer in OPTIMIZERS,
-                f"optimizer ({self.optimizer!r}) must be one of {', '.join(OPTIMIZERS)}"
-                f"{did_you_mean(str(self.optimizer), OPTIMIZERS)}; try --optimizer adamw")
-        require(isinstance(self.muon_lr, (int, float)) and 0 < self.muon_lr < math.inf,
-                f"muon_lr ({self.muon_lr}) must be > 0; try --muon-lr 0.02")
-        require(isinstance(self.muon_momentum, (int, float)) and 0 <= self.muon_momentum < 1,
-                f"muon_momentum ({self.muon_momentum}) must be in [0, 1); "
-                "try --muon-momentum 0.95")
-        require(self.warmup_iters >= 0, f"warmup_iters ({self.warmup_iters}) must be >= 0")
-        require(self.learning_rate > 0 and 0 <= self.min_lr <= self.learning_rate,
-                f"learning rates must satisfy 0 <= min_lr ({self.min_lr}) <= learning_rate "
-                f"({self.learning_rate}) and learning_rate > 0; "
-                f"try --min-lr {self.learning_rate / 10:g}")
-        require(self.weight_decay >= 0, f"weight_decay ({self.weight_decay}) must be >= 0")
-        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
-                f"beta1 ({self.beta1}) and beta2 ({self.beta2}) must be in [0, 1)")
-        require(self.grad_clip >= 0, f"grad_clip ({self.grad_clip}) must be >= 0 (0 disables)")
-
-
-LOGGERS = ("jsonl", "tensorboard", "csv", "wandb")  # jsonl (metrics.jsonl) is always on
-MAX_EVAL_SAMPLE_TOKENS = 10_000  # a sample to read, not a corpus: it runs at every evaluation
+        check_settings(self)
+        if self.min_lr > self.learning_rate:
+            raise SettingError("min_lr", self.min_lr,
+                               f"must be <= learning_rate ({self.learning_rate})",
+                               f"{self.learning_rate / 10:g}")
 
 
 def _check_loggers(run: Any) -> None:
@@ -91,44 +72,41 @@ def _check_loggers(run: Any) -> None:
 class RunConfig:
     """How long to train, how often to evaluate and log (and where), and the random seed."""
 
-    max_iters: int = 2000  # optimizer steps; `epochs` overrides it when set
-    epochs: float | None = None
-    # Wall-clock budget in seconds (None or 0: none); the LR schedule then follows elapsed time.
-    max_time: float | None = None
-    eval_interval: int = 250
-    eval_iters: int = 20
-    log_interval: int = 10
-    seed: int = 1337
+    max_iters: int = setting(2000, "optimizer steps (epochs, when set, overrides it)", low=1,
+                             example=1)
+    epochs: float | None = setting(None, "passes over the training data", low=0, low_open=True,
+                                   example=1)
+    max_time: float | None = setting(
+        None, "wall-clock budget in seconds, which the LR schedule then follows (0: none)",
+        low=0, example=300)
+    eval_interval: int = setting(250, "steps between evaluations", low=1, example=1)
+    eval_iters: int = setting(20, "batches each evaluation averages", low=1, example=1)
+    log_interval: int = setting(10, "steps between progress lines", low=1, example=1)
+    seed: int = setting(1337, "the seed of everything random")
     loggers: tuple[str, ...] = setting(
         (), "also log to tensorboard, csv or wandb (repeatable, or comma-separated)",
         flag="--logger")
+    # A sample to read, not a corpus: it is drawn at every evaluation.
     eval_sample_tokens: int = setting(
-        100, "tokens sampled at each evaluation for loggers and report (0: none)")
+        100, "tokens sampled at each evaluation for loggers and report (0: none)", low=0,
+        high=10_000, example=100)
 
     def __post_init__(self) -> None:
-        _positive(self, "max_iters", "eval_interval", "eval_iters")
+        check_settings(self)
         _check_loggers(self)
-        require(isinstance(self.eval_sample_tokens, int)
-                and not isinstance(self.eval_sample_tokens, bool)
-                and 0 <= self.eval_sample_tokens <= MAX_EVAL_SAMPLE_TOKENS,
-                f"eval_sample_tokens ({self.eval_sample_tokens}) must be a whole number from 0 "
-                f"(none) to {MAX_EVAL_SAMPLE_TOKENS:,}; try --eval-sample-tokens 100")
-        require(self.log_interval >= 1, f"log_interval ({self.log_interval}) must be >= 1")
-        require(self.epochs is None or self.epochs > 0,
-                f"epochs ({self.epochs}) must be > 0; try --epochs 1")
-        require(self.max_time is None or self.max_time >= 0,
-                f"max_time ({self.max_time}) must be >= 0 seconds (0: no limit); "
-                "try --max-time 300")
 
 
 @dataclass(frozen=True)
 class SystemConfig:
-    """Where and how the maths runs: device, precision, compilation, processes."""
+    """Where and how the maths runs: device, precision, compilation, processes. (dtype and
+    device are checked where they are resolved, against the machine: `runtime`.)"""
 
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (`runtime.precision`)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    compile: bool | None = None  # None: by device (`runtime.compile.choose_compile`)
-    peak_tflops: float | None = None  # per process, for MFU; None: `mfu.peak_flops` finds it
+    dtype: str = setting("auto", "auto | float32 | bfloat16 | float16 (`runtime.precision`)")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N | mps")
+    compile: bool | None = setting(None, "train through torch.compile (default: by device)")
+    peak_tflops: float | None = setting(
+        None, "peak TFLOP/s per process to report MFU against (default: a known GPU's, or a "
+              "matmul measured here)", low=0, low_open=True, example=989)
     # FSDP instead of DDP's full copy on each process: for models that do not fit one GPU.
     fsdp: bool = setting(
         False, "under torchrun: shard weights, gradients and optimizer state across processes")
@@ -137,9 +115,7 @@ class SystemConfig:
                "more compute")
 
     def __post_init__(self) -> None:
-        # dtype and device are checked where they are resolved, against the machine (`runtime`).
-        require(self.peak_tflops is None or self.peak_tflops > 0,
-                f"peak_tflops ({self.peak_tflops}) must be > 0; e.g. --peak-tflops 989 for an H100")
+        check_settings(self)
 
 
 @dataclass(frozen=True)
@@ -149,27 +125,21 @@ class FinetuneConfig:
 
     freeze_embeddings: bool = setting(
         False, "fine-tuning: keep the embeddings (and a tied LM head) fixed")
-    freeze_layers: int = setting(0, "fine-tuning: keep the first K Transformer blocks fixed")
+    freeze_layers: int = setting(0, "fine-tuning: keep the first K Transformer blocks fixed",
+                                 low=0, says="must be a whole number >= 0", example=0)
     lora_rank: int = setting(0, "fine-tuning with --init-from: train rank-R LoRA adapters on a "
-                                "frozen model (0: off)")
+                                "frozen model (0: off)", low=0,
+                             says="must be a whole number >= 1 (0: no LoRA)", example=8)
     # 16 at rank 8 is LitGPT's and common usage.
-    lora_alpha: float = setting(16.0, "LoRA: the adapters' change is scaled by alpha / rank")
-    lora_dropout: float = setting(0.0, "LoRA: dropout on the adapters' input")
+    lora_alpha: float = setting(16.0, "LoRA: the adapters' change is scaled by alpha / rank",
+                                low=0, high=1e6, low_open=True, high_open=True, example=16)
+    lora_dropout: float = setting(0.0, "LoRA: dropout on the adapters' input", low=0, high=1,
+                                  high_open=True, example=0.05)
     lora_targets: str = setting(
         "attn", "LoRA: the layers to adapt, comma-separated: attn, mlp, head")
 
     def __post_init__(self) -> None:
-        require(isinstance(self.freeze_layers, int) and self.freeze_layers >= 0,
-                f"freeze_layers ({self.freeze_layers}) must be a whole number >= 0; "
-                "try --freeze-layers 0")
-        require(isinstance(self.lora_rank, int) and not isinstance(self.lora_rank, bool)
-                and self.lora_rank >= 0,
-                f"lora_rank ({self.lora_rank}) must be a whole number >= 1 (0: no LoRA); "
-                "try --lora-rank 8")
-        require(isinstance(self.lora_alpha, (int, float)) and 0 < self.lora_alpha < 1e6,
-                f"lora_alpha ({self.lora_alpha}) must be > 0; try --lora-alpha 16")
-        require(isinstance(self.lora_dropout, (int, float)) and 0 <= self.lora_dropout < 1,
-                f"lora_dropout ({self.lora_dropout}) must be in [0, 1); try --lora-dropout 0.05")
+        check_settings(self)
         if self.lora_rank:
             parse_targets(self.lora_targets)  # names checked now, the rank against the model
 
