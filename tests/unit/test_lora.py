@@ -7,7 +7,7 @@ import torch
 
 from gptscratch.checkpoints.adapters import state_hash
 from gptscratch.errors import UserError
-from gptscratch.model.config import LORA_TARGETS, ModelConfig
+from gptscratch.model.config import LORA_TARGETS, ModelConfig, parse_targets
 from gptscratch.model.fast import FastLinear
 from gptscratch.model.gpt import GPT, lm_loss
 from gptscratch.model.lora import (
@@ -17,7 +17,6 @@ from gptscratch.model.lora import (
     has_lora,
     lora_state_dict,
     merge_lora,
-    parse_targets,
 )
 from gptscratch.training.config import TrainConfig
 from gptscratch.training.memory import estimate_training_memory, lora_parameter_count

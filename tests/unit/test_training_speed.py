@@ -13,7 +13,7 @@ import torch
 from gptscratch.data.batches import get_batch
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT
-from gptscratch.runtime.compile import choose_compile
+from gptscratch.runtime.device import choose_compile
 from gptscratch.training import mfu
 from gptscratch.training.metrics import progress_line
 

@@ -51,14 +51,12 @@ def server_app(model: ModelSource, config: ServeConfig | None = None, *, device:
     return create_app(load_model(model, device, dtype, block_size), config)
 
 
-def serve(model: ModelSource, host: str = "127.0.0.1", port: int = 8000,
+def serve(model: ModelSource, host: str = "127.0.0.1", port: int = 8000, *,
+          device: str = "auto", dtype: str = "auto", block_size: int | None = None,
           **options: Any) -> None:
-    """Serve a model until Ctrl-C (options as for `server_app`)."""
-    config = serve_config(None, {k: v for k, v in options.items()
-                                 if k not in ("device", "dtype", "block_size")}
-                          | {"host": host, "port": port})
-    app = server_app(model, config, **{k: v for k, v in options.items()
-                                        if k in ("device", "dtype", "block_size")})
+    """Serve a model until Ctrl-C (arguments as for `server_app`)."""
+    config = serve_config(None, {**options, "host": host, "port": port})
+    app = server_app(model, config, device=device, dtype=dtype, block_size=block_size)
     from gptscratch.server.app import run
 
     run(app, config.host, config.port)

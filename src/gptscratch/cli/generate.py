@@ -37,15 +37,15 @@ def _report_load(loaded: api.LoadedModel, config: api.GenerationConfig) -> None:
                  "are not used")
 
 
-def _print_in_order(chunks: Iterable[api.Chunk], rows: int, headings: list[str],
+def _print_in_order(chunks: Iterable[api.Chunk], rows: int, heading: str,
                     after: Callable[[api.Completion], None]) -> None:
     """Stream rows one after another: the current row prints as it is generated, the others
-    are buffered until their turn. Row r opens with `headings[r]`; `after` gets each row's
+    are buffered until their turn. Each row opens with `heading`; `after` gets each row's
     Completion once it is printed."""
     buffers: dict[int, list[str]] = {}
     finished: dict[int, api.Completion] = {}
     current = 0
-    sys.stdout.write(headings[0])
+    sys.stdout.write(heading)
     for chunk in chunks:
         buffers.setdefault(chunk.row, []).append(chunk.text)
         if chunk.completion is not None:
@@ -60,7 +60,7 @@ def _print_in_order(chunks: Iterable[api.Chunk], rows: int, headings: list[str],
             current += 1
             if current == rows:
                 break
-            sys.stdout.write("-" * 40 + "\n" + headings[current])
+            sys.stdout.write("-" * 40 + "\n" + heading)
         sys.stdout.flush()
 
 
@@ -95,8 +95,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
                 print(json.dumps(dataclasses.asdict(chunk.completion)), flush=True)
                 after(chunk.completion)
         return
-    headings = [generation.prompts[0]] * config.num_samples
-    _print_in_order(generation, config.num_samples, headings, after)
+    _print_in_order(generation, config.num_samples, generation.prompts[0], after)
 
 
 def _read_line(prompt: str) -> str | None:

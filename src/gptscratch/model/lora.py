@@ -19,10 +19,6 @@ import torch
 from torch import nn
 
 from gptscratch.errors import UserError
-from gptscratch.model.config import parse_targets
-
-__all__ = ["LoRALinear", "TARGETS", "parse_targets", "target_layers", "check_rank", "add_lora",
-           "lora_state_dict", "is_lora_parameter", "has_lora", "merge_lora"]
 
 # The Linear layers (by the end of their names) each of `--lora-targets`' names adapts.
 TARGETS: dict[str, tuple[str, ...]] = {

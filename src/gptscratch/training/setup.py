@@ -25,9 +25,8 @@ from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.fast import choose_attention_path, store_frozen_in_bf16
 from gptscratch.model.gpt import GPT
-from gptscratch.runtime.compile import choose_compile
 from gptscratch.runtime.cpu import keep_freed_memory, set_cpu_float_mode
-from gptscratch.runtime.device import check_fits, choose_device
+from gptscratch.runtime.device import check_fits, choose_compile, choose_device
 from gptscratch.runtime.precision import Precision, choose_precision
 from gptscratch.training.advice import OverfitWatch, plan_warnings
 from gptscratch.training.config import OptimConfig, RunConfig, SystemConfig, TrainConfig

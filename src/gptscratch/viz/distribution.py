@@ -108,4 +108,3 @@ def plot_next_token(dist: NextTokenDistribution, out: str | Path, prompt: str = 
     shown = canvas.token_label(prompt[-40:]) if prompt else ""
     fig.suptitle(f"Next token after \"{shown}\": top {n} candidates", fontsize=canvas.TITLE_SIZE)
     return canvas.save_png(fig, out)
-
