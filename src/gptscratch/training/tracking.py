@@ -60,7 +60,6 @@ def open_sinks(loggers: Sequence[str], out_dir: Path, hparams: dict[str, Any],
         past: the records already in metrics.jsonl (a resumed run's, up to its checkpoint).
         resumed_at: the checkpoint's step when resuming, else None.
     """
-    check_loggers(loggers)
     sinks: list[Sink] = []
     if "tensorboard" in loggers:
         sinks.append(TensorBoardSink(out_dir / "tensorboard", hparams, past, resumed_at))
