@@ -328,10 +328,10 @@ def test_learned_positions_can_shrink_the_context_but_not_grow_it() -> None:
     assert with_context(config, None) is config and with_context(config, 16) is config
     assert with_context(config, 8).block_size == 8
     with pytest.raises(UserError, match=r"block_size \(17\) is longer than the 16 positions "
-                       r"this model learned .* only a model trained with --positions rope .* "
-                       r"use --block-size 16 or less"):
+                       r"this model learned .* only a model trained with rotary positions .* "
+                       r"try block_size=16 or less"):
         with_context(config, 17)
-    with pytest.raises(UserError, match=r"block_size \(0\) must be >= 1; try --block-size 16"):
+    with pytest.raises(UserError, match=r"block_size \(0\) must be >= 1; try block_size=16"):
         with_context(tiny(positions="rope"), 0)
     assert with_context(tiny(positions="rope"), 4096).block_size == 4096
 

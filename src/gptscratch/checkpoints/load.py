@@ -27,7 +27,7 @@ from gptscratch.checkpoints.adapters import (
 from gptscratch.checkpoints.checkpoint import META, Checkpoint, load_checkpoint
 from gptscratch.checkpoints.huggingface import CONFIG, read_hf_model
 from gptscratch.data.tokenizers import Tokenizer
-from gptscratch.errors import UserError, require
+from gptscratch.errors import SettingError, UserError
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.fast import use_fast_linears
 from gptscratch.model.gpt import GPT
@@ -113,12 +113,13 @@ def with_context(config: ModelConfig, block_size: int | None) -> ModelConfig:
     """
     if block_size is None or block_size == config.block_size:
         return config
-    require(isinstance(block_size, int) and block_size >= 1,
-            f"block_size ({block_size}) must be >= 1; try --block-size {config.block_size}")
-    require(block_size <= config.block_size or config.positions == "rope",
-            f"block_size ({block_size}) is longer than the {config.block_size} positions this "
-            f"model learned (its wpe table); only a model trained with --positions rope can read "
-            f"a longer context; use --block-size {config.block_size} or less")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise SettingError("block_size", block_size, "must be >= 1", config.block_size)
+    if block_size > config.block_size and config.positions != "rope":
+        raise SettingError("block_size", block_size, f"is longer than the {config.block_size} "
+                           "positions this model learned (its wpe table); only a model trained "
+                           "with rotary positions can read a longer context", config.block_size,
+                           " or less")
     if block_size > config.block_size:
         log.info("reading up to %d tokens at once, trained on %d (rotary positions: no table "
                  "to outgrow; distances past %d were never seen in training)", block_size,

@@ -88,7 +88,7 @@ def stream_chunks(loaded: LoadedModel, prompts: str | Sequence[str],
         script = corpus_script(loaded.checkpoint)
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
     require(len(texts) > 0 and all(p != "" for p in texts),
-            "a prompt is empty; give --prompt TEXT or pipe text on stdin")
+            "a prompt is empty; give some text to continue")
     texts = speaker_prompts(texts, config.speaker, script)
     ids = [encode_prompt(loaded.tokenizer, text) for text in texts]
     rules = _stop_rules(config, script)
@@ -111,7 +111,7 @@ def complete(loaded: LoadedModel, prompts: str | Sequence[str],
 def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     ids = tokenizer.encode(prompt)
     if not ids:
-        raise UserError("the prompt is empty and the tokenizer has no start token; give --prompt")
+        raise UserError("the prompt is empty and the tokenizer has no start token; give some text")
     return ids
 
 
