@@ -1,9 +1,7 @@
-"""The one loader: from any model source to a `LoadedModel`, on its device, ready to run.
-
-A source is a gptscratch run (its best/) or checkpoint folder, a LoRA run (its base, checked
-by hash, with the adapters on top), a Hugging Face GPT-2 folder or hub name, or a loaded model.
-Every command that runs a model and the trainer (resume, `--init-from`) load here, and
-`build_model` makes every GPT from weights.
+"""The one loader: any source (a run or checkpoint folder, a LoRA run on its hash-checked base,
+a Hugging Face GPT-2 folder or hub name, a loaded model) to a `LoadedModel` ready to run. Every
+command and the trainer (resume, `--init-from`) load here; `build_model` makes every GPT from
+weights.
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
-"""The decoding engine: every row being generated, decoded together, one token a step.
+"""The decoding engine, which every caller decodes through (`stream_chunks` / `complete`, so
+`sample`, `chat` and the API; training samples; the server, which adds a thread and a queue).
 
-Every caller decodes through it: `stream_chunks` / `complete` (so `sample`, `chat` and the
-API), training-time samples, and the server (`server/batching.py` adds a thread and a queue).
 Each row keeps its own sampling settings, seeded generator, penalty history, window and stop
 rules, and joins or leaves a running batch at any step (continuous batching): a row with seed s
-gives what its prompt alone with seed s gives (its logits to about 5e-7 in fp32, not bit for
-bit: a padded batch takes the masked attention kernel). Each step, each row's new text passes
-its stop rules, and what is safe to show goes to its sink as a `RowEvent`.
+gives what its prompt alone with seed s gives (logits to ~5e-7 in fp32: a padded batch takes
+the masked attention kernel). What a row's stop rules let show goes to its sink as `RowEvent`s.
 """
 
 from __future__ import annotations
@@ -249,17 +247,25 @@ class Engine:
         self.largest_batch = max(self.largest_batch, decoder.batch)
         logits = decoder.logits()  # (B, V) fp32
         logprobs = F.log_softmax(logits, dim=-1)  # (B, V)
-        chosen = [sample_next_token(logits[i:i + 1], row.request.sampling, row.generator,
-                                    row.history) for i, row in enumerate(self.running)]
-        ids = torch.cat(chosen)  # (B, 1)
+        ids = self._sample(logits)  # (B, 1)
         decoder.append(ids)
         finished = []
-        for i, (row, token) in enumerate(zip(self.running, ids[:, 0].tolist(), strict=True)):
+        chosen = zip(ids[:, 0].tolist(), logprobs.gather(1, ids)[:, 0].tolist(), strict=True)
+        for i, (row, (token, logprob)) in enumerate(zip(self.running, chosen, strict=True)):
             if row.history is not None:
-                row.history.add(chosen[i])
-            if self._advance(row, token, logprobs[i]):
+                row.history.add(ids[i:i + 1])
+            if self._advance(row, token, logprob, logprobs[i]):
                 finished.append(i)
         self.leave(finished)
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """One token per row, (B, 1), each drawn with the row's own generator (rows sharing
+        their settings, without penalties, are filtered as one batch)."""
+        rows, first = self.running, self.running[0].request.sampling
+        if all(r.request.sampling == first and r.history is None for r in rows):
+            return sample_next_token(logits, first, [r.generator for r in rows])  # type: ignore[misc]
+        return torch.cat([sample_next_token(logits[i:i + 1], r.request.sampling, r.generator,
+                                            r.history) for i, r in enumerate(rows)])
 
     def _in_decoder(self) -> int:
         return self.decoder.batch if self.decoder is not None else 0
@@ -313,12 +319,13 @@ class Engine:
                         zip(indices.tolist(), values.tolist(), strict=True))
         return TokenInfo(token, self.tokenizer.decode([token]), float(logprobs[token]), top)
 
-    def _advance(self, row: Row, token: int, logprobs: torch.Tensor) -> bool:
-        """Add a sampled token to its row and report what became safe; True when it ended."""
+    def _advance(self, row: Row, token: int, logprob: float, logprobs: torch.Tensor) -> bool:
+        """Add a sampled token (and its log-probability; `logprobs`: the row's (V,)) to its row
+        and report what became safe; True when it ended."""
         row.offsets.append(len(row.text))
         row.context.append(token)
         row.generated.append(token)
-        row.logprobs.append(float(logprobs[token]))
+        row.logprobs.append(logprob)
         if row.request.top_logprobs is not None:
             row.pending.append(self._token_info(row, token, logprobs))
         text = row.text = self.tokenizer.decode(row.generated)

@@ -1,9 +1,7 @@
-"""The two entry points of text generation, for the CLI, the Python API, chat and notebooks.
-
-`stream_chunks` yields each sample's text in `Chunk`s as soon as it is safe to show; `complete`
-returns the finished `Completion`s. All is checked before the first token (prompts, speaker,
-tokenizer coverage, memory), so a mistake never ends a half-printed text. Sampled rows go
-through `engine`; beam search (`model.beam_search`) runs prompt by prompt.
+"""The two entry points of text generation: `stream_chunks` yields each sample's text in
+`Chunk`s as soon as it is safe to show, `complete` the finished `Completion`s. All is checked
+before the first token, so a mistake never ends a half-printed text. Sampled rows go through
+`engine`; beam search (`model.beam_search`) runs prompt by prompt.
 """
 
 from __future__ import annotations

@@ -66,9 +66,8 @@ class Decoder:
             self.seq[row, longest - len(ids):] = torch.tensor(list(ids), dtype=torch.long)
         self.pad = torch.tensor([longest - len(p) for p in prompts], device=device)  # (B,)
         self.rows = torch.arange(len(prompts), device=device)
-        self.prompts = [list(p) for p in prompts]
         # Identical prompts (several samples of one prompt) are prefilled once, then copied.
-        self._shared_prompt = all(p == self.prompts[0] for p in self.prompts)
+        self._shared_prompt = all(list(p) == list(prompts[0]) for p in prompts)
         self.cache: KVCache | None = None
 
     @property
@@ -142,7 +141,6 @@ class Decoder:
                               F.pad(new.seq, (width - new.seq.size(1), 0))])  # (B, T)
         first = int(self.rows.max()) + 1 if self.rows.numel() else 0
         self.rows = torch.cat([self.rows, new.rows + first])
-        self.prompts += new.prompts
         self.cache.extend(new.cache)
         self._shared_prompt = False
 

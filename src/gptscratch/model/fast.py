@@ -1,13 +1,9 @@
-"""Speed and memory paths for particular devices, kept apart from the teaching model.
-
-The model files are the reference; the code that knows the device and dtype (the checkpoint
-loader, the trainer's set-up) applies these to a built model. Each computes what the reference
-does, up to rounding (a test checks); the measurements are in docs/benchmarks.md.
-- `FastLinear`: a one-row bf16 product on a CPU runs as `torch.mv`, which read the weights
-  ~1.7x faster than `F.linear` on an AMX CPU ("Generation"); and a frozen weight stored in
-  bf16 (`store_frozen_in_bf16`) answers an fp32 caller.
-- `choose_attention_path`: under CPU bf16 autocast, the explicit path's plain matmuls (on AMX)
-  trained faster than SDPA's fused CPU backward ("Attention path").
+"""Speed and memory paths for particular devices, kept apart from the teaching model, which is
+the reference: the loader and the trainer apply them to a built model. Each computes what the
+reference does, up to rounding (tests check); measured in docs/benchmarks.md: `FastLinear` (a
+one-row bf16 product on a CPU as `torch.mv`, ~1.7x `F.linear` on AMX: "Generation"; a frozen
+bf16 weight answering an fp32 caller) and `choose_attention_path` (the explicit path's plain
+matmuls beat SDPA's fused CPU backward under bf16 autocast: "Attention path").
 """
 
 from __future__ import annotations

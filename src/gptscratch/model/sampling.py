@@ -8,6 +8,8 @@ raw logits, temperature, the filters, then a draw, or the argmax at temperature 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -77,13 +79,14 @@ def filter_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
 
 
 def sample_next_token(logits: torch.Tensor, config: SamplingConfig,
-                      generator: torch.Generator | None = None,
+                      generator: torch.Generator | Sequence[torch.Generator] | None = None,
                       history: TokenCounts | None = None) -> torch.Tensor:
     """Pick one next token per row.
 
     Args:
         logits: (B, V) scores for the next token (any float dtype).
-        generator: source of randomness; the same seed gives the same tokens.
+        generator: source of randomness (the same seed gives the same tokens), or one per
+            row (each row then draws what it would draw alone).
         history: the rows' tokens so far, needed when a penalty is set.
 
     Returns:
@@ -96,5 +99,8 @@ def sample_next_token(logits: torch.Tensor, config: SamplingConfig,
         logits = apply_penalties(logits, config, history)
     if config.temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)
-    probs = F.softmax(filter_logits(logits, config), dim=-1)
+    probs = F.softmax(filter_logits(logits, config), dim=-1)  # (B, V)
+    if isinstance(generator, Sequence):
+        return torch.cat([torch.multinomial(p[None], 1, generator=g)
+                          for p, g in zip(probs, generator, strict=True)])
     return torch.multinomial(probs, num_samples=1, generator=generator)

@@ -1,10 +1,7 @@
-"""Continuous batching for the server: a bounded queue and one thread in front of the engine.
-
-Rows (`generation.engine.RowRequest`) arrive in the queue from any thread. The engine's thread
-owns the model: before every step, waiting rows join the batch (up to `max_batch`) and
-abandoned rows leave it, so a short request never waits for a long one; all decoding is the
-engine's. A request's `Job` carries its rows' `RowEvent`s back to its event loop, and cancels
-the rows when its client disconnects.
+"""Continuous batching for the server: a bounded queue and one thread in front of the engine,
+which owns the model; before every step waiting rows join the batch (up to `max_batch`) and
+abandoned rows leave it. A request's `Job` carries its rows' `RowEvent`s back to its event
+loop, and cancels the rows when its client disconnects.
 """
 
 from __future__ import annotations

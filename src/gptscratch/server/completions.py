@@ -78,11 +78,16 @@ def event_stream(objects: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _failed(results: list[Finished]) -> None:
-    broken = next((r for r in results if r.finish_reason == "error"), None)
+async def _results(job: Job, left: ClientLeft) -> list[Finished] | None:
+    """Every row's whole result (None if the client left first); a failed row is a 500, or a
+    503 while the server shuts down."""
+    collected = await job.collect(left)
+    results = None if collected is None else [Finished.of(events) for events in collected]
+    broken = next((r for r in results or [] if r.finish_reason == "error"), None)
     if broken is not None:
         raise APIError(500 if broken.error != "the server is shutting down" else 503,
                        f"generation failed: {broken.error}")
+    return results
 
 
 def _start(served: Served, req: GenerationRequest, prompts: list[list[int]], max_tokens: int,
@@ -119,11 +124,9 @@ async def complete(served: Served, req: CompletionRequest, left: ClientLeft = No
     used = usage(sum(map(len, prompts)), 0)
     if req.stream:
         return event_stream(_completion_chunks(job, header, req, texts, used))
-    collected = await job.collect(left)
-    if collected is None:
+    results = await _results(job, left)
+    if results is None:
         return Response(status_code=499)  # nobody is listening (nginx's code for this)
-    results = [Finished.of(events) for events in collected]
-    _failed(results)
     choices = []
     for index, result in enumerate(results):
         echo = texts[index // req.n] if req.echo else ""
@@ -176,11 +179,9 @@ async def chat(served: Served, req: ChatRequest, left: ClientLeft = None) -> Res
     if req.stream:
         header.object = "chat.completion.chunk"
         return event_stream(_chat_chunks(job, header, req, len(ids)))
-    collected = await job.collect(left)
-    if collected is None:
+    results = await _results(job, left)
+    if results is None:
         return Response(status_code=499)  # nobody is listening (nginx's code for this)
-    results = [Finished.of(events) for events in collected]
-    _failed(results)
     choices = [chat_choice(i, r.text, r.tokens if req.logprobs else None,
                            r.finish_reason) for i, r in enumerate(results)]
     used = usage(len(ids), sum(r.completion_tokens for r in results))

@@ -1,9 +1,6 @@
-"""How a training run starts: one pass from what was asked to the running loop.
-
-`train` resolves the settings (from a preset, the run being resumed or the model being
-fine-tuned, with overrides), makes every refusal it can before anything is written, prepares
-the data and hands over to `loop.run`. A fine-tuning run (`--init-from`) has its own defaults
-and rules (the source fixes the shape and tokenizer), and a LoRA run its plan, at the end.
+"""How a training run starts: `train` resolves the settings (a preset, the run resumed, or the
+model fine-tuned: its defaults, rules and LoRA plan are at the end), makes every refusal it can
+before anything is written, prepares the data and hands over to `loop.run`.
 """
 
 from __future__ import annotations
