@@ -1,5 +1,5 @@
 """Every function under src/ fits on a screen: at most 80 lines (docstring included). Modules
-have no cap: a module holds one idea, whatever its length (`../shared/STYLE.md`)."""
+have no cap: a module holds one idea, whatever its length."""
 
 from __future__ import annotations
 

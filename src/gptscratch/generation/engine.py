@@ -115,6 +115,16 @@ class RowRequest:
 Sink = Callable[[RowEvent], None]
 
 
+def rows_for(prompts: Sequence[Sequence[int]], n: int, max_tokens: int,
+             sampling: SamplingConfig, seed: int | None, rules: Sequence[StopRule] = (),
+             top_logprobs: int | None = None, score_prompt: bool = False) -> list[RowRequest]:
+    """Row i * n + j is sample j of prompt i, seeded with seed + j: `sample`'s samples and the
+    server's choices alike, each reading as it would alone with its seed."""
+    return [RowRequest(tuple(ids), max_tokens, sampling, None if seed is None else seed + j,
+                       tuple(rules), top_logprobs, score_prompt)
+            for ids in prompts for j in range(n)]
+
+
 class Row:
     """A row while it waits or runs: its tokens, window, generator, history and text."""
 

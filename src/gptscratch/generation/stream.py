@@ -17,12 +17,12 @@ from gptscratch.generation.engine import (
     Engine,
     Row,
     RowEvent,
-    RowRequest,
     Sink,
     StopRule,
     StopStrings,
     apply_rules,
     check_rows_fit,
+    rows_for,
 )
 from gptscratch.generation.script import (
     NextSpeakerStop,
@@ -129,9 +129,8 @@ def _sampled_chunks(model: GPT, tokenizer: Tokenizer, texts: list[str], ids: lis
     def sink(index: int) -> Sink:
         return lambda event: events.append((index, event))
 
-    rows = [Row(RowRequest(tuple(prompt), config.max_new_tokens, config.sampling,
-                           None if config.seed is None else config.seed + j, tuple(rules)),
-                sink(i * n + j)) for i, prompt in enumerate(ids) for j in range(n)]
+    requests = rows_for(ids, n, config.max_new_tokens, config.sampling, config.seed, rules)
+    rows = [Row(request, sink(i)) for i, request in enumerate(requests)]
     engine = Engine(model, tokenizer, config.use_cache)
     engine.join(rows)
     while True:

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gptscratch.checkpoints.load import LoadedModel
-from gptscratch.generation.engine import StopRule, StopStrings
+from gptscratch.generation.engine import StopRule, StopStrings, rows_for
 from gptscratch.generation.script import ScriptFormat, corpus_script
 from gptscratch.server.batching import BatchingEngine, Job
 from gptscratch.server.chat_template import next_speaker_stop, render_chat
@@ -37,7 +37,6 @@ from gptscratch.server.schemas import (
     check_ids,
     check_request,
     encode,
-    rows_for,
     sampling_config,
 )
 

@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 
+from gptscratch.generation.engine import rows_for
 from gptscratch.model.gpt import GPT, Trace
 from gptscratch.server.batching import Job
 from gptscratch.server.completions import Served, event_stream
@@ -31,7 +32,6 @@ from gptscratch.server.schemas import (
     GenerationRequest,
     check_request,
     encode,
-    rows_for,
     sampling_config,
 )
 

@@ -10,14 +10,12 @@ with OpenAI's defaults where they differ. Pydantic checks the types (a 422 namin
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, create_model
 
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import SettingError, UserError
-from gptscratch.generation.engine import RowRequest, StopRule
 from gptscratch.model.config import SamplingConfig
 from gptscratch.server.config import ServeConfig
 from gptscratch.server.errors import APIError
@@ -186,13 +184,3 @@ def check_ids(ids: list[int], vocab_size: int, limits: ServeConfig, param: str) 
         raise APIError(400, f"{param} has token id {bad}, outside this model's vocabulary "
                             f"(0 to {vocab_size - 1})", param, "unknown_token")
     return check_length(ids, limits, param)
-
-
-def rows_for(prompts: Sequence[list[int]], n: int, max_tokens: int, sampling: SamplingConfig,
-             seed: int | None, rules: Sequence[StopRule], top_logprobs: int | None,
-             score_prompt: bool = False) -> list[RowRequest]:
-    """Row i * n + j is choice j of prompt i, seeded with seed + j (so choice 0 is what
-    `api.complete` gives with that seed)."""
-    return [RowRequest(tuple(ids), max_tokens, sampling, None if seed is None else seed + j,
-                       tuple(rules), top_logprobs, score_prompt)
-            for ids in prompts for j in range(n)]
