@@ -252,10 +252,11 @@ def _add_viz_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", type=int, action="append", default=None, metavar="N",
                    help="draw only layer N (0-based; repeatable; default all)")
     p = picture("next-token", "next-token candidates and what the sampling settings cut", True)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    p.add_argument("--top-k", type=int, default=None, help="keep the K most likely tokens")
-    p.add_argument("--top-p", type=float, default=1.0,
-                   help="keep the most likely tokens covering P of the probability")
+    from gptscratch.model.config import SamplingConfig
+
+    # The picture shows what temperature, top-k and top-p cut: their flags, as `sample` has them.
+    add_setting_flags(p, SamplingConfig, {f.name for f in dataclasses.fields(SamplingConfig)}
+                      - {"temperature", "top_k", "top_p"})
     p.add_argument("--top", type=int, default=20, help="candidates to draw (default 20)")
     p = picture("embeddings", "token embeddings in 2D (PCA) and position similarity", False)
     p.add_argument("--tokens", type=int, default=120,
