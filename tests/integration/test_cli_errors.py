@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import re
@@ -16,6 +17,7 @@ import torch
 from conftest import TINY_MODEL, cli_error
 
 from gptscratch.cli import main
+from gptscratch.cli.parser import build_parser
 from gptscratch.runtime import precision
 
 TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_MODEL.items()] + [
@@ -124,6 +126,18 @@ def test_checkpoint_errors(tiny_run: Path, tmp_path: Path,
     assert "corrupted" in line
 
 
+def test_a_misspelt_run_folder_gets_the_nearest_run(tiny_run: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`--ckpt out/shakespeare_char` names `out/shakespeare-char`: the nearest folder beside it
+    that holds a checkpoint, never a nearer one that holds none."""
+    shutil.copytree(tiny_run, tmp_path / "shakespeare-char")
+    (tmp_path / "shakespeare-chars").mkdir()  # closer, but no checkpoint in it
+    line = run_cli(["sample", "--ckpt", str(tmp_path / "shakespeare_char")], capsys)
+    assert f"not found (did you mean {tmp_path / 'shakespeare-char'}?)" in line
+    line = run_cli(["sample", "--ckpt", str(tmp_path / "something-else")], capsys)
+    assert "did you mean" not in line
+
+
 def test_resume_with_a_different_model(tiny_run: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
@@ -220,6 +234,65 @@ def test_a_misspelt_command_or_picture_gets_a_suggestion(
         main(argv)
     assert exit_info.value.code == 2
     assert hint in capsys.readouterr().err
+
+
+def _commands() -> list[tuple[list[str], argparse.ArgumentParser]]:
+    """Every command line prefix (`sample`, `viz attention`, ...) with its parser."""
+    found = []
+
+    def walk(prefix: list[str], parser: argparse.ArgumentParser) -> None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if prefix and not subs:
+            found.append((prefix, parser))
+        for action in subs:
+            for name, child in action.choices.items():
+                walk([*prefix, name], child)
+
+    walk([], build_parser())
+    return found
+
+
+@pytest.mark.parametrize(("command", "parser"), _commands(),
+                         ids=lambda c: " ".join(c) if isinstance(c, list) else "")
+def test_a_misspelt_flag_of_any_command_gets_its_closest_flag(
+        command: list[str], parser: argparse.ArgumentParser,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Each long flag of each command, typed with a middle letter doubled, is suggested back,
+    with the command's own --help (its required arguments given)."""
+    flags = [f for f in parser._option_string_actions if f.startswith("--") and f != "--help"]
+    required = [arg for a in parser._actions if a.required
+                for arg in ([a.option_strings[0], "x"] if a.option_strings else ["x"])]
+    assert flags
+    for flag in flags:
+        middle = 2 + (len(flag) - 2) // 2
+        typo = flag[:middle] + flag[middle] + flag[middle:]
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, *required, typo, "1"])
+        assert exit_info.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines == [f"error: unrecognized arguments: {typo} 1 "
+                         f"(did you mean {flag}?); see 'gptscratch {' '.join(command)} --help'"]
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["sample", "--ckpt", "x", "--temp", "0.8"],
+     "--temp 0.8 (flags are not abbreviated: did you mean --temperature?)"),
+    (["sample", "--ckpt", "x", "--top", "5"],
+     "--top 5 (flags are not abbreviated: did you mean --top-k or --top-p?)"),
+    (["sample", "--ckpt", "x", "--temprature=0.8"], "--temprature=0.8 (did you mean --temperature?)"),
+    (["train", "--max-tim", "3"],
+     "--max-tim 3 (flags are not abbreviated: did you mean --max-time?)"),
+])
+def test_abbreviated_flags_are_refused(argv: list[str], expected: str,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`--temp` is not taken as `--temperature`: a flag added later (say `--temp-dir`) must
+    never change what an existing command line means."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"error: unrecognized arguments: {expected}; "
+                     f"see 'gptscratch {argv[0]} --help'"]
 
 
 @pytest.mark.parametrize(("argv", "expected"), [

@@ -9,6 +9,8 @@ added to `ModelConfig` since default to GPT-2's value.
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import json
 import os
 import shutil
@@ -100,10 +102,25 @@ def resolve_checkpoint(path: Path | str, prefer: str = "best") -> Path:
             if (candidate / META).exists():
                 return candidate
     if not path.exists():
-        raise UserError(f"checkpoint '{path}' not found; give a run directory made by "
-                        "`gptscratch train --out DIR` or one of its checkpoint folders")
+        raise UserError(f"checkpoint '{path}' not found{_nearest_checkpoint(path)}; give a run "
+                        "directory made by `gptscratch train --out DIR` or one of its "
+                        "checkpoint folders")
     raise UserError(f"no checkpoint in '{path}' (no {META} in it, its latest/ or best/); "
                     "train one with `gptscratch train --out DIR` first")
+
+
+def _nearest_checkpoint(path: Path, most: int = 1000) -> str:
+    """" (did you mean DIR?)" for the folder beside missing `path` whose name is closest to
+    it and that holds a checkpoint (a run folder or a checkpoint folder), or "" if none does;
+    looks at no more than `most` entries."""
+    try:
+        beside = list(itertools.islice(path.parent.iterdir(), most))
+    except OSError:
+        return ""
+    held = [d.name for d in beside if d.is_dir() and any(
+        (d / name / META).exists() for name in ("", "best", "latest"))]
+    close = difflib.get_close_matches(path.name, held, n=1, cutoff=0.6)
+    return f" (did you mean {path.parent / close[0]}?)" if close else ""
 
 
 @dataclass(frozen=True)

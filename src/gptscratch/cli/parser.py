@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Set
+from collections.abc import Sequence, Set
 from typing import Any, NoReturn, get_origin
 
 from gptscratch.errors import did_you_mean
@@ -20,10 +20,51 @@ CONTEXT_HELP = ("tokens read at once (default: the trained context); longer than
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with one-line errors (like every other error of gptscratch) that point at
-    `--help`, and a "did you mean ...?" for a misspelt command or picture name."""
+    the command's own `--help`, and a "did you mean ...?" for a misspelt command, picture
+    name or flag. Abbreviated flags are refused (`--temp` is not `--temperature`), so a flag
+    added later never changes what an existing command line means."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message}; see '{self.prog} --help'\n")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: Any = None) -> argparse.Namespace:
+        """Parse, and report flags that no parser took to the command they were given to,
+        with the closest flag that command has."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = _chosen_parser(self, parsed)
+            unknown = next((a.split("=", 1)[0] for a in extras if a.startswith("-")), "")
+            command.error(f"unrecognized arguments: {' '.join(extras)}"
+                          f"{_flag_hint(unknown, list(command._option_string_actions))}")
+        return parsed
+
+
+def _flag_hint(unknown: str, flags: list[str]) -> str:
+    """What to say of an unknown flag: the flags it abbreviates (abbreviations are refused),
+    else the closest flag, else nothing."""
+    if not unknown.startswith("--"):
+        return ""
+    longer = sorted(f for f in flags if f.startswith(unknown))
+    if longer:
+        return f" (flags are not abbreviated: did you mean {' or '.join(longer)}?)"
+    return did_you_mean(unknown, flags)
+
+
+def _chosen_parser(parser: argparse.ArgumentParser,
+                   parsed: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost sub-command parser the parsed arguments chose (`gptscratch viz attention`'s
+    for `viz attention`), or `parser` itself where no sub-command was chosen."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(parsed, action.dest, None)
+            if chosen in action.choices:
+                return _chosen_parser(action.choices[chosen], parsed)
+    return parser
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         if action.choices is not None and value not in action.choices:
