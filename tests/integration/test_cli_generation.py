@@ -88,10 +88,23 @@ def test_chat_reads_prompts_from_a_pipe(tiny_run: Path, capsys: pytest.CaptureFi
     monkeypatch.setattr(sys, "stdin", io.StringIO("ROMEO:\n\nJULIET:\n/quit\nnever read\n"))
     out = _run(["chat", "--ckpt", str(tiny_run), "--max-new-tokens", "10", "--seed", "0"],
                capsys)
-    # Each prompt's continuation on its own line (turn i uses seed + i); /quit ends the loop.
+    # Piped, each answer is a block under its echoed prompt, blocks a blank line apart (turn
+    # i uses seed + i); an empty line is skipped and /quit ends the loop.
     expected = [api.generate(tiny_run, p, max_new_tokens=10, seed=i)
                 for i, p in enumerate(["ROMEO:", "JULIET:"])]
-    assert out == "".join(e + "\n" for e in expected)
+    assert out == "".join(f"> {p}\n{e}\n\n" for p, e in zip(["ROMEO:", "JULIET:"], expected))
+
+
+def test_piped_chat_as_json_lines(tiny_run: Path, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello, who are you?\nWhat news?\n"))
+    out = _run(["chat", "--ckpt", str(tiny_run), "--max-new-tokens", "10", "--seed", "0",
+                "--json"], capsys)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["prompt"] for r in rows] == ["Hello, who are you?", "What news?"]
+    assert [r["text"] for r in rows] == [
+        api.generate(tiny_run, p, max_new_tokens=10, seed=i)
+        for i, p in enumerate(["Hello, who are you?", "What news?"])]
 
 
 def test_chat_dialogue_keeps_the_transcript(tiny_run: Path, capsys: pytest.CaptureFixture[str],
@@ -107,4 +120,4 @@ def test_sample_interactive_is_chat(tiny_run: Path, capsys: pytest.CaptureFixtur
     monkeypatch.setattr(sys, "stdin", io.StringIO("ROMEO:\n"))
     out = _run(["sample", "--interactive", "--ckpt", str(tiny_run), "--max-new-tokens", "8",
                 "--seed", "4"], capsys)
-    assert out == api.generate(tiny_run, "ROMEO:", max_new_tokens=8, seed=4) + "\n"
+    assert out == "> ROMEO:\n" + api.generate(tiny_run, "ROMEO:", max_new_tokens=8, seed=4) + "\n\n"

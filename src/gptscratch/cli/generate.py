@@ -133,11 +133,17 @@ def cmd_chat(args: argparse.Namespace) -> None:
             continue
         if not line.strip():
             continue
+        if args.json:
+            print(json.dumps({"prompt": line, "text": "".join(session.reply(line))}),
+                  flush=True)
+            continue
+        if not tty:  # piped: each answer is a block under its prompt, blocks a line apart
+            sys.stdout.write(f"> {line}\n")
         sys.stdout.write(session.heading)
         for piece in session.reply(line):
             sys.stdout.write(piece)
             sys.stdout.flush()
-        sys.stdout.write(session.separator)
+        sys.stdout.write(session.separator if tty else session.separator.rstrip("\n") + "\n\n")
         sys.stdout.flush()
 
 

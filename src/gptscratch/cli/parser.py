@@ -229,6 +229,8 @@ def _add_generation_parsers(sub: Any, quiet: argparse.ArgumentParser) -> None:
                         "in the training text and its word 4-gram overlap with it")
     p = sub.add_parser("chat", parents=[quiet, _generation_flags({"num_samples"})],
                        help="a prompt loop: type a prompt, see its continuation stream")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per prompt: the prompt and the answer's text")
     p.add_argument("--you", default=None, metavar="NAME",
                    help="with --speaker: you speak as NAME and the model answers as --speaker, "
                         "keeping the whole dialogue as context")
