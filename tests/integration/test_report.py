@@ -49,15 +49,34 @@ def test_report_compares_the_runs(tiny_run: Path, other_run: Path, tmp_path: Pat
         texts = samples(run)
         assert len(texts) == 2  # at steps 10 and 20
         assert all(f"<pre>{html.escape(t)}</pre>" in page for t in texts)
-    # Each run's curves and the overlay, inlined.
+    # Each run's curves and the overlay of training and validation loss, inlined.
     assert len(re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', page)) == 3
     assert re.search(r'<tr class="differs"><th>learning_rate</th><td>0\.004</td>'
                      r'<td>0\.002</td></tr>', page)
+    # The settings come last: the differing ones first, those shared folded away.
+    settings = page.index("<h2>Settings</h2>")
+    assert page.index("learning_rate") > settings > page.rindex("<pre>")
+    folded = page.index("<details><summary>")
+    assert page.index("learning_rate") < folded < page.index("<th>n_embd</th>")
     assert '<tr><th>n_embd</th><td>32</td><td>32</td></tr>' in page  # equal: not highlighted
     assert "<tr><th>tokens seen</th><td>5,120</td><td>5,120</td></tr>" in page  # 20 x 8 x 32
+    assert "<tr><th>steps</th><td>20 (ran its 20 steps)</td>" in page
     assert page.count("Copy check of the last sample") == 2
     assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", page, re.I)
     assert "<script" not in page.lower()
+
+
+def test_the_summary_says_what_ended_a_run() -> None:
+    from gptscratch.viz.report import RunSummary
+
+    timed = RunSummary("a", Path("a"), settings={"max_iters": 20000, "max_time": 270.0},
+                       steps=662, wall_time=271.5)
+    assert timed.ended_by == "its 0:04:30 time budget ended it; 20,000 steps was only a cap"
+    stopped = RunSummary("b", Path("b"), settings={"max_iters": 20000, "max_time": 270.0},
+                         steps=300, wall_time=120.0)
+    assert stopped.ended_by.startswith("stopped before its end")
+    assert RunSummary("c", Path("c"), settings={"max_iters": 50}, steps=50).ended_by == (
+        "ran its 50 steps")
 
 
 def test_run_text_is_escaped_and_gone_data_is_said(tiny_run: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,7 @@ def test_logged_speed_leaves_out_evaluation_inside_a_window(
         state.step += 1
         state.window.steps += 1
 
-    def evaluate(state: Any) -> None:
+    def evaluate(state: Any, sample: bool = True) -> None:
         time.sleep(0.2)
         state.saved_step = state.step
         state.val_loss = state.best_val = 1.0
@@ -224,6 +225,61 @@ def test_logged_speed_leaves_out_evaluation_inside_a_window(
     expected = 8 * 32 / 0.04  # tokens per step / seconds per step
     assert len(speeds) == 2
     assert all(0.8 * expected < s < 1.05 * expected for s in speeds), (speeds, expected)
+
+
+def _stub_steps(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[int]:
+    """Steps of `seconds` that change nothing, and evaluations that only record their step."""
+    import time
+
+    from gptscratch.training import loop
+
+    evaluated: list[int] = []
+
+    def step(state: Any, lr: float) -> None:
+        time.sleep(seconds)
+        state.step += 1
+        state.window.steps += 1
+
+    def evaluate(state: Any, sample: bool = True) -> None:
+        evaluated.append(state.step)
+        state.saved_step = state.step
+        state.val_loss = state.best_val = 1.0
+
+    monkeypatch.setattr(loop, "train_step", step)
+    monkeypatch.setattr(loop, "evaluate_and_save", evaluate)
+    return evaluated
+
+
+def test_a_time_budgeted_run_says_how_many_steps_fit_and_evaluates_about_20_times(
+        tmp_path: Path, tiny_corpus: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Steps of 20 ms and a 2 s budget: about 100 steps fit, far under the 20,000-step cap. The
+    log says so after timing the first steps (not "20000 steps"), and the default
+    eval_interval (0) spreads about 20 evaluations over them."""
+    evaluated = _stub_steps(monkeypatch, 0.02)
+    over = {**TINY_MODEL, "batch_size": 8, "max_iters": 20000, "eval_interval": 0,
+            "log_interval": 1000, "max_time": 2.0, "dtype": "float32"}
+    with caplog.at_level(logging.INFO, logger="gptscratch"):
+        api.train("shakespeare-char-gpt2", tiny_corpus, tmp_path / "r", overrides=over)
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert "training for 0:00:02 (or 20,000 steps if they come first" in said
+    assert "training for 20000 steps" not in said
+    planned = re.search(r"steps 2-11\), about ([\d,]+) steps fit in the 0:00:02 budget "
+                        r"\(the cap is 20,000\); evaluating every (\d+) steps", said)
+    assert planned, said
+    fit, every = int(planned[1].replace(",", "")), int(planned[2])
+    assert 50 <= fit <= 100 and every == round(fit / 20)
+    assert 12 <= len(evaluated) <= 21, evaluated
+    assert re.search(rf"{len(evaluated)} evaluations took [\d.]+ s of this run's", said)
+
+
+def test_a_run_of_set_length_evaluates_about_20_times(
+        tmp_path: Path, tiny_corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    evaluated = _stub_steps(monkeypatch, 0.0)
+    over = {**TINY_MODEL, "batch_size": 8, "max_iters": 70, "eval_interval": 0,
+            "max_time": 0.0, "dtype": "float32"}
+    api.train("shakespeare-char-gpt2", tiny_corpus, tmp_path / "r", overrides=over)
+    assert evaluated == list(range(4, 70, 4)) + [70]  # every ceil(70 / 20) = 4 steps, and the end
 
 
 def test_a_tiny_corpus_run_logs_the_memorisation_warning(

@@ -33,9 +33,10 @@ log = logging.getLogger("gptscratch.train")
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def evaluate_and_save(state: TrainState) -> None:
-    """Measure train/val loss, log them, save `latest/` (and `best/` if val improved).
-    Collective under torchrun: every rank evaluates its share, rank 0 writes."""
+def evaluate_and_save(state: TrainState, sample: bool = True) -> None:
+    """Measure train/val loss, log them, save `latest/` (and `best/` if val improved), and with
+    `sample` draw `eval_sample_tokens` of text for the loggers and the report. Collective under
+    torchrun: every rank evaluates its share, rank 0 writes."""
     rt, optim, run = state.runtime, state.config.optim, state.config.run
     kwargs: dict[str, Any] = dict(
         batch_size=optim.batch_size, block_size=state.model_config.block_size,
@@ -65,7 +66,7 @@ def evaluate_and_save(state: TrainState) -> None:
         state.metrics.write({"step": state.step, "train_loss": state.train_loss,
                              "val_loss": state.val_loss,
                              "val_perplexity": math.exp(state.val_loss), "elapsed": elapsed})
-        if run.eval_sample_tokens:  # from the plain model (FSDP: the one gathered to save)
+        if sample and run.eval_sample_tokens:  # from the plain model (FSDP: the one gathered to save)
             state.metrics.write_sample(state.step, sample_at_step(
                 to_save, state.data.tokenizer, run.eval_sample_tokens, run.seed, state.step))
         training_state: dict[str, Any] = {"optimizer": optimizer_state,

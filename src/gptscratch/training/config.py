@@ -79,7 +79,10 @@ class RunConfig:
     max_time: float | None = setting(
         None, "wall-clock budget in seconds, which the LR schedule then follows (0: none)",
         low=0, example=300)
-    eval_interval: int = setting(250, "steps between evaluations", low=1, example=1)
+    eval_interval: int = setting(
+        0, "steps between evaluations (0: about 20 evaluations over the run's planned length, "
+           "which a --max-time budget plans from the speed of its first steps)", low=0,
+        example=100)
     eval_iters: int = setting(20, "batches each evaluation averages", low=1, example=1)
     log_interval: int = setting(10, "steps between progress lines", low=1, example=1)
     seed: int = setting(1337, "the seed of everything random")

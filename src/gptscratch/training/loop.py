@@ -34,6 +34,10 @@ from gptscratch.training.tracking import open_sinks
 
 log = logging.getLogger("gptscratch.train")
 
+EVALUATIONS = 20  # what eval_interval 0 aims at over a run: enough points for a curve
+TIMED_STEPS = 10  # steps (after the first, which warms up) a time-budgeted run times to plan
+SAMPLE_EVERY = 4  # evaluations between text samples (a sample costs as much as the losses)
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -71,6 +75,7 @@ def run(data: PreparedData, model_config: ModelConfig, config: TrainConfig, out_
     state.model.train()
     state.started = time.perf_counter()
     state.window.restart()
+    plan_evaluations(state)
     signum = None
     with StopRequests().watching() as stops, closing(state.metrics):
         while state.step < state.max_steps:
@@ -82,11 +87,13 @@ def run(data: PreparedData, model_config: ModelConfig, config: TrainConfig, out_
             if not after_step(state, lr, stop_at, signum is not None):
                 break
         if state.saved_step != state.step:
-            evaluate_and_save(state)
+            evaluate(state, last=True)
     if signum is not None:
         raise Interrupted(signum, _interrupted_message(state, signum))
     log.info("done: step %d, val loss %.4f, best %.4f, checkpoints in %s", state.step,
              state.val_loss, state.best_val, state.out_dir)
+    log.info("%d evaluations took %.1f s of this run's %.1f s", state.evaluations,
+             state.eval_seconds, state.elapsed() - state.elapsed_before)
     return TrainResult(state.out_dir, state.step, state.train_loss, state.val_loss,
                        state.best_val, state.elapsed())
 
@@ -94,16 +101,56 @@ def run(data: PreparedData, model_config: ModelConfig, config: TrainConfig, out_
 def after_step(state: TrainState, lr: float, stop_at: int | None, signalled: bool) -> bool:
     """Log, evaluate and save as the run's intervals (or a stop) ask; False to stop."""
     run = state.config.run
+    if not state.eval_every:
+        plan_evaluations(state)
     if state.step % run.log_interval == 0 or state.step == state.max_steps:
         log_progress(state, lr)
     stopping = signalled or (stop_at is not None and state.step >= stop_at)
-    if state.step % run.eval_interval == 0 or state.step == state.max_steps or stopping:
+    due = bool(state.eval_every) and state.step % state.eval_every == 0
+    last = state.step == state.max_steps or stopping
+    if due or last:
         paused = time.perf_counter()
-        evaluate_and_save(state)
+        evaluate(state, last)
         state.window.paused += time.perf_counter() - paused  # not training time
     if stopping and not signalled:
         log.info("stopped at step %d as asked; continue with --resume", state.step)
     return not stopping
+
+
+def evaluate(state: TrainState, last: bool = False) -> None:
+    """Evaluate and save (`evaluate_and_save`), counting the evaluations and their seconds;
+    a text sample at the first evaluation, every SAMPLE_EVERY-th and the `last`."""
+    start = time.perf_counter()
+    evaluate_and_save(state, sample=last or state.evaluations % SAMPLE_EVERY == 0)
+    state.evaluations += 1
+    state.eval_seconds += time.perf_counter() - start
+
+
+def plan_evaluations(state: TrainState) -> None:
+    """Fix the steps between evaluations (`state.eval_every`): `eval_interval` where it is
+    set; else about EVALUATIONS over the planned length. That is `max_steps`, or for a run
+    with a time budget the steps that fit in it at the speed of its first steps: after the
+    first (warm-up) step, TIMED_STEPS are timed by rank 0's clock, and what that plans is logged
+    (the step cap too, where it ends the run first). Called before the first step, then after
+    each step until a plan is made."""
+    run = state.config.run
+    if run.eval_interval or not run.max_time:
+        state.eval_every = run.eval_interval or max(1, math.ceil(state.max_steps / EVALUATIONS))
+        return
+    if state.step == state.first_step + 1:
+        state.timing_from = time.perf_counter()
+    if state.timing_from is None or state.step < state.first_step + 1 + TIMED_STEPS:
+        return
+    rt = state.runtime
+    per_step = agree((time.perf_counter() - state.timing_from) / TIMED_STEPS, rt.ctx, rt.device)
+    _, end = eta(state.step, state.max_steps, per_step, state.elapsed(), run.max_time)
+    state.eval_every = max(1, round(end / EVALUATIONS))
+    budget = format_duration(run.max_time)
+    fits = (f"the {state.max_steps:,}-step cap ends the run before the {budget} budget"
+            if end >= state.max_steps else
+            f"about {end:,} steps fit in the {budget} budget (the cap is {state.max_steps:,})")
+    log.info("at %.3f s a step (steps %d-%d), %s; evaluating every %d steps", per_step,
+             state.first_step + 2, state.step, fits, state.eval_every)
 
 
 def _interrupted_message(state: TrainState, signum: int) -> str:

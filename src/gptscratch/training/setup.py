@@ -105,6 +105,12 @@ class TrainState:
     bad_steps: int = 0  # steps in a row whose gradients were not finite
     overfit: OverfitWatch = field(default_factory=OverfitWatch)
     elapsed_before: float = 0.0  # training seconds of earlier processes (resume)
+    first_step: int = 0  # the step this process started from (0, or where it resumed)
+    # Steps between evaluations; 0 while a time-budgeted run is still timing its first steps.
+    eval_every: int = 0
+    timing_from: float | None = None  # when the timed first steps began
+    evaluations: int = 0  # evaluations this process has run, and their seconds
+    eval_seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
     def elapsed(self) -> float:
@@ -186,6 +192,7 @@ def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, o
         window=ProgressWindow(device), rng=(data_rng.get_state(), torch.get_rng_state()))
     if point is not None:
         state.step, state.best_val, state.saved_step = point.step, point.best_val, point.step
+        state.first_step = point.step
         state.elapsed_before = point.elapsed
         state.train_loss, state.val_loss = point.train_loss, point.val_loss
     _log_plan(state, n_params, peak_source)
@@ -233,10 +240,13 @@ def _log_plan(state: TrainState, n_params: int, peak_source: str) -> None:
     estimate = estimate_training_memory(mc, state.config, ctx.world_size,
                                         low_precision=rt.precision.dtype != torch.float32)
     log.info("memory estimate per process: %s", estimate.describe())
-    log.info("training for %d steps of %s tokens (batch %d x %d process%s x %d micro-batches "
-             "x context %d)%s%s", state.max_steps, f"{state.tokens_per_step:,}",
+    length = (f"for {format_duration(run.max_time)} (or {state.max_steps:,} steps if they "
+              f"come first; how many fit is timed over the first steps)" if run.max_time
+              else f"for {state.max_steps:,} steps")
+    log.info("training %s of %s tokens a step (batch %d x %d process%s x %d micro-batches "
+             "x context %d)%s", length, f"{state.tokens_per_step:,}",
              optim.batch_size, ctx.world_size, "es" if ctx.enabled else "", optim.grad_accum,
-             mc.block_size, f", at most {format_duration(run.max_time)}" if run.max_time else "",
+             mc.block_size,
              f"; FSDP: each process holds 1/{ctx.world_size} of the weights, gradients and "
              "optimizer state" if state.config.system.fsdp else "")
     log.info("MFU measured against %.1f TFLOP/s per process (%s); the model needs %.1f "

@@ -1,8 +1,8 @@
 """The run report: one self-contained HTML file that lays runs side by side.
 
-Each run is read back from its folder (`load_run`) and shown with its settings (differences
-highlighted), losses, tokens seen, wall time, curves, samples and the copy check of the last
-sample (done by the caller, `api.report`). Pictures are inlined as base64 PNGs, with no script
+Each run is read back from its folder (`load_run`) and shown with its losses, steps (and what
+ended them), tokens seen, wall time, curves, samples and the copy check of the last sample (done
+by the caller, `api.report`), then its settings (the differences first, the rest folded). Pictures are inlined as base64 PNGs, with no script
 and no outside link, so the file opens anywhere offline; every text from a run is HTML-escaped.
 """
 
@@ -46,6 +46,7 @@ class RunSummary:
     path: Path
     settings: dict[str, Any] = field(default_factory=dict)  # model and train configs, flat
     evals: list[dict[str, Any]] = field(default_factory=list)  # evaluation records, in order
+    progress: list[dict[str, Any]] = field(default_factory=list)  # training-loss records
     samples: list[tuple[int, str]] = field(default_factory=list)  # (step, text) per evaluation
     steps: int = 0  # the last step the run logged
     tokens_per_step: int | None = None  # the global batch in tokens (None: no checkpoint)
@@ -60,6 +61,18 @@ class RunSummary:
     def final(self) -> dict[str, Any]:
         """The last evaluation record ({} before the first)."""
         return self.evals[-1] if self.evals else {}
+
+    @property
+    def ended_by(self) -> str:
+        """What ended the run, as far as its settings and records tell: its time budget, its
+        step count, or a stop before either."""
+        cap, budget = self.settings.get("max_iters"), self.settings.get("max_time")
+        if isinstance(cap, int) and self.steps >= cap:
+            return f"ran its {cap:,} steps"
+        if budget and self.wall_time is not None and self.wall_time >= 0.98 * float(budget):
+            return (f"its {format_duration(float(budget))} time budget ended it"
+                    + (f"; {cap:,} steps was only a cap" if isinstance(cap, int) else ""))
+        return "stopped before its end (interrupted, or --stop-at)" if self.settings else ""
 
     @property
     def best(self) -> dict[str, Any]:
@@ -83,6 +96,7 @@ def load_run(run: str | Path) -> RunSummary:
         raise UserError(f"'{metrics}' holds no records yet; train longer than one log interval")
     summary = RunSummary(name=str(run), path=path)
     summary.evals = [r for r in records if "val_loss" in r]
+    summary.progress = [r for r in records if "loss" in r and "step" in r]
     summary.samples = [(int(r["step"]), str(r["sample"])) for r in records if "sample" in r]
     summary.steps = max(int(r.get("step", 0)) for r in records)
     times = [float(r["elapsed"]) for r in records if isinstance(r.get("elapsed"), (int, float))]
@@ -129,17 +143,23 @@ def _data_uri(png: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
-def _val_overlay(runs: Sequence[RunSummary], out: Path) -> Path | None:
-    """Every run's val loss on one plot (None when no run has evaluated yet)."""
-    if not any(r.evals for r in runs):
+def _loss_overlay(runs: Sequence[RunSummary], out: Path) -> Path | None:
+    """Every run's training loss (a thin line, from its progress records) and validation loss
+    (dots, from its evaluations) on one plot, a colour per run; None when no run has either."""
+    if not any(r.evals or r.progress for r in runs):
         return None
     fig = canvas.new_figure(10.0, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     for i, run in enumerate(runs):
+        color = f"C{i % 10}"
+        if run.progress:
+            ax.plot([r["step"] for r in run.progress], [r["loss"] for r in run.progress],
+                    color=color, lw=1, alpha=0.6, label=f"{run.name}: training loss")
         if run.evals:
             ax.plot([r["step"] for r in run.evals], [r["val_loss"] for r in run.evals],
-                    color=f"C{i % 10}", lw=2, marker="o", ms=4, label=run.name)
-    canvas.style_axes(ax, "Validation loss of every run", "step", "val loss (nats per token)")
+                    color=color, lw=2, marker="o", ms=4, label=f"{run.name}: validation loss")
+    canvas.style_axes(ax, "Training and validation loss of every run", "step",
+                      "loss (nats per token)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
     fig.suptitle("Runs compared", fontsize=canvas.TITLE_SIZE)
@@ -173,7 +193,8 @@ def _summary_table(runs: Sequence[RunSummary]) -> str:
     esc = html.escape
     rows = [
         _row("run", [f"<b>{esc(r.name)}</b>" for r in runs]),
-        _row("steps", [str(r.steps) for r in runs]),
+        _row("steps", [f"{r.steps:,}" + (f" ({html.escape(r.ended_by)})" if r.ended_by else "")
+                       for r in runs]),
         _row("tokens seen", [f"{r.tokens_seen:,}" if r.tokens_seen else "n/a" for r in runs]),
         _row("wall time", [_duration(r.wall_time) for r in runs]),
         _row("final train loss", [_number(r.final.get("train_loss")) for r in runs]),
@@ -185,17 +206,28 @@ def _summary_table(runs: Sequence[RunSummary]) -> str:
 
 
 def _settings_table(runs: Sequence[RunSummary]) -> str:
-    """Every setting of every run; the rows whose values differ between runs highlighted."""
+    """Every setting of every run: those whose values differ between runs first (highlighted),
+    then the ones they share, folded away (an HTML <details>, no script)."""
     names = list(dict.fromkeys(k for r in runs for k in r.settings))
     if not names:
         return '<p class="note">No settings: no run has a checkpoint yet.</p>\n'
-    rows = []
+    differ, same = [], []
     for name in names:
         values = [html.escape(_setting(r.settings[name])) if name in r.settings else "n/a"
                   for r in runs]
-        rows.append(_row(name, values, "differs" if len(set(values)) > 1 else ""))
-    return ('<table>\n' + _row("setting", [html.escape(r.name) for r in runs])
-            + "".join(rows) + "</table>\n")
+        if len(set(values)) > 1:
+            differ.append(_row(name, values, "differs"))
+        else:
+            same.append(_row(name, values))
+    header = _row("setting", [html.escape(r.name) for r in runs])
+    parts = []
+    if differ:
+        parts.append("<table>\n" + header + "".join(differ) + "</table>\n")
+    if same:
+        shared = "the runs share" if len(runs) > 1 else "of the run"
+        parts.append(f"<details><summary>{len(same)} settings {shared} (click to show)"
+                     f"</summary>\n<table>\n{header}{''.join(same)}</table>\n</details>\n")
+    return "".join(parts)
 
 
 def _copy_text(copy: CopyReport | str | None) -> str:
@@ -231,10 +263,11 @@ def render_report(runs: Sequence[RunSummary], pictures: Sequence[Path],
             f"<h1>{html.escape(title)}</h1>\n")
     body = ["<h2>Summary</h2>\n", _summary_table(runs)]
     if overlay is not None:
-        body.append(f'<img src="{_data_uri(overlay)}" alt="val loss of every run">\n')
-    body += ["<h2>Settings</h2>\n", _settings_table(runs)]
+        body.append(f'<img src="{_data_uri(overlay)}" alt="training and validation loss of '
+                    'every run">\n')
     body += [_run_section(r, p, copies.get(r.name))
              for r, p in zip(runs, pictures, strict=True)]
+    body += ["<h2>Settings</h2>\n", _settings_table(runs)]
     return head + "".join(body) + "</body></html>\n"
 
 
@@ -247,7 +280,7 @@ def write_report(runs: Sequence[RunSummary], out: str | Path,
         raise UserError("no runs given; pass at least one run folder, e.g. --runs out/run")
     with tempfile.TemporaryDirectory() as tmp:
         pictures = [plot_curves([r.path], Path(tmp) / f"run{i}.png") for i, r in enumerate(runs)]
-        overlay = _val_overlay(runs, Path(tmp) / "overlay.png")
+        overlay = _loss_overlay(runs, Path(tmp) / "overlay.png")
         page = render_report(runs, pictures, overlay, copies)
     with atomic_file(path) as part:
         part.write_text(page, encoding="utf-8")
