@@ -279,7 +279,8 @@ def test_a_misspelt_flag_of_any_command_gets_its_closest_flag(
      "--temp 0.8 (flags are not abbreviated: did you mean --temperature?)"),
     (["sample", "--ckpt", "x", "--top", "5"],
      "--top 5 (flags are not abbreviated: did you mean --top-k or --top-p?)"),
-    (["sample", "--ckpt", "x", "--temprature=0.8"], "--temprature=0.8 (did you mean --temperature?)"),
+    (["sample", "--ckpt", "x", "--temprature=0.8"],
+     "--temprature=0.8 (did you mean --temperature?)"),
     (["train", "--max-tim", "3"],
      "--max-tim 3 (flags are not abbreviated: did you mean --max-time?)"),
 ])

@@ -92,7 +92,8 @@ def test_chat_reads_prompts_from_a_pipe(tiny_run: Path, capsys: pytest.CaptureFi
     # i uses seed + i); an empty line is skipped and /quit ends the loop.
     expected = [api.generate(tiny_run, p, max_new_tokens=10, seed=i)
                 for i, p in enumerate(["ROMEO:", "JULIET:"])]
-    assert out == "".join(f"> {p}\n{e}\n\n" for p, e in zip(["ROMEO:", "JULIET:"], expected))
+    blocks = zip(["ROMEO:", "JULIET:"], expected, strict=True)
+    assert out == "".join(f"> {p}\n{e}\n\n" for p, e in blocks)
 
 
 def test_piped_chat_as_json_lines(tiny_run: Path, capsys: pytest.CaptureFixture[str],

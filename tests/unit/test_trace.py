@@ -86,3 +86,50 @@ def test_a_trace_works_with_the_kv_cache() -> None:
         cached = model(idx[:, :10], cache, trace)
         torch.testing.assert_close(cached, model(idx[:, :10]), atol=1e-5, rtol=1e-5)
     assert trace.blocks[0]["weights"].shape == (1, 2, 10, 10)
+
+
+def _words(options: dict[str, object]) -> dict[str, str]:
+    """explain's stages of a tiny model with `options`: name -> explanation and detail."""
+    tokenizer = CharTokenizer.from_text(TEXT)
+    stages = explain_prompt(_model(options, tokenizer), tokenizer, TEXT)
+    return {s.name: f"{s.explanation} | {s.detail}" for s in stages}
+
+
+@pytest.mark.parametrize(("options", "stage", "said", "not_said"), [
+    (dict(norm="layernorm", bias=True), "final LayerNorm", "one more LayerNorm", "RMSNorm"),
+    (dict(norm="layernorm", bias=True), "block 0: ln_1", "scale and shift", "no shift"),
+    (dict(norm="layernorm", bias=False), "block 0: ln_1", "no shift: the model has no biases",
+     "scale and shift"),
+    (dict(norm="rmsnorm"), "final RMSNorm", "one more RMSNorm", "LayerNorm"),
+    (dict(norm="rmsnorm"), "block 1: ln_2", "another RMSNorm", "LayerNorm"),
+    (dict(positions="learned"), "+ position embedding", "table wpe is added", "rotary"),
+    (dict(positions="rope"), "rotary positions", "no position vector is added", "wpe"),
+    (dict(positions="rope"), "block 0: attention weights", "rotated by their positions",
+     "wpe"),
+    (dict(qk_norm=True), "block 0: attention weights", "RMS-normalised per head", "rotated"),
+    (dict(qk_norm=False), "block 0: attention weights", "softmax(q k^T / sqrt(8))",
+     "normalised"),
+    (dict(activation="gelu_tanh"), "block 0: MLP", "GELU (GPT-2's tanh approximation)",
+     "exact"),
+    (dict(activation="gelu"), "block 0: MLP", "GELU (exact)", "tanh"),
+    (dict(activation="relu2"), "block 0: MLP", "relu(x)^2", "GELU"),
+    (dict(activation="swiglu"), "block 0: MLP", "SwiGLU, silu(gate) * up", "GELU"),
+    (dict(tie_embeddings=True), "LM head", "sharing its weight with wte", "own"),
+    (dict(tie_embeddings=False), "LM head", "its own (", "sharing"),
+    (dict(logit_softcap=0.0), "LM head", "at every position |", "soft-capped"),
+    (dict(logit_softcap=15.0), "LM head", "15 * tanh(score / 15) keeps every score inside +-15",
+     "at every position |"),
+])
+def test_explain_describes_the_model_it_explains(options: dict[str, object], stage: str,
+                                                 said: str, not_said: str) -> None:
+    """Every option of the architecture changes explain's words for the stage it changes (the
+    main job's RMSNorm, soft-cap and rotary model is not described as GPT-2)."""
+    words = _words(options)
+    assert stage in words, list(words)
+    assert said in words[stage] and not_said not in words[stage], words[stage]
+
+
+def test_explain_shows_the_soft_cap_holding() -> None:
+    words = _words(dict(logit_softcap=2.0))
+    largest = float(words["LM head"].split("largest score ")[1].split(" ")[0])
+    assert 0 < largest <= 2.0

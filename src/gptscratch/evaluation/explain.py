@@ -93,12 +93,17 @@ def _embedding_stages(cfg: ModelConfig, tokenizer: Tokenizer, idx: torch.Tensor,
                    "so the model knows the order", x, _stats(x))
 
 
+def _norm_name(cfg: ModelConfig) -> str:
+    return "RMSNorm" if cfg.norm == "rmsnorm" else "LayerNorm"
+
+
 def _norm_words(cfg: ModelConfig) -> str:
     if cfg.norm == "rmsnorm":
         return ("RMSNorm: each position's C numbers divided by their root mean square, then a "
                 "learned scale (no mean removed, no shift)")
+    shift = "scale and shift" if cfg.bias else "scale (no shift: the model has no biases)"
     return ("LayerNorm: each position's C numbers scaled to mean 0, variance 1, then a learned "
-            "scale and shift")
+            + shift)
 
 
 def _mlp_words(cfg: ModelConfig) -> str:
@@ -106,7 +111,8 @@ def _mlp_words(cfg: ModelConfig) -> str:
     if cfg.activation == "swiglu":
         return (f"per position: SwiGLU, silu(gate) * up with two Linear C -> {hidden}, then "
                 f"Linear {hidden} -> C (no mixing across positions)")
-    act = {"relu2": "relu(x)^2", "gelu": "GELU (exact)"}.get(cfg.activation, "GELU")
+    act = {"relu2": "relu(x)^2", "gelu": "GELU (exact)",
+           "gelu_tanh": "GELU (GPT-2's tanh approximation)"}[cfg.activation]
     return (f"per position: Linear C -> {4 * C}, {act}, Linear {4 * C} -> C (no mixing "
             "across positions)")
 
@@ -144,7 +150,8 @@ def _block_stages(cfg: ModelConfig, layer: int, block: dict[str, torch.Tensor],
                "x = x + attention(ln_1(x)): the block adds to the residual stream, it does "
                "not replace it", x, _stats(x))
     h = block["ln_2"]
-    stages.add(f"{b} ln_2", _shape(h), "the same norm again, before the MLP", h, _stats(h))
+    stages.add(f"{b} ln_2", _shape(h), f"another {_norm_name(cfg)}, before the MLP", h,
+               _stats(h))
     m = block["mlp"]
     stages.add(f"{b} MLP", f"{_shape(h)} -> (1, {T}, {cfg.mlp_hidden}) -> {_shape(m)}",
                _mlp_words(cfg), m, _stats(m))
@@ -157,11 +164,19 @@ def _head_stages(cfg: ModelConfig, tokenizer: Tokenizer, trace: Trace, logits: t
     """The read-out: final norm, LM head, and the next token's probabilities."""
     x = trace.final
     assert x is not None
-    stages.add("final LayerNorm", _shape(x), "ln_f normalises the stream once more before the "
-               "read-out", x, _stats(x))
-    stages.add("LM head", f"{_shape(x)} -> {_shape(logits)}",
-               f"a Linear C -> V sharing its weight with wte: a score for each of the "
-               f"{cfg.vocab_size} tokens at every position", logits)
+    stages.add(f"final {_norm_name(cfg)}", _shape(x), f"ln_f, one more {_norm_name(cfg)}, "
+               "normalises the stream before the read-out", x, _stats(x))
+    weight = ("sharing its weight with wte" if cfg.tie_embeddings
+              else f"with its own ({cfg.vocab_size}, {cfg.n_embd}) weight (not tied to wte)")
+    words = (f"a Linear C -> V {weight}: a score for each of the {cfg.vocab_size} tokens at "
+             "every position")
+    detail = ""
+    if cfg.logit_softcap > 0:
+        cap = f"{cfg.logit_softcap:g}"
+        words += (f", then soft-capped: {cap} * tanh(score / {cap}) keeps every score inside "
+                  f"+-{cap} (about unchanged when small)")
+        detail = f"largest score {logits.abs().max().item():.2f} (the cap is {cap})"
+    stages.add("LM head", f"{_shape(x)} -> {_shape(logits)}", words, logits, detail)
     probs = F.softmax(logits[0, -1].float(), dim=-1)
     p, i = probs.topk(min(top, probs.numel()))
     best = ", ".join(f"{tokenizer.decode([int(j)])!r} {float(q):.1%}"

@@ -66,7 +66,8 @@ def evaluate_and_save(state: TrainState, sample: bool = True) -> None:
         state.metrics.write({"step": state.step, "train_loss": state.train_loss,
                              "val_loss": state.val_loss,
                              "val_perplexity": math.exp(state.val_loss), "elapsed": elapsed})
-        if sample and run.eval_sample_tokens:  # from the plain model (FSDP: the one gathered to save)
+        # From the plain model (FSDP: the one gathered to save).
+        if sample and run.eval_sample_tokens:
             state.metrics.write_sample(state.step, sample_at_step(
                 to_save, state.data.tokenizer, run.eval_sample_tokens, run.seed, state.step))
         training_state: dict[str, Any] = {"optimizer": optimizer_state,

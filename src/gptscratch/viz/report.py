@@ -2,8 +2,9 @@
 
 Each run is read back from its folder (`load_run`) and shown with its losses, steps (and what
 ended them), tokens seen, wall time, curves, samples and the copy check of the last sample (done
-by the caller, `api.report`), then its settings (the differences first, the rest folded). Pictures are inlined as base64 PNGs, with no script
-and no outside link, so the file opens anywhere offline; every text from a run is HTML-escaped.
+by the caller, `api.report`), then its settings (the differences first, the rest folded).
+Pictures are inlined as base64 PNGs, with no script and no outside link, so the file opens
+anywhere offline; every text from a run is HTML-escaped.
 """
 
 from __future__ import annotations
