@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from test_sampling import Letters, _Scripted
 
 from gptscratch.checkpoints.load import LoadedModel
@@ -140,3 +142,71 @@ def test_the_name_shape_is_learned_from_the_corpus() -> None:
     assert (mixed.capitals, mixed.joiners) == (False, frozenset({"of"}))
     assert mixed.fits("Third Lord") and mixed.fits("Earl of Kent") and mixed.fits("HERMAN")
     assert not mixed.fits("And thus") and not mixed.fits("Earl and Kent")
+
+
+# An invented play whose directions use words no real play does: what ends a speech must be
+# learned from the corpus, not from a list of Shakespeare's words.
+MASQUE = """The Masque of Lanterns
+
+PART 1. A field at dusk.
+
+Wanders in GHOST and CROW
+
+GHOST:
+Who walks the field?
+
+CROW:
+Only the wind.
+
+Departs CROW
+
+GHOST:
+Then I am alone.
+
+PART 2. A barn.
+
+Wanders in CROW, with a lantern
+
+CROW:
+Light for the lost!
+
+Departs
+
+GHOST:
+Gone again.
+
+Departs GHOST
+"""
+
+
+def test_stage_direction_words_are_learned_from_the_corpus() -> None:
+    script = find_script_format(MASQUE)
+    assert script is not None
+    assert script.directions == {"PART", "Wanders", "Departs"}  # not the title's "The"
+    assert find_script_format(PLAY).directions == set()  # one "Enter" is not enough
+
+
+def test_a_speech_ends_at_a_stage_direction_or_scene_heading() -> None:
+    stop = NextSpeakerStop(find_script_format(MASQUE))
+    speech = "The lantern gutters.\nI go."
+    for direction in ("Departs CROW", "Departs", "Wanders in OWL, flying", "PART 3. The hill.",
+                      "Departs, weeping"):
+        text = f"{speech}\n\n{direction}\n\nGHOST:\nWait."
+        assert stop.find(text) == (len(speech), len(speech)), direction
+    # A word of a direction inside a speech, or without the blank line before it, is speech.
+    for line in ("\nDeparts the light.", "\n\nDeparture is sweet.", "\n\nthe PART I play."):
+        assert stop.find(speech + line + "\nMore.")[0] is None, line
+    # A half-written direction, and the blank line before it, are held back.
+    assert stop.find(f"{speech}\n\nWan") == (None, len(speech))
+    assert stop.find(f"{speech}\n\nDeparts") == (None, len(speech))
+    assert stop.find(f"{speech}\n\nDeparture") == (None, len(f"{speech}\n\nDeparture"))
+
+
+def test_directions_are_cached_with_the_speakers(tmp_path: Path) -> None:
+    from gptscratch.generation.script import _read_cached
+
+    cached = tmp_path / "script.json"
+    cached.write_text('{"style": "line", "speakers": {"A": 2, "B": 2}}')
+    assert _read_cached(cached) is False  # from before directions were learned: found again
+    cached.write_text('{"style": "line", "speakers": {"A": 2, "B": 2}, "directions": ["Exit"]}')
+    assert _read_cached(cached) == ScriptFormat("line", {"A": 2, "B": 2}, frozenset({"Exit"}))

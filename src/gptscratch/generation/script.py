@@ -34,14 +34,20 @@ _NAME = r"[A-Z][A-Za-z0-9' .,&-]{0,40}"
 _SCAN_CHUNK, _SCAN_TOKENS = 1_000_000, 50_000_000
 _LINE_LABEL = re.compile(rf"(?:^|\n)\n(?P<name>{_NAME}):[ \t]*\n")
 _INLINE_LABEL = re.compile(rf"(?m)^(?P<name>{_NAME}): +\S")
+# A line alone between blank lines: where a script puts stage directions and scene headings.
+_ALONE = re.compile(r"(?<=\n\n)(?P<line>[^\n]+)\n(?=\n)")
+# A line's first word after a blank line, once it is whole (whitespace follows it).
+_OPENING_WORD = re.compile(r"(?<=\n\n)(?P<word>\S+)(?=\s)")
 
 
 @dataclass(frozen=True)
 class ScriptFormat:
-    """A corpus's script layout ("line" or "inline") and speakers (name -> speeches)."""
+    """A corpus's script layout ("line" or "inline"), speakers (name -> speeches) and the
+    words that open its stage directions and scene headings (`Enter`, `Exeunt`, `SCENE`)."""
 
     style: str
     speakers: dict[str, int]
+    directions: frozenset[str] = frozenset()
 
     def resolve(self, name: str) -> str | None:
         """The corpus's spelling of a speaker name (matched ignoring case), or None."""
@@ -94,17 +100,34 @@ class NameShape:
 def find_script_format(text: str | Iterable[str], min_speeches: int = 2) -> ScriptFormat | None:
     """The speakers of a script corpus (its text, or its text in pieces); None if it is not a
     script. A speaker heads `min_speeches` speeches at least (which filters out one-off lines
-    ending in a colon); a script needs two speakers."""
+    ending in a colon); a script needs two speakers.
+
+    Its directions are learned the same way: the capitalised first words of lines that stand
+    alone between blank lines (`Exit PHILOSTRATE`, `SCENE II. A wood.`), each opening at least
+    `min_speeches` of them and 1 % of them all (a play's title, `The Tempest`, is too rare)."""
     counts = {"line": Counter[str](), "inline": Counter[str]()}
+    alone = Counter[str]()
     for piece in [text] if isinstance(text, str) else text:
         for style, pattern in (("line", _LINE_LABEL), ("inline", _INLINE_LABEL)):
             counts[style].update(m["name"].strip() for m in pattern.finditer(piece))
+        alone.update(_direction_word(m["line"]) for m in _ALONE.finditer(piece))
     found = {style: {n: c for n, c in counted.most_common() if c >= min_speeches}
              for style, counted in counts.items()}
     style = max(found, key=lambda s: sum(found[s].values()))
     if len(found[style]) < 2:
         return None
-    return ScriptFormat(style, found[style])
+    del alone[""]
+    least = max(min_speeches, 0.01 * sum(alone.values()))
+    return ScriptFormat(style, found[style],
+                        frozenset(w for w, c in alone.items() if c >= least))
+
+
+def _direction_word(line: str) -> str:
+    """The word a line alone would open a direction with, or "" (a heading, not capitalised)."""
+    words = line.split()
+    if not words or line.rstrip().endswith(":") or not words[0][0].isupper():
+        return ""
+    return words[0].rstrip(",.;:")
 
 
 def corpus_script(checkpoint: Checkpoint | None) -> ScriptFormat | None:
@@ -125,7 +148,8 @@ def script_format(checkpoint: Checkpoint) -> ScriptFormat | None:
         return known
     found = find_script_format(_corpus_text(load_prepared(data_dir)))
     with atomic_file(cached) as tmp:
-        payload = {"style": found.style, "speakers": found.speakers} if found else {}
+        payload = ({"style": found.style, "speakers": found.speakers,
+                    "directions": sorted(found.directions)} if found else {})
         Path(tmp).write_text(json.dumps(payload), encoding="utf-8")
     return found
 
@@ -144,7 +168,7 @@ def _corpus_text(prepared: PreparedData) -> Iterator[str]:
 
 def _read_cached(path: Path) -> ScriptFormat | None | bool:
     """The cached answer of `script_format` (None: not a script), or False when there is no
-    usable cache (absent, or damaged: it is then found again)."""
+    usable cache (absent, damaged, or from before directions were learned: found again)."""
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -152,11 +176,13 @@ def _read_cached(path: Path) -> ScriptFormat | None | bool:
     if d == {}:
         return None
     speakers = d.get("speakers") if isinstance(d, dict) else None
+    directions = d.get("directions") if isinstance(d, dict) else None
     if not (isinstance(speakers, dict) and d.get("style") in ("line", "inline")
             and len(speakers) >= 2 and all(isinstance(k, str) and k and isinstance(v, int)
-                                           for k, v in speakers.items())):
+                                           for k, v in speakers.items())
+            and isinstance(directions, list) and all(isinstance(w, str) for w in directions)):
         return False
-    return ScriptFormat(str(d["style"]), dict(speakers))
+    return ScriptFormat(str(d["style"]), dict(speakers), frozenset(directions))
 
 
 @functools.cache
@@ -207,13 +233,15 @@ class NextSpeakerStop:
     """A `StopRule` ending a `speaker_prompt`'s speech where the next speaker's heading begins:
     a name and a colon (line style: alone on its line; inline: at a line's start), the name a
     corpus speaker or, after a blank line in line style, shaped like one (`NameShape`), since
-    invented speakers' speeches must end too (without a corpus, any name in capitals). Text that
-    could still become a heading (an unfinished name-like line, and the blank lines before it)
-    is held back: a heading is never half shown."""
+    invented speakers' speeches must end too (without a corpus, any name in capitals). A speech
+    also ends at a blank line followed by one of the corpus's direction words (`Exeunt`, `Enter
+    ALBOT`, `SCENE II.`). Text that could still become a heading or a direction (an unfinished
+    line, and the blank lines before it) is held back: a heading is never half shown."""
 
     def __init__(self, script: ScriptFormat | None) -> None:
         self.style = script.style if script is not None else "line"
         self.names = set(script.speakers) if script is not None else set()
+        self.directions = script.directions if script is not None else frozenset()
         self.shape = script.name_shape() if script is not None else NameShape()
         self.suffix = ":" if self.style == "line" else ": "
         ending = r":[ \t]*\n" if self.style == "line" else r": "
@@ -228,22 +256,38 @@ class NextSpeakerStop:
         return (self.style == "inline" or blank_before) and self.shape.fits(name)
 
     def _could_become_heading(self, text: str, start: int) -> bool:
-        """Whether the unfinished last line, from `start`, may still become a heading."""
+        """Whether the unfinished last line, from `start`, may still become a heading (or,
+        after a blank line, a direction)."""
         line = text[start:].rstrip(" \t") if self.style == "line" else text[start:]
         if any((n + self.suffix).startswith(line) for n in self.names):
+            return True
+        if (text.endswith("\n\n", 0, start) and line and not any(c.isspace() for c in line)
+                and any(d.startswith(line.rstrip(",.;:")) for d in self.directions)):
             return True
         if self.style == "line" and not text.endswith("\n\n", 0, start):
             return False  # an invented name needs a blank line before it
         name = line.removesuffix(":")
         return re.fullmatch(_NAME, name) is not None and self.shape.fits(name)
 
+    def _direction_at(self, text: str) -> int | None:
+        """Where the first direction (a direction word after a blank line) starts, or None."""
+        if self.directions:
+            for m in _OPENING_WORD.finditer(text):
+                if m["word"].rstrip(",.;:") in self.directions:
+                    return m.start()
+        return None
+
     def find(self, text: str) -> tuple[int | None, int]:
-        for m in self.pattern.finditer(text):
-            # The speech's own first line is never the next heading (inline: text starts
-            # mid-line, right after "NAME: ").
-            if (m.start() > 0 or self.style == "line") and self._is_heading(text, m):
-                cut = len(text[: m.start()].rstrip())
-                return cut, cut
+        ends = [m.start() for m in self.pattern.finditer(text)
+                # The speech's own first line is never the next heading (inline: text starts
+                # mid-line, right after "NAME: ").
+                if (m.start() > 0 or self.style == "line") and self._is_heading(text, m)][:1]
+        direction = self._direction_at(text)
+        if direction is not None:
+            ends.append(direction)
+        if ends:
+            cut = len(text[: min(ends)].rstrip())
+            return cut, cut
         last_line = text.rfind("\n") + 1
         hold = last_line if last_line > 0 and self._could_become_heading(text, last_line) \
             else len(text)
