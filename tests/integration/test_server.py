@@ -314,3 +314,23 @@ def test_a_stopped_engine_is_a_503_and_the_server_says_so(loaded: Any) -> None:
         assert post(url, "/health", method="GET")[0] == 503
         status, error = error_of(url, GOOD)
         assert status == 503 and error["code"] == "engine_stopped"
+
+
+@pytest.mark.parametrize(("host", "browser"), [("127.0.0.1", "127.0.0.1"),
+                                               ("0.0.0.0", "127.0.0.1"), ("10.1.2.3", "10.1.2.3")])
+def test_serve_prints_the_playground_address(
+        tiny_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        host: str, browser: str) -> None:
+    """`gptscratch serve` says where the API and the playground are (a server listening on
+    every interface is opened in a browser through the loopback)."""
+    import uvicorn
+
+    from gptscratch.cli import main
+
+    served: list[tuple[str, int]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.append((host, port)))
+    assert main(["serve", "--ckpt", str(tiny_run), "--host", host, "--port", "8123"]) == 0
+    err = capsys.readouterr().err
+    assert served == [(host, 8123)]
+    assert f"serving on http://{host}:8123/v1" in err
+    assert f"playground: open http://{browser}:8123/ in a browser" in err

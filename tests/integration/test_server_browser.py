@@ -5,6 +5,7 @@ chromium is not installed (`pip install playwright`; `apt-get install chromium`)
 
 from __future__ import annotations
 
+import colorsys
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,13 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
+def _hue(css: str) -> float:
+    """The hue, in degrees, of a computed CSS colour "rgb(r, g, b)" (8-bit channels: about a
+    degree off the hue the page asked for)."""
+    r, g, b = (int(v) / 255 for v in css[css.index("(") + 1:-1].split(","))
+    return 360 * colorsys.rgb_to_hls(r, g, b)[0]
+
+
 def test_the_playground_streams_and_explains_a_token(tiny_run: Path, tmp_path: Path) -> None:
     loaded: Any = api.load(tiny_run, device="cpu", dtype="float32")
     prompt = "ROMEO:\n"
@@ -33,6 +41,14 @@ def test_the_playground_streams_and_explains_a_token(tiny_run: Path, tmp_path: P
             page.goto(f"{url}/")
             page.wait_for_function("document.getElementById('model').textContent"
                                    ".includes('tiny')", timeout=10_000)
+            # The legend shows the tokens' colour scale, 0% to 100%, and says what a click does.
+            assert page.locator("#legend").is_visible()
+            assert "probability" in page.inner_text("#legend")
+            scale = page.eval_on_selector_all(
+                "#scale span", "els => els.map(e => getComputedStyle(e).backgroundColor)")
+            assert len(scale) == 11 and scale[0] != scale[-1]
+            assert page.locator("#click-note").is_visible()
+            assert "Click a token" in page.inner_text("#click-note")
             page.fill("#prompt", prompt)
             page.fill("#max_tokens", "30")
             page.fill("#temperature", "0")
@@ -44,6 +60,14 @@ def test_the_playground_streams_and_explains_a_token(tiny_run: Path, tmp_path: P
             page.click(".tok >> nth=5")
             page.wait_for_selector("#attn span", timeout=10_000)
             assert page.locator("#alts tr").count() == 5
+            assert "previous-token heads" in page.inner_text("#attn-note")
+            # The legend runs from red (0%) to green (100%) in tenths, and each token's colour
+            # sits on that scale at its probability.
+            assert all(abs(_hue(c) - 12 * i) < 1.5 for i, c in enumerate(scale)), scale
+            colours = page.eval_on_selector_all(
+                ".tok", "els => els.map(e => [e.title, getComputedStyle(e).backgroundColor])")
+            for title, colour in colours:
+                assert abs(_hue(colour) / 120 - float(title.rstrip("%")) / 100) < 0.015
             # Token 5 was chosen reading the prompt and the 5 tokens before it.
             assert page.locator("#attn span").count() == len(prompt) + 5
             page.screenshot(path=str(tmp_path / "playground.png"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -79,6 +80,20 @@ def test_attention_weights_are_the_models_own(tiny: tuple, tmp_path: Path) -> No
     assert png_size(out) == px(attention.attention_figure_size(2, 2, T))
     one = attention.plot_attention(maps, tmp_path / "a1.png", layers=[1])
     assert png_size(one) == px(attention.attention_figure_size(1, 2, T))
+
+
+def test_the_attention_picture_says_what_to_look_for(tiny: tuple, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tokenizer = tiny
+    drawn: list[Any] = []
+    real_save = attention.canvas.save_png
+    monkeypatch.setattr(attention.canvas, "save_png",
+                        lambda fig, out: drawn.append(fig) or real_save(fig, out))
+    attention.plot_attention(attention.attention_maps(model, tokenizer, PROMPT),
+                             tmp_path / "a.png")
+    texts = [t.get_text() for t in drawn[0].texts]
+    assert attention.WHAT_TO_LOOK_FOR in texts
+    assert "previous-token head" in attention.WHAT_TO_LOOK_FOR
 
 
 def test_next_token_keeps_what_the_sampler_keeps(tiny: tuple) -> None:

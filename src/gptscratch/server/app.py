@@ -99,6 +99,10 @@ def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
     log.info("serving on http://%s:%d/v1 (OpenAI-compatible; Ctrl-C stops)", host, port)
+    # A browser reaches a server listening on every interface through this machine's loopback.
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    log.info("playground: open http://%s:%d/ in a browser to generate text and see, token by "
+             "token, how sure the model was and what it attended to", local, port)
     uvicorn.run(app, host=host, port=port, http="h11", log_level="warning")
 
 

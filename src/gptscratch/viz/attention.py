@@ -38,6 +38,13 @@ def attention_maps(model: GPT, tokenizer: Tokenizer, prompt: str) -> AttentionMa
     return AttentionMaps(tokens=tokens, weights=weights.float().cpu().numpy())
 
 
+WHAT_TO_LOOK_FOR = (
+    "What to look for: a bright line just left of the diagonal is a previous-token head; a "
+    "bright column is a head fixed on one token (a name, a newline, or the first token, where "
+    "heads rest when nothing else fits); an even spread along a row is a head averaging "
+    "its context.")
+
+
 def attention_figure_size(n_layers: int, n_heads: int, n_tokens: int) -> tuple[float, float]:
     """Inches: each head's panel grows with the prompt so every token label stays legible."""
     panel = min(9.0, max(3.2, 0.2 * n_tokens + 1.6))
@@ -77,4 +84,6 @@ def plot_attention(maps: AttentionMaps, out: str | Path, layers: list[int] | Non
     bar.set_label("attention weight (each row sums to 1)", fontsize=canvas.LABEL_SIZE)
     fig.suptitle("Attention weights: where each token looks (future positions are masked)",
                  fontsize=canvas.TITLE_SIZE)
+    fig.text(0.5, 1 - 0.62 / height, WHAT_TO_LOOK_FOR, ha="center", va="top",
+             fontsize=canvas.LABEL_SIZE, color="0.3", wrap=True)
     return canvas.save_png(fig, out)
