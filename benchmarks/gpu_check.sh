@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: what only a CUDA GPU can tell (the CUDA tests, the trainer on the GPU, 124M
 # training tokens/s and MFU against Hugging Face, loss curves of both recipes, generation
-# speed), in under 8 minutes on one CUDA GPU. Prints one table and writes
+# speed) on one CUDA GPU, each step under a reserved time, 535 s in all (`python
+# benchmarks/gpu_check.py --plan` lists them, no GPU needed). Prints one table and writes
 # benchmarks/results/gpu_check.json; the work is in benchmarks/gpu_check.py, whose docstring
 # says what each part measures. Arguments go on to it (e.g. --out other.json). Exit status:
 # 0 when every part passed, 1 when one failed (the JSON says which), 2 when there is no GPU.

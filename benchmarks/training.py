@@ -23,7 +23,8 @@ then all again, each round starting one row later), so the VM's slow phases fall
 alike; the table and the JSON give
 the median over the runs and the spread (min-max), the ratios are of medians, and
 `ratio_ranges` spans the worst and best pairing of the two rows' runs. MFU is reported against
-a bf16 (and fp32) 2048^3 matmul rate measured at the start.
+a bf16 (and fp32) 2048^3 matmul rate measured at the start; a figure above 100 % would say the
+ceiling was read in a slow moment, so it is stored as null (`mfu.model_flops_utilisation`).
 
 Our rows run with glibc's malloc set to keep freed memory (`keep_freed_memory`), as our
 training loop does on CPU; `ours-bf16-nokeep` shows what that setting is worth.
@@ -60,7 +61,7 @@ from quality import machine  # the sibling benchmark script: one machine descrip
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT, lm_loss
 from gptscratch.runtime.cpu import cpu_has_fast_bf16, cpu_supports_bf16, keep_freed_memory
-from gptscratch.training.mfu import flops_per_token, measure_matmul_flops
+from gptscratch.training.mfu import flops_per_token, measure_matmul_flops, model_flops_utilisation
 from gptscratch.training.presets import get_preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,10 +246,10 @@ def aggregate(row: str, runs: list[dict[str, Any]], fields: dict[str, Any],
                params=runs[0]["params"], repeats=len(runs),
                runs=[{k: r[k] for k in ("ms_per_step", "tokens_per_s", "first_step_s",
                                         "peak_memory_mb", "process_s")} for r in runs])
-    model_flops = out["tokens_per_s"] * out["flops_per_token"]
-    out["mfu_vs_bf16_ceiling"] = (round(model_flops / ceiling["bf16"], 4) if "bf16" in ceiling
-                                   else None)
-    out["mfu_vs_fp32_ceiling"] = round(model_flops / ceiling["fp32"], 4)
+    for name in ("bf16", "fp32"):  # None: not measured, or above 100 % (a ceiling read low)
+        mfu = model_flops_utilisation(out["tokens_per_s"], out["flops_per_token"],
+                                      ceiling.get(name, 0.0), f"the {name} matmul ceiling")
+        out[f"mfu_vs_{name}_ceiling"] = None if mfu is None else round(mfu, 4)
     return out
 
 

@@ -72,8 +72,8 @@ def test_corpus_shorter_than_a_block(files: dict[str, Path], tmp_path: Path,
     assert not (tmp_path / "r" / "latest").exists()
 
 
-# Errors that only a machine without a CUDA GPU gives (benchmarks/gpu_check.py runs the
-# tests named *cuda* on a GPU machine).
+# Errors that only a machine without a CUDA GPU gives: on a GPU machine they skip, and
+# benchmarks/gpu_check.py (which runs the tests marked `cuda`) never selects them.
 NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
 
 @pytest.mark.parametrize(

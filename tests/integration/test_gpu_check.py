@@ -50,7 +50,9 @@ def test_cpu_smoke_reports_every_part_with_numbers(tmp_path: Path) -> None:
     for name in expected:
         row = rows[name]
         assert row["status"] == "ok" and row["tokens_per_s"] > 0 and row["ms_per_step"] > 0
-        assert 0 < row["mfu"] < 1  # against a measured matmul ceiling: below it
+        # Against a matmul ceiling measured here: a fraction, or unknown (null) where the
+        # ceiling was read in a slow moment and the figure would exceed 100 %.
+        assert row["mfu"] is None or 0 < row["mfu"] <= 1
         assert math.isfinite(row["final_loss"])
     # The modern row's recipe really is the modern one: no position table, fewer parameters.
     assert rows["ours-modern-eager"]["params"] < rows["ours-gpt2-eager"]["params"]
@@ -58,9 +60,10 @@ def test_cpu_smoke_reports_every_part_with_numbers(tmp_path: Path) -> None:
     curves = {r["recipe"]: r for r in parts["loss_curves"]["results"]}
     assert parts["loss_curves"]["status"] == "ok" and set(curves) == {"gpt2", "modern"}
     for c in curves.values():
-        # Started near ln V (an untrained model), ended below the stated threshold and not
-        # below the floor no causal model can beat (less the noise of a 10-step mean).
-        assert abs(c["first_loss"] - math.log(16)) < 0.5 and c["passed"]
+        # Started as the untrained model (its loss computed apart, in fp32 on CPU as here, so
+        # exactly), ended below the stated threshold and not below the floor no causal model
+        # can beat (less the noise of a 10-step mean).
+        assert c["start_loss"] == c["expected_start_loss"] and c["passed"] and "why" not in c
         assert c["floor"] - 0.1 < c["final_loss"] < c["threshold"] < c["first_loss"]
         assert c["threshold"] - c["floor"] == pytest.approx(0.3, abs=1e-3)
 
@@ -86,7 +89,7 @@ def test_a_part_out_of_time_is_recorded_and_the_rest_still_reported(tmp_path: Pa
     assert parts["throughput"]["status"].startswith("failed")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the check itself")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
 def test_the_wrapper_says_in_one_line_that_there_is_no_gpu() -> None:
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], cwd=REPO,
                           capture_output=True, text=True, timeout=120,

@@ -366,3 +366,18 @@ def test_exact_resume_on_sharded_data_of_many_documents(tmp_path: Path,
     a = load_model(load_checkpoint(straight, "latest")).model.state_dict()
     b = load_model(load_checkpoint(split, "latest")).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mfu_above_100_percent_is_never_logged_or_stored(
+        tmp_path: Path, tiny_corpus: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A peak far below what the machine does (a wrong --peak-tflops) would make MFU over 100 %:
+    the run stores null and prints no MFU, and says once which setting is wrong."""
+    over = {**TINY_MODEL, **TINY_TRAIN, "max_iters": 6, "log_interval": 2,
+            "peak_tflops": 1e-6}
+    with caplog.at_level(logging.INFO, logger="gptscratch"):
+        api.train("shakespeare-char-gpt2", tiny_corpus, tmp_path / "r", overrides=over)
+    records = [r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "tokens_per_s" in r]
+    assert len(records) == 3 and all(r["mfu"] is None for r in records)
+    said = [r.getMessage() for r in caplog.records]
+    assert not any("MFU" in line and line.startswith("step") for line in said)
+    assert sum("MFU came out above 100 %" in line for line in said) == 1

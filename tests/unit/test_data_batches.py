@@ -63,6 +63,7 @@ def test_too_short_split_is_a_user_error() -> None:
     )
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_batches_match_cpu(tokens: np.memmap) -> None:
     cpu = get_batch(tokens, 4, 16, torch.Generator().manual_seed(5))

@@ -27,6 +27,7 @@ from gptscratch.training.checkpointing import evaluate_and_save
 from gptscratch.training.config import TrainConfig
 from gptscratch.training.distributed import agree, gradient_sync, mean_across_ranks
 from gptscratch.training.metrics import eta, format_duration, progress_line, read_metrics
+from gptscratch.training.mfu import model_flops_utilisation
 from gptscratch.training.optimizer import lr_at
 from gptscratch.training.setup import TrainRuntime, TrainState, set_up
 from gptscratch.training.signals import StopRequests
@@ -244,8 +245,8 @@ def log_progress(state: TrainState, lr: float) -> None:
     mean_loss = mean_across_ranks(window.loss, ctx).item() / good
     per_step = window.seconds_per_step()
     tok_s = state.tokens_per_step / per_step
-    mfu = (tok_s * state.flops_per_token / (state.peak_flops * ctx.world_size)
-           if state.peak_flops else None)
+    mfu = model_flops_utilisation(tok_s, state.flops_per_token,
+                                  state.peak_flops * ctx.world_size)
     elapsed = state.elapsed()
     remaining, end_step = eta(state.step, state.max_steps, per_step, elapsed,
                               state.config.run.max_time)

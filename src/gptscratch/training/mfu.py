@@ -1,13 +1,18 @@
 """Model FLOPs utilisation (MFU), shown next to tokens/s in the progress line: model FLOPs per
 token x tokens per second / peak FLOP/s (`peak_flops`). Model FLOPs count only the maths the
 model needs (PaLM, Chowdhery et al. 2022, appendix B; as in nanoGPT), not recomputation or
-overhead, so MFU compares implementations and machines fairly.
+overhead, so MFU compares implementations and machines fairly. `model_flops_utilisation` is the
+one place the fraction is taken: a figure above 100 % says the peak is wrong for the device, and
+is reported as unknown rather than printed or stored.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -16,22 +21,35 @@ import torch
 from gptscratch.files import atomic_file, cache_dir
 from gptscratch.model.config import ModelConfig
 
-# Dense (not 2:4-sparse) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets, matched
-# against torch.cuda.get_device_name(): the first match wins, so specific names come first.
-GPU_BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H200", 989.0),
-    ("H100 PCIe", 756.0),
-    ("H100", 989.0),  # SXM and NVL
-    ("A100", 312.0),
-    ("L40S", 362.0),
-    ("L4", 121.0),
-    ("A10G", 70.0),
-    ("A10", 125.0),
-    ("RTX 4090", 165.0),
-    ("RTX 3090", 71.0),
-    ("V100", 125.0),  # fp16 tensor cores (V100 has no bf16)
-    ("T4", 65.0),  # fp16 tensor cores (T4 has no bf16)
-)
+log = logging.getLogger(__name__)
+
+# Dense (not 2:4-sparse) bf16 tensor-core peaks, TFLOP/s, by exact product name (`gpu_product`
+# turns torch.cuda.get_device_name() into one). NVIDIA's data sheets print the sparse figure
+# with a footnote; the dense one is half of it. A product's variants differ: the NVL and PCIe
+# cards run lower clocks and power than SXM, so each has its own row.
+GPU_BF16_PEAK_TFLOPS: dict[str, float] = {
+    # H100 Tensor Core GPU data sheet: BF16 1,979 (SXM) / 1,671 (NVL) / 1,513 (PCIe) sparse.
+    # The SXM5 board reports itself as "NVIDIA H100 80GB HBM3", hence the bare "H100".
+    "H100": 989.0, "H100 SXM5": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0,
+    # H200 Tensor Core GPU data sheet: BF16 1,979 (SXM) / 1,671 (NVL) sparse.
+    "H200": 989.0, "H200 NVL": 835.0,
+    # GH200 Grace Hopper data sheet: its H100 is the SXM part, BF16 1,979 sparse.
+    "GH200": 989.0,
+    # A100 Tensor Core GPU data sheet: BF16 312 dense (624 sparse), SXM4 and PCIe alike.
+    "A100": 312.0, "A100 SXM": 312.0, "A100 SXM4": 312.0, "A100 PCIe": 312.0,
+    # L40 data sheet: BF16 181.05 / 362.1 sparse. L40S data sheet: BF16 362.05 / 733 sparse.
+    # L4 data sheet: BF16 242 sparse.
+    "L40": 181.0, "L40S": 362.0, "L4": 121.0,
+    # A10 data sheet: BF16 125 / 250 sparse. The A10G is AWS's variant and has no NVIDIA data
+    # sheet: 70 is the figure usually quoted for it, not checked against a sheet.
+    "A10": 125.0, "A10G": 70.0,
+    # GeForce: the Ada and Ampere architecture white papers (FP16/BF16 with FP32 accumulate).
+    "RTX 4090": 165.0, "RTX 3090": 71.0,
+    # No bf16 on these: their fp16 tensor cores (V100 data sheet: 125 SXM2, 112 PCIe; T4: 65).
+    "V100 SXM2": 125.0, "V100 PCIe": 112.0, "T4": 65.0,
+}
+# Words of a device name that name the maker, the brand or the memory, not the product.
+NAME_NOISE = re.compile(r"^(nvidia|geforce|tesla|\d+gb?|hbm\d*e?)$", re.IGNORECASE)
 
 CEILING_SIZE = 2048  # a square matmul large enough to reach the kernel's steady rate
 
@@ -46,12 +64,49 @@ def flops_per_token(config: ModelConfig, n_params: int) -> float:
     return 6.0 * n_params + 12.0 * config.n_layer * config.n_embd * config.block_size
 
 
+def gpu_product(device_name: str) -> str:
+    """The product name in a CUDA device name: the maker, brand and memory words dropped.
+
+    "NVIDIA H100 80GB HBM3" -> "H100", "NVIDIA A100-SXM4-80GB" -> "A100 SXM4",
+    "NVIDIA GeForce RTX 4090" -> "RTX 4090", "Tesla V100-PCIE-32GB" -> "V100 PCIE"."""
+    words = re.split(r"[\s\-_]+", device_name.strip())
+    return " ".join(w for w in words if w and not NAME_NOISE.match(w))
+
+
 def gpu_peak_flops(device_name: str) -> float | None:
-    """The dense bf16 peak of a known GPU in FLOP/s, or None when the name is not in the table."""
-    for key, tflops in GPU_BF16_PEAK_TFLOPS:
-        if key.lower() in device_name.lower():
+    """The dense bf16 peak of a known GPU in FLOP/s, or None when its product is not in the
+    table. The product must equal a table name (case aside), so "L40" is not an "L4" and an
+    "H100 NVL" is not an SXM H100."""
+    product = gpu_product(device_name).lower()
+    for name, tflops in GPU_BF16_PEAK_TFLOPS.items():
+        if name.lower() == product:
             return tflops * 1e12
     return None
+
+
+def model_flops_utilisation(tokens_per_s: float, flops_per_token: float, peak: float,
+                            peak_source: str = "") -> float | None:
+    """MFU as a fraction of `peak` (FLOP/s), or None where it cannot be told.
+
+    None when there is no peak (0), and None when the fraction is above 1: no device runs
+    faster than its peak, so the peak is wrong for it (a matmul ceiling measured in a slow
+    moment of a shared machine, or another product's data-sheet figure). That is logged once
+    per peak, and the figure is left out rather than printed or stored."""
+    if peak <= 0:
+        return None
+    fraction = tokens_per_s * flops_per_token / peak
+    if fraction > 1.0:
+        _warn_peak_too_low(peak, peak_source)
+        return None
+    return fraction
+
+
+@functools.cache  # once per peak: the progress line asks every few steps
+def _warn_peak_too_low(peak: float, peak_source: str) -> None:
+    source = f" ({peak_source})" if peak_source else ""
+    log.warning("MFU came out above 100 %% against %.3g TFLOP/s%s: that peak is too low for "
+                "this device, so MFU is reported as unknown; give the right one in the "
+                "peak_tflops setting", peak / 1e12, source)
 
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = CEILING_SIZE,
