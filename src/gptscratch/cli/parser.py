@@ -31,6 +31,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message}; see '{self.prog} --help'\n")
 
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            hint = did_you_mean(str(value), map(str, action.choices))
+            raise argparse.ArgumentError(
+                action, f"invalid choice: {value!r}{hint}; choose from {choices}")
+
     def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                    namespace: Any = None) -> argparse.Namespace:
         """Parse, and report flags that no parser took to the command they were given to,
@@ -65,13 +72,6 @@ def _chosen_parser(parser: argparse.ArgumentParser,
             if chosen in action.choices:
                 return _chosen_parser(action.choices[chosen], parsed)
     return parser
-
-    def _check_value(self, action: argparse.Action, value: Any) -> None:
-        if action.choices is not None and value not in action.choices:
-            choices = ", ".join(map(str, action.choices))
-            hint = did_you_mean(str(value), map(str, action.choices))
-            raise argparse.ArgumentError(
-                action, f"invalid choice: {value!r}{hint}; choose from {choices}")
 
 
 def flag_of(name: str, cls: Any = None) -> str:

@@ -89,10 +89,10 @@ class RunConfig:
     loggers: tuple[str, ...] = setting(
         (), "also log to tensorboard, csv or wandb (repeatable, or comma-separated)",
         flag="--logger")
-    # A sample to read, not a corpus: it is drawn at every evaluation.
+    # A sample to read, not a corpus: drawn at the first, every 4th and the last evaluation.
     eval_sample_tokens: int = setting(
-        100, "tokens sampled at each evaluation for loggers and report (0: none)", low=0,
-        high=10_000, example=100)
+        100, "tokens sampled at the first, every 4th and the last evaluation, for loggers and "
+             "the report (0: none)", low=0, high=10_000, example=100)
 
     def __post_init__(self) -> None:
         check_settings(self)
