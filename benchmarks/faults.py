@@ -180,7 +180,7 @@ def render(r: dict[str, Any]) -> str:
         "",
         "| Fault | Cases | Nothing lost or corrupted |",
         "|---|---|---|",
-        f"| kill -9 at random moments, resumed each time | {k['kills']} kills in {k['runs']} "
+        f"| kill -9 at random steps, resumed each time | {k['kills']} kills in {k['runs']} "
         f"runs, {k['inside_saves']} inside checkpoint saves | {verdict[not k['problems']]} |",
         f"| SIGTERM / SIGINT, resumed; two signals in a row | {len(s['cases'])} | "
         f"{verdict[not s['problems']]} |",
@@ -193,13 +193,16 @@ def render(r: dict[str, Any]) -> str:
         "",
         "A 60-step fp32 run (checkpoint every 5 steps, dropout 0.1) is killed with SIGKILL, "
         "resumed, killed again, until it ends; then the next run starts, until all the kills "
-        "are made. Saves are slowed (each fsync sleeps 30 ms) so "
-        "that every third kill lands inside one. After every kill the last checkpoint (or its "
+        "are made. A kill waits for a state, not for clock time: 1 to 10 more steps logged, "
+        "or, for every third kill, a save under way (saves are slowed: each fsync sleeps 30 ms "
+        "and leaves a marker while it runs). A kill counts as inside a save only when the "
+        "killed process left that marker behind. After every kill the last checkpoint (or its "
         "`.old` fallback) must load with every file's sha256 verified, and at most the steps "
         "since it may be lost; at the end `metrics.jsonl` must hold steps 1..60 once each and "
         "the weights must equal an uninterrupted run's exactly.",
         "",
-        f"- kills: {k['kills']} ({k['inside_saves']} inside saves); checkpoints verified after "
+        f"- kills: {k['kills']} ({k['aimed_at_saves']} aimed inside saves, "
+        f"{k['inside_saves']} landed inside); checkpoints verified after "
         f"a kill: {k['checkpoints_verified']}; kills before the first checkpoint (restarted "
         f"from scratch): {k['restarts_from_scratch']}",
         f"- most steps lost to one kill: {k['most_steps_lost']} (a checkpoint every 5)",

@@ -8,7 +8,10 @@ it, again and again until the run is done, and checks after every kill that:
 and at the end that (c) `metrics.jsonl` holds every step once, none missing or repeated, and
 (d) the final weights equal those of an uninterrupted run at the same step, exactly.
 Saves are slowed down (each fsync sleeps 30 ms) and a marker file exists while one is under
-way, so that a share of the kills can be aimed inside a save. Used by `slow/test_faults.py`
+way, so that a share of the kills can be aimed inside a save; a kill counts as inside a save
+only when the killed process left the marker behind. Kills wait for states (a step count, a
+save under way), never for clock time, so a slow or shared machine moves them by no more than
+a step. Used by `slow/test_faults.py`
 (a few kills) and `benchmarks/faults.py` (the 50+ of docs/reliability.md).
 """
 
@@ -20,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +60,8 @@ sys.exit(main(sys.argv[2:]))
 class Report:
     runs: int = 0
     kills: int = 0
-    inside_saves: int = 0
+    aimed_at_saves: int = 0  # kills aimed inside a save...
+    inside_saves: int = 0  # ...and those that landed there (the save's marker was left behind)
     checkpoints_verified: int = 0
     most_steps_lost: int = 0
     restarts_from_scratch: int = 0
@@ -82,29 +87,37 @@ def _checkpoint_step(run: Path) -> int | None:
         return None
 
 
-def _wait_and_kill(proc: subprocess.Popen[bytes], run: Path, marker: Path, inside: bool,
-                   rng: random.Random) -> bool:
-    """Kill `proc` once it trains: at a random moment, or inside a save. False if it ended
-    first."""
-    start = len(_logged_steps(run))
-    deadline = time.monotonic() + 120
-    while len(_logged_steps(run)) <= start:  # past start-up: training
-        if proc.poll() is not None or time.monotonic() > deadline:
+def _wait_for(done: Callable[[], bool], proc: subprocess.Popen[bytes], report: Report,
+              every: float) -> bool:
+    """Poll until `done()`; False if `proc` ends first (or hangs for 10 minutes: a problem)."""
+    deadline = time.monotonic() + 600
+    while not done():
+        if proc.poll() is not None:
             return False
-        time.sleep(0.01)
-    if inside:
-        while not marker.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                return False
-            time.sleep(0.002)
-        time.sleep(rng.uniform(0, 0.02))
-    else:
-        time.sleep(rng.uniform(0, 0.8))
+        if time.monotonic() > deadline:
+            report.problems.append("a run made no progress for 10 minutes")
+            return False
+        time.sleep(every)
+    return True
+
+
+def _wait_and_kill(proc: subprocess.Popen[bytes], run: Path, marker: Path, aimed: bool,
+                   rng: random.Random, report: Report) -> bool | None:
+    """SIGKILL `proc` at a state: once it has logged a random 1 to 2 x EVAL_INTERVAL more
+    steps, or (`aimed`) as soon as it is inside a save (the marker exists) after its first
+    step. None if it ended first; else whether the kill landed inside a save (the killed
+    process left the marker behind)."""
+    start = len(_logged_steps(run))
+    steps = start + 1 if aimed else start + rng.randint(1, 2 * EVAL_INTERVAL)
+    if not _wait_for(lambda: len(_logged_steps(run)) >= steps, proc, report, 0.005):
+        return None
+    if aimed and not _wait_for(marker.exists, proc, report, 0.001):
+        return None
     if proc.poll() is not None:
-        return False
+        return None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return True
+    return marker.exists()
 
 
 def kill_and_resume(workdir: Path, corpus: Path, kills: int, seed: int = 0) -> Report:
@@ -131,10 +144,12 @@ def _kill_until_done(run: Path, corpus: Path, marker: Path, kills: int, rng: ran
         marker.unlink(missing_ok=True)
         proc = _start(run, corpus, marker)
         if report.kills < kills:
-            inside = report.kills % 3 == 2
-            if _wait_and_kill(proc, run, marker, inside, rng):
+            aimed = report.kills % 3 == 2
+            landed = _wait_and_kill(proc, run, marker, aimed, rng, report)
+            if landed is not None:
                 report.kills += 1
-                report.inside_saves += inside
+                report.aimed_at_saves += aimed
+                report.inside_saves += landed
                 _check_after_kill(run, report)
                 continue
         _, err = proc.communicate(timeout=600)  # it ended before the kill, or is left to end

@@ -74,7 +74,8 @@ def test_concurrent_requests_each_get_what_they_get_alone(loaded: Any) -> None:
         assert text == want_text, request
         # Not bit for bit: a row in a padded batch goes through the masked attention kernel,
         # and is prefilled again when rows join; measured differences are ~5e-7.
-        assert logprobs == pytest.approx(want_logprobs[:len(logprobs)], abs=1e-5)
+        assert len(logprobs) == len(want_logprobs) > 0, request
+        assert logprobs == pytest.approx(want_logprobs, abs=1e-5)
 
 
 def test_a_client_that_leaves_frees_its_row(loaded: Any) -> None:

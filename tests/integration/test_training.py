@@ -178,11 +178,16 @@ def test_fp16_grad_scaler_path_trains_and_resumes(tmp_path: Path, tiny_corpus: P
     over = {**TINY_MODEL, **TINY_TRAIN, "max_iters": 6, "eval_interval": 3, "peak_tflops": 1.0}
     result = api.train("shakespeare-char-gpt2", tiny_corpus, tmp_path / "r", overrides=over,
                        stop_at=3)
-    state = load_checkpoint(tmp_path / "r", "latest").training_state()
-    assert state["scaler"]["scale"] > 0  # the scaler ran and its state was saved
+    # The scaler ran every step (3 finite steps since its start: no growth, no back-off) and
+    # its state was saved...
+    scaler = load_checkpoint(tmp_path / "r", "latest").training_state()["scaler"]
+    assert (scaler["scale"], scaler["_growth_tracker"]) == (2.0 ** 16, 3)
     result = api.train("shakespeare-char-gpt2", None, tmp_path / "r", resume=True)
     assert result.step == 6 and math.isfinite(result.val_loss)
-    assert load_checkpoint(tmp_path / "r", "latest").meta["precision"] == "float16"
+    final = load_checkpoint(tmp_path / "r", "latest")
+    assert final.meta["precision"] == "float16"
+    # ...and restored on resume: a new scaler would have counted 3, not 6.
+    assert final.training_state()["scaler"]["_growth_tracker"] == 6
 
 
 def test_an_explicit_length_replaces_the_presets_time_budget(tmp_path: Path,

@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -212,16 +213,43 @@ def models(run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     return found
 
 
-@FUZZ
-@given(kind=st.sampled_from(["char", "gpt2", "bpe:300"]),
-       prompt=st.one_of(st.text(max_size=200), st.text(max_size=3).map(lambda t: t * 20_000)))
-def test_any_prompt_for_every_tokenizer(models: dict[str, Path], kind: str,
-                                        prompt: str) -> None:
-    event(kind)
-    loaded = api.load(models[kind], "cpu")
-    with bounded(), contextlib.suppress(UserError):
-        done = api.complete(loaded, prompt, max_new_tokens=3, seed=0)
+def prompts(known: list[str]) -> st.SearchStrategy[str]:
+    """Any text, and text of the `known` characters (the char model's vocabulary), so that for
+    every tokenizer most prompts reach generation rather than a refusal."""
+    return st.one_of(st.text(max_size=200), st.text(alphabet=known, max_size=200),
+                     st.text(alphabet=known, min_size=1, max_size=3).map(lambda t: t * 20_000),
+                     st.text(max_size=3).map(lambda t: t * 20_000))
+
+
+def test_any_prompt_for_every_tokenizer(models: dict[str, Path]) -> None:
+    """Every prompt is generated from, or refused in one line exactly where a refusal is due
+    (an empty prompt; for the char model, a character outside its vocabulary); and the test
+    counts the prompts that reached generation, so that it cannot pass by refusing."""
+    loaded = {kind: api.load(path, "cpu") for kind, path in models.items()}
+    chars = loaded["char"].tokenizer
+    vocab = {chars.decode([i]) for i in range(chars.vocab_size)}
+    reached = Counter[str]()
+
+    @FUZZ
+    @given(kind=st.sampled_from(sorted(models)),
+           prompt=prompts(sorted(c for c in vocab if len(c) == 1)))
+    def one(kind: str, prompt: str) -> None:
+        event(kind)
+        due = prompt == "" or (kind == "char" and not set(prompt) <= vocab)
+        with bounded():
+            try:
+                done = api.complete(loaded[kind], prompt, max_new_tokens=3, seed=0)
+            except UserError as e:
+                assert due, f"{kind} refused {prompt[:40]!r}: {e}"
+                assert str(e).strip() and "\n" not in str(e)  # one line that says something
+                return
+        assert not due, f"{kind} took {prompt[:40]!r}"
         assert len(done) == 1 and len(done[0].token_ids) <= 3
+        assert done[0].finish_reason in ("length", "stop")
+        reached[kind] += 1
+
+    one()
+    assert all(reached[kind] >= EXAMPLES // 10 for kind in models), reached
 
 
 def test_the_harness_fails_on_a_traceback(tmp_path: Path,

@@ -203,24 +203,22 @@ def test_default_dir_is_in_the_cache(corpus: Path) -> None:
     assert data.dir == default_prepared_dir(str(corpus), "char")
 
 
-def test_shakespeare_gpt2_is_fast(
+def test_shakespeare_gpt2_prepares_the_whole_corpus(
     shared_cache: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
+    """The built-in corpus in GPT-2's BPE: all of it, ending in <|endoftext|>, with no progress
+    bar off a terminal. (How fast is a benchmark's business: benchmarks/data_scale.py times
+    preparing text built from the same corpus.)"""
     monkeypatch.setenv("GPTSCRATCH_CACHE", str(shared_cache))
     from gptscratch.data.shakespeare import shakespeare_text
 
-    shakespeare_text()  # fetch outside the timing
-    started = time.perf_counter()
+    shakespeare_text()  # fetched (once, cached) outside what is checked
     data = prepare("shakespeare", "gpt2", tmp_path / "out")
-    seconds = time.perf_counter() - started
     tokens = data.meta["train_tokens"] + data.meta["val_tokens"]
-    with capfd.disabled():
-        print(f"\nprepare(shakespeare, gpt2): {tokens:,} tokens in {seconds:.2f} s")
     assert data.meta["val_tokens"] > 0 and np.asarray(data.val_tokens())[-1] == 50256
-    assert seconds < 30
     assert capfd.readouterr() == ("", "")  # no progress bar when not on a terminal
     assert 1_400_000 < tokens < 1_700_000
     assert data.meta["train_bytes"] / data.meta["train_tokens"] > 3.0
