@@ -15,11 +15,16 @@ it, and once on one large single file; `--train` adds 50 training steps from the
 Token counts are checked: ours must equal tiktoken's per-document counts plus one
 end-of-text token per document.
 
-    python benchmarks/data_scale.py            # 1 GB compared (3 runs), 2 GB and 500 MB ours
-    python benchmarks/data_scale.py --gb 0.1 --big-gb 0.2 --single-gb 0.05 --repeats 1  # quick
+The three compared rows run interleaved (round i runs each once), so the VM's slow phases fall
+on all alike.
 
-Prints a table and writes benchmarks/results/data_scale.json. Run it alone: it keeps both
-cores busy, and needs about 3x the largest corpus in free disk space.
+    python benchmarks/data_scale.py            # 1 GB compared (3 runs), 2 GB and 500 MB ours
+    python benchmarks/data_scale.py --gb 0.1 --big-gb 0.2 --single-gb 0.05 --repeats 1
+    python benchmarks/data_scale.py --quick --out /tmp/scale.json   # a few MB: that it works
+
+Prints a table and writes benchmarks/results/data_scale.json (or --out), with its provenance.
+Run it alone: it keeps both cores busy, and needs about 3x the largest corpus in free disk
+space.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ import time
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "data_scale.json"
@@ -213,7 +220,16 @@ def main() -> None:
     parser.add_argument("--train", action="store_true",
                         help="also train 50 steps of shakespeare-bpe from the prepared folder")
     parser.add_argument("--scratch", type=Path, default=None, help="where corpora are written")
+    parser.add_argument("--quick", action="store_true",
+                        help="corpora of a few MB, each row once; writes only --out")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help=f"results file (default {RESULTS.relative_to(REPO)})")
     args = parser.parse_args()
+    if args.quick:
+        if args.out == RESULTS:
+            parser.error("--quick writes only to an explicit --out")
+        args.gb, args.big_gb, args.single_gb, args.documents, args.repeats = (
+            0.004, 0.008, 0.002, 20, 1)
     scratch = Path(tempfile.mkdtemp(prefix="data-scale-", dir=args.scratch))
     rows: dict[str, Any] = {}
     sizes: dict[str, int] = {}
@@ -225,19 +241,19 @@ def main() -> None:
         print(f"corpora: {size / MB:,.0f} MB in {args.documents} documents, "
               f"{big_size / MB:,.0f} MB in {2 * args.documents}, one file of "
               f"{single_size / MB:,.0f} MB", flush=True)
-        limit = [in_memory(main_dir, args.workers) for _ in range(args.repeats)]
+        limit, runs, nano, failures = compared_rounds(main_dir, scratch, args)
         add(rows, sizes, "tiktoken in memory", summary(limit, size, "encode_seconds"), size,
             args)
         expected = sum(limit[0]["counts"]) + args.documents
-        runs = [ours(main_dir, scratch / "out", args.workers) for _ in range(args.repeats)]
         add(rows, sizes, "ours", {
             **summary(runs, size), "shards": runs[0]["shards"],
             "tokens_match_tiktoken_plus_eot": all(r["tokens"] == expected for r in runs)},
             size, args)
         if args.train:
             rows["train 50 steps from it"] = train_from(scratch)
-        add(rows, sizes, "nanoGPT's approach", nanogpt_rows(main_dir, args, scratch, expected,
-                                                           size), size, args)
+        add(rows, sizes, "nanoGPT's approach",
+            {**summary(nano, size), "tokens_match": all(r["tokens"] == expected for r in nano),
+             "failed": failures} if nano else {"runs": 0, "failed": failures}, size, args)
         shutil.rmtree(scratch / "out", ignore_errors=True)
         add(rows, sizes, "ours, twice the corpus",
             summary([ours(big, scratch / "out", args.workers)], big_size), big_size, args)
@@ -258,20 +274,25 @@ def add(rows: dict[str, Any], sizes: dict[str, int], name: str, row: dict[str, A
     write(rows, args)
 
 
-def nanogpt_rows(folder: Path, args: argparse.Namespace, scratch: Path, expected: int,
-                 size: int) -> dict[str, Any]:
-    runs, failures = [], []
+def compared_rounds(folder: Path, scratch: Path, args: argparse.Namespace) -> tuple[
+        list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """The compared rows' runs, interleaved: round i runs tiktoken in memory, ours and
+    nanoGPT's approach once each (nanoGPT's is not tried again once it fails: it fails the same
+    way each time). Their runs, and nanoGPT's failures."""
+    limit: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    nano: list[dict[str, Any]] = []
+    failures: list[str] = []
     for _ in range(args.repeats):
-        try:
-            runs.append(nanogpt(folder, args.workers, scratch))
-        except RuntimeError as exc:
-            failures.append(str(exc)[-300:])
-            shutil.rmtree(scratch / "hf-cache", ignore_errors=True)
-            break  # it fails the same way each time; do not spend the time again
-    if not runs:
-        return {"runs": 0, "failed": failures}
-    return {**summary(runs, size), "tokens_match": all(r["tokens"] == expected for r in runs),
-            "failed": failures}
+        limit.append(in_memory(folder, args.workers))
+        runs.append(ours(folder, scratch / "out", args.workers))
+        if not failures:
+            try:
+                nano.append(nanogpt(folder, args.workers, scratch))
+            except RuntimeError as exc:
+                failures.append(str(exc)[-300:])
+                shutil.rmtree(scratch / "hf-cache", ignore_errors=True)
+    return limit, runs, nano, failures
 
 
 def train_from(scratch: Path) -> dict[str, Any]:
@@ -286,9 +307,11 @@ def train_from(scratch: Path) -> dict[str, Any]:
 
 
 def write(rows: dict[str, Any], args: argparse.Namespace) -> None:
-    RESULTS.write_text(json.dumps({
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
         "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "command": " ".join(["python", *sys.argv]),
+        "provenance": provenance("n/a"),
         "workers": args.workers, "documents": args.documents, "rows": rows,
     }, indent=2) + "\n")
 
@@ -310,7 +333,7 @@ def report(rows: dict[str, Any], sizes: dict[str, int], args: argparse.Namespace
           f"{rows['ours']['tokens_match_tiktoken_plus_eot']}")
     rows["ours"]["over_tiktoken"] = ours_rate / limit_rate
     write(rows, args)
-    print(f"wrote {RESULTS.relative_to(REPO)}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from fault_cases import (  # noqa: E402 (the test helpers live in tests/)
     unmount,
 )
 from fault_injection import kill_and_resume  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "faults.json"
 REPORT = REPO / "docs" / "reliability.md"
@@ -176,7 +177,8 @@ def render(r: dict[str, Any]) -> str:
         "",
         f"- Command: `{r['command']}`",
         f"- Machine: {r['machine']}",
-        f"- Date: {r['date']}; took {r['seconds'] / 60:.0f} minutes",
+        f"- Date: {r['date']}; took {r['seconds'] / 60:.0f} minutes"
+        + (f"; code as of commit {r['provenance']['commit']}" if r.get("provenance") else ""),
         "",
         "| Fault | Cases | Nothing lost or corrupted |",
         "|---|---|---|",
@@ -263,7 +265,8 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     results: dict[str, Any] = {"command": "python benchmarks/faults.py " + " ".join(sys.argv[1:]),
-                               "machine": machine(), "date": date.today().isoformat()}
+                               "machine": machine(), "date": date.today().isoformat(),
+                               "provenance": provenance("float32")}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         print(f"kill -9 x {args.kills}", flush=True)

@@ -30,14 +30,17 @@ What is compared, and how:
   is the resident-set growth during the timed generation (cache, activations, logits) over the
   process's state just before it; `process_peak_mib` is the process's peak over its state
   after imports (the weights and a warm-up included).
+- Every method runs `--repeats` times (3), interleaved: each round runs every method once, so
+  the VM's slow phases fall on all alike; a method's figures are its median run's, with every
+  run's tokens/s and their range. A lead within the ranges is a tie.
 
-    python benchmarks/generation.py                           # everything, ~25 minutes
+    python benchmarks/generation.py                           # everything, ~75 minutes
     python benchmarks/generation.py --shape 124m --dtype bfloat16 --batch 1
-    python benchmarks/generation.py --quick --shape preset    # a smoke test, nothing saved
+    python benchmarks/generation.py --quick --shape preset --out /tmp/g.json  # smoke test
 
 Results merge into benchmarks/results/generation.json (or --out; keyed by shape, dtype, batch,
-method), so the runs can be split. Run it alone: another busy process on this 2-core machine
-slows decoding several-fold.
+method, each key with its provenance), so the runs can be split. Run it alone: another busy
+process on this 2-core machine slows decoding several-fold.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from provenance import provenance
 from quality import machine  # the sibling benchmark script: one machine description
 
 from gptscratch.model.config import ModelConfig, SamplingConfig
@@ -221,25 +225,36 @@ def measure(method: str, shape: str, dtype: torch.dtype, batch: int, n: int,
             "process_peak_mib": round((max(whole.peak, mem.peak) - whole.base) / 2**20, 1)}
 
 
-def run(shape: str, dtype: str, batch: int, tokens: int, uncached_tokens: int
-        ) -> dict[str, dict[str, Any]]:
-    """Every method of one shape / dtype / batch, each in a fresh process."""
+def run(shape: str, dtype: str, batch: int, tokens: int, uncached_tokens: int,
+        repeats: int = 3) -> dict[str, dict[str, Any]]:
+    """Every method of one shape / dtype / batch, each run in a fresh process, `repeats`
+    rounds interleaved (each round runs every method once). A method's entry is its median run
+    by tokens/s, with every run's tokens/s (`tok_s_runs`) and their range (`tok_s_range`)."""
     plan = lengths(shapes()[shape], tokens, uncached_tokens)
+    runs: dict[str, list[dict[str, Any]]] = {method: [] for method in plan}
+    for _ in range(repeats):
+        for method, n in plan.items():
+            marks = [plan["ours_uncached"]] if method == "ours_cached" else []
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", method, "--shape", shape, "--dtype",
+                 dtype, "--batch", str(batch), "--tokens", str(n),
+                 "--marks", *map(str, marks)],
+                capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                print(f"  {shape} {dtype} batch {batch}: {method} failed\n"
+                      f"{proc.stderr[-2000:]}", flush=True)
+                continue
+            runs[method].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            last = runs[method][-1]
+            print(f"  {shape} {dtype} batch {batch}: {method:17s} {last['tok_s']:8.1f} "
+                  f"tok/s over {n} new tokens, peak {last['peak_mib']} MiB", flush=True)
     out: dict[str, dict[str, Any]] = {}
-    for method, n in plan.items():
-        marks = [plan["ours_uncached"]] if method == "ours_cached" else []
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", method, "--shape", shape, "--dtype", dtype,
-             "--batch", str(batch), "--tokens", str(n),
-             "--marks", *map(str, marks)],
-            capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            print(f"  {shape} {dtype} batch {batch}: {method} failed\n{proc.stderr[-2000:]}",
-                  flush=True)
-            continue
-        out[method] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"  {shape} {dtype} batch {batch}: {method:17s} {out[method]['tok_s']:8.1f} "
-              f"tok/s over {n} new tokens, peak {out[method]['peak_mib']} MiB", flush=True)
+    for method, done in runs.items():
+        if done:
+            speeds = sorted(r["tok_s"] for r in done)
+            median = sorted(done, key=lambda r: r["tok_s"])[(len(done) - 1) // 2]
+            out[method] = {**median, "tok_s_runs": [r["tok_s"] for r in done],
+                           "tok_s_range": [speeds[0], speeds[-1]]}
     return out
 
 
@@ -288,8 +303,11 @@ def parse_args() -> argparse.Namespace:
                         help="new tokens asked for; the compared runs stop at the context")
     parser.add_argument("--uncached-tokens", type=int, default=256,
                         help="new tokens of the uncached runs (at most the compared runs')")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of every method, interleaved (median and range)")
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke test: 128 tokens, 32 uncached, results not saved")
+                        help="a smoke test: 128 tokens, 32 uncached, one round, saved only "
+                             "to --out")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"results file (default {RESULTS.relative_to(REPO)})")
     parser.add_argument("--child", choices=METHODS, default=None, help=argparse.SUPPRESS)
@@ -315,8 +333,11 @@ def main() -> None:
     for shape in args.shape:
         for dtype in args.dtype:
             for batch in args.batch:
-                results["runs"][f"{shape}/{dtype}/{batch}"] = run(
-                    shape, dtype, batch, args.tokens, args.uncached_tokens)
+                key = f"{shape}/{dtype}/{batch}"
+                results["runs"][key] = run(shape, dtype, batch, args.tokens,
+                                           args.uncached_tokens,
+                                           1 if args.quick else args.repeats)
+                results.setdefault("provenance", {})[key] = provenance(dtype)
     results.update(machine=machine(), date=str(date.today()), new_tokens=args.tokens,
                    uncached_tokens=args.uncached_tokens, prompt_tokens=PROMPT,
                    threads=torch.get_num_threads(),

@@ -38,6 +38,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from provenance import provenance
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SIZES = {"tiny": dict(n_embd=64, n_layer=2, n_head=2),  # for --quick only
@@ -196,7 +198,8 @@ def main() -> None:
     out = cli.out or RESULTS / "hf_interop.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(
-        {"date": date.today().isoformat(), "command": " ".join(sys.argv), "rows": rows},
+        {"date": date.today().isoformat(), "command": " ".join(sys.argv),
+         "provenance": provenance("float32"), "rows": rows},
         indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -6,7 +6,8 @@ Every row is a real `gptscratch train --init-from BASE` in a fresh process, on t
 (`../shared/data/tinyshakespeare.txt`) with the GPT-2 tokenizer, fp32, no compile:
 
   124M  full fine-tuning | LoRA r=8 on attn | LoRA r=8 on attn + activation checkpointing
-        batch 4 x 256, 4 steps (the first is warm-up), each row run 3 times
+        batch 4 x 256, 4 steps (the first is warm-up), each row run 3 times, interleaved
+        (every row once, then every row again), so the VM's slow phases fall on all alike
   1.5B  (GPT-2 XL's shape) full fine-tuning: the pre-flight estimate, which refuses it here;
         LoRA r=8 on attn + activation checkpointing at batch 1 x 256, 2 steps, once
 
@@ -16,8 +17,11 @@ checkpoint folder (`latest/`: weights or adapters, optimizer state, tokenizer).
 
     python benchmarks/lora.py            # ~15 minutes on 2 cores; needs ~30 GB of disk
     python benchmarks/lora.py --no-xl    # the 124M rows only (~8 minutes)
+    python benchmarks/lora.py --quick --out /tmp/lora.json   # a tiny shape, the repository's
+                                         # own corpus, once: that the script works (seconds)
 
-Prints a table and writes benchmarks/results/lora.json. Run it alone.
+Prints a table and writes benchmarks/results/lora.json (or --out), with its provenance. Run it
+alone.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from provenance import provenance
 from quality import machine  # the sibling benchmark script: one machine description
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +48,9 @@ CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 SHAPES = {
     "124M": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
     "1.5B": dict(vocab_size=50257, block_size=1024, n_layer=48, n_head=25, n_embd=1600),
+    "tiny": dict(vocab_size=50257, block_size=256, n_layer=1, n_head=2, n_embd=32),  # --quick
 }
+FIXTURE = REPO / "tests" / "fixtures" / "plays.txt"  # --quick's corpus: in the repository
 COMMON = ["--dtype", "float32", "--no-compile", "--sample-tokens", "0", "--eval-sample-tokens",
           "0", "--log-interval", "1", "--eval-iters", "1", "--eval-interval", "1000",
           "--warmup-iters", "0", "--block-size", "256", "--dropout", "0", "--device", "cpu"]
@@ -78,9 +85,9 @@ def make_base(shape: str, folder: Path) -> Path:
     return out
 
 
-def prepare(folder: Path) -> Path:
+def prepare(folder: Path, corpus: Path) -> Path:
     out = folder / "data-gpt2"
-    subprocess.run([sys.executable, "-m", "gptscratch", "prepare", "--data", str(CORPUS),
+    subprocess.run([sys.executable, "-m", "gptscratch", "prepare", "--data", str(corpus),
                     "--tokenizer", "gpt2", "--out", str(out)], check=True, capture_output=True)
     return out
 
@@ -143,42 +150,47 @@ def summarise(name: str, runs: list[dict[str, Any]], shape: str,
     return entry
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-xl", action="store_true", help="skip the 1.5B rows")
-    args = parser.parse_args()
-    if not CORPUS.is_file():
-        sys.exit(f"error: {CORPUS} not found; this benchmark needs ../shared/data")
+def the_plan(quick: bool, repeats: int, xl: bool) -> list[tuple[str, str, list[str], int]]:
+    """(shape, row, flags, repeats) of every row, in the order they first run."""
+    if quick:
+        steps = ["--batch-size", "2", "--max-iters", "2"]
+        return [("tiny", "full", steps, 1), ("tiny", "lora-r8-attn", [*steps, *LORA], 1)]
+    steps = ["--batch-size", "4", "--max-iters", "4"]
+    plan = [("124M", "full", steps, repeats), ("124M", "lora-r8-attn", [*steps, *LORA], repeats),
+            ("124M", "lora-r8-attn-ckpt", [*steps, *LORA, "--activation-checkpointing"],
+             repeats)]
+    if xl:
+        steps = ["--batch-size", "1", "--max-iters", "2"]
+        plan += [("1.5B", "full", steps, 1),
+                 ("1.5B", "lora-r8-attn-ckpt", [*steps, *LORA, "--activation-checkpointing"], 1)]
+    return plan
+
+
+def run_plan(plan: list[tuple[str, str, list[str], int]], tmp: Path,
+             data: Path) -> list[dict[str, Any]]:
+    """Every row of `plan`, a shape at a time (one base on disk at once); a shape's rows are
+    interleaved: round i runs each of them once."""
     rows = []
-    with tempfile.TemporaryDirectory(prefix="gptscratch-lora-") as tmp_name:
-        tmp = Path(tmp_name)
-        data = prepare(tmp)
-        plan = [("124M", "full", ["--batch-size", "4", "--max-iters", "4"], args.repeats),
-                ("124M", "lora-r8-attn", ["--batch-size", "4", "--max-iters", "4", *LORA],
-                 args.repeats),
-                ("124M", "lora-r8-attn-ckpt", ["--batch-size", "4", "--max-iters", "4", *LORA,
-                                               "--activation-checkpointing"], args.repeats)]
-        if not args.no_xl:
-            plan += [("1.5B", "full", ["--batch-size", "1", "--max-iters", "2"], 1),
-                     ("1.5B", "lora-r8-attn-ckpt", ["--batch-size", "1", "--max-iters", "2",
-                                                    *LORA, "--activation-checkpointing"], 1)]
-        bases: dict[str, Path] = {}
-        for shape, name, extra, repeats in plan:
-            if shape not in bases:
-                for old in bases.values():  # one base on disk at a time
-                    subprocess.run(["rm", "-rf", str(old)], check=True)
-                bases[shape] = make_base(shape, tmp)
-            runs = []
-            for i in range(repeats):
-                out = tmp / f"{shape}-{name}-{i}"
-                runs.append(run_row(bases[shape], data, out, extra))
-                subprocess.run(["rm", "-rf", str(out)], check=True)
-            entry = summarise(name, runs, shape, extra)
+    for shape in dict.fromkeys(p[0] for p in plan):
+        base = make_base(shape, tmp)
+        mine = [p for p in plan if p[0] == shape]
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for _, name, _, _ in mine}
+        for i in range(max(p[3] for p in mine)):
+            for _, name, extra, repeats in mine:
+                if i < repeats:
+                    out = tmp / f"{shape}-{name}-{i}"
+                    runs[name].append(run_row(base, data, out, extra))
+                    subprocess.run(["rm", "-rf", str(out)], check=True)
+        for _, name, extra, _ in mine:
+            entry = summarise(name, runs[name], shape, extra)
             rows.append(entry)
             print(json.dumps({k: v for k, v in entry.items() if k != "runs"}), flush=True)
-    print()
-    print(f"{'shape':6} {'row':20} {'trainable':>12} {'tok/s (median, spread)':>26} "
+        subprocess.run(["rm", "-rf", str(base)], check=True)
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'shape':6} {'row':20} {'trainable':>12} {'tok/s (median, spread)':>26} "
           f"{'peak RSS':>9} {'checkpoint':>11}")
     for r in rows:
         if "tokens_per_s_median" in r:
@@ -189,11 +201,34 @@ def main() -> None:
         else:
             print(f"{r['shape']:6} {r['row']:20} {r['trainable_parameters']:>12,}  refused: "
                   f"{str(r['refused'])[:110]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-xl", action="store_true", help="skip the 1.5B rows")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny shape on the repository's corpus, once; writes only --out")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default benchmarks/results/lora.json)")
+    args = parser.parse_args()
+    if args.quick and args.out is None:
+        sys.exit("error: --quick writes only to an explicit --out")
+    corpus = FIXTURE if args.quick else CORPUS
+    if not corpus.is_file():
+        sys.exit(f"error: {corpus} not found; this benchmark needs ../shared/data")
+    with tempfile.TemporaryDirectory(prefix="gptscratch-lora-") as tmp_name:
+        tmp = Path(tmp_name)
+        rows = run_plan(the_plan(args.quick, args.repeats, not args.no_xl), tmp,
+                        prepare(tmp, corpus))
+    print_table(rows)
     result = {"date": date.today().isoformat(), "machine": machine(),
-              "command": "python benchmarks/lora.py", "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lora.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {RESULTS / 'lora.json'}")
+              "command": "python benchmarks/lora.py " + " ".join(sys.argv[1:]),
+              "provenance": provenance("float32"), "rows": rows}
+    out = args.out or RESULTS / "lora.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ its time ends. Both runs' steps and training seconds are printed and saved (`ste
 
     python benchmarks/quality.py                      # both runs, ~11 minutes
     python benchmarks/quality.py --only preset --set n_layer=6 --set learning_rate=3e-3
-    python benchmarks/quality.py --max-time 5 --out /tmp/quality.json   # a smoke test
+    python benchmarks/quality.py --quick --out /tmp/quality.json   # 3 s each on the repository's
+                                                                   # own small corpus: it works
 
-Prints a table and writes benchmarks/results/quality.json. Run it alone: another busy process
-on this 2-core machine slows training several-fold.
+Prints a table and writes benchmarks/results/quality.json (or --out), with its provenance.
+Run it alone: another busy process on this 2-core machine slows training several-fold.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from provenance import provenance
 
 from gptscratch import api
 from gptscratch.training.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+FIXTURE = REPO / "tests" / "fixtures" / "plays.txt"  # --quick's corpus: in the repository
 RESULTS = REPO / "benchmarks" / "results"
 
 # nanoGPT's config/train_shakespeare_char.py with its README's CPU overrides, as published
@@ -88,10 +91,11 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def run(name: str, overrides: dict[str, Any], work: Path) -> dict[str, Any]:
+def run(name: str, overrides: dict[str, Any], work: Path,
+        corpus: Path = CORPUS) -> dict[str, Any]:
     out = work / name
     start = time.perf_counter()
-    result = api.train("shakespeare-char", CORPUS, out, overrides=overrides)
+    result = api.train("shakespeare-char", corpus, out, overrides=overrides)
     wall = time.perf_counter() - start
     full = api.evaluate(out / "latest")
     records = read_metrics(out / "metrics.jsonl")
@@ -120,8 +124,17 @@ def main() -> None:
     parser.add_argument("--max-time", type=float, default=300.0,
                         help="wall-clock training budget of each run, the preset's and the "
                         "reference's (seconds)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "quality.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default benchmarks/results/quality.json)")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 s a run on the repository's small corpus; writes only --out")
     args = parser.parse_args()
+    if args.quick and args.out is None:
+        parser.error("--quick writes only to an explicit --out")
+    out = args.out or RESULTS / "quality.json"
+    corpus = FIXTURE if args.quick else CORPUS
+    if args.quick:
+        args.max_time = 3.0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_flush_denormal(True)
 
@@ -134,9 +147,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.only in (None, "nanogpt"):
-            rows.append(run("nanogpt-cpu-config", reference_overrides(budget), work))
+            rows.append(run("nanogpt-cpu-config", reference_overrides(budget), work, corpus))
         if args.only in (None, "preset"):
-            rows.append(run("shakespeare-char", preset, work))
+            rows.append(run("shakespeare-char", preset, work, corpus))
         shutil.rmtree(work, ignore_errors=True)
 
     print()
@@ -153,16 +166,18 @@ def main() -> None:
     report: dict[str, Any] = {
         "benchmark": "quality", "date": date.today().isoformat(),
         "machine": machine(),
-        "corpus": str(CORPUS.name), "time_budget_s": budget, "runs": rows,
+        "provenance": provenance("mixed" if len({r["precision"] for r in rows}) > 1
+                                 else rows[0]["precision"] if rows else "n/a"),
+        "corpus": str(corpus.name), "time_budget_s": budget, "runs": rows,
     }
     if len(rows) == 2:
         ratio = rows[0]["val_loss_full_split"] / rows[1]["val_loss_full_split"]
         report["nanogpt_config_over_preset_val_loss"] = round(ratio, 4)
         print(f"\nnanoGPT-config val loss / preset val loss = {ratio:.3f} "
               f"(same {budget:g} s training budget for both)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ of about 15, roughly 90 minutes on 2 CPU cores. Commands:
 
 Each finished run replaces only its own entry (row, seed, corpus, budget) in
 benchmarks/results/recipe.json, so the plan can be spread over several sessions; the table is
-built from the whole file. `--quick` results are printed, never saved. Targets (issue 16), on
+built from the whole file. `--quick` runs train on the repository's own small corpus and are
+saved only to an explicit --out. Targets (issue 16), on
 the whole-split val loss: `all` <= 1.50 after 5 minutes, `all-15min` <= 1.47. Run it alone:
 another busy process on a 2-core machine slows training several-fold.
 """
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from provenance import provenance
 from quality import machine  # the sibling benchmark script: one machine description
 
 from gptscratch import api
@@ -55,6 +57,7 @@ from gptscratch.training.presets import MODERN_RECIPE
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 CORPORA: dict[str, str | Path] = {"tinyshakespeare": CORPUS, "builtin": "shakespeare"}
+FIXTURE = REPO / "tests" / "fixtures" / "plays.txt"
 BASE_PRESET = "shakespeare-char-gpt2"
 RESULTS = REPO / "benchmarks" / "results" / "recipe.json"
 # --quick: a model small enough that a run, its evaluation included, takes seconds.
@@ -99,6 +102,7 @@ class Plan:
     max_time: float
     quick: bool
     out: Path
+    unsaved: bool  # --quick without an explicit --out: printed, not saved
     command: str  # as typed, recorded with each run
 
     def budget(self, name: str) -> float:
@@ -112,7 +116,9 @@ def run_one(name: str, seed: int, plan: Plan, work: Path) -> dict[str, Any]:
                  "max_time": budget}
     out = work / f"{name}-{seed}"
     start = time.perf_counter()
-    result = api.train(BASE_PRESET, CORPORA[row.corpus], out, overrides=overrides)
+    # --quick trains on the repository's own small corpus (tests never read ../shared).
+    corpus = FIXTURE if plan.quick and row.corpus == "tinyshakespeare" else CORPORA[row.corpus]
+    result = api.train(BASE_PRESET, corpus, out, overrides=overrides)
     wall = time.perf_counter() - start
     full = api.evaluate(out / "latest")  # the whole val split of the run's own data
     speeds = [r["tokens_per_s"] for r in read_metrics(out / "metrics.jsonl")
@@ -123,6 +129,7 @@ def run_one(name: str, seed: int, plan: Plan, work: Path) -> dict[str, Any]:
     return {
         "row": name, "seed": seed, "corpus": row.corpus, "max_time": budget,
         "overrides": row.overrides, "date": date.today().isoformat(), "machine": machine(),
+        "provenance": provenance(str(meta["precision"]), plan.command.split()),
         "command": plan.command, "steps": result.step, "train_seconds": round(result.elapsed, 1),
         "wall_s": round(wall, 1),
         "median_tokens_per_s": round(statistics.median(speeds)) if speeds else None,
@@ -196,8 +203,10 @@ def parse_args() -> Plan:
     parser.add_argument("--max-time", type=float, default=270.0,
                         help="training seconds of the 5-minute rows (the preset's 270)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: a tiny model, ~5 s a run, nothing saved")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+                        help="smoke test: a tiny model, ~5 s a run, on the repository's own "
+                             "small corpus; saved only to an explicit --out")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default benchmarks/results/recipe.json)")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]
@@ -207,13 +216,15 @@ def parse_args() -> Plan:
         seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
     except ValueError:
         parser.error(f"--seeds {args.seeds!r} must be comma-separated whole numbers, e.g. 1,2")
-    return Plan(rows, seeds, args.max_time, args.quick, args.out,
+    return Plan(rows, seeds, args.max_time, args.quick, args.out or RESULTS,
+                args.quick and args.out is None,
                 shlex.join(["python", "benchmarks/recipe.py", *sys.argv[1:]]))
 
 
 def main() -> None:
     plan = parse_args()
-    if any(ROWS[r].corpus == "tinyshakespeare" for r in plan.rows) and not CORPUS.is_file():
+    if (any(ROWS[r].corpus == "tinyshakespeare" for r in plan.rows) and not CORPUS.is_file()
+            and not plan.quick):
         sys.exit(f"error: {CORPUS} is missing; this benchmark trains on tinyshakespeare "
                  "(put the file there, or run only --rows all-builtin)")
     logging.basicConfig(level=logging.WARNING if plan.quick else logging.INFO,
@@ -227,10 +238,10 @@ def main() -> None:
                 print(f"{name} seed {seed}: val loss {entry['val_loss']:.4f} (whole split), "
                       f"{entry['steps']} steps in {entry['train_seconds']} s", flush=True)
                 fresh.append(entry)
-                if not plan.quick:
+                if not plan.unsaved:
                     save_run(plan.out, entry)  # now: a session cut short keeps what it ran
     print_table(fresh if plan.quick else load_runs(plan.out), plan)
-    if not plan.quick:
+    if not plan.unsaved:
         print(f"wrote {plan.out}")
 
 

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from lora import make_base  # the sibling benchmark: a GPT-2-shaped random checkpoint
+from provenance import provenance
 from quality import machine  # the sibling benchmark script: one machine description
 
 REPO = Path(__file__).resolve().parents[1]
@@ -399,7 +400,10 @@ def main() -> None:
     parser.add_argument("--ckpt", default=None, help="a trained shakespeare-char run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-124m", action="store_true", help="the char model only")
-    parser.add_argument("--quick", action="store_true", help="a tiny model: a smoke test")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny model: a smoke test, saved only to --out")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default benchmarks/results/serving.json)")
     args = parser.parse_args()
     if not CORPUS.is_file():
         sys.exit(f"error: {CORPUS} not found; this benchmark needs ../shared/data")
@@ -423,15 +427,17 @@ def main() -> None:
             models[setting.model] = run_model(setting, ckpt, tmp, levels, repeats, disconnect)
     command = "python benchmarks/serving.py " + " ".join(sys.argv[1:])
     result = {"date": date.today().isoformat(), "machine": machine(), "command": command.strip(),
+              "provenance": provenance("float32"),
               "minutes": round((time.time() - began) / 60, 1),
               "settings": {"temperature": TEMPERATURE, "dtype": "float32", "streams": levels,
                            "repeats": repeats, "cpus": os.cpu_count()},
               "models": models, "targets": targets(models)}
     print_table(result)
-    if not args.quick:
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {RESULTS}")
+    out = args.out if args.quick else args.out or RESULTS
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

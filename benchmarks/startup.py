@@ -1,6 +1,7 @@
 """Start-up benchmark: how long a new user waits for `--help` and for a one-token sample.
 
-Each row is a fresh process, run 5 times (median and spread): `gptscratch --help`, the
+Each row is a fresh process, run 5 times, interleaved (every row once per round; median and
+range): `gptscratch --help`, the
 `--help` of every command, `sample --max-new-tokens 1` on a small `shakespeare-char`
 checkpoint (trained here first, 20 steps), and, as the floor nothing in gptscratch can go
 below, `python -c "import torch"`. Targets: every `--help` under 0.3 s, the one-token sample
@@ -8,9 +9,11 @@ under 1.5 s.
 
     python benchmarks/startup.py                        # this checkout
     python benchmarks/startup.py --src OTHER/src --label before   # another version's code
+    python benchmarks/startup.py --quick --out /tmp/startup.json   # two rows, once
 
-Prints a table and writes benchmarks/results/startup.json (results of several labels are
-kept side by side). Run it alone: another busy process on this 2-core machine slows it.
+Prints a table and writes benchmarks/results/startup.json (or --out; results of several labels
+are kept side by side), with its provenance. Run it alone: another busy process on this 2-core
+machine slows it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from provenance import provenance
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "startup.json"
 COMMANDS = ["prepare", "train", "sample", "chat", "eval", "explain", "viz", "import-hf",
@@ -35,15 +40,12 @@ COMMANDS = ["prepare", "train", "sample", "chat", "eval", "explain", "viz", "imp
 TARGETS = {"help": 0.3, "sample": 1.5}
 
 
-def timed(argv: list[str], env: dict[str, str], repeats: int) -> list[float]:
-    """Wall seconds of `repeats` fresh processes running `argv`."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return times
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    """Wall seconds of one fresh process running `argv`."""
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
 
 
 def preset_checkpoint(env: dict[str, str], folder: Path) -> Path:
@@ -56,7 +58,8 @@ def preset_checkpoint(env: dict[str, str], folder: Path) -> Path:
     return run
 
 
-def rows(env: dict[str, str], ckpt: Path, repeats: int) -> list[dict[str, Any]]:
+def rows(env: dict[str, str], ckpt: Path, repeats: int, quick: bool) -> list[dict[str, Any]]:
+    """Every case `repeats` times, round by round (each round runs every case once)."""
     gs = [sys.executable, "-m", "gptscratch"]
     cases: list[tuple[str, str, list[str]]] = [
         ("python -c 'import torch' (the floor)", "", [sys.executable, "-c", "import torch"]),
@@ -66,9 +69,15 @@ def rows(env: dict[str, str], ckpt: Path, repeats: int) -> list[dict[str, Any]]:
          [*gs, "-q", "sample", "--ckpt", str(ckpt), "--prompt", "ROMEO:",
           "--max-new-tokens", "1"]),
     ]
+    if quick:
+        cases = [cases[1], cases[-1]]
+    runs: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+    for _ in range(repeats):
+        for name, _, argv in cases:
+            runs[name].append(timed(argv, env))
     out = []
-    for name, kind, argv in cases:
-        times = timed(argv, env, repeats)
+    for name, kind, _ in cases:
+        times = runs[name]
         median = statistics.median(times)
         target = TARGETS.get(kind)
         out.append({"name": name, "median_s": round(median, 3), "min_s": round(min(times), 3),
@@ -86,7 +95,14 @@ def main() -> None:
                         help="the gptscratch source folder to measure (default: this checkout)")
     parser.add_argument("--label", default="current", help="name of this set of rows")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true",
+                        help="`--help` and the one-token sample, once; writes only --out")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"results file (default {RESULTS.relative_to(REPO)})")
     args = parser.parse_args()
+    if args.quick and args.out is None:
+        sys.exit("error: --quick writes only to an explicit --out")
+    repeats = 1 if args.quick else args.repeats
     with tempfile.TemporaryDirectory() as tmp:
         # The user's own cache, as a new user has it after the README's set-up.
         env = {**os.environ, "PYTHONPATH": str(args.src.resolve())}
@@ -94,12 +110,14 @@ def main() -> None:
         result = {"label": args.label, "src": str(args.src), "date": str(date.today()),
                   "machine": f"{platform.processor() or platform.machine()}, "
                              f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
-                  "repeats": args.repeats, "rows": rows(env, ckpt, args.repeats)}
-    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+                  "provenance": provenance("float32"), "repeats": repeats,
+                  "rows": rows(env, ckpt, repeats, args.quick)}
+    out = args.out or RESULTS
+    saved = json.loads(out.read_text()) if out.exists() else {}
     saved[args.label] = result
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(REPO)} ({args.label})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(saved, indent=2) + "\n")
+    print(f"wrote {out} ({args.label})")
 
 
 if __name__ == "__main__":

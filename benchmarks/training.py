@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from provenance import provenance
 from quality import machine  # the sibling benchmark script: one machine description
 
 from gptscratch.model.config import ModelConfig
@@ -382,6 +383,7 @@ def main() -> None:
     print_table(results, ratios, ranges)
     report = {"benchmark": "training", "shape": args.shape, "date": date.today().isoformat(),
               "machine": machine(), "device": args.device,
+              "provenance": provenance("float32 and bfloat16 rows"),
               "model": fields, "batch": B, "seq_len": T, "timed_steps": steps,
               "warmup_steps": warmup, "repeats": args.repeats,
               "matmul_ceiling_gflops": {k: round(v / 1e9) for k, v in ceiling.items()},
