@@ -6,7 +6,9 @@ or missing loggers are one-line errors."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
+import struct
 import sys
 import types
 from pathlib import Path
@@ -249,3 +251,65 @@ def test_csv_takes_a_new_column_and_keeps_earlier_rows(tmp_path: Path) -> None:
              r["new_figure"]) for r in rows] == [
         ("1", "2.5", "", "", "", ""), ("2", "2.25", "", "1", "", ""),
         ("2", "", "", "", "2.0", "7"), ("3", "2.0", "", "", "", "")]
+
+
+def wandb_records(path: Path) -> list[Any]:
+    """The records of an offline wandb run file (`run-ID.wandb`): after a 7-byte header, the
+    LevelDB log format (32 KiB blocks of chunks, each with a 7-byte header: checksum, length,
+    type: 1 whole, 2 first, 3 middle, 4 last), each record a wandb `Record` protobuf."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos = path.read_bytes(), 32768, 7
+    assert data.startswith(b":W&B")
+    payloads, part = [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:
+            break
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        part = chunk if kind in (1, 2) else part + chunk
+        if kind in (1, 4):
+            payloads.append(part)
+    records = []
+    for payload in payloads:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        records.append(record)
+    return records
+
+
+def test_a_real_wandb_run_offline(tmp_path: Path, tiny_corpus: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real wandb package (the track extra), offline, its own folders in tmp_path: a run,
+    stopped and resumed, is one wandb run (one id, kept in the run folder) whose logged
+    history holds every evaluation of metrics.jsonl, and whose config holds the settings."""
+    wandb = pytest.importorskip("wandb")
+    for name, value in (("WANDB_MODE", "offline"), ("WANDB_SILENT", "true"),
+                        ("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config")),
+                        ("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache")),
+                        ("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))):
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "r"
+    api.train("shakespeare-char-gpt2", tiny_corpus, out, overrides={**OVER, "loggers": ("wandb",)},
+              stop_at=6)
+    api.train("shakespeare-char-gpt2", None, out, resume=True)
+    run_id = (out / "wandb-run-id").read_text().strip()
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs), runs
+    records = [r for run in runs for r in wandb_records(run / f"run-{run_id}.wandb")]
+    # A key with a slash is stored as its parts ("eval", "val_loss").
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                for i in r.history.item}
+               for r in records if r.WhichOneof("record_type") == "history"]
+    logged = {h["_step"]: h["eval/val_loss"] for h in history if "eval/val_loss" in h}
+    assert logged == pytest.approx({r["step"]: r["val_loss"]
+                                    for r in read_metrics(out / "metrics.jsonl")
+                                    if "val_loss" in r})
+    assert sorted(logged) == [6, 12]
+    config = {i.key: json.loads(i.value_json) for r in records
+              if r.WhichOneof("record_type") == "run" for i in r.run.config.update}
+    assert config["learning_rate"] == 0.004 and config["n_layer"] == TINY_MODEL["n_layer"]
+    assert wandb.run is None  # finished: nothing left running in this process
