@@ -19,12 +19,16 @@ model of the exported folder:
   `max_abs_logit` gives the logits' own scale.
 Both are in the JSON rows and the printed table.
 
-    python benchmarks/hf_interop.py                      # gpt2 (124M), ~1.5 minutes
-    python benchmarks/hf_interop.py --sizes gpt2 gpt2-medium
-    python benchmarks/hf_interop.py --quick              # a tiny GPT-2, seconds; nothing saved
+The whole sequence of phases runs `--repeats` times (3; a round runs every phase once, so the
+rounds interleave): a phase's row holds the median round's figures, with every round's seconds
+(`seconds_runs`) and their range (`seconds_range`).
 
-Prints a table and writes benchmarks/results/hf_interop.json (or --out). Run it alone on the
-machine.
+    python benchmarks/hf_interop.py                      # gpt2 (124M), ~4 minutes
+    python benchmarks/hf_interop.py --sizes gpt2 gpt2-medium
+    python benchmarks/hf_interop.py --quick --out /tmp/h.json   # a tiny GPT-2, once: seconds
+
+Prints a table and writes benchmarks/results/hf_interop.json (or --out), with its provenance.
+Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -165,6 +169,29 @@ def parity_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def measure_size(size: str, repeats: int) -> list[dict[str, Any]]:
+    """A row per phase of `size`: the median round's results, with every round's seconds."""
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in PHASES}
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            args = {"shape": SIZES[size], "hf": f"{tmp}/hf", "ours": f"{tmp}/ours",
+                    "exported": f"{tmp}/exported"}
+            for name, code in PHASES.items():
+                result = run_phase(code, args)
+                rounds[name].append(result)
+                extra = {k: v for k, v in result.items() if k not in ("seconds", "peak_rss_mb")}
+                print(f"{size:12s} {name:38s} {result['seconds']:7.2f} s  "
+                      f"peak RSS {result['peak_rss_mb']:7.0f} MB  {extra or ''}", flush=True)
+    rows = []
+    for name, done in rounds.items():
+        seconds = sorted(r["seconds"] for r in done)
+        median = sorted(done, key=lambda r: r["seconds"])[(len(done) - 1) // 2]
+        rows.append({"size": size, "phase": name, **median,
+                     "seconds_runs": [r["seconds"] for r in done],
+                     "seconds_range": [seconds[0], seconds[-1]]})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["gpt2"], choices=list(SIZES))
@@ -172,19 +199,13 @@ def main() -> None:
                         help="a smoke test on a tiny GPT-2; writes only to an explicit --out")
     parser.add_argument("--out", type=Path, default=None,
                         help="results file (default benchmarks/results/hf_interop.json)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of every phase, interleaved (median and range)")
     cli = parser.parse_args()
     sizes = ["tiny"] if cli.quick else cli.sizes
     rows: list[dict[str, Any]] = []
     for size in sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            args = {"shape": SIZES[size], "hf": f"{tmp}/hf", "ours": f"{tmp}/ours",
-                    "exported": f"{tmp}/exported"}
-            for name, code in PHASES.items():
-                result = run_phase(code, args)
-                rows.append({"size": size, "phase": name, **result})
-                extra = {k: v for k, v in result.items() if k not in ("seconds", "peak_rss_mb")}
-                print(f"{size:12s} {name:38s} {result['seconds']:7.2f} s  "
-                      f"peak RSS {result['peak_rss_mb']:7.0f} MB  {extra or ''}", flush=True)
+        rows += measure_size(size, 1 if cli.quick else cli.repeats)
     for size in sizes:
         by = {r["phase"]: r for r in rows if r["size"] == size}
         peer = by["peer: transformers from_pretrained"]["seconds"]
