@@ -334,3 +334,53 @@ def test_serve_prints_the_playground_address(
     assert served == [(host, 8123)]
     assert f"serving on http://{host}:8123/v1" in err
     assert f"playground: open http://{browser}:8123/ in a browser" in err
+
+
+def test_the_tokenizer_routes_speak_vllms_shape(url: str, loaded: Any) -> None:
+    """lm-evaluation-harness's remote tokenizer: /tokenizer_info with an eos_token key, then
+    /tokenize and /detokenize (vLLM's shapes), so it needs no tokenizer of its own."""
+    status, _, info = post(url, "/tokenizer_info", method="GET")
+    assert status == 200 and "eos_token" in info
+    assert info["model_max_length"] == loaded.model.config.block_size
+    assert info["tokenizer_class"] == "char" and info["vocab_size"] == loaded.tokenizer.vocab_size
+    status, _, body = post(url, "/tokenize", {"prompt": PROMPT, "add_special_tokens": False})
+    assert status == 200
+    assert body == {"tokens": loaded.tokenizer.encode(PROMPT), "count": len(PROMPT),
+                    "max_model_len": loaded.model.config.block_size}
+    assert post(url, "/detokenize", {"tokens": body["tokens"]})[2] == {"prompt": PROMPT}
+    assert post(url, "/tokenize", {"prompt": ""})[2]["tokens"] == []
+
+
+def test_the_tokenizer_routes_refuse_what_they_cannot_do(url: str, loaded: Any) -> None:
+    status, _, body = post(url, "/tokenize", {"prompt": "ROMEO \u00e9\u00e9"})
+    assert status == 400 and body["error"]["param"] == "prompt"
+    assert "outside the char vocabulary: '\u00e9'" in body["error"]["message"]
+    V = loaded.tokenizer.vocab_size
+    status, _, body = post(url, "/detokenize", {"tokens": [0, V]})
+    assert status == 400 and f"token id {V}, outside this model's vocabulary" in \
+        body["error"]["message"]
+    assert post(url, "/tokenize", {"prompt": "a", "model": "other"})[0] == 404
+    assert post(url, "/tokenize", {"text": "a"})[0] in (400, 422)
+
+
+def test_the_end_of_text_marker_is_read_as_its_id() -> None:
+    """lm-eval finds the EOS id as the first id of /tokenize(eos_token)."""
+    import torch
+
+    from gptscratch.checkpoints.load import LoadedModel
+    from gptscratch.data.tokenizers import EOT, GPT2Tokenizer
+    from gptscratch.model.config import ModelConfig
+    from gptscratch.model.gpt import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=50257, block_size=64, n_layer=1, n_head=2, n_embd=16))
+    tokenizer = GPT2Tokenizer()
+    with running(api.server_app(LoadedModel(model.eval(), tokenizer))) as gpt2_url:
+        info = post(gpt2_url, "/tokenizer_info", method="GET")[2]
+        assert info["eos_token"] == EOT and info["tokenizer_class"] == "gpt2"
+        tokens = post(gpt2_url, "/tokenize", {"prompt": info["eos_token"]})[2]["tokens"]
+        assert tokens == [50256]
+        text = f"Hello{EOT} world"
+        both = post(gpt2_url, "/tokenize", {"prompt": text})[2]["tokens"]
+        assert both == tokenizer.encode("Hello") + [50256] + tokenizer.encode(" world")
+        assert post(gpt2_url, "/detokenize", {"tokens": both})[2]["prompt"] == text

@@ -1,8 +1,9 @@
 """The HTTP application: OpenAI's routes over one served model, and how to run it.
 
-`build_app` wires the routes (health, models, completions, chat completions, the playground) to
-a `Served` model and its engine, behind an optional Bearer API key (as the `openai` client sends
-it), with OpenAI-shaped errors. CORS is off: a page on another origin cannot call the server.
+`build_app` wires the routes (health, models, completions, chat completions, the tokenizer's
+routes that evaluation harnesses use, the playground) to a `Served` model and its engine,
+behind an optional Bearer API key (as the `openai` client sends it), with OpenAI-shaped errors.
+CORS is off: a page on another origin cannot call the server.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gptscratch.server.config import ServeConfig
 from gptscratch.server.errors import APIError, install_error_handlers
 from gptscratch.server.playground import add_playground
 from gptscratch.server.schemas import ChatRequest, CompletionRequest
+from gptscratch.server.tokenizing import add_tokenizer_routes
 
 log = logging.getLogger("gptscratch")
 
@@ -89,6 +91,7 @@ def build_app(served: Served) -> FastAPI:
     async def chat_completions(body: ChatRequest, request: Request) -> Response:
         return await chat(served, body, request.is_disconnected)
 
+    add_tokenizer_routes(app, served, auth)
     add_playground(app, served, auth)
     return app
 
