@@ -69,7 +69,9 @@ def shortened(command: str, hub_gpt2: Path) -> str:
         command += " --eval-interval 3 --eval-iters 1 --max-time 0 --sample-tokens 20"
         if "--batch-size" not in command:  # a GPT-2-vocabulary preset: 24 s a step at 16x2
             command += " --batch-size 2 --grad-accum 1"
-    if command.startswith("gptscratch eval") and "--data" not in command:
+    if command.startswith("gptscratch eval") and "--task" in command:
+        command += " --limit 10"  # of each built-in task's 200 questions
+    elif command.startswith("gptscratch eval") and "--data" not in command:
         # Scoring the built-in corpus's whole val split (0.5M tokens) takes ~50 s here; the
         # val-split path itself is tested in integration/test_cli.py.
         command += " --data a.txt"
@@ -143,6 +145,9 @@ def promise_kept(line: str, out: str, cwd: Path) -> str:
         echoes = re.findall(r"(?m)^> .+\n", out)
         answered = len(out) > sum(map(len, echoes)) + 2 * prompts
         return "" if len(echoes) == prompts and answered else f"{prompts} answer block(s)"
+    if name == "eval" and "--task" in line:
+        return "" if re.search(r"(?m)^CORE \(mean centered accuracy over 3 tasks\): [\d.-]+$",
+                               out) else "a task table and its CORE score"
     if name == "eval":
         return "" if re.search(r"perplexity [\d.]+", out) else "a perplexity"
     if name == "explain":

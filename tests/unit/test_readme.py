@@ -11,7 +11,7 @@ def test_quickstart_has_setup_main_job_and_test_commands() -> None:
     assert "torch==2.13.0" in (REPO / "constraints.txt").read_text()
     assert main_job.startswith("gptscratch train --preset shakespeare-char --data shakespeare")
     ci = (REPO / ".ci" / "run").read_text()
-    assert "pip install -q -c constraints.txt -e \".[hf,dev,track,serve]\"" in ci
+    assert "pip install -q -c constraints.txt -e \".[hf,dev,track,serve,eval]\"" in ci
     assert ci.strip().splitlines()[-1] == test  # CI runs exactly the README's test command
 
 

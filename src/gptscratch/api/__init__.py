@@ -5,6 +5,7 @@
     result = api.train(preset="shakespeare-char", data="shakespeare", out_dir="out/run")
     print(api.generate("out/run", prompt="ROMEO:", max_new_tokens=200, seed=1))
     print(api.evaluate("out/run").perplexity)
+    print(api.evaluate_tasks("out/run", ["shakespeare"]).table())  # benchmark tasks
     api.import_hf("gpt2", "models/gpt2")                       # online: OpenAI's GPT-2 124M
     api.train(init_from="models/gpt2", data="my_text.txt", out_dir="out/mine")  # fine-tune
     api.export_hf("out/mine", "hf/mine")                       # for transformers
@@ -30,7 +31,8 @@ _HOME = {
     "prepare": "data.prepare", "load_prepared": "data.token_files", "train": "training.run",
     "MODEL_FIELDS": "training.run", "TRAIN_FIELDS": "training.run",
     "is_main_process": "training.distributed", "shutdown": "training.distributed",
-    "evaluate": "evaluation.evaluate", "merge_lora": "checkpoints.convert",
+    "evaluate": "evaluation.evaluate", "evaluate_tasks": "evaluation.tasks",
+    "merge_lora": "checkpoints.convert",
     "import_hf": "checkpoints.convert", "export_hf": "checkpoints.convert",
     "describe_build": "runtime.device",
     # Serving (`gptscratch.server`, an OpenAI-compatible HTTP API).

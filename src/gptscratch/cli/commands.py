@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from gptscratch.cli.generate import cmd_chat, cmd_sample
 from gptscratch.cli.parser import prepare_options
+from gptscratch.errors import UserError
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -73,6 +74,19 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from gptscratch import api
 
+    if args.task:
+        if args.data is not None:
+            raise UserError("--data and --task measure different things (a text's loss, a "
+                            "task's accuracy); give one of them")
+        report = api.evaluate_tasks(args.ckpt, args.task, shots=args.shots, limit=args.limit,
+                                    batch_size=args.batch_size, device=args.device,
+                                    dtype=args.dtype, progress=not args.quiet)
+        print(json.dumps(report.to_dict()) if args.json else report.table())
+        return
+    for flag, value, default in (("--shots", args.shots, 0), ("--limit", args.limit, None)):
+        if value != default:
+            raise UserError(f"{flag} applies to benchmark tasks; add --task FILE, or leave "
+                            f"{flag} out")
     result = api.evaluate(args.ckpt, args.data, batch_size=args.batch_size, device=args.device,
                           dtype=args.dtype)
     print(json.dumps(result.to_dict()) if args.json else result.describe())

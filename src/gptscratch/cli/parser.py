@@ -238,10 +238,23 @@ def _add_generation_parsers(sub: Any, quiet: argparse.ArgumentParser) -> None:
 
 def _add_model_parsers(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p = sub.add_parser("eval", parents=[quiet],
-                       help="loss, perplexity and bits per byte of a checkpoint")
+                       help="loss, perplexity and bits per byte of a checkpoint, or its "
+                            "accuracy on benchmark tasks (--task)")
     _model_flags(p, "float32 | bfloat16 | float16", dtype="float32", context=False)
     p.add_argument("--data", default=None, help="a text file (default: the run's val split)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--task", action="append", default=None, metavar="FILE",
+                   help="score a benchmark task instead of the loss (repeat for several): a "
+                        "file (CORE multiple choice / schema / language modelling JSONL, "
+                        "HellaSwag, ARC, PIQA, Winogrande, LAMBADA, MMLU CSV or Parquet) or "
+                        "a built-in task made from the plays: shakespeare (all three), "
+                        "shakespeare:next-line, shakespeare:speaker, shakespeare:last-word")
+    p.add_argument("--shots", type=int, default=0,
+                   help="with --task: solved examples before each question (a fixed seed "
+                        "picks them from the task's other items)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="with --task: score only each task's first N items")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="windows (or, with --task, choices) per forward pass")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p = sub.add_parser("explain", parents=[quiet],
                        help="walk a prompt through the model, printing every stage's shapes")
