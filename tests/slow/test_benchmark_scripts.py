@@ -30,6 +30,7 @@ QUICK: dict[str, list[str]] = {
     "recipe": ["--rows", "gpt2", "--seeds", "1"],
     "serving": ["--no-124m"],
     "startup": [],
+    "tasks": [],
     # One row of each kind but the compiled ones (a cold compile is most of a minute here).
     "training": ["--repeats", "1", "--rows", "ours-fp32", "ours-bf16", "hf-fp32-sdpa-keep",
                  "hf-fp32-sdpa"],
