@@ -20,7 +20,7 @@ from serving import running  # noqa: E402
 
 from gptscratch import api  # noqa: E402
 from gptscratch.evaluation.task_files import read_task  # noqa: E402
-from gptscratch.evaluation.tasks import encode_request, score_requests  # noqa: E402
+from gptscratch.evaluation.tasks import choice_scores  # noqa: E402
 
 CONTEXT = 64
 
@@ -107,11 +107,7 @@ def our_scores(setup: dict[str, Any]) -> dict[str, Any]:
     result = {}
     for name, task_result in zip(ROWS, report.tasks, strict=True):
         task = read_task(setup["tasks"] / f"{name}.jsonl")
-        lls = []
-        for item in task.items:
-            requests = [encode_request(loaded.tokenizer, c, item.delimiter + k)
-                        for c, k in zip(item.contexts, item.continuations, strict=True)]
-            lls.append([s.logprob for s in score_requests(loaded.model, requests)])
+        lls = [[s.logprob for s in item] for item in choice_scores(loaded, task)]
         metrics = {"acc": task_result.accuracy}
         if name == "mc":
             metrics["acc_norm"] = task_result.accuracy_norm

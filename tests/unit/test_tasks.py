@@ -25,6 +25,7 @@ from gptscratch.evaluation.task_files import (
 )
 from gptscratch.evaluation.tasks import (
     ChoiceScore,
+    choice_scores,
     encode_request,
     score_requests,
     score_shared_contexts,
@@ -108,6 +109,21 @@ def test_a_shared_context_scores_as_each_choice_alone(positions: str) -> None:
         for a, b in zip(alone, got, strict=True):
             assert b.logprob == pytest.approx(a.logprob, abs=1e-4)
             assert (b.tokens, b.greedy) == (a.tokens, a.greedy)
+
+
+def test_questions_share_a_pass_only_when_they_fit_the_context_together() -> None:
+    """Each fits the 24-token context alone; a long context and a long choice together do not,
+    so they go to separate passes, and both still score as alone."""
+    loaded = tiny()
+    long_context = Task("t", MULTIPLE_CHOICE, (
+        Item(("the cat sat on it",) * 2, ("ran", "sat"), 0, "a"),  # 17 + 4 - 1 positions
+        Item(("a",) * 2, ("dog ran far from it", "cat sat"), 1, "b")), "f", "x")  # 1 + 20 - 1
+    got = choice_scores(loaded, long_context, batch_size=16)
+    for item, scores in zip(long_context.items, got, strict=True):
+        for context, continuation, score in zip(item.contexts, item.continuations, scores,
+                                                strict=True):
+            expected = oracle(loaded, context, " " + continuation)
+            assert score.logprob == pytest.approx(expected.logprob, abs=1e-4)
 
 
 def test_greedy_is_true_exactly_when_every_token_is_the_argmax() -> None:
@@ -259,3 +275,61 @@ def test_a_generative_item_is_right_when_greedy_decoding_gives_its_answer() -> N
     result = score_task(loaded, Task("qa", GENERATIVE, items, "f", "question / answer"),
                         batch_size=1)
     assert result.accuracy == 0.5 and result.chance == 0.0 and result.centered == 0.5
+
+
+NATIVE_ROWS = {
+    "core multiple choice": {"query": "The cat sat on the", "choices": ["mat", "moon"], "gold": 0},
+    "core schema": {"context_options": ["The glass fell and", "The pillow fell and"],
+                    "continuation": "it broke.", "gold": 0},
+    "core language modelling": {"context": "One plus one is", "continuation": "two"},
+    "hellaswag": {"activity_label": "Cooking", "ctx_a": "A man cracks an egg.", "ctx_b": "he",
+                  "ctx": "", "endings": ["fries it [title] well.", "eats the pan."], "label": 0},
+    "arc": {"question": "Which is a metal?", "answerKey": "B",
+            "choices": {"text": ["wood", "iron"], "label": ["A", "B"]}},
+    "piqa": {"goal": "Open a jar", "sol1": "twist the lid", "sol2": "bake it", "label": 0},
+    "winogrande": {"sentence": "The cup fell off the shelf because _ was wobbly.",
+                   "option1": "the cup", "option2": "the shelf", "answer": "2"},
+    "mmlu": {"question": "2 + 2 =", "choices": ["3", "4", "5", "6"], "answer": 1},
+    "lambada": {"text": "He opened the door and saw his dog"},
+}
+
+
+@pytest.mark.parametrize("fmt", list(NATIVE_ROWS))
+def test_every_format_scores_as_the_oracle_says(fmt: str, tmp_path: Path) -> None:
+    """A row of each format, read from a file and scored, against the sum of log-probabilities
+    of its rendered texts from a plain forward pass (GPT-2's tokenizer, a tiny random model)."""
+    import json
+
+    from gptscratch.evaluation.task_files import read_task
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=50257, block_size=64, n_layer=1, n_head=2, n_embd=16))
+    loaded = LoadedModel(model.eval(), GPT2Tokenizer())
+    path = tmp_path / "task.jsonl"
+    path.write_text(json.dumps(NATIVE_ROWS[fmt]) + "\n", encoding="utf-8")
+    task = read_task(path)
+    assert task.format == fmt
+    result = score_task(loaded, task)
+    (got,) = choice_scores(loaded, task)
+    (item,) = task.items
+    tok = loaded.tokenizer
+    scores = []
+    for context, continuation in zip(item.contexts, item.continuations, strict=True):
+        context_ids, cont_ids = encode_request(tok, context, item.delimiter + continuation)
+        assert tok.decode(context_ids + cont_ids) == context + item.delimiter + continuation
+        ids = context_ids + cont_ids
+        with torch.no_grad():
+            logp = F.log_softmax(model(torch.tensor([ids[:-1]]))[0], -1)
+        targets = torch.tensor(ids[1:])
+        scores.append((float(logp.gather(1, targets[:, None])[-len(cont_ids):].sum()),
+                       bool((logp.argmax(-1) == targets)[-len(cont_ids):].all())))
+    assert [g.logprob for g in got] == pytest.approx([s[0] for s in scores], abs=1e-4)
+    assert [g.greedy for g in got] == [s[1] for s in scores]
+    if task.kind == LANGUAGE_MODELING:
+        assert result.accuracy == float(scores[0][1])
+    else:
+        best = max(range(len(scores)), key=lambda i: scores[i][0])
+        assert result.accuracy == float(best == item.gold)
+        norms = [s[0] / len(c) for s, c in zip(scores, item.continuations, strict=True)]
+        if task.kind == MULTIPLE_CHOICE:
+            assert result.accuracy_norm == float(norms.index(max(norms)) == item.gold)

@@ -236,11 +236,20 @@ def task_result(task: Task, scores: Sequence[Sequence[ChoiceScore]]) -> TaskResu
 def score_task(loaded: LoadedModel, task: Task, *, batch_size: int = 16,
                autocast: AutocastFactory = contextlib.nullcontext,
                progress: Callable[[int], None] | None = None) -> TaskResult:
-    """One task's result under a loaded model. The choices of an item that share their context
+    """One task's result under a loaded model."""
+    return task_result(task, choice_scores(loaded, task, batch_size=batch_size,
+                                           autocast=autocast, progress=progress))
+
+
+def choice_scores(loaded: LoadedModel, task: Task, *, batch_size: int = 16,
+                  autocast: AutocastFactory = contextlib.nullcontext,
+                  progress: Callable[[int], None] | None = None) -> list[list[ChoiceScore]]:
+    """Every choice's score, item by item. The choices of an item that share their context
     (multiple choice) are scored with the context run once (`score_shared_contexts`, several
-    questions a pass); the rest in batches (`score_requests`)."""
+    questions a pass); the rest in batches (`score_requests`); a generative item's one
+    choice by answering it (`answer_questions`)."""
     if task.kind == GENERATIVE:
-        return task_result(task, answer_questions(loaded, task, batch_size, progress))
+        return answer_questions(loaded, task, batch_size, progress)
     T = loaded.model.config.block_size
     per_item: list[list[Request]] = []
     for item in task.items:
@@ -257,12 +266,19 @@ def score_task(loaded: LoadedModel, task: Task, *, batch_size: int = 16,
     shared = [i for i, r in enumerate(per_item) if len(r) > 1 and shares_context(r, T)]
     apart = [i for i in range(len(per_item)) if i not in set(shared)]
     scores: dict[int, list[ChoiceScore]] = {}
-    # Longest contexts first, as many questions to a pass as `batch_size` choices allow.
+    # Longest contexts first, as many questions to a pass as `batch_size` choices allow and
+    # the longest context and longest choice together fit in the model's context.
     shared.sort(key=lambda i: -len(per_item[i][0][0]))
+
+    def fits(batch: list[int]) -> bool:
+        width = max(len(per_item[i][0][0]) for i in batch)
+        longest = max(len(r[1]) for i in batch for r in per_item[i])
+        return (sum(len(per_item[i]) for i in batch) <= batch_size
+                and width + longest - 1 <= T)
+
     while shared:
         take = 1
-        while take < len(shared) and sum(len(per_item[i]) for i in shared[:take + 1]) <= \
-                batch_size:
+        while take < len(shared) and fits(shared[:take + 1]):
             take += 1
         batch, shared = shared[:take], shared[take:]
         for i, got in zip(batch, score_shared_contexts(loaded.model, [per_item[i] for i in batch],
@@ -275,7 +291,7 @@ def score_task(loaded: LoadedModel, task: Task, *, batch_size: int = 16,
                                   progress=progress))
     for i in apart:
         scores[i] = [next(batched) for _ in per_item[i]]
-    return task_result(task, [scores[i] for i in range(len(per_item))])
+    return [scores[i] for i in range(len(per_item))]
 
 
 def final_answer(text: str) -> str:
