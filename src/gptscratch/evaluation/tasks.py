@@ -137,6 +137,23 @@ def check_request(request: Request, block_size: int) -> None:
                         f"the model's context ({block_size}); it cannot be scored")
 
 
+def read_scores(logits: torch.Tensor, continuations: Sequence[Sequence[int]]
+                ) -> list[ChoiceScore]:
+    """Each continuation's score from the logits that predict its tokens: (N, V), the rows of
+    the continuations one after another, N their total length."""
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    target = torch.tensor([t for cont in continuations for t in cont], device=logits.device)
+    chosen = logprobs.gather(1, target[:, None])[:, 0].cpu()
+    right = (logprobs.argmax(dim=-1) == target).cpu()
+    scores, start = [], 0
+    for cont in continuations:
+        k = len(cont)
+        scores.append(ChoiceScore(float(chosen[start:start + k].sum()), k,
+                                  bool(right[start:start + k].all())))
+        start += k
+    return scores
+
+
 @torch.no_grad()
 def score_requests(model: GPT, requests: Sequence[Request], *, batch_size: int = 16,
                    autocast: AutocastFactory = contextlib.nullcontext,
@@ -162,23 +179,14 @@ def score_requests(model: GPT, requests: Sequence[Request], *, batch_size: int =
             # The positions that predict continuation tokens: the last len(cont) of each row.
             rows: list[int] = []
             positions: list[int] = []
-            targets: list[int] = []
             for b, i in enumerate(chunk):
                 n, cont = len(inputs[b]), requests[i][1]
                 rows += [b] * len(cont)
                 positions += range(n - len(cont), n)
-                targets += cont
             logits = model.logits(features[rows, positions])  # (N, V)
-        logprobs = F.log_softmax(logits.float(), dim=-1)
-        target = torch.tensor(targets, device=device)
-        chosen = logprobs.gather(1, target[:, None])[:, 0].cpu()
-        right = (logprobs.argmax(dim=-1) == target).cpu()
-        start = 0
-        for i in chunk:
-            k = len(requests[i][1])
-            scores[i] = ChoiceScore(float(chosen[start:start + k].sum()), k,
-                                    bool(right[start:start + k].all()))
-            start += k
+        for i, score in zip(chunk, read_scores(logits, [requests[i][1] for i in chunk]),
+                            strict=True):
+            scores[i] = score
         if progress is not None:
             progress(len(chunk))
     return [s for s in scores if s is not None]
@@ -374,16 +382,7 @@ def score_shared_contexts(model: GPT, groups: Sequence[Sequence[Request]], *,
             features.append(model.features(y.to(device), cache).reshape(-1, first.size(-1)))
         index = torch.tensor([i for w in where for i in w], device=device)
         logits = model.logits(torch.cat(features)[index])  # (N, V)
-    logprobs = F.log_softmax(logits.float(), dim=-1)
-    target = torch.tensor([t for cont in continuations for t in cont], device=device)
-    chosen = logprobs.gather(1, target[:, None])[:, 0].cpu()
-    right = (logprobs.argmax(dim=-1) == target).cpu()
-    scores, start = [], 0
-    for cont in continuations:
-        k = len(cont)
-        scores.append(ChoiceScore(float(chosen[start:start + k].sum()), k,
-                                  bool(right[start:start + k].all())))
-        start += k
+    scores = read_scores(logits, continuations)
     out, at = [], 0
     for group in groups:
         out.append(scores[at:at + len(group)])

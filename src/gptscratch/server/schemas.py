@@ -165,8 +165,7 @@ def encode(tokenizer: Tokenizer, text: str, limits: ServeConfig, param: str) -> 
     try:
         ids = tokenizer.encode(text)
     except UserError as e:
-        found = str(e).split("; the model", 1)[0].replace("text has", f"{param} has", 1)
-        raise APIError(400, found, param, "unknown_characters") from None
+        raise unknown_characters(e, param) from None
     if not ids:
         if tokenizer.eot_id is None:
             raise APIError(400, f"{param} is empty; give some text to continue", param)
@@ -174,13 +173,24 @@ def encode(tokenizer: Tokenizer, text: str, limits: ServeConfig, param: str) -> 
     return check_length(ids, limits, param)
 
 
+def unknown_characters(error: UserError, param: str) -> APIError:
+    """The tokenizer's refusal of characters outside its vocabulary, as a 400 naming `param`."""
+    found = str(error).split("; the model", 1)[0].replace("text has", f"{param} has", 1)
+    return APIError(400, found, param, "unknown_characters")
+
+
+def check_vocabulary(ids: list[int], vocab_size: int, param: str) -> None:
+    """Raises APIError 400 for a token id outside the vocabulary."""
+    bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise APIError(400, f"{param} has token id {bad}, outside this model's vocabulary "
+                            f"(0 to {vocab_size - 1})", param, "unknown_token")
+
+
 def check_ids(ids: list[int], vocab_size: int, limits: ServeConfig, param: str) -> list[int]:
     """A prompt given as token ids, checked like a text prompt: raises APIError 400 for no ids
     or an id outside the vocabulary, 413 for too many."""
     if not ids:
         raise APIError(400, f"{param} is an empty list of token ids; give at least one", param)
-    bad = next((i for i in ids if not 0 <= i < vocab_size), None)
-    if bad is not None:
-        raise APIError(400, f"{param} has token id {bad}, outside this model's vocabulary "
-                            f"(0 to {vocab_size - 1})", param, "unknown_token")
+    check_vocabulary(ids, vocab_size, param)
     return check_length(ids, limits, param)

@@ -18,7 +18,7 @@ from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.data.tokenizers.base import EOT
 from gptscratch.errors import UserError
 from gptscratch.server.completions import Served
-from gptscratch.server.errors import APIError
+from gptscratch.server.schemas import check_vocabulary, unknown_characters
 
 
 class TokenizeRequest(BaseModel):
@@ -51,8 +51,7 @@ def encode_with_special(tokenizer: Tokenizer, text: str) -> list[int]:
             if part:
                 ids += tokenizer.encode(part)
     except UserError as e:
-        found = str(e).split("; the model", 1)[0].replace("text has", "prompt has", 1)
-        raise APIError(400, found, "prompt", "unknown_characters") from None
+        raise unknown_characters(e, "prompt") from None
     return ids
 
 
@@ -69,10 +68,7 @@ def add_tokenizer_routes(app: FastAPI, served: Served, auth: list[Any]) -> None:
     @app.post("/detokenize", dependencies=auth)
     async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
         served.check_model(body.model)
-        bad = next((i for i in body.tokens if not 0 <= i < tokenizer.vocab_size), None)
-        if bad is not None:
-            raise APIError(400, f"tokens has token id {bad}, outside this model's vocabulary "
-                                f"(0 to {tokenizer.vocab_size - 1})", "tokens", "unknown_token")
+        check_vocabulary(body.tokens, tokenizer.vocab_size, "tokens")
         return {"prompt": tokenizer.decode(body.tokens)}
 
     @app.get("/tokenizer_info", dependencies=auth)
