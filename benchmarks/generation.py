@@ -6,6 +6,8 @@ random weights), dtype and batch size it generates greedily from a 16-token prom
   token-level work the decoding engine does for each row),
 - ours, no cache (the whole context re-run every step, as nanoGPT and minGPT do),
 - Hugging Face `GPT2LMHeadModel.generate(use_cache=True)`,
+(and, for `benchmarks/quantize.py` only, `ours_int8`: the cached decoding with the Linear
+weights in int8, as `--quantize int8` loads them),
 timing every token, so one run gives tokens/s after 256 new tokens and at its end, and the time
 per token near the start (tokens 2-65) and near the end (the last 64).
 
@@ -65,6 +67,7 @@ from quality import machine  # the sibling benchmark script: one machine descrip
 from gptscratch.model.config import ModelConfig, SamplingConfig
 from gptscratch.model.decoding import Decoder
 from gptscratch.model.gpt import GPT
+from gptscratch.model.quantize import quantize_linears
 from gptscratch.model.sampling import sample_next_token
 from gptscratch.training.presets import get_preset
 
@@ -72,7 +75,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "generation.json"
 PROMPT = 16
 GREEDY = SamplingConfig(temperature=0.0)
-METHODS = ("ours_cached", "ours_uncached", "hf", "ours_cached_slide")
+METHODS = ("ours_cached", "ours_uncached", "hf", "ours_cached_slide", "ours_int8")
+COMPARED = ("ours_cached", "ours_uncached", "hf", "ours_cached_slide")  # this script's rows
 
 
 def shapes() -> dict[str, ModelConfig]:
@@ -192,7 +196,8 @@ def lengths(config: ModelConfig, tokens: int, uncached_tokens: int) -> dict[str,
     GPT-2 cannot slide); the uncached run at most `uncached_tokens`; the sliding row, ours
     only, takes all `tokens` when they alone are longer than the context."""
     fits = min(tokens, config.block_size - PROMPT)
-    out = {"ours_cached": fits, "ours_uncached": min(fits, uncached_tokens), "hf": fits}
+    out = {"ours_cached": fits, "ours_uncached": min(fits, uncached_tokens), "hf": fits,
+           "ours_int8": fits}  # the int8 row is quantize.py's
     if tokens > config.block_size:
         out["ours_cached_slide"] = tokens
     return out
@@ -215,6 +220,8 @@ def measure(method: str, shape: str, dtype: torch.dtype, batch: int, n: int,
             fn = lambda k: time_hf(hf, prompt, k)  # noqa: E731
         else:
             model = GPT(config).to(dtype).eval()
+            if method == "ours_int8":  # Linear weights in int8, as `--quantize int8` loads
+                quantize_linears(model)
             cached = method != "ours_uncached"
             fn = lambda k: time_ours(model, prompt, k, cached)  # noqa: E731
         fn(min(n, 8))  # warm the kernels (and the allocator) first
@@ -226,15 +233,17 @@ def measure(method: str, shape: str, dtype: torch.dtype, batch: int, n: int,
 
 
 def run(shape: str, dtype: str, batch: int, tokens: int, uncached_tokens: int,
-        repeats: int = 3) -> dict[str, dict[str, Any]]:
-    """Every method of one shape / dtype / batch, each run in a fresh process, `repeats`
+        repeats: int = 3, methods: Iterable[str] = COMPARED) -> dict[str, dict[str, Any]]:
+    """Each of `methods` for one shape / dtype / batch, each run in a fresh process, `repeats`
     rounds interleaved (each round runs every method once). A method's entry is its median run
     by tokens/s, with every run's tokens/s (`tok_s_runs`) and their range (`tok_s_range`)."""
-    plan = lengths(shapes()[shape], tokens, uncached_tokens)
+    plan = {method: n for method, n in lengths(shapes()[shape], tokens, uncached_tokens).items()
+            if method in methods}
     runs: dict[str, list[dict[str, Any]]] = {method: [] for method in plan}
     for _ in range(repeats):
         for method, n in plan.items():
-            marks = [plan["ours_uncached"]] if method == "ours_cached" else []
+            marks = ([plan["ours_uncached"]] if method == "ours_cached" and "ours_uncached" in plan
+                     else [])
             proc = subprocess.run(
                 [sys.executable, __file__, "--child", method, "--shape", shape, "--dtype",
                  dtype, "--batch", str(batch), "--tokens", str(n),

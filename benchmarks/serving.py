@@ -33,6 +33,8 @@ last round must be within 5 % of its RSS after the first.
     python benchmarks/serving.py --repeats 2      # ~12 minutes on 2 cores
     python benchmarks/serving.py --ckpt out/shakespeare-char   # a trained char model
     python benchmarks/serving.py --quick          # a tiny model, a few requests: a smoke test
+    python benchmarks/serving.py --no-char --streams 16 --no-disconnect --quantize int8
+                                  # GPT-2 124M served with int8 weights (benchmarks/quantize.py)
 
 Prints a table and writes benchmarks/results/serving.json (not with --quick). Run it alone:
 the clients share the 2 cores with the server, and anything else running slows both.
@@ -108,7 +110,7 @@ def memory(pid: int) -> dict[str, float]:
 class Server:
     """`gptscratch serve` in a subprocess on a free loopback port, until stopped."""
 
-    def __init__(self, ckpt: Path, max_batch: int, log: Path) -> None:
+    def __init__(self, ckpt: Path, max_batch: int, log: Path, quantize: str = "none") -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -116,7 +118,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gptscratch", "serve", "--ckpt", str(ckpt), "--port",
              str(self.port), "--max-batch", str(max_batch), "--dtype", "float32", "--device",
-             "cpu"], stdout=self.log, stderr=subprocess.STDOUT)
+             "cpu", "--quantize", quantize], stdout=self.log, stderr=subprocess.STDOUT)
         self.log_path = log
         deadline = time.monotonic() + 180
         while not self.healthy():
@@ -279,10 +281,10 @@ def disconnect_test(server: Server, setting: Setting, rounds: int,
 
 
 def run_model(setting: Setting, ckpt: Path, tmp: Path, levels: list[int], repeats: int,
-              disconnect: tuple[int, int]) -> dict[str, Any]:
+              disconnect: tuple[int, int], quantize: str = "none") -> dict[str, Any]:
     from gptscratch import api
 
-    loaded = api.load(ckpt, device="cpu", dtype="float32")
+    loaded = api.load(ckpt, device="cpu", dtype="float32", quantize=quantize)
     count = {c: max(setting.per_stream * c, 4) for c in levels}
     texts = prompts(max(count.values()))
     seeds = [1000 + i for i in range(len(texts))]
@@ -290,7 +292,7 @@ def run_model(setting: Setting, ckpt: Path, tmp: Path, levels: list[int], repeat
     out: dict[str, Any] = {"max_tokens": setting.max_tokens, "servers": []}
     base_runs: list[tuple[list[dict[str, Any]], float]] = []
     for max_batch in setting.batches:
-        server = Server(ckpt, max_batch, tmp / f"{setting.model}-{max_batch}.log")
+        server = Server(ckpt, max_batch, tmp / f"{setting.model}-{max_batch}.log", quantize)
         try:
             started = server.memory()
             burst(server.port, texts[:4], seeds[:4], 4, setting.max_tokens)  # warm-up
@@ -400,6 +402,14 @@ def main() -> None:
     parser.add_argument("--ckpt", default=None, help="a trained shakespeare-char run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-124m", action="store_true", help="the char model only")
+    parser.add_argument("--no-char", action="store_true", help="the 124M model only")
+    parser.add_argument("--streams", nargs="+", type=int, default=[1, 4, 16, 64],
+                        help="concurrent streams of the rows (the baseline serves the 16-stream "
+                             "row's requests, or the last row's)")
+    parser.add_argument("--no-disconnect", action="store_true",
+                        help="leave out the disconnecting-clients load test")
+    parser.add_argument("--quantize", default="none", choices=["none", "int8"],
+                        help="serve (and run the baseline) with int8 Linear weights")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny model: a smoke test, saved only to --out")
     parser.add_argument("--out", type=Path, default=None,
@@ -409,7 +419,8 @@ def main() -> None:
         sys.exit(f"error: {CORPUS} not found; this benchmark needs ../shared/data")
     began = time.time()
     settings = [Setting("shakespeare-char", 96, (16, 64), 2), Setting("124M", 32, (16,), 1)]
-    levels, repeats, disconnect = [1, 4, 16, 64], args.repeats, (5, 32)
+    levels, repeats = args.streams, args.repeats
+    disconnect = (0, 0) if args.no_disconnect else (5, 32)
     if args.quick:
         settings = [Setting("shakespeare-char", 16, (4,), 1)]
         levels, repeats, disconnect = [1, 4], 1, (2, 4)
@@ -417,19 +428,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gptscratch-serving-") as tmp_name:
         tmp = Path(tmp_name)
         for setting in settings:
-            if setting.model == "124M" and args.no_124m:
+            if setting.model == "124M" and args.no_124m or setting.model != "124M" and args.no_char:
                 continue
             if setting.model == "124M":
                 ckpt = make_base("124M", tmp)
             else:
                 ckpt = Path(args.ckpt) if args.ckpt else train_char(tmp, args.quick)
             print(f"{setting.model}: {ckpt}", flush=True)
-            models[setting.model] = run_model(setting, ckpt, tmp, levels, repeats, disconnect)
+            models[setting.model] = run_model(setting, ckpt, tmp, levels, repeats, disconnect,
+                                              args.quantize)
     command = "python benchmarks/serving.py " + " ".join(sys.argv[1:])
     result = {"date": date.today().isoformat(), "machine": machine(), "command": command.strip(),
               "provenance": provenance("float32"),
               "minutes": round((time.time() - began) / 60, 1),
-              "settings": {"temperature": TEMPERATURE, "dtype": "float32", "streams": levels,
+              "settings": {"temperature": TEMPERATURE, "dtype": "float32",
+                           "quantize": args.quantize, "streams": levels,
                            "repeats": repeats, "cpus": os.cpu_count()},
               "models": models, "targets": targets(models)}
     print_table(result)

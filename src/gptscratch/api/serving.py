@@ -32,7 +32,8 @@ def require_serve_extra() -> None:
 
 
 def server_app(model: ModelSource, config: ServeConfig | None = None, *, device: str = "auto",
-               dtype: str = "auto", block_size: int | None = None, **options: Any) -> FastAPI:
+               dtype: str = "auto", block_size: int | None = None, quantize: str = "none",
+               **options: Any) -> FastAPI:
     """The server's FastAPI application; its engine starts and stops with the application.
 
     Args:
@@ -41,6 +42,7 @@ def server_app(model: ModelSource, config: ServeConfig | None = None, *, device:
             max_tokens_per_request, max_prompt_tokens, max_queue, api_key); `options` replace
             single ones by name. They are checked before the model loads.
         device, dtype: where and in which dtype to run a checkpoint loaded here.
+        quantize: none, or int8 (the Linear weights in int8, on a CPU: `api.load`).
         block_size: the context each sequence reads at once (default: the trained one;
             longer only with rotary positions: `checkpoints.load.with_context`).
     """
@@ -48,15 +50,16 @@ def server_app(model: ModelSource, config: ServeConfig | None = None, *, device:
     require_serve_extra()
     from gptscratch.server.app import create_app
 
-    return create_app(load_model(model, device, dtype, block_size), config)
+    return create_app(load_model(model, device, dtype, block_size, quantize=quantize), config)
 
 
 def serve(model: ModelSource, host: str = "127.0.0.1", port: int = 8000, *,
           device: str = "auto", dtype: str = "auto", block_size: int | None = None,
-          **options: Any) -> None:
+          quantize: str = "none", **options: Any) -> None:
     """Serve a model until Ctrl-C (arguments as for `server_app`)."""
     config = serve_config(None, {**options, "host": host, "port": port})
-    app = server_app(model, config, device=device, dtype=dtype, block_size=block_size)
+    app = server_app(model, config, device=device, dtype=dtype, block_size=block_size,
+                     quantize=quantize)
     from gptscratch.server.app import run
 
     run(app, config.host, config.port)

@@ -30,6 +30,7 @@ from gptscratch.model.config import ModelConfig
 from gptscratch.model.fast import use_fast_linears
 from gptscratch.model.gpt import GPT
 from gptscratch.model.lora import has_lora, merge_lora
+from gptscratch.model.quantize import QUANTIZE, is_quantized, quantize_linears
 from gptscratch.runtime.cpu import set_cpu_float_mode
 from gptscratch.runtime.device import check_fits, choose_device
 from gptscratch.runtime.precision import choose_precision
@@ -126,7 +127,8 @@ def with_context(config: ModelConfig, block_size: int | None) -> ModelConfig:
 
 
 def load_model(source: ModelSource, device: str = "cpu", dtype: str = "float32",
-               block_size: int | None = None, *, hub: bool = False) -> LoadedModel:
+               block_size: int | None = None, *, hub: bool = False,
+               quantize: str = "none") -> LoadedModel:
     """A model ready to run from any source (see the module docstring).
 
     Args:
@@ -137,12 +139,19 @@ def load_model(source: ModelSource, device: str = "cpu", dtype: str = "float32",
         dtype: auto (bf16 where faster: CUDA, and AMX CPUs for models 512+ wide), float32,
             bfloat16 or float16.
         block_size: the context read at once (default: the trained one; `with_context`).
+        quantize: none, or int8: the Linear weights stored in int8 for CPU decoding
+            (`model.quantize`), the rest in float32; inference only.
 
     Raises:
         UserError: a missing or damaged source, a context the model cannot read, a model too
-            big for memory, or a device or dtype this machine cannot run.
+            big for memory, or a device, dtype or quantization this machine cannot run.
     """
+    check_quantize(quantize, device, dtype)  # before anything loads
     if isinstance(source, LoadedModel):
+        if quantize != "none" and not is_quantized(source.model):
+            copied = merged_copy(source).model.to("cpu", torch.float32)  # the caller's stays
+            model = quantize_linears(copied)
+            source = dataclasses.replace(source, model=model)
         if block_size is None or block_size == source.model.config.block_size:
             return source
         view = copy.copy(source.model)  # shares the modules; only the context differs
@@ -161,14 +170,36 @@ def load_model(source: ModelSource, device: str = "cpu", dtype: str = "float32",
         hf = read_hf_model(str(source))
         context = with_context(hf.config, block_size)
         model, tokenizer = build_model(hf.config, hf.state_dict), hf.tokenizer
-    target = choose_device(device)
-    precision = choose_precision(dtype, target, context.n_embd, for_inference=True)
+    target = choose_device("cpu" if quantize != "none" else device)
+    precision = choose_precision("float32" if quantize != "none" else dtype, target,
+                                 context.n_embd, for_inference=True)
     model = model.to(target, precision.dtype)
     if precision.dtype == torch.bfloat16:
         use_fast_linears(model)
+    if quantize == "int8":
+        if has_lora(model):  # fold the adapters in: the int8 weights hold base + update
+            assert checkpoint is not None
+            merge_lora(model)
+            context = merged_config(context, checkpoint.meta["lora"])
+        quantize_linears(model)
+        log.debug("Linear weights in int8, one scale per row; the rest in float32")
     model.config = context
     log.debug("running in %s (%s)", precision.name, precision.reason)
     return LoadedModel(model, tokenizer, checkpoint, str(source))
+
+
+def check_quantize(quantize: str, device: str, dtype: str) -> None:
+    """UserError unless `quantize` can run with `device` and `dtype` (see `load_model`)."""
+    if quantize not in QUANTIZE:
+        raise UserError(f"unknown quantization {quantize!r}; choose " + " or ".join(QUANTIZE))
+    if quantize == "none":
+        return
+    if device not in ("auto", "cpu"):
+        raise UserError(f"--quantize {quantize} is a CPU decoding path, not for {device}; on a "
+                        "GPU use --dtype bfloat16 instead, or give --device cpu")
+    if dtype not in ("auto", "float32"):
+        raise UserError(f"--quantize {quantize} computes in float32 around its {quantize} "
+                        f"weights, not in {dtype}; leave --dtype out or give float32")
 
 
 def _our_checkpoint(source: str | Path, hub: bool) -> Checkpoint | None:
@@ -200,6 +231,11 @@ def _lora_model(checkpoint: Checkpoint) -> GPT:
     model = add_adapters(build_model(config, fit_block_size(state, config.block_size)), lora)
     load_adapter_weights(model, checkpoint.weights(), checkpoint.path)
     return model.eval()
+
+
+def merged_copy(loaded: LoadedModel) -> LoadedModel:
+    """A copy of `loaded` with any LoRA adapters folded in; `loaded` itself is left as it is."""
+    return merged(dataclasses.replace(loaded, model=copy.deepcopy(loaded.model)))
 
 
 def merged(loaded: LoadedModel) -> LoadedModel:

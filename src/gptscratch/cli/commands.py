@@ -80,7 +80,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
                             "task's accuracy); give one of them")
         report = api.evaluate_tasks(args.ckpt, args.task, shots=args.shots, limit=args.limit,
                                     batch_size=args.batch_size, device=args.device,
-                                    dtype=args.dtype, progress=not args.quiet)
+                                    dtype=args.dtype, quantize=args.quantize,
+                                    progress=not args.quiet)
         print(json.dumps(report.to_dict()) if args.json else report.table())
         return
     for flag, value, default in (("--shots", args.shots, 0), ("--limit", args.limit, None)):
@@ -88,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} applies to benchmark tasks; add --task FILE, or leave "
                             f"{flag} out")
     result = api.evaluate(args.ckpt, args.data, batch_size=args.batch_size, device=args.device,
-                          dtype=args.dtype)
+                          dtype=args.dtype, quantize=args.quantize)
     print(json.dumps(result.to_dict()) if args.json else result.describe())
 
 
@@ -121,7 +122,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     names = {f.name for f in dataclasses.fields(ServeConfig)} - {"host", "port"}
     api.serve(args.ckpt, args.host, args.port, device=args.device, dtype=args.dtype,
-              block_size=args.block_size, **{k: getattr(args, k) for k in names})
+              block_size=args.block_size, quantize=args.quantize,
+              **{k: getattr(args, k) for k in names})
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {

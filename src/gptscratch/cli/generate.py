@@ -80,7 +80,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         return cmd_chat(args)
     config = _config(args)
     prompt = _prompt(args)
-    loaded = api.load(args.ckpt, args.device, args.dtype, args.block_size)
+    loaded = api.load(args.ckpt, args.device, args.dtype, args.block_size, args.quantize)
     generation = api.stream_chunks(loaded, prompt, config)  # every check, before any output
     _report_load(loaded, config)
     copy_index = api.corpus_index(args.ckpt) if args.check_copy else None
@@ -119,7 +119,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
     config = _config(args)
     session = api.chat_session(args.ckpt, config, you=args.you, device=args.device,
-                               dtype=args.dtype, block_size=args.block_size)
+                               dtype=args.dtype, block_size=args.block_size,
+                               quantize=args.quantize)
     _report_load(session.loaded, config)
     tty = sys.stdin is not None and sys.stdin.isatty()
     if tty:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptscratch.checkpoints.load import load_model
+from gptscratch.checkpoints.load import check_quantize, load_model
 from gptscratch.data.batches import get_batch
 from gptscratch.data.sources import read_text_source
 from gptscratch.data.token_files import Tokens, is_prepared_dir, load_prepared
@@ -121,13 +121,15 @@ def evaluate_tokens(model: GPT, tokens: Tokens, *, num_bytes: int | None = None,
 
 
 def evaluate(ckpt: str | Path, data: str | Path | None = None, *, batch_size: int = 16,
-             device: str = "auto", dtype: str = "float32") -> EvalResult:
+             device: str = "auto", dtype: str = "float32", quantize: str = "none") -> EvalResult:
     """Loss, perplexity and bits per byte of a checkpoint on its own val split, or on a text
-    file / prepared directory given as `data`."""
+    file / prepared directory given as `data`; `quantize="int8"` measures the model with its
+    Linear weights in int8 (what it costs in loss)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch_size ({batch_size!r}) must be a positive whole number; try "
                         "--batch-size 16")
-    loaded = load_model(ckpt, device, dtype="float32")
+    check_quantize(quantize, device, dtype)
+    loaded = load_model(ckpt, device, dtype="float32", quantize=quantize)
     model, tokenizer, checkpoint = loaded.model, loaded.tokenizer, loaded.checkpoint
     precision = choose_precision(dtype, next(model.parameters()).device, model.config.n_embd)
     meta = checkpoint.meta if checkpoint is not None else {}

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gptscratch.checkpoints.load import LoadedModel, ModelSource, load_model
+from gptscratch.checkpoints.load import LoadedModel, ModelSource, check_quantize, load_model
 from gptscratch.data.tokenizers import Tokenizer
 from gptscratch.errors import UserError
 from gptscratch.evaluation.task_files import (
@@ -411,7 +411,8 @@ def limited(task: Task, limit: int | None) -> Task:
 
 def evaluate_tasks(ckpt: ModelSource, tasks: Sequence[str | Path], *, shots: int = 0,
                    limit: int | None = None, batch_size: int = 16, device: str = "auto",
-                   dtype: str = "float32", progress: bool = False) -> TaskReport:
+                   dtype: str = "float32", quantize: str = "none",
+                   progress: bool = False) -> TaskReport:
     """Score a checkpoint on benchmark tasks (`gptscratch eval --task`).
 
     Args:
@@ -420,6 +421,7 @@ def evaluate_tasks(ckpt: ModelSource, tasks: Sequence[str | Path], *, shots: int
         shots: solved examples before each question, drawn from the task with a fixed seed.
         limit: score only the first `limit` items of each task.
         batch_size: requests (choices) per forward pass.
+        quantize: none, or int8 (the Linear weights in int8: `checkpoints.load.load_model`).
         progress: show a progress bar (items/s) on stderr.
     """
     for name, value, low in (("shots", shots, 0), ("batch_size", batch_size, 1),
@@ -428,8 +430,9 @@ def evaluate_tasks(ckpt: ModelSource, tasks: Sequence[str | Path], *, shots: int
             raise UserError(f"{name} ({value!r}) must be a whole number >= {low}")
     if not tasks:
         raise UserError("no task given; pass --task FILE (or a built-in task: shakespeare)")
+    check_quantize(quantize, device, dtype)
     loaded_tasks = [with_shots(t, shots) for t in load_tasks(tasks, limit)]
-    loaded = load_model(ckpt, device, dtype="float32")
+    loaded = load_model(ckpt, device, dtype="float32", quantize=quantize)
     precision = choose_precision(dtype, next(loaded.model.parameters()).device,
                                  loaded.model.config.n_embd)
     bar = tqdm(total=sum(len(t.items) for t in loaded_tasks), unit="item",
