@@ -116,6 +116,9 @@ class SystemConfig:
     activation_checkpointing: bool = setting(
         False, "recompute each block's activations in the backward pass: less memory, ~1/3 "
                "more compute")
+    fit: bool = setting(
+        False, "if a step would not fit the free memory: smaller micro-batches with gradient "
+               "accumulation (the same sequences a step), then activation checkpointing")
 
     def __post_init__(self) -> None:
         check_settings(self)

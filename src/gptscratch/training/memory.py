@@ -103,6 +103,26 @@ def estimate_training_memory(model: ModelConfig, config: TrainConfig, world_size
                           kept + logits)
 
 
+def fit_to_memory(model: ModelConfig, config: TrainConfig, free: int, world_size: int = 1,
+                  low_precision: bool = False) -> TrainConfig | None:
+    """The cheapest way to train `config`'s step in `free` bytes, the step unchanged: the
+    same sequences a step (batch_size x grad_accum), split into the largest micro-batch that
+    fits, first without activation checkpointing (no extra compute; smaller micro-batches only
+    use the cores less well), then with it (one more forward pass). `config` itself where it
+    fits; None where even one sequence a micro-batch with checkpointing does not."""
+    optim = config.optim
+    sequences = optim.batch_size * optim.grad_accum
+    sizes = [b for b in range(optim.batch_size, 0, -1) if sequences % b == 0]
+    for checkpointing in dict.fromkeys((config.system.activation_checkpointing, True)):
+        for b in sizes:
+            candidate = config.replace(batch_size=b, grad_accum=sequences // b,
+                                       activation_checkpointing=checkpointing)
+            need = estimate_training_memory(model, candidate, world_size, low_precision).total
+            if need <= free:
+                return candidate
+    return None
+
+
 def memory_fix(config: TrainConfig, fine_tuning: bool) -> str:
     """What to change to need less memory, for the refusal's message."""
     options = []

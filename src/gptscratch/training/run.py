@@ -103,7 +103,8 @@ def train(preset: str = "shakespeare-char", data: str | Path | None = None,
     check_loggers(plan.config.run.loggers)  # a missing package, before anything is written
     shape = ModelConfig(vocab_size=plan.vocab_size, **plan.model_fields)
     runtime = start_runtime(plan.config.system, shape.n_embd)
-    check_training_fits(shape, plan.config, runtime, fine_tuning=plan.fine_tuning)
+    plan = dataclasses.replace(plan, config=check_training_fits(shape, plan.config, runtime,
+                                                                fine_tuning=plan.fine_tuning))
     prepared = _prepared_data(plan, runtime, shape.block_size, prepare_options or {})
     model_config = dataclasses.replace(shape, vocab_size=prepared.tokenizer.vocab_size)
     init = None

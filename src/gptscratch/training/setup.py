@@ -26,12 +26,17 @@ from gptscratch.model.config import ModelConfig
 from gptscratch.model.fast import choose_attention_path, store_frozen_in_bf16
 from gptscratch.model.gpt import GPT
 from gptscratch.runtime.cpu import keep_freed_memory, set_cpu_float_mode
-from gptscratch.runtime.device import check_fits, choose_compile, choose_device
+from gptscratch.runtime.device import (
+    available_memory,
+    check_fits,
+    choose_compile,
+    choose_device,
+)
 from gptscratch.runtime.precision import Precision, choose_precision
 from gptscratch.training.advice import OverfitWatch, plan_warnings
 from gptscratch.training.config import OptimConfig, RunConfig, SystemConfig, TrainConfig
 from gptscratch.training.distributed import DistContext, init_distributed, shard_model, wrap_model
-from gptscratch.training.memory import MemoryEstimate, estimate_training_memory, memory_fix
+from gptscratch.training.memory import estimate_training_memory, fit_to_memory, memory_fix
 from gptscratch.training.metrics import MetricsLog, ProgressWindow, format_duration
 from gptscratch.training.mfu import flops_per_token, peak_flops
 from gptscratch.training.optimizer import freeze_parameters, make_optimizer
@@ -127,15 +132,33 @@ def total_steps(run: RunConfig, optim: OptimConfig, train_tokens: int, block_siz
 
 
 def check_training_fits(model: ModelConfig, config: TrainConfig, runtime: TrainRuntime,
-                        fine_tuning: bool = False) -> MemoryEstimate:
+                        fine_tuning: bool = False) -> TrainConfig:
     """Refuse a run whose step cannot fit in the device's free memory (a UserError naming what
-    to change); return the estimate."""
-    estimate = estimate_training_memory(model, config, runtime.ctx.world_size,
-                                        low_precision=runtime.precision.dtype != torch.float32)
+    to change). With `fit`, first split the step into micro-batches (and checkpoint
+    activations) until it fits (`memory.fit_to_memory`). Returns the config to train with."""
+    low_precision = runtime.precision.dtype != torch.float32
+    free = available_memory(runtime.device)
+    if config.system.fit and free is not None:
+        fitted = fit_to_memory(model, config, free, runtime.ctx.world_size, low_precision)
+        if fitted is not None and fitted != config:
+            estimate = estimate_training_memory(model, fitted, runtime.ctx.world_size,
+                                                low_precision)
+            log.info("--fit: %d sequences a step do not fit the %.1f GiB free at once: %d "
+                     "micro-batches of %d%s (the same %d sequences a step; %s)",
+                     config.optim.batch_size * config.optim.grad_accum, free / 2**30,
+                     fitted.optim.grad_accum, fitted.optim.batch_size,
+                     ", activation checkpointing on" if fitted.system.activation_checkpointing
+                     and not config.system.activation_checkpointing else "",
+                     fitted.optim.batch_size * fitted.optim.grad_accum, estimate.describe())
+            config = fitted
+    estimate = estimate_training_memory(model, config, runtime.ctx.world_size, low_precision)
     check_fits(estimate.total, runtime.device,
                f"training this model at batch {config.optim.batch_size} x "
-               f"{model.block_size} ({estimate.describe()})", memory_fix(config, fine_tuning))
-    return estimate
+               f"{model.block_size} ({estimate.describe()})",
+               "even one sequence a micro-batch with activation checkpointing does not fit; "
+               "use a smaller model or --block-size" if config.system.fit
+               else memory_fix(config, fine_tuning) + ", or --fit to choose")
+    return config
 
 
 def check_run(data: PreparedData, model_config: ModelConfig) -> None:
