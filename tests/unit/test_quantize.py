@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_error
 from torch import nn
 
 from gptscratch import api
 from gptscratch.checkpoints.load import load_model
+from gptscratch.cli import main
 from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT, lm_loss
@@ -131,3 +133,26 @@ def test_eval_measures_what_int8_costs(tiny_run: Path) -> None:
     assert int8.tokens == full.tokens
     assert abs(int8.loss - full.loss) / full.loss < 0.01
 
+
+
+def test_sample_and_the_server_decode_with_int8_weights(
+        tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's and the server's text is the library's with the int8 model (the oracle)."""
+    from serving import client, running
+
+    want = api.complete(load_model(tiny_run, quantize="int8"), "ROMEO:", max_new_tokens=20,
+                        temperature=0.0)[0]
+    assert main(["sample", "--ckpt", str(tiny_run), "--prompt", "ROMEO:", "--quantize", "int8",
+                 "--max-new-tokens", "20", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.rstrip("\n").endswith(want.text)
+    with running(api.server_app(tiny_run, quantize="int8")) as url:
+        out = client(url).completions.create(model="tiny", prompt="ROMEO:", max_tokens=20,
+                                             temperature=0.0)
+    assert out.choices[0].text == want.text
+
+
+def test_the_cli_refuses_int8_with_bf16_in_one_line(
+        tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    message = cli_error(["sample", "--ckpt", str(tiny_run), "--prompt", "A", "--quantize",
+                         "int8", "--dtype", "bfloat16"], capsys)
+    assert "--quantize int8 computes in float32" in message
