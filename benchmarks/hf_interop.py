@@ -25,7 +25,8 @@ rounds interleave): a phase's row holds the median round's figures, with every r
 
     python benchmarks/hf_interop.py                      # gpt2 (124M), ~4 minutes
     python benchmarks/hf_interop.py --sizes gpt2 gpt2-medium
-    python benchmarks/hf_interop.py --quick --out /tmp/h.json   # a tiny GPT-2, once: seconds
+    python benchmarks/hf_interop.py --quick --out /tmp/h.json   # a tiny GPT-2, once, every
+                                                                # phase in one process
 
 Prints a table and writes benchmarks/results/hf_interop.json (or --out), with its provenance.
 Run it alone on the machine.
@@ -169,15 +170,27 @@ def parity_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def measure_size(size: str, repeats: int) -> list[dict[str, Any]]:
+def run_phases_in_one_process(args: dict[str, Any]) -> list[dict[str, Any]]:
+    """--quick: every phase in turn in one process (imports paid once; the peak RSS is then
+    the process's so far, not the phase's own)."""
+    code = "".join("t0 = time.perf_counter()\n" + code + EPILOGUE for code in PHASES.values())
+    proc = subprocess.run([sys.executable, "-c", PRELUDE + code, json.dumps(args)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-3000:])
+    return [json.loads(line) for line in proc.stdout.strip().splitlines()[-len(PHASES):]]
+
+
+def measure_size(size: str, repeats: int, quick: bool = False) -> list[dict[str, Any]]:
     """A row per phase of `size`: the median round's results, with every round's seconds."""
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in PHASES}
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
             args = {"shape": SIZES[size], "hf": f"{tmp}/hf", "ours": f"{tmp}/ours",
                     "exported": f"{tmp}/exported"}
+            together = iter(run_phases_in_one_process(args)) if quick else None
             for name, code in PHASES.items():
-                result = run_phase(code, args)
+                result = next(together) if together is not None else run_phase(code, args)
                 rounds[name].append(result)
                 extra = {k: v for k, v in result.items() if k not in ("seconds", "peak_rss_mb")}
                 print(f"{size:12s} {name:38s} {result['seconds']:7.2f} s  "
@@ -205,12 +218,14 @@ def main() -> None:
     sizes = ["tiny"] if cli.quick else cli.sizes
     rows: list[dict[str, Any]] = []
     for size in sizes:
-        rows += measure_size(size, 1 if cli.quick else cli.repeats)
+        rows += measure_size(size, 1 if cli.quick else cli.repeats, cli.quick)
     for size in sizes:
         by = {r["phase"]: r for r in rows if r["size"] == size}
         peer = by["peer: transformers from_pretrained"]["seconds"]
         ratio = by["gptscratch import-hf"]["seconds"] / peer
-        print(f"{size}: import-hf takes {ratio:.2f}x the time of transformers' from_pretrained")
+        print(f"{size}: import-hf takes {ratio:.2f}x the time of transformers' from_pretrained"
+              + (" (--quick: one process for all phases, so not a comparison)" if cli.quick
+                 else ""))
     print()
     print(parity_table(rows))
     if cli.quick and cli.out is None:

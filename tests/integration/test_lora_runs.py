@@ -244,3 +244,20 @@ def test_serve_loads_base_plus_adapters(lora_run: Path) -> None:
         out = serving.client(url).completions.create(
             model=lora_run.name, prompt="ROMEO:", max_tokens=12, temperature=0.0)
     assert out.choices[0].text == want
+
+
+def test_int8_weights_fold_the_adapters_in_first(lora_run: Path) -> None:
+    """`--quantize int8` on a LoRA run quantizes base + update: close to the adapted model,
+    not to its base."""
+    from gptscratch.model.quantize import is_quantized
+
+    ckpt = load_checkpoint(lora_run, prefer="latest")
+    vocab = ckpt.meta["model_config"]["vocab_size"]
+    ids = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(0))
+    adapted = logits(lora_run, ids)
+    quantized = load_model(ckpt, quantize="int8").model
+    assert is_quantized(quantized)
+    with torch.no_grad():
+        got = quantized(ids)
+    error = (got - adapted).abs().max() / adapted.abs().max()
+    assert error < 0.05, error

@@ -32,11 +32,11 @@ QUICK: dict[str, list[str]] = {
     "serving": ["--no-124m"],
     "startup": [],
     "tasks": [],
-    # Ours, HF like for like and HF as shipped, at a small batch. No compiled row (a cold
+    # Ours and HF as shipped, at a small batch. No compiled row (a cold
     # compile is most of a minute here) and no bf16 one: on a CPU without AVX512-BF16 or AMX
     # bf16 is emulated and its matmul ceiling alone takes half a minute.
     "training": ["--repeats", "1", "--batch", "2", "--seq-len", "64", "--rows", "ours-fp32",
-                 "hf-fp32-sdpa-keep", "hf-fp32-sdpa"],
+                 "hf-fp32-sdpa"],
 }
 
 
