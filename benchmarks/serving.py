@@ -64,9 +64,12 @@ from lora import make_base  # the sibling benchmark: a GPT-2-shaped random check
 from provenance import provenance
 from quality import machine  # the sibling benchmark script: one machine description
 
+from gptscratch.model.quantize import QUANTIZE
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "serving.json"
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+FIXTURE = REPO / "tests" / "fixtures" / "plays.txt"  # --quick's corpus: in the repository
 TEMPERATURE = 0.8
 FLAT = 0.05  # the disconnect test's RSS margin, round 1 to the last round
 
@@ -77,21 +80,22 @@ class Setting:
     max_tokens: int
     batches: tuple[int, ...]  # one server per --max-batch
     per_stream: int  # requests per stream in a row (a row sends max(per_stream * c, 4))
+    corpus: Path = CORPUS  # the prompts' (and the char model's training) text
 
 
-def prompts(n: int, chars: int = 24) -> list[str]:
-    lines = [ln[:chars] for ln in CORPUS.read_text().splitlines() if len(ln) >= 12]
+def prompts(corpus: Path, n: int, chars: int = 24) -> list[str]:
+    lines = [ln[:chars] for ln in corpus.read_text().splitlines() if len(ln) >= 12]
     step = max(1, len(lines) // n)
     return [lines[i * step] for i in range(n)]
 
 
-def train_char(folder: Path, quick: bool) -> Path:
+def train_char(folder: Path, corpus: Path, quick: bool) -> Path:
     out = folder / "char"
     tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "64",
             "--batch-size", "4"] if quick else []
     steps = "2" if quick else "50"
     subprocess.run([sys.executable, "-m", "gptscratch", "train", "--preset", "shakespeare-char",
-                    "--data", str(CORPUS), "--out", str(out), "--max-iters", steps,
+                    "--data", str(corpus), "--out", str(out), "--max-iters", steps,
                     "--max-time", "0", "--eval-iters", "2", "--eval-interval", steps,
                     "--sample-tokens", "0", "--eval-sample-tokens", "0", "--dtype", "float32",
                     "--device", "cpu", "--no-compile", *tiny],
@@ -256,7 +260,7 @@ def disconnect_test(server: Server, setting: Setting, rounds: int,
                     clients: int) -> dict[str, Any]:
     """Rounds of streaming clients, every other one leaving after 4 chunks; the server's RSS
     after each round, then /health and a normal request."""
-    texts = prompts(clients)
+    texts = prompts(setting.corpus, clients)
     rss, walls, left, failed = [], [], 0, 0
     for k in range(rounds):
         start = time.perf_counter()
@@ -286,7 +290,7 @@ def run_model(setting: Setting, ckpt: Path, tmp: Path, levels: list[int], repeat
 
     loaded = api.load(ckpt, device="cpu", dtype="float32", quantize=quantize)
     count = {c: max(setting.per_stream * c, 4) for c in levels}
-    texts = prompts(max(count.values()))
+    texts = prompts(setting.corpus, max(count.values()))
     seeds = [1000 + i for i in range(len(texts))]
     base_n = count[16] if 16 in count else count[levels[-1]]
     out: dict[str, Any] = {"max_tokens": setting.max_tokens, "servers": []}
@@ -408,21 +412,21 @@ def main() -> None:
                              "row's requests, or the last row's)")
     parser.add_argument("--no-disconnect", action="store_true",
                         help="leave out the disconnecting-clients load test")
-    parser.add_argument("--quantize", default="none", choices=["none", "int8"],
+    parser.add_argument("--quantize", default="none", choices=QUANTIZE,
                         help="serve (and run the baseline) with int8 Linear weights")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny model: a smoke test, saved only to --out")
     parser.add_argument("--out", type=Path, default=None,
                         help="results file (default benchmarks/results/serving.json)")
     args = parser.parse_args()
-    if not CORPUS.is_file():
+    if not (args.quick or CORPUS.is_file()):
         sys.exit(f"error: {CORPUS} not found; this benchmark needs ../shared/data")
     began = time.time()
     settings = [Setting("shakespeare-char", 96, (16, 64), 2), Setting("124M", 32, (16,), 1)]
     levels, repeats = args.streams, args.repeats
     disconnect = (0, 0) if args.no_disconnect else (5, 32)
     if args.quick:
-        settings = [Setting("shakespeare-char", 16, (4,), 1)]
+        settings = [Setting("shakespeare-char", 16, (4,), 1, FIXTURE)]  # tests: no ../shared
         levels, repeats, disconnect = [1, 4], 1, (2, 4)
     models: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="gptscratch-serving-") as tmp_name:
@@ -433,7 +437,8 @@ def main() -> None:
             if setting.model == "124M":
                 ckpt = make_base("124M", tmp)
             else:
-                ckpt = Path(args.ckpt) if args.ckpt else train_char(tmp, args.quick)
+                ckpt = (Path(args.ckpt) if args.ckpt
+                        else train_char(tmp, setting.corpus, args.quick))
             print(f"{setting.model}: {ckpt}", flush=True)
             models[setting.model] = run_model(setting, ckpt, tmp, levels, repeats, disconnect,
                                               args.quantize)

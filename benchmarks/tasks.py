@@ -213,7 +213,10 @@ def main() -> None:
                          "-e '.[eval]'") from None
     if args.quick:
         args.items, args.repeats, args.shape = 8, 1, "tiny"
-    corpus = CORPUS if CORPUS.is_file() else REPO / "tests" / "fixtures" / "plays.txt"
+    # --quick reads the repository's own text (tests never read ../shared).
+    corpus = REPO / "tests" / "fixtures" / "plays.txt" if args.quick else CORPUS
+    if not corpus.is_file():
+        raise SystemExit(f"error: {corpus} not found; this benchmark needs ../shared/data")
     started = time.perf_counter()
     print(f"speed: {args.items} questions x 4 choices, {args.shape}, batch {args.batch}, "
           f"{args.repeats} round(s)", flush=True)

@@ -176,16 +176,12 @@ def load_model(source: ModelSource, device: str = "cpu", dtype: str = "float32",
     model = model.to(target, precision.dtype)
     if precision.dtype == torch.bfloat16:
         use_fast_linears(model)
-    if quantize == "int8":
-        if has_lora(model):  # fold the adapters in: the int8 weights hold base + update
-            assert checkpoint is not None
-            merge_lora(model)
-            context = merged_config(context, checkpoint.meta["lora"])
-        quantize_linears(model)
-        log.debug("Linear weights in int8, one scale per row; the rest in float32")
     model.config = context
     log.debug("running in %s (%s)", precision.name, precision.reason)
-    return LoadedModel(model, tokenizer, checkpoint, str(source))
+    loaded = LoadedModel(model, tokenizer, checkpoint, str(source))
+    if quantize == "int8":  # adapters folded in first: the int8 weights hold base + update
+        quantize_linears(merged(loaded).model)
+    return loaded
 
 
 def check_quantize(quantize: str, device: str, dtype: str) -> None:
