@@ -69,8 +69,12 @@ class Report:
 
 
 def _logged_steps(run: Path) -> list[int]:
-    path = run / "metrics.jsonl"
-    return [r["step"] for r in read_metrics(path) if "loss" in r] if path.exists() else []
+    """The steps the run has logged so far. A run killed before its first checkpoint starts
+    over and replaces its own folder, so the file may vanish between two looks."""
+    try:
+        return [r["step"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+    except FileNotFoundError:
+        return []
 
 
 def _start(run: Path, corpus: Path, marker: Path) -> subprocess.Popen[bytes]:
