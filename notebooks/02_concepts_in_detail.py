@@ -509,3 +509,33 @@ else:
 # `shakespeare-char-modern` with `gptscratch train --preset NAME --data shakespeare --out
 # out/NAME`, then draw both with
 # `gptscratch viz curves --runs out/shakespeare-char-gpt2 out/shakespeare-char-modern`.
+
+# %% [markdown]
+# ## Chat fine-tuning: the loss on the answers only
+#
+# `gptscratch train --sft` teaches a pretrained model to answer
+# ([guide](../docs/concepts/chat-fine-tuning.md)). A conversation is written with four turn
+# markers, special tokens added after the tokenizer's vocabulary, and only the assistant's
+# tokens (and the `<|end|>` that closes its turn) are training targets. Here is one
+# conversation through the chat template, with its targets in brackets:
+
+# %%
+from gptscratch.data.conversations import Message
+from gptscratch.data.tokenizers import CharTokenizer, chat_template_of, with_chat_template
+
+chat_tok = with_chat_template(CharTokenizer.from_text("ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                      "abcdefghijklmnopqrstuvwxyz ?,:\n"))
+template = chat_template_of(chat_tok)
+conversation = [Message("user", "Who is speaking here?\n\nNURSE:\nGood morrow, lords"),
+                Message("assistant", "NURSE")]
+ids, targets = template.render(chat_tok, conversation)  # (N,) int64 ids, (N,) bool mask
+print("".join(f"[{chat_tok.decode([i])}]" if t else chat_tok.decode([i])
+              for i, t in zip(ids.tolist(), targets.tolist(), strict=True)))
+print(f"{len(ids)} ids, {int(targets.sum())} of them targets; the markers are ids "
+      f"{template.first_id}..{template.end_id}, after the {chat_tok.base.vocab_size} characters")
+
+# %% [markdown]
+# The question and the passage are read (they are the input) but never predicted: in training
+# their targets are -1, which the cross-entropy skips, so all of the gradient goes to the
+# answer and to stopping after it. `<|assistant|>` is no target either: at generation time the
+# prompt ends with it (`template.prompt_ids`), and the model writes from there to `<|end|>`.

@@ -246,3 +246,36 @@ def hf_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+
+
+# Questions in the tiny corpus's characters, all answered "yes": a tiny model learns the
+# answer, and where it ends, in a few dozen steps.
+QUESTIONS = ["who is there", "what say you", "is it so", "art thou well", "shall we go",
+             "dost thou know", "is he dead", "will you come", "may i speak", "are you mad"]
+SHORT = ["is it so", "why so", "who", "go"]  # two of them fit 33 ids: q1 + q2 + 14
+CHAT_TRAIN = {**TINY_TRAIN, "batch_size": 8, "learning_rate": 1e-2, "min_lr": 1e-3,
+              "warmup_iters": 5, "epochs": None, "max_iters": 200, "eval_interval": 100}
+
+
+def write_conversations(path: Path, n: int = 60, answer: str = "yes") -> Path:
+    """`n` conversations of one turn, or (every third) two short ones (to fit the tiny model's
+    33 ids), each answered `answer`."""
+    def turns(question: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    rows = [{"messages": turns(QUESTIONS[i % len(QUESTIONS)]) if i % 3 != 2 else
+             turns(SHORT[i % len(SHORT)]) + turns(SHORT[(i + 1) % len(SHORT)])}
+            for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chat_run(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
+    """`tiny_run` fine-tuned with `sft` to answer every question "yes" (and stop)."""
+    from gptscratch import api
+
+    folder = tmp_path_factory.mktemp("sft")
+    data = write_conversations(folder / "chat.jsonl")
+    api.train(init_from=tiny_run, data=data, out_dir=folder / "run", overrides=CHAT_TRAIN,
+              sft=True)
+    return folder / "run"

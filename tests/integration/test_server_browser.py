@@ -73,3 +73,28 @@ def test_the_playground_streams_and_explains_a_token(tiny_run: Path, tmp_path: P
             page.screenshot(path=str(tmp_path / "playground.png"))
         finally:
             browser.close()
+
+
+def test_the_chat_view_talks_through_the_chat_template(chat_run: Path) -> None:
+    """The page's chat view sends the conversation to /v1/chat/completions and shows the
+    fine-tuned model's answers, each ending at its end-of-turn marker."""
+    loaded: Any = api.load(chat_run, device="cpu", dtype="float32")
+    with running(api.server_app(loaded)) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            page.goto(f"{url}/")
+            page.fill("#temperature", "0")
+            for turn, question in enumerate(["is it so", "why so"], 1):
+                page.fill("#message", question)
+                page.click("#send")
+                page.wait_for_function(
+                    "document.getElementById('chat-status').textContent.startsWith('finished')",
+                    timeout=30_000)
+                shown = page.eval_on_selector_all(".msg", "els => els.map(e => e.textContent)")
+                assert shown[-2:] == [question, "yes"] and len(shown) == 2 * turn
+                assert page.inner_text("#chat-status") == "finished: stop"
+            page.click("#new-chat")
+            assert page.eval_on_selector_all(".msg", "els => els.length") == 0
+        finally:
+            browser.close()

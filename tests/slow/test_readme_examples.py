@@ -2,12 +2,12 @@
 
 The commands are read from the README's bash blocks, in order, and run in a shell in a fresh
 folder that holds the inputs they name (`my_text.txt`, `my_corpus/`, `notes/`, `big_folder/`,
-`a.txt`, `b.txt`, all cut from the test corpus). Training is cut to a few steps of batches
-of 2, generation to 40 tokens, and `eval` to a small file. A few cannot run here and are
-skipped, each for a reason: benchmarks (not examples), torchrun on 8 GPUs or 2 machines
-(multi-process training is tested in `test_distributed_runs.py`), a CUDA device where there is
-none, and the Hugging Face Hub (offline: `import-hf openai-community/gpt2` reads a tiny local
-GPT-2 folder instead, so the fine-tuning commands after it run as written).
+`a.txt`, `b.txt`, all cut from the test corpus, and `my_chats.jsonl`, conversations). Training
+is cut to a few steps of batches of 2, generation to 40 tokens, and `eval` to a small file. A
+few cannot run here and are skipped, each for a reason: benchmarks (not examples), torchrun on 8
+GPUs or 2 machines (multi-process training is tested in `test_distributed_runs.py`), a CUDA
+device where there is none, and the Hugging Face Hub (offline: `import-hf openai-community/gpt2`
+reads a tiny local GPT-2 folder instead, so the fine-tuning commands after it run as written).
 
 A plain `gptscratch ...` command runs in one long-lived worker process (`tests/readme_worker.py`:
 the console script's `main` with the words bash splits the line into), so the examples do not
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PLAYS, REPO
+from conftest import PLAYS, REPO, write_conversations
 from readme_worker import MARK, STDIN
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -83,6 +83,7 @@ def shortened(command: str, hub_gpt2: Path) -> str:
 def make_inputs(folder: Path, hub_gpt2: Path) -> None:
     text = PLAYS.read_text(encoding="utf-8")
     (folder / "my_text.txt").write_text(text, encoding="utf-8")
+    write_conversations(folder / "my_chats.jsonl")  # OpenAI-style messages, for train --sft
     for sub, names in (("my_corpus", ["one.txt", "two.txt", "three.md"]),
                        ("notes", ["a.txt", "b.txt"]),
                        ("big_folder", ["part-1.txt", "part-2.txt", "part-3.txt"])):

@@ -8,6 +8,7 @@
     print(api.evaluate_tasks("out/run", ["shakespeare"]).table())  # benchmark tasks
     api.import_hf("gpt2", "models/gpt2")                       # online: OpenAI's GPT-2 124M
     api.train(init_from="models/gpt2", data="my_text.txt", out_dir="out/mine")  # fine-tune
+    api.train(init_from="out/run", sft=True, out_dir="out/chat")  # teach it to answer
     api.export_hf("out/mine", "hf/mine")                       # for transformers
 
 The top of the layer stack, beside the CLI; it never prints. `_HOME` lists every public name
@@ -28,7 +29,10 @@ _HOME = {
     "Chunk": "generation.stream", "Completion": "generation.stream",
     "Generation": "generation.stream",
     # Data, training and checkpoints.
-    "prepare": "data.prepare", "load_prepared": "data.token_files", "train": "training.run",
+    "prepare": "data.prepare", "prepare_chat": "data.prepare_chat",
+    "chat_prepare_options": "data.prepare_chat",
+    "Message": "data.conversations",
+    "load_prepared": "data.token_files", "train": "training.run",
     "MODEL_FIELDS": "training.run", "TRAIN_FIELDS": "training.run",
     "is_main_process": "training.distributed", "shutdown": "training.distributed",
     "evaluate": "evaluation.evaluate", "evaluate_tasks": "evaluation.tasks",

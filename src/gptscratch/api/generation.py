@@ -53,13 +53,17 @@ def stream_chunks(model: ModelSource, prompts: str | Sequence[str] = "\n",
 
 def complete(model: ModelSource, prompts: str | Sequence[str] = "\n",
              config: GenerationConfig | None = None, *, device: str = "auto",
-             dtype: str = "auto", quantize: str = "none", **options: Any) -> list[Completion]:
+             dtype: str = "auto", quantize: str = "none",
+             prompt_ids: Sequence[Sequence[int]] | None = None,
+             **options: Any) -> list[Completion]:
     """Generate for one or more prompts in one batch and return every `Completion` (text,
     token ids, per-token log-probabilities, finish reason; the score with beams), row i *
-    num_samples + j being sample j of prompt i. Arguments as for `stream_chunks`."""
+    num_samples + j being sample j of prompt i. Arguments as for `stream_chunks`;
+    `prompt_ids`, each prompt's ids where its text cannot say them (a chat template's
+    markers: `ChatTemplate.prompt_ids`)."""
     config = GenerationConfig.build(config, **options)
     return text_stream.complete(load_model(model, device, dtype, quantize=quantize), prompts,
-                                config)
+                                config, prompt_ids=prompt_ids)
 
 
 def stream(model: ModelSource, prompt: str = "\n", config: GenerationConfig | None = None, *,
@@ -96,11 +100,13 @@ def load(ckpt: str | Path, device: str = "auto", dtype: str = "auto",
 def chat_session(model: ModelSource, config: GenerationConfig | None = None, *,
                  you: str | None = None, device: str = "auto", dtype: str = "auto",
                  block_size: int | None = None, quantize: str = "none",
-                 **options: Any) -> ChatSession:
-    """A conversation, turn by turn (`ChatSession.reply`): with `you` and a `speaker`, a
-    scene in which you speak as `you` and the model answers as `speaker`. `block_size`: the
-    context read at once (default: the trained one; longer only with rotary positions)."""
+                 system: str | None = None, **options: Any) -> ChatSession:
+    """A conversation, turn by turn (`ChatSession.reply`): a model fine-tuned with `sft`
+    answers each message through its chat template (after the `system` message, if given);
+    with a base model, `you` and a `speaker` play a scene in which you speak as `you` and the
+    model answers as `speaker`. `block_size`: the context read at once (default: the trained
+    one; longer only with rotary positions)."""
     config = GenerationConfig.build(config, **options)
     check_scene(config, you)  # before the (slow) load
     return ChatSession(load_model(model, device, dtype, block_size, quantize=quantize), config,
-                       you)
+                       you, system)

@@ -17,7 +17,7 @@ import torch
 from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig, parse_targets
 from gptscratch.model.gpt import GPT
-from gptscratch.model.lora import add_lora, is_lora_parameter
+from gptscratch.model.lora import NEW_ROWS, add_lora, is_lora_parameter, load_new_rows
 
 
 def state_hash(state: Mapping[str, torch.Tensor]) -> str:
@@ -37,10 +37,12 @@ def base_source(init_from: str | Path) -> str:
 
 
 def lora_meta(rank: int, alpha: float, dropout: float, targets: str, source: str,
-              digest: str) -> dict[str, Any]:
-    """The `lora` entry of a LoRA checkpoint's metadata."""
-    return {"rank": rank, "alpha": alpha, "dropout": dropout,
+              digest: str, new_rows_from: int | None = None) -> dict[str, Any]:
+    """The `lora` entry of a LoRA checkpoint's metadata; `new_rows_from`: the first token id
+    the base lacks (a chat template's markers), whose rows the run trains beside the adapters."""
+    meta = {"rank": rank, "alpha": alpha, "dropout": dropout,
             "targets": ",".join(parse_targets(targets)), "base": source, "base_sha256": digest}
+    return meta if new_rows_from is None else {**meta, "new_rows_from": new_rows_from}
 
 
 def is_lora_checkpoint(meta: Mapping[str, Any]) -> bool:
@@ -63,8 +65,11 @@ def add_adapters(model: GPT, lora: Mapping[str, Any]) -> GPT:
 
 
 def load_adapter_weights(model: GPT, tensors: Mapping[str, torch.Tensor], where: Path) -> None:
-    """Copy a LoRA checkpoint's adapter tensors into `model`; UserError if they do not match."""
+    """Copy a LoRA checkpoint's adapter tensors (and the token rows it trained:
+    `lora.load_new_rows`) into `model`; UserError if they do not match."""
     own = {n: p for n, p in model.named_parameters() if is_lora_parameter(n)}
+    rows = {n: t for n, t in tensors.items() if n.endswith(NEW_ROWS)}
+    tensors = {n: t for n, t in tensors.items() if n not in rows}
     wrong = sorted(set(own) ^ set(tensors)) or [
         n for n in own if own[n].shape != tensors[n].shape]
     if wrong:
@@ -73,6 +78,7 @@ def load_adapter_weights(model: GPT, tensors: Mapping[str, torch.Tensor], where:
     with torch.no_grad():
         for name, p in own.items():
             p.copy_(tensors[name])
+    load_new_rows(model, rows)
 
 
 def merged_config(config: ModelConfig, lora: Mapping[str, Any]) -> ModelConfig:

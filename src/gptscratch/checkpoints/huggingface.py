@@ -21,7 +21,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from gptscratch.data.tokenizers import GPT2Tokenizer, Tokenizer
+from gptscratch.data.tokenizers import GPT2Tokenizer, Tokenizer, chat_template_of
 from gptscratch.data.tokenizers.gpt2 import GPT2_VOCAB_SIZE
 from gptscratch.data.tokenizers.hf_files import save_hf_tokenizer, tokenizer_from_hf_dir
 from gptscratch.errors import UserError
@@ -358,7 +358,9 @@ def write_hf_model(folder: Path, state: dict[str, torch.Tensor], config: ModelCo
                    tokenizer: Tokenizer) -> None:
     """Write our weights, config and tokenizer into `folder` as a Hugging Face GPT-2."""
     tensors = state_dict_to_hf(state, config)
-    hf_config = hf_config_from_model(config, tokenizer.eot_id, tokenizer.eot_id)
+    template = chat_template_of(tokenizer)  # a chat model's generation ends at its turn's end
+    eos = tokenizer.eot_id if template is None else template.end_id
+    hf_config = hf_config_from_model(config, tokenizer.eot_id, eos)
     (folder / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
     safetensors.torch.save_file(tensors, str(folder / SAFETENSORS), metadata={"format": "pt"})
     save_hf_tokenizer(tokenizer, folder, config.block_size)

@@ -104,6 +104,21 @@ def fit_block_size(state: Mapping[str, torch.Tensor], block_size: int) -> dict[s
     return fitted
 
 
+def add_token_rows(state: Mapping[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
+    """The weights for a vocabulary grown to `vocab_size` (a chat template's markers): each new
+    row of the token table (and of an untied LM head) starts as the mean of the existing rows,
+    so a new token begins as an average token, neither favoured nor far from the rest (the
+    usual choice, e.g. Hewitt's "Initializing new word embeddings", 2021)."""
+    grown = dict(state)
+    for name in ("transformer.wte.weight", "lm_head.weight"):
+        table = state.get(name)
+        if table is None or table.shape[0] >= vocab_size:
+            continue
+        extra = table.float().mean(0, keepdim=True).to(table.dtype)
+        grown[name] = torch.cat([table, extra.expand(vocab_size - table.shape[0], -1)])
+    return grown
+
+
 def with_context(config: ModelConfig, block_size: int | None) -> ModelConfig:
     """`config` reading `block_size` tokens at once (None: as trained): the KV cache's size.
 
@@ -224,7 +239,10 @@ def _lora_model(checkpoint: Checkpoint) -> GPT:
     state = base.model.state_dict()
     check_base(state, lora, checkpoint.path)
     config = checkpoint.model_config
-    model = add_adapters(build_model(config, fit_block_size(state, config.block_size)), lora)
+    # A LoRA chat fine-tune's vocabulary has the template's markers too: their rows come in
+    # with the adapters.
+    state = add_token_rows(fit_block_size(state, config.block_size), config.vocab_size)
+    model = add_adapters(build_model(config, state), lora)
     load_adapter_weights(model, checkpoint.weights(), checkpoint.path)
     return model.eval()
 

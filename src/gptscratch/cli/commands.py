@@ -16,8 +16,13 @@ from gptscratch.errors import UserError
 def cmd_prepare(args: argparse.Namespace) -> None:
     from gptscratch import api
 
-    data = api.prepare(args.data, args.tokenizer, args.out, force=args.force,
-                       **prepare_options(args))
+    options = prepare_options(args)
+    if args.chat:
+        data = api.prepare_chat(args.data, args.tokenizer, args.out, force=args.force,
+                                **api.chat_prepare_options(options))
+    else:
+        del options["skip_bad_rows"]
+        data = api.prepare(args.data, args.tokenizer, args.out, force=args.force, **options)
     print(data.dir)  # the result; what it holds is in the log line above
 
 
@@ -29,7 +34,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     try:
         result = api.train(args.preset, args.data, args.out, tokenizer=args.tokenizer,
                            resume=args.resume, stop_at=args.stop_at, overrides=overrides,
-                           prepare_options=prepare_options(args), init_from=args.init_from)
+                           prepare_options=prepare_options(args), init_from=args.init_from,
+                           sft=args.sft)
     finally:
         api.shutdown()  # leave torchrun's process group, if this is one of its processes
     if args.sample_tokens > 0 and api.is_main_process():

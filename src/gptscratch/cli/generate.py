@@ -76,7 +76,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from gptscratch import api
 
     if args.interactive:
-        args.you = None
+        args.you = args.system = None
         return cmd_chat(args)
     config = _config(args)
     prompt = _prompt(args)
@@ -120,7 +120,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     config = _config(args)
     session = api.chat_session(args.ckpt, config, you=args.you, device=args.device,
                                dtype=args.dtype, block_size=args.block_size,
-                               quantize=args.quantize)
+                               quantize=args.quantize, system=args.system)
     _report_load(session.loaded, config)
     tty = sys.stdin is not None and sys.stdin.isatty()
     if tty:

@@ -147,6 +147,9 @@ def _add_prepare_flags(p: argparse.ArgumentParser) -> None:
                    help="megabytes of text a bpe:N tokenizer learns from (default 200)")
     p.add_argument("--skip-bad-files", action="store_true",
                    help="skip files that are not UTF-8 (with a warning) instead of stopping")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="conversations: skip malformed ones (counted in the log) instead of "
+                        "stopping at the first")
 
 
 def _generation_flags(skip: set[str]) -> argparse.ArgumentParser:
@@ -190,6 +193,9 @@ def _add_prepare_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output directory (default: in the cache)")
     p.add_argument("--force", action="store_true",
                    help="prepare again even if --out holds the same data")
+    p.add_argument("--chat", action="store_true",
+                   help="conversations for train --sft: JSON/JSONL files in the OpenAI "
+                        "(messages), Alpaca or ShareGPT format, or shakespeare-questions")
     _add_prepare_flags(p)
 
 
@@ -211,6 +217,10 @@ def _add_train_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
                         "GPT-2 folder, or a hub name such as gpt2 (online); the model shape and "
                         "tokenizer come from it, the preset is not used, and the learning rate "
                         "defaults to 1e-4 (default out: out/finetune)")
+    p.add_argument("--sft", action="store_true",
+                   help="chat fine-tuning: --data holds conversations (default: the built-in "
+                        "shakespeare-questions), the tokenizer gains turn markers, and the loss "
+                        "is taken on the answers; use with --init-from")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="stop after STEP as if interrupted (continue with --resume)")
     p.add_argument("--sample-tokens", type=int, default=300, metavar="N",
@@ -235,6 +245,9 @@ def _add_generation_parsers(sub: Any, quiet: argparse.ArgumentParser) -> None:
                        help="a prompt loop: type a prompt, see its continuation stream")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per prompt: the prompt and the answer's text")
+    p.add_argument("--system", default=None, metavar="TEXT",
+                   help="a model fine-tuned with train --sft: the system message that opens "
+                        "the conversation")
     p.add_argument("--you", default=None, metavar="NAME",
                    help="with --speaker: you speak as NAME and the model answers as --speaker, "
                         "keeping the whole dialogue as context")
@@ -251,7 +264,9 @@ def _add_model_parsers(sub: Any, quiet: argparse.ArgumentParser) -> None:
                         "file (CORE multiple choice / schema / language modelling JSONL, "
                         "HellaSwag, ARC, PIQA, Winogrande, LAMBADA, MMLU CSV or Parquet) or "
                         "a built-in task made from the plays: shakespeare (all three), "
-                        "shakespeare:next-line, shakespeare:speaker, shakespeare:last-word")
+                        "shakespeare:next-line, shakespeare:speaker, shakespeare:last-word; "
+                        "shakespeare:questions (the chat demo's held-out questions, a task "
+                        "per kind)")
     p.add_argument("--shots", type=int, default=0,
                    help="with --task: solved examples before each question (a fixed seed "
                         "picks them from the task's other items)")
@@ -333,4 +348,5 @@ def prepare_options(args: argparse.Namespace) -> dict[str, Any]:
                 text_column=args.text_column, hf_dataset=args.hf_dataset,
                 hf_split=args.hf_split, hf_data_files=args.hf_data_files,
                 hf_streaming=args.hf_streaming, workers=args.workers,
-                bpe_sample_mb=args.bpe_sample_mb, skip_bad_files=args.skip_bad_files)
+                bpe_sample_mb=args.bpe_sample_mb, skip_bad_files=args.skip_bad_files,
+                skip_bad_rows=args.skip_bad_rows)

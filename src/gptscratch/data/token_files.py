@@ -35,8 +35,12 @@ META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
 SPLITS = ("train", "val")
 SHARD_TOKENS = 100_000_000  # 200 MB of uint16 ids per shard
+# Conversation data (`prepare_chat`) keeps two more arrays per split beside the ids: a byte
+# per id (1: a training target, `ChatTemplate.render`'s mask) and each conversation's length.
+CHAT_PARTS: dict[str, np.dtype[Any]] = {"targets": np.dtype(np.uint8),
+                                         "lengths": np.dtype(np.uint32)}
 # Token files gptscratch writes (format 1's two, format 2's shards): the only ones it removes.
-_TOKEN_FILE = re.compile(r"(train|val)(-\d{5})?\.bin")
+_TOKEN_FILE = re.compile(r"(train|val)(_targets|_lengths)?(-\d{5})?\.bin")
 
 
 class TokenSplit:
@@ -160,6 +164,17 @@ class PreparedData:
         return TokenSplit([np.memmap(self.dir / s["file"], dtype=dtype, mode="r")
                            for s in shards_of(self.meta)[split] if s["tokens"]])
 
+    @property
+    def is_chat(self) -> bool:
+        """Whether this is conversation data (`prepare_chat`): ids with a loss mask."""
+        return bool(self.meta.get("content") == "conversations")
+
+    def chat_part(self, split: str, part: str) -> TokenSplit:
+        """Conversation data's `targets` (uint8, one per id) or `lengths` (uint32, one per
+        conversation) of a split."""
+        return TokenSplit([np.memmap(self.dir / s["file"], dtype=CHAT_PARTS[part], mode="r")
+                           for s in shards_of(self.meta)[f"{split}_{part}"] if s["tokens"]])
+
     def train_tokens(self) -> TokenSplit:
         """The training ids, shape (train_tokens,)."""
         return self.tokens("train")
@@ -265,7 +280,7 @@ def load_prepared(dir: Path | str, *, verify: bool = False) -> PreparedData:
         numbers = [meta["train_tokens"], meta["val_tokens"], meta["vocab_size"],
                    meta["train_bytes"], meta["val_bytes"]]
         numbers += [s["tokens"] for split in SPLITS for s in shards[split]]
-        names = [s["file"] for split in SPLITS for s in shards[split]]
+        names = [s["file"] for entries in shards.values() for s in entries]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"'{folder / META_FILE}' is damaged ({exc!r:.120}); {redo}") from None
     if (dtype.name not in ("uint16", "uint32") or not isinstance(fingerprint, str)
@@ -280,10 +295,31 @@ def load_prepared(dir: Path | str, *, verify: bool = False) -> PreparedData:
                             f"to its {split}_tokens; it is damaged; {redo}")
         for shard in shards[split]:
             _check_shard(folder / shard["file"], shard, dtype, verify, redo)
+    if meta.get("content") == "conversations":
+        _check_chat_parts(folder, meta, shards, verify, redo)
     tok = load_tokenizer(folder / TOKENIZER_FILE)
     if tok.fingerprint() != fingerprint:
         raise UserError(f"'{folder / TOKENIZER_FILE}' does not match {META_FILE}; {redo}")
     return PreparedData(dir=folder, meta=meta, tokenizer=tok)
+
+
+def _check_chat_parts(folder: Path, meta: dict[str, Any], shards: dict[str, Any], verify: bool,
+                      redo: str) -> None:
+    """Conversation data's masks hold one byte per id, and its lengths add up to the ids."""
+    for split in SPLITS:
+        for part, dtype in CHAT_PARTS.items():
+            entries = shards.get(f"{split}_{part}")
+            if not isinstance(entries, list):
+                raise UserError(f"'{folder / META_FILE}' lists no {split} {part}; it is "
+                                f"damaged; {redo}")
+            for shard in entries:
+                _check_shard(folder / shard["file"], shard, dtype, verify, redo)
+        masks = sum(s["tokens"] for s in shards[f"{split}_targets"])
+        lengths = PreparedData(folder, meta, None).chat_part(split, "lengths")  # type: ignore[arg-type]
+        if masks != meta[f"{split}_tokens"] or int(np.asarray(lengths, dtype=np.int64).sum()) \
+                != meta[f"{split}_tokens"]:
+            raise UserError(f"'{folder}' holds {split} conversations whose masks or lengths do "
+                            f"not match its {meta[f'{split}_tokens']} ids; it is damaged; {redo}")
 
 
 def _check_shard(path: Path, shard: dict[str, Any], dtype: np.dtype[Any], verify: bool,

@@ -20,11 +20,13 @@ from dataclasses import dataclass
 
 from gptscratch.errors import UserError
 from gptscratch.evaluation.task_files import (
+    GENERATIVE,
     LANGUAGE_MODELING,
     MULTIPLE_CHOICE,
     SCHEMA,
     Item,
     Task,
+    question_item,
 )
 
 PREFIX = "shakespeare"
@@ -125,16 +127,24 @@ BUILTIN: dict[str, tuple[str, Callable[[list[Speech], random.Random], list[Item]
 }
 
 
+QUESTIONS = "questions"  # the built-in instruction set's test questions, a task per kind
+
+
 def is_builtin(name: str) -> bool:
     return name == PREFIX or name.startswith(PREFIX + ":")
 
 
 def builtin_tasks(name: str) -> list[Task]:
-    """`shakespeare` (all three) or one of them, `shakespeare:next-line` and so on."""
+    """`shakespeare` (the three above) or one of them, `shakespeare:next-line` and so on;
+    `shakespeare:questions` (the held-out questions of the built-in instruction set, a
+    generative task per kind, `data.shakespeare_questions`) or one kind of them,
+    `shakespeare:questions-speaker`."""
     wanted = list(BUILTIN) if name == PREFIX else [name.removeprefix(PREFIX + ":")]
+    if wanted[0] == QUESTIONS or wanted[0].startswith(QUESTIONS + "-"):
+        return question_tasks(name)
     for task in wanted:
         if task not in BUILTIN:
-            known = ", ".join(f"{PREFIX}:{t}" for t in BUILTIN)
+            known = ", ".join(f"{PREFIX}:{t}" for t in [*BUILTIN, QUESTIONS])
             raise UserError(f"no built-in task '{name}'; the built-in tasks are {PREFIX} (all "
                             f"of them), {known}; for a file named so, write ./{name}")
     speeches = held_out_speeches()
@@ -143,4 +153,25 @@ def builtin_tasks(name: str) -> list[Task]:
         kind, make = BUILTIN[task]
         items = make(speeches, random.Random(f"{SEED}:{task}"))
         tasks.append(Task(f"{PREFIX}:{task}", kind, tuple(items), "built-in", f"built-in {kind}"))
+    return tasks
+
+
+
+def question_tasks(name: str) -> list[Task]:
+    """The built-in instruction set's test split as generative tasks, one per question kind:
+    exact match of the answer's first line (`tasks.final_answer`)."""
+    from gptscratch.data.shakespeare_questions import QUESTION_TYPES, shakespeare_questions
+
+    kind = name.removeprefix(f"{PREFIX}:{QUESTIONS}").removeprefix("-")
+    if kind and kind not in QUESTION_TYPES:
+        known = ", ".join(f"{PREFIX}:{QUESTIONS}-{k}" for k in QUESTION_TYPES)
+        raise UserError(f"no built-in task '{name}'; the question tasks are "
+                        f"{PREFIX}:{QUESTIONS} (all of them), {known}")
+    questions = shakespeare_questions("test")
+    tasks = []
+    for k in [kind] if kind else QUESTION_TYPES:
+        items = [question_item(q.prompt, q.answer, f"{PREFIX}:{QUESTIONS}-{k}:{i + 1}")
+                 for i, q in enumerate(q for q in questions if q.kind == k)]
+        tasks.append(Task(f"{PREFIX}:{QUESTIONS}-{k}", GENERATIVE, tuple(items), "built-in",
+                          "built-in question / answer"))
     return tasks

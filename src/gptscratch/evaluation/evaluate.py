@@ -18,6 +18,7 @@ import torch
 
 from gptscratch.checkpoints.load import check_quantize, load_model
 from gptscratch.data.batches import get_batch
+from gptscratch.data.packing import PackedRows
 from gptscratch.data.sources import read_text_source
 from gptscratch.data.token_files import Tokens, is_prepared_dir, load_prepared
 from gptscratch.errors import UserError
@@ -28,8 +29,8 @@ AutocastFactory = Callable[[], contextlib.AbstractContextManager[None]]
 
 
 @torch.no_grad()
-def estimate_loss(model: torch.nn.Module, tokens: Tokens, *, batch_size: int, block_size: int,
-                  iters: int, seed: int, device: torch.device,
+def estimate_loss(model: torch.nn.Module, tokens: Tokens | PackedRows, *, batch_size: int,
+                  block_size: int, iters: int, seed: int, device: torch.device,
                   autocast: AutocastFactory = contextlib.nullcontext,
                   shard: tuple[int, int] = (0, 1),
                   sum_across: Callable[[torch.Tensor], None] | None = None) -> float:

@@ -40,6 +40,9 @@ class Item:
     gold: int
     where: str = ""  # `file:line`, for messages
     delimiter: str = DELIMITER
+    # A generative item's bare question: what a chat model (`train --sft`) is asked as a user
+    # message, where a base model continues `contexts[0]`.
+    question: str = ""
 
     @property
     def choices(self) -> int:
@@ -225,7 +228,13 @@ def _question_answer(row: Row, where: str) -> Item:
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) \
             or not str(answer).strip():
         raise _Bad("'answer' must be a text or a number")
-    return Item((f"Question: {question}\nAnswer:",), (str(answer).strip(),), 0, where)
+    return question_item(question, str(answer).strip(), where)
+
+
+def question_item(question: str, answer: str, where: str) -> Item:
+    """A generative item: a base model continues `Question: ...\nAnswer:`, a chat model is
+    asked the bare question."""
+    return Item((f"Question: {question}\nAnswer:",), (answer,), 0, where, question=question)
 
 
 @dataclass(frozen=True)

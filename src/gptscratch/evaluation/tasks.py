@@ -18,6 +18,7 @@ metric of DCLM and nanochat).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import re
@@ -32,13 +33,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from gptscratch.checkpoints.load import LoadedModel, ModelSource, check_quantize, load_model
-from gptscratch.data.tokenizers import Tokenizer
+from gptscratch.data.tokenizers import Tokenizer, chat_template_of
 from gptscratch.errors import UserError
 from gptscratch.evaluation.task_files import (
     GENERATIVE,
     LANGUAGE_MODELING,
     MULTIPLE_CHOICE,
-    Item,
     Task,
     read_task,
 )
@@ -97,11 +97,12 @@ class TaskReport:
 
     def table(self) -> str:
         """A plain-text table: a row per task, then the CORE mean."""
-        head = f"{'task':<24} {'type':<18} {'items':>6} {'acc':>7} {'acc_norm':>8} " \
+        w = max([24, *(len(t.name) for t in self.tasks)])  # names are shown whole
+        head = f"{'task':<{w}} {'type':<18} {'items':>6} {'acc':>7} {'acc_norm':>8} " \
                f"{'chance':>7} {'centered':>8}"
         lines = [head, "-" * len(head)]
         for t in self.tasks:
-            lines.append(f"{t.name[:24]:<24} {t.kind:<18} {t.items:>6} {t.accuracy:>7.4f} "
+            lines.append(f"{t.name:<{w}} {t.kind:<18} {t.items:>6} {t.accuracy:>7.4f} "
                          f"{t.accuracy_norm:>8.4f} {t.chance:>7.4f} {t.centered:>8.4f}")
         lines.append(f"CORE (mean centered accuracy over {len(self.tasks)} task"
                      f"{'s' if len(self.tasks) != 1 else ''}): {self.core:.4f}")
@@ -206,8 +207,7 @@ def with_shots(task: Task, shots: int, seed: int = SHOT_SEED) -> Task:
         others = [j for j in range(len(task.items)) if j != i]
         examples = [task.items[j] for j in random.Random(seed + i).sample(others, shots)]
         prefix = "".join(e.gold_text() + FEW_SHOT_SEPARATOR for e in examples)
-        items.append(Item(tuple(prefix + c for c in item.contexts), item.continuations,
-                          item.gold, item.where))
+        items.append(dataclasses.replace(item, contexts=tuple(prefix + c for c in item.contexts)))
     return Task(task.name, task.kind, tuple(items), task.source, task.format)
 
 
@@ -315,17 +315,27 @@ def final_answer(text: str) -> str:
 def answer_questions(loaded: LoadedModel, task: Task, batch_size: int,
                      progress: Callable[[int], None] | None = None) -> list[list[ChoiceScore]]:
     """A generative task's items answered greedily through the one generation engine, in
-    batches: each a one-choice score, `greedy` True when the final answers match."""
+    batches: each a one-choice score, `greedy` True when the final answers match. A model with
+    a chat template (`train --sft`) is asked each bare question as a user message (zero-shot:
+    it was taught to answer) and answers up to its end-of-turn marker."""
+    from gptscratch.data.conversations import Message
     from gptscratch.generation.config import GenerationConfig
     from gptscratch.generation.stream import complete
 
     config = GenerationConfig(max_new_tokens=ANSWER_TOKENS, temperature=0.0,
                               stop=(ANSWER_STOP,))
+    tokenizer = loaded.tokenizer
+    template = chat_template_of(tokenizer)
     scores = []
     for first in range(0, len(task.items), batch_size):
         chunk = task.items[first:first + batch_size]
+        ids = None
+        if template is not None and all(item.question for item in chunk):
+            ids = [template.prompt_ids(tokenizer, [Message("user", item.question)])
+                   for item in chunk]
         try:
-            answers = complete(loaded, [item.contexts[0] for item in chunk], config)
+            answers = complete(loaded, [item.contexts[0] for item in chunk], config,
+                               prompt_ids=ids)
         except UserError as e:
             raise UserError(f"{chunk[0].where} (or one of the {len(chunk)} after it): {e}") \
                 from None

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from gptscratch.checkpoints.load import LoadedModel
-from gptscratch.data.tokenizers import Tokenizer
+from gptscratch.data.tokenizers import Tokenizer, chat_template_of
 from gptscratch.errors import UserError, require
 from gptscratch.generation.config import GenerationConfig
 from gptscratch.generation.engine import (
@@ -71,12 +71,16 @@ class Generation:
 
 
 def stream_chunks(loaded: LoadedModel, prompts: str | Sequence[str],
-                  config: GenerationConfig, script: ScriptFormat | None = None) -> Generation:
+                  config: GenerationConfig, script: ScriptFormat | None = None, *,
+                  prompt_ids: Sequence[Sequence[int]] | None = None) -> Generation:
     """Generate continuations of one or more prompts, yielding text chunks as they come.
 
     Row i * num_samples + j is sample j of prompt i; each row's last chunk carries its
     `Completion`. Prompts of any lengths share one batch. `script` (the corpus's speakers) is
     found from the checkpoint's training data when script mode needs it and none is given.
+    `prompt_ids` gives each prompt's ids where its text cannot say them (a chat template's
+    markers: `ChatTemplate.prompt_ids`); `prompts` then only name them. A model with a chat
+    template stops at its end-of-turn marker.
 
     Raises:
         UserError: an empty prompt, an unknown speaker, a prompt the tokenizer cannot encode,
@@ -85,11 +89,15 @@ def stream_chunks(loaded: LoadedModel, prompts: str | Sequence[str],
     if config.needs_script and script is None:
         script = corpus_script(loaded.checkpoint)
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
-    require(len(texts) > 0 and all(p != "" for p in texts),
+    require(len(texts) > 0 and (prompt_ids is not None or all(p != "" for p in texts)),
             "a prompt is empty; give some text to continue")
-    texts = speaker_prompts(texts, config.speaker, script)
-    ids = [encode_prompt(loaded.tokenizer, text) for text in texts]
-    rules = _stop_rules(config, script)
+    if prompt_ids is not None:
+        require(len(prompt_ids) == len(texts) and all(prompt_ids), "each prompt needs its ids")
+        ids = [list(p) for p in prompt_ids]
+    else:
+        texts = speaker_prompts(texts, config.speaker, script)
+        ids = [encode_prompt(loaded.tokenizer, text) for text in texts]
+    rules = _stop_rules(config, script, loaded.tokenizer)
     rows = config.beams if config.uses_beams else len(texts) * config.num_samples
     check_rows_fit(loaded.model, rows, config.use_cache)
     run = _beam_chunks if config.uses_beams else _sampled_chunks
@@ -97,10 +105,11 @@ def stream_chunks(loaded: LoadedModel, prompts: str | Sequence[str],
 
 
 def complete(loaded: LoadedModel, prompts: str | Sequence[str],
-             config: GenerationConfig) -> list[Completion]:
+             config: GenerationConfig, *,
+             prompt_ids: Sequence[Sequence[int]] | None = None) -> list[Completion]:
     """The finished `Completion`s of `stream_chunks`, in its row order."""
     done: dict[int, Completion] = {}
-    for chunk in stream_chunks(loaded, prompts, config):
+    for chunk in stream_chunks(loaded, prompts, config, prompt_ids=prompt_ids):
         if chunk.completion is not None:
             done[chunk.row] = chunk.completion
     return [done[i] for i in sorted(done)]
@@ -113,8 +122,12 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     return ids
 
 
-def _stop_rules(config: GenerationConfig, script: ScriptFormat | None) -> list[StopRule]:
+def _stop_rules(config: GenerationConfig, script: ScriptFormat | None,
+                tokenizer: Tokenizer) -> list[StopRule]:
     rules: list[StopRule] = [StopStrings(config.stop)] if config.stop else []
+    template = chat_template_of(tokenizer)
+    if template is not None:  # an answer ends at its end-of-turn marker
+        rules.append(StopStrings([template.end]))
     if config.until_next_speaker:
         rules.append(NextSpeakerStop(script))
     return rules

@@ -219,9 +219,11 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
     Args:
         logits: (B, T, V) scores from `GPT.forward`.
-        targets: (B, T) int64 ids of the true next tokens.
+        targets: (B, T) int64 ids of the true next tokens; -1 where no loss is taken (chat
+            fine-tuning's prompts and padding), which the mean leaves out.
 
     Returns:
         A scalar fp32 tensor; exp(loss) is the perplexity.
     """
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                           ignore_index=-1)

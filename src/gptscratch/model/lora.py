@@ -103,9 +103,57 @@ def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
     return names
 
 
+# The token tables whose rows a chat template adds (`checkpoints.load.add_token_rows`).
+TOKEN_TABLES = ("transformer.wte", "lm_head")
+NEW_ROWS = ".new_rows"  # a LoRA checkpoint's tensor of the rows a token table gained
+
+
+def train_new_rows(model: nn.Module, first: int) -> None:
+    """Let a LoRA run train the token rows from id `first` on (a chat template's markers: the
+    frozen base never learned them, and rows that all start as one mean could not tell the
+    turns apart). The token table (and an untied LM head) is trainable again, but a hook zeroes
+    the gradient of the base's rows, so with no weight decay only the new rows move (PEFT's
+    `trainable_token_indices` does the same)."""
+    model.new_rows_from = first  # type: ignore[assignment]
+    for table in _token_tables(model).values():
+        table.requires_grad_(True)
+        table.register_hook(lambda grad: torch.cat([torch.zeros_like(grad[:first]),
+                                                    grad[first:]]))
+
+
+def _token_tables(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The token embedding and an untied LM head's weight, by module name (a tied head is the
+    embedding: once)."""
+    tables: dict[str, nn.Parameter] = {}
+    for name in TOKEN_TABLES:
+        weight = model.get_submodule(name).weight
+        assert isinstance(weight, nn.Parameter)
+        if all(weight is not t for t in tables.values()):
+            tables[name] = weight
+    return tables
+
+
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapters' tensors only (`...lora_A`, `...lora_B`): what a LoRA checkpoint holds."""
-    return {n: p.detach() for n, p in model.named_parameters() if is_lora_parameter(n)}
+    """What a LoRA checkpoint holds: the adapters' tensors (`...lora_A`, `...lora_B`) and the
+    token rows it trains (`transformer.wte.new_rows`: `train_new_rows`)."""
+    state = {n: p.detach() for n, p in model.named_parameters() if is_lora_parameter(n)}
+    first = getattr(model, "new_rows_from", None)
+    if first is not None:
+        for name, table in _token_tables(model).items():
+            state[name + NEW_ROWS] = table.detach()[first:]
+    return state
+
+
+@torch.no_grad()
+def load_new_rows(model: nn.Module, tensors: dict[str, torch.Tensor]) -> bool:
+    """Copy the `NEW_ROWS` tensors of a LoRA checkpoint into the end of their token tables;
+    whether there were any."""
+    rows = {n.removesuffix(NEW_ROWS): t for n, t in tensors.items() if n.endswith(NEW_ROWS)}
+    for name, table in _token_tables(model).items():
+        if name in rows:
+            table[table.shape[0] - rows[name].shape[0]:] = rows[name]
+            model.new_rows_from = table.shape[0] - rows[name].shape[0]  # type: ignore[assignment]
+    return bool(rows)
 
 
 def is_lora_parameter(name: str) -> bool:

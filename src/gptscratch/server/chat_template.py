@@ -20,9 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from gptscratch.data.conversations import Message
+from gptscratch.data.tokenizers import ChatTemplate, Tokenizer
+from gptscratch.errors import UserError
 from gptscratch.generation.script import NextSpeakerStop, ScriptFormat, add_speech, speaker_prompt
 from gptscratch.server.errors import APIError
-from gptscratch.server.schemas import ChatMessage
+from gptscratch.server.schemas import ChatMessage, unknown_characters
 
 USER, ASSISTANT = "USER", "ASSISTANT"
 
@@ -58,6 +61,23 @@ def render_chat(messages: Sequence[ChatMessage], script: ScriptFormat | None,
     if assistant is None:
         assistant = _speaker(answers[-1], script) if answers else ASSISTANT
     return speaker_prompt(transcript, assistant, style), assistant
+
+
+def template_prompt(messages: Sequence[ChatMessage], tokenizer: Tokenizer,
+                    template: ChatTemplate) -> list[int]:
+    """The ids that ask a model fine-tuned with a chat template (`train --sft`) to answer:
+    the messages through its template (`developer` is `system`), then `<|assistant|>`.
+
+    Raises:
+        APIError: no user message, or characters the tokenizer cannot encode.
+    """
+    if not any(m.role == "user" for m in messages):
+        raise APIError(400, "messages needs at least one user message", "messages")
+    turns = [Message("system" if m.role == "developer" else m.role, m.text) for m in messages]
+    try:
+        return template.prompt_ids(tokenizer, turns)
+    except UserError as e:
+        raise unknown_characters(e, "messages") from None
 
 
 def next_speaker_stop(script: ScriptFormat | None) -> NextSpeakerStop:

@@ -15,10 +15,11 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gptscratch.checkpoints.load import LoadedModel
+from gptscratch.data.tokenizers import chat_template_of
 from gptscratch.generation.engine import StopRule, StopStrings, rows_for
 from gptscratch.generation.script import ScriptFormat, corpus_script
 from gptscratch.server.batching import BatchingEngine, Job
-from gptscratch.server.chat_template import next_speaker_stop, render_chat
+from gptscratch.server.chat_template import next_speaker_stop, render_chat, template_prompt
 from gptscratch.server.config import ServeConfig
 from gptscratch.server.errors import APIError, error_body
 from gptscratch.server.responses import (
@@ -35,6 +36,7 @@ from gptscratch.server.schemas import (
     CompletionRequest,
     GenerationRequest,
     check_ids,
+    check_length,
     check_request,
     encode,
     sampling_config,
@@ -91,6 +93,9 @@ async def _results(job: Job, left: ClientLeft) -> list[Finished] | None:
 
 def _start(served: Served, req: GenerationRequest, prompts: list[list[int]], max_tokens: int,
            rules: list[StopRule], top: int | None, score_prompt: bool = False) -> Job:
+    template = chat_template_of(served.loaded.tokenizer)
+    if template is not None:  # a model fine-tuned to take turns ends at its end-of-turn marker
+        rules = [*rules, StopStrings([template.end])]
     return Job(served.engine, rows_for(prompts, req.n, max_tokens, sampling_config(req),
                                        req.seed, rules, top, score_prompt))
 
@@ -167,9 +172,17 @@ async def chat(served: Served, req: ChatRequest, left: ClientLeft = None) -> Res
     max_tokens = check_request(req, served.config, served.config.max_tokens_per_request)
     if not req.messages:
         raise APIError(400, "messages is empty; give at least one user message", "messages")
-    prompt, _ = render_chat(req.messages, served.script)
-    ids = encode(served.loaded.tokenizer, prompt, served.config, "messages")
-    rules: list[StopRule] = [next_speaker_stop(served.script)]
+    tokenizer = served.loaded.tokenizer
+    template = chat_template_of(tokenizer)
+    rules: list[StopRule]
+    if template is not None:  # a model fine-tuned to take turns: its template
+        ids = check_length(template_prompt(req.messages, tokenizer, template), served.config,
+                           "messages")
+        rules = []
+    else:  # a base model: the conversation as a scene of its corpus
+        prompt, _ = render_chat(req.messages, served.script)
+        ids = encode(tokenizer, prompt, served.config, "messages")
+        rules = [next_speaker_stop(served.script)]
     if req.stops:
         rules.insert(0, StopStrings(req.stops))
     top = (req.top_logprobs or 0) if req.logprobs else None

@@ -143,6 +143,12 @@ class FinetuneConfig:
                                   high_open=True, example=0.05)
     lora_targets: str = setting(
         "attn", "LoRA: the layers to adapt, comma-separated: attn, mlp, head")
+    train_on: str = setting(
+        "answers", "conversation data: the tokens the loss is taken on: the assistant's "
+        "answers, or all", choices=("answers", "all"))
+    strict: bool = setting(
+        False, "conversation data: refuse a conversation longer than the context instead of "
+        "leaving it out")
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -20,11 +20,13 @@ from torch import nn
 from gptscratch.checkpoints.adapters import add_adapters
 from gptscratch.checkpoints.checkpoint import Checkpoint
 from gptscratch.checkpoints.load import build_model, load_model
+from gptscratch.data.packing import PackedRows, pack_split
 from gptscratch.data.token_files import PreparedData, TokenSplit, check_context_fits
 from gptscratch.errors import UserError
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.fast import choose_attention_path, store_frozen_in_bf16
 from gptscratch.model.gpt import GPT
+from gptscratch.model.lora import train_new_rows
 from gptscratch.runtime.cpu import keep_freed_memory, set_cpu_float_mode
 from gptscratch.runtime.device import (
     available_memory,
@@ -80,8 +82,8 @@ class TrainState:
     """Everything the loop reads and advances; what a checkpoint records comes from here."""
 
     data: PreparedData
-    train_tokens: TokenSplit
-    val_tokens: TokenSplit
+    train_tokens: TokenSplit | PackedRows  # text, or conversations (chat fine-tuning)
+    val_tokens: TokenSplit | PackedRows
     model_config: ModelConfig
     config: TrainConfig
     out_dir: Path
@@ -167,8 +169,9 @@ def check_run(data: PreparedData, model_config: ModelConfig) -> None:
         raise UserError(f"model vocab_size ({model_config.vocab_size}) differs from the "
                         f"tokenizer's ({data.tokenizer.vocab_size}); build the config with the "
                         "tokenizer's vocab_size")
-    check_context_fits(int(data.meta["train_tokens"]), int(data.meta["val_tokens"]),
-                       model_config.block_size)
+    if not data.is_chat:  # packed conversations are padded to the context
+        check_context_fits(int(data.meta["train_tokens"]), int(data.meta["val_tokens"]),
+                           model_config.block_size)
     for split in (data.train_tokens(), data.val_tokens()):
         if len(split) and split.max() >= model_config.vocab_size:  # one pass: ~0.3 s/GB
             raise UserError(f"'{data.dir}' holds token ids beyond its vocabulary of "
@@ -205,8 +208,9 @@ def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, o
     # Only rank 0 reports MFU (and measures the ceiling, once per machine: see mfu.py).
     peak, peak_source = (peak_flops(device, runtime.precision.dtype, config.system.peak_tflops)
                          if ctx.is_main else (0.0, ""))
+    train_tokens, val_tokens = _splits(data, model_config.block_size, config)
     state = TrainState(
-        data=data, train_tokens=data.train_tokens(), val_tokens=data.val_tokens(),
+        data=data, train_tokens=train_tokens, val_tokens=val_tokens,
         model_config=model_config, config=config, out_dir=out_dir, runtime=runtime,
         model=model, eval_model=model, train_model=model, optimizer=optimizer, scaler=scaler,
         data_rng=data_rng, max_steps=max_steps, metrics=metrics,
@@ -221,6 +225,20 @@ def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, o
     _log_plan(state, n_params, peak_source)
     _compile_and_wrap(state)
     return state
+
+
+def _splits(data: PreparedData, block_size: int, config: TrainConfig) -> tuple[
+        TokenSplit | PackedRows, TokenSplit | PackedRows]:
+    """What batches are drawn from: the ids of text, or conversations packed into rows."""
+    if not data.is_chat:
+        return data.train_tokens(), data.val_tokens()
+    ft = config.finetune
+    train, val = (pack_split(data, split, block_size, ft.train_on, ft.strict)
+                  for split in ("train", "val"))
+    log.info("conversations packed into %s train and %s val rows of %d ids; the loss is taken "
+             "on %s", f"{len(train):,}", f"{len(val):,}", block_size + 1,
+             "the answers only" if ft.train_on == "answers" else "every token")
+    return train, val
 
 
 def _build_model(model_config: ModelConfig, config: TrainConfig, runtime: TrainRuntime,
@@ -240,8 +258,11 @@ def _build_model(model_config: ModelConfig, config: TrainConfig, runtime: TrainR
         model = GPT(model_config)
     if lora is None:
         freeze_parameters(model, config.finetune)
-    elif runtime.precision.dtype == torch.bfloat16:
-        store_frozen_in_bf16(model)
+    else:
+        if lora.get("new_rows_from") is not None:  # a chat template's markers: trained too
+            train_new_rows(model, int(lora["new_rows_from"]))
+        if runtime.precision.dtype == torch.bfloat16:
+            store_frozen_in_bf16(model)
     model.to(runtime.device)
     choose_attention_path(model, runtime.device, runtime.precision.dtype)
     model.activation_checkpointing = config.system.activation_checkpointing

@@ -27,7 +27,7 @@ from gptscratch.files import sha256_bytes
 from gptscratch.hub import go_offline_if_unreachable, hub_offline
 
 __all__ = ["BUILTIN_SOURCE", "DOCUMENT_SEPARATOR", "PIECE_CHARS", "Document", "Source",
-           "open_source", "read_text_source", "line_cut"]
+           "open_source", "find_files", "load_hf_dataset", "read_text_source", "line_cut"]
 
 
 def open_source(source: str, *, text_column: str = "text", hf_dataset: str | None = None,
@@ -54,6 +54,13 @@ def open_source(source: str, *, text_column: str = "text", hf_dataset: str | Non
         return dataset_source(hf_dataset, hf_split, text_column, hf_data_files, hf_streaming)
     if source == BUILTIN_SOURCE:
         return _builtin_source()
+    files, what = find_files(source)
+    return files_source(files, what, text_column, skip_bad_files)
+
+
+def find_files(source: str) -> tuple[list[Path], str]:
+    """The files `source` names (a file, a folder's readable files, a glob's matches), sorted,
+    and how to name them in messages; a UserError if there are none."""
     if not source:
         raise UserError("no input given; pass 'shakespeare', a text file, a folder or a glob")
     path = Path(source).expanduser()
@@ -74,7 +81,7 @@ def open_source(source: str, *, text_column: str = "text", hf_dataset: str | Non
     else:
         raise UserError(f"input '{source}' not found; give 'shakespeare', an existing text "
                         "file, a folder or a glob")
-    return files_source(files, what, text_column, skip_bad_files)
+    return files, what
 
 
 def read_text_source(source: str, **options: Any) -> tuple[str, str]:
@@ -122,23 +129,7 @@ def dataset_source(name: str, split: str, column: str, data_files: list[str] | N
                     streaming: bool) -> Source:
     """A Hugging Face dataset's split, streamed row by row (`streaming=True` never downloads
     the whole of a hub dataset; local builders stream their files)."""
-    local = name in _LOCAL_BUILDERS or Path(name).exists()
-    if not local:
-        go_offline_if_unreachable()
-    try:
-        import datasets
-    except ImportError as exc:
-        raise UserError("Hugging Face datasets are optional and not installed; "
-                        "run: pip install -c constraints.txt -e '.[hf]'") from exc
-    kwargs: dict[str, Any] = {"sample_by": "document"} if name == "text" else {}
-    try:
-        ds = datasets.load_dataset(name, data_files=data_files, split=split,
-                                   streaming=streaming or local, **kwargs)
-    except Exception as exc:  # load_dataset raises many types for one cause: bad user input
-        raise UserError(_hf_failure(name, exc)) from exc
-    columns = ds.column_names or []
-    if columns and column not in columns:
-        raise UserError(_no_column(name, column, columns))
+    ds = load_hf_dataset(name, split, data_files, streaming, column)
     what = f"Hugging Face dataset '{name}' split '{split}' column '{column}'"
     files = [file_fingerprint(Path(p)) for p in data_files or [] if Path(p).is_file()]
     own = getattr(ds, "_fingerprint", None)
@@ -160,6 +151,34 @@ def dataset_source(name: str, split: str, column: str, data_files: list[str] | N
                   fingerprint={"dataset": name, "split": split, "column": column,
                                "files": files, "fingerprint": own, "streaming": streaming},
                   total_bytes=None, one_document=False, documents=documents)
+
+
+def load_hf_dataset(name: str, split: str, data_files: list[str] | None, streaming: bool,
+                    column: str) -> Any:
+    """`datasets.load_dataset` (local builders stream their files; a Hub name goes offline at
+    once when the Hub does not answer), checked for `column` where its columns are known.
+
+    Raises:
+        UserError: `datasets` is missing, the dataset cannot be loaded, or has no `column`.
+    """
+    local = name in _LOCAL_BUILDERS or Path(name).exists()
+    if not local:
+        go_offline_if_unreachable()
+    try:
+        import datasets
+    except ImportError as exc:
+        raise UserError("Hugging Face datasets are optional and not installed; "
+                        "run: pip install -c constraints.txt -e '.[hf]'") from exc
+    kwargs: dict[str, Any] = {"sample_by": "document"} if name == "text" else {}
+    try:
+        ds = datasets.load_dataset(name, data_files=data_files, split=split,
+                                   streaming=streaming or local, **kwargs)
+    except Exception as exc:  # load_dataset raises many types for one cause: bad user input
+        raise UserError(_hf_failure(name, exc)) from exc
+    columns = ds.column_names or []  # None for a stream whose features are not known yet
+    if columns and column not in columns:
+        raise UserError(_no_column(name, column, columns))
+    return ds
 
 
 def _no_column(name: str, column: str, columns: list[str]) -> str:

@@ -12,13 +12,20 @@ from typing import Any
 
 from gptscratch.data.tokenizers.base import EOT, Tokenizer, split_for_encoding
 from gptscratch.data.tokenizers.char import CharTokenizer
+from gptscratch.data.tokenizers.chat_template import (
+    ChatTemplate,
+    ChatTokenizer,
+    chat_template_of,
+    with_chat_template,
+)
 from gptscratch.data.tokenizers.gpt2 import GPT2Tokenizer, gpt2_hf_tokenizer
 from gptscratch.data.tokenizers.trained_bpe import BPETokenizer
 from gptscratch.errors import UserError, did_you_mean
 from gptscratch.files import atomic_file
 
 __all__ = ["EOT", "Tokenizer", "split_for_encoding", "CharTokenizer", "GPT2Tokenizer",
-           "gpt2_hf_tokenizer", "BPETokenizer", "build_tokenizer", "load_tokenizer",
+           "gpt2_hf_tokenizer", "BPETokenizer", "ChatTemplate", "ChatTokenizer",
+           "chat_template_of", "with_chat_template", "build_tokenizer", "load_tokenizer",
            "parse_tokenizer_spec", "save_tokenizer", "tokenizer_from_dict"]
 
 # The one list of kinds; each class rebuilds itself from its `to_dict()` form.
@@ -61,10 +68,14 @@ def build_tokenizer(spec: str, text: str | Iterable[str] | None = None) -> Token
 
 
 def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer from its `to_dict()` form, offline (a UserError if it is not one)."""
+    """Rebuild a tokenizer from its `to_dict()` form, offline (a UserError if it is not one);
+    a `chat_template` entry adds its markers (`ChatTokenizer`)."""
     kind = d.get("kind") if isinstance(d, dict) else None
     if not isinstance(kind, str) or kind not in KINDS:
         raise UserError(f"unknown saved tokenizer kind {kind!r}; expected char, gpt2 or bpe")
+    if "chat_template" in d:
+        base = {k: v for k, v in d.items() if k != "chat_template"}
+        return ChatTokenizer(tokenizer_from_dict(base), ChatTemplate.from_dict(d["chat_template"]))
     try:
         return KINDS[kind].from_dict(d)
     except UserError:

@@ -10,6 +10,7 @@ from typing import Any
 
 from gptscratch.data.tokenizers.base import EOT, Tokenizer
 from gptscratch.data.tokenizers.char import CharTokenizer
+from gptscratch.data.tokenizers.chat_template import MARKERS, chat_template_of, with_chat_template
 from gptscratch.data.tokenizers.gpt2 import GPT2_VOCAB_SIZE, GPT2Tokenizer, gpt2_files
 from gptscratch.data.tokenizers.trained_bpe import BPETokenizer
 from gptscratch.errors import UserError
@@ -21,7 +22,23 @@ HF_TOKENIZER, HF_TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
 def hf_tokenizer_json(tok: Tokenizer) -> str:
     """The `tokenizer.json` text of a Hugging Face tokenizer that gives `tok`'s ids: `gpt2`
     from the same local GPT-2 files, `bpe:N` its own JSON (an exact round trip), `char` a
-    WordLevel vocabulary of single characters."""
+    WordLevel vocabulary of single characters; a chat template's markers as added special
+    tokens with their ids."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    template = chat_template_of(tok)
+    if template is None:
+        return _base_tokenizer_json(tok)
+    hf = HFTokenizer.from_str(_base_tokenizer_json(tok))
+    hf.add_special_tokens(list(template.markers))
+    ids = [hf.token_to_id(m) for m in template.markers]
+    if ids != list(range(template.first_id, template.first_id + len(ids))):
+        raise UserError(f"the chat markers would get ids {ids} in the exported tokenizer, not "
+                        f"{template.first_id} and on; this tokenizer cannot be exported")
+    return str(hf.to_str())
+
+
+def _base_tokenizer_json(tok: Tokenizer) -> str:
     from tokenizers import Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
@@ -53,14 +70,17 @@ def save_hf_tokenizer(tok: Tokenizer, dest: Path, model_max_length: int) -> None
     """Write `tokenizer.json` and `tokenizer_config.json` for `tok` into the existing folder
     `dest`, for `AutoTokenizer.from_pretrained`; it truncates to `model_max_length`."""
     eot = EOT if tok.eot_id is not None else None
+    template = chat_template_of(tok)
     config: dict[str, Any] = {
         # PreTrainedTokenizerFast loads tokenizer.json as it is, in transformers 4 and 5.
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": eot, "eos_token": eot, "unk_token": None, "pad_token": None,
-        "model_max_length": model_max_length,
+        "bos_token": eot, "eos_token": eot if template is None else template.end,
+        "unk_token": None, "pad_token": None, "model_max_length": model_max_length,
         # transformers' default clean-up would turn " ," into "," when decoding.
         "clean_up_tokenization_spaces": False,
     }
+    if template is not None:  # `apply_chat_template` renders as `ChatTemplate.render` does
+        config["chat_template"] = template.jinja()
     for name, text in ((HF_TOKENIZER, hf_tokenizer_json(tok)),
                        (HF_TOKENIZER_CONFIG, json.dumps(config, indent=2) + "\n")):
         with atomic_file(dest / name) as tmp:
@@ -71,6 +91,21 @@ def tokenizer_from_hf_dir(folder: Path) -> Tokenizer | None:
     """Our tokenizer for a Hugging Face model folder, or None without tokenizer files: GPT-2's
     vocabulary and merges (in `tokenizer.json`, or `vocab.json` + `merges.txt`) give `gpt2`, a
     one-character WordLevel vocabulary `char`, other BPEs `bpe`; else a UserError."""
+    base = _base_from_hf_dir(folder)
+    if base is None or not (folder / HF_TOKENIZER).is_file():
+        return base
+    added = json.loads((folder / HF_TOKENIZER).read_text(encoding="utf-8")).get("added_tokens")
+    ids = {a.get("content"): a.get("id") for a in added or [] if isinstance(a, dict)}
+    if all(m in ids for m in MARKERS):
+        if [ids[m] for m in MARKERS] != list(range(base.vocab_size, base.vocab_size + 4)):
+            raise UserError(f"'{folder / HF_TOKENIZER}' has the chat markers at ids "
+                            f"{[ids[m] for m in MARKERS]}, not {base.vocab_size} and on; "
+                            "gptscratch cannot run this layout")
+        return with_chat_template(base)
+    return base
+
+
+def _base_from_hf_dir(folder: Path) -> Tokenizer | None:
     path = folder / HF_TOKENIZER
     if path.is_file():
         try:
