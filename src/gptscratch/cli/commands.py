@@ -18,11 +18,12 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     options = prepare_options(args)
     if args.chat:
-        data = api.prepare_chat(args.data, args.tokenizer, args.out, force=args.force,
-                                **api.chat_prepare_options(options))
+        data = api.prepare_chat(args.data or "shakespeare-questions", args.tokenizer, args.out,
+                                force=args.force, **api.chat_prepare_options(options))
     else:
         del options["skip_bad_rows"]
-        data = api.prepare(args.data, args.tokenizer, args.out, force=args.force, **options)
+        data = api.prepare(args.data or "shakespeare", args.tokenizer, args.out,
+                           force=args.force, **options)
     print(data.dir)  # the result; what it holds is in the log line above
 
 

@@ -187,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_prepare_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p = sub.add_parser("prepare", parents=[quiet],
                        help="tokenize a corpus into token shards for training")
-    p.add_argument("--data", default="shakespeare",
-                   help="'shakespeare' (built in), a text file, a directory or a glob")
+    p.add_argument("--data", default=None,
+                   help="'shakespeare' (built in; with --chat, 'shakespeare-questions'), a text "
+                        "file, a directory or a glob")
     p.add_argument("--tokenizer", default="char", help="char | gpt2 | bpe:N (default char)")
     p.add_argument("--out", default=None, help="output directory (default: in the cache)")
     p.add_argument("--force", action="store_true",
