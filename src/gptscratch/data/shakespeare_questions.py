@@ -27,7 +27,7 @@ QUESTION_TYPES: tuple[str, ...] = (
     "speaker", "first", "answers", "first-word", "last-word", "next-word", "play",
 )
 SPLITS = ("train", "test")
-PER_TYPE = {"train": 400, "test": 40}  # defaults: 2,800 and 280 questions when all kinds fill
+PER_TYPE = {"train": 1200, "test": 40}  # defaults: 8,400 and 280 questions when all kinds fill
 TEST_PERCENT = 12  # scenes (and, for `play`, names) whose stable hash falls below it are test
 MAX_CHARS = 120  # question + answer: with 4 markers, a conversation fits the main job's 128 ids
 SEED = 0

@@ -200,15 +200,17 @@ def set_up(data: PreparedData, model_config: ModelConfig, config: TrainConfig, o
         point = restore_training_state(ckpt, optimizer, model, scaler, data_rng, ctx, device, seed)
         if ctx.is_main:
             metrics.truncate_after(point.step)
-    max_steps = total_steps(config.run, config.optim, int(data.meta["train_tokens"]),
-                            model_config.block_size)
+    train_tokens, val_tokens = _splits(data, model_config.block_size, config)
+    # An epoch of packed conversations is a pass over its rows, padding and all.
+    epoch = (len(train_tokens) * model_config.block_size if isinstance(train_tokens, PackedRows)
+             else int(data.meta["train_tokens"]))
+    max_steps = total_steps(config.run, config.optim, epoch, model_config.block_size)
     n_params = model.num_params()
     optim = config.optim
     tokens_per_step = optim.batch_size * ctx.world_size * optim.grad_accum * model_config.block_size
     # Only rank 0 reports MFU (and measures the ceiling, once per machine: see mfu.py).
     peak, peak_source = (peak_flops(device, runtime.precision.dtype, config.system.peak_tflops)
                          if ctx.is_main else (0.0, ""))
-    train_tokens, val_tokens = _splits(data, model_config.block_size, config)
     state = TrainState(
         data=data, train_tokens=train_tokens, val_tokens=val_tokens,
         model_config=model_config, config=config, out_dir=out_dir, runtime=runtime,
