@@ -45,7 +45,7 @@ COMMON = ["--device", "cpu", "--dtype", "float32", "--sample-tokens", "0"]
 QUICK_BASE = ["--preset", "shakespeare-char-gpt2", "--data", "shakespeare", "--block-size", "128",
               "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--max-iters", "10",
               "--eval-interval", "10", "--eval-iters", "1", "--batch-size", "4"]
-QUICK_SFT = ["--epochs", "0.01", "--eval-iters", "1", "--batch-size", "4"]
+QUICK_SFT = ["--epochs", "0.002", "--eval-iters", "1", "--batch-size", "4"]
 
 
 def run(cmd: list[str]) -> tuple[float, str, str]:
@@ -77,7 +77,7 @@ def train(args: list[str], out: Path) -> dict[str, Any]:
     evals = [m for m in metrics if "val_loss" in m]
     return {"wall_s": round(seconds, 1), "steps": evals[-1]["step"] if evals else None,
             "best_val_loss": round(min(m["val_loss"] for m in evals), 4) if evals else None,
-            "train_s": round(metrics[-1].get("elapsed", 0.0), 1), "log": done[-1] if done else ""}
+            "train_s": round(max(m.get("elapsed", 0.0) for m in metrics), 1), "log": done[-1] if done else ""}
 
 
 def measure(base: Path | None, work: Path, quick: bool) -> dict[str, Any]:

@@ -30,6 +30,7 @@ QUICK: dict[str, list[str]] = {
     "quantize": [],
     "recipe": ["--rows", "gpt2", "--seeds", "1"],
     "serving": ["--no-124m"],
+    "sft": [],
     "startup": [],
     "tasks": [],
     # Ours and HF as shipped, at a small batch. No compiled row (a cold

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import SETUP_CACHE
 
+import gptscratch.data.shakespeare_questions as questions_module
 from gptscratch.data.shakespeare_questions import (
-    MAX_CHARS,
     PER_TYPE,
     QUESTION_TYPES,
     Question,
@@ -24,6 +24,16 @@ from gptscratch.data.shakespeare_questions import (
     shakespeare_questions,
 )
 from gptscratch.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def _room_for_the_small_plays(request: pytest.FixtureRequest,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hand-made plays' lines are longer than the real corpus's typical ones: their
+    two-speech questions need more than the main job's 120 characters. The real-corpus test
+    keeps the real limit."""
+    if not any(k in request.node.name for k in ("real_corpus", "fresh_process")):
+        monkeypatch.setattr(questions_module, "MAX_CHARS", 240)
 
 # Three plays in the corpus's layout. Its scenes `SCENE V. Inverness...` and `SCENE IV. The
 # platform.` hash into the test split, and so do the names MALCOLM and ROSENCRANTZ; SEYTON's
@@ -406,7 +416,7 @@ def test_play_questions_ask_about_names_of_one_play_only() -> None:
 
 def test_conversations_are_short_and_use_only_the_corpus_characters() -> None:
     questions = _questions("train") + _questions("test")
-    assert all(len(q.prompt) + len(q.answer) <= MAX_CHARS for q in questions)
+    assert all(len(q.prompt) + len(q.answer) <= questions_module.MAX_CHARS for q in questions)
     assert set("".join(q.prompt + q.answer for q in questions)) <= set(PLAYS)
     # Three lines of KING CLAUDIUS are shown, but fewer of IAGO's long prose lines, and
     # HAMLET's longest line never.
@@ -454,7 +464,8 @@ def test_the_built_in_questions_of_the_real_corpus(shared_cache: Path,
     for split, questions in (("train", train), ("test", test)):
         counts = {k: sum(q.kind == k for q in questions) for k in QUESTION_TYPES}
         assert all(counts[k] == PER_TYPE[split] for k in QUESTION_TYPES if k != "play"), counts
-        assert counts["play"] >= 0.8 * PER_TYPE[split], counts
+        # `play` is bounded by the names found in one play only (384 of them in train).
+        assert counts["play"] >= min(0.8 * PER_TYPE[split], 300), counts
     assert set("".join(q.prompt + q.answer for q in train + test)) <= set(text)
     assert not any(c.isdigit() for q in train + test for c in q.prompt)
     assert not {q.prompt for q in train} & {q.prompt for q in test}
