@@ -186,7 +186,6 @@ def test_lora_sft_trains_the_new_rows_then_merges_and_exports(tmp_path: Path,
 
 
 def test_a_generative_task_asks_a_chat_model_through_its_template(chat_run: Path,
-                                                                  tiny_run: Path,
                                                                   tmp_path: Path) -> None:
     """`eval --task` with question / answer items: a chat model gets each bare question as a
     user message and answers up to its end marker (right on every one), where a base model
@@ -196,5 +195,3 @@ def test_a_generative_task_asks_a_chat_model_through_its_template(chat_run: Path
                             for q in ("is it so", "who is there", "are you mad")))
     chat = api.evaluate_tasks(chat_run, [task], device="cpu")
     assert chat.tasks[0].accuracy == 1.0
-    base = api.evaluate_tasks(tiny_run, [task], device="cpu")
-    assert base.tasks[0].accuracy == 0.0
