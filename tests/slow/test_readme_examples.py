@@ -141,13 +141,13 @@ def promise_kept(line: str, out: str, cwd: Path) -> str:
         return "" if target and (cwd / target / "meta.json").is_file() else "a prepared folder"
     if name == "sample":
         return _sample_promise(line, out)
-    if name == "chat":  # one line piped in (STDIN), or the README's two: a block each
-        prompts = 2 if "printf" in line else 1
+    if name == "chat":  # one line piped in (STDIN), or printf's lines: a block each
+        prompts = line.split("|")[0].count("\\n") if "printf" in line else 1
         echoes = re.findall(r"(?m)^> .+\n", out)
         answered = len(out) > sum(map(len, echoes)) + 2 * prompts
         return "" if len(echoes) == prompts and answered else f"{prompts} answer block(s)"
     if name == "eval" and "--task" in line:
-        return "" if re.search(r"(?m)^CORE \(mean centered accuracy over 3 tasks\): [\d.-]+$",
+        return "" if re.search(r"(?m)^CORE \(mean centered accuracy over \d+ tasks\): [\d.-]+$",
                                out) else "a task table and its CORE score"
     if name == "eval":
         return "" if re.search(r"perplexity [\d.]+", out) else "a perplexity"
