@@ -77,7 +77,8 @@ def train(args: list[str], out: Path) -> dict[str, Any]:
     evals = [m for m in metrics if "val_loss" in m]
     return {"wall_s": round(seconds, 1), "steps": evals[-1]["step"] if evals else None,
             "best_val_loss": round(min(m["val_loss"] for m in evals), 4) if evals else None,
-            "train_s": round(max(m.get("elapsed", 0.0) for m in metrics), 1), "log": done[-1] if done else ""}
+            "train_s": round(max(m.get("elapsed", 0.0) for m in metrics), 1),
+            "log": done[-1] if done else ""}
 
 
 def measure(base: Path | None, work: Path, quick: bool) -> dict[str, Any]:
