@@ -105,10 +105,6 @@ class PackedRows:
         targets = torch.from_numpy(np.stack([p[1] for p in pairs]))  # (B, T+1)
         return ids[:, :-1].contiguous(), targets[:, 1:].contiguous()
 
-    def trained_tokens(self) -> int:
-        """How many targets the rows hold (what an epoch trains on)."""
-        return sum(int((self.row(r)[1] != IGNORE).sum()) for r in range(len(self)))
-
 
 def pack_split(data: PreparedData, split: str, block_size: int, train_on: str = "answers",
                strict: bool = False) -> PackedRows:

@@ -97,7 +97,7 @@ def prepare(
     if spec.startswith("bpe") and given is None:
         options["bpe_sample_mb"] = bpe_sample_mb
     key = sha256_bytes(json.dumps(options, sort_keys=True).encode("utf-8"))
-    existing = _reusable(out, key, replace, force)
+    existing = reusable_prepared(out, key, replace, force)
     if existing is not None:
         return existing
     tok = given or learn_tokenizer(spec, src, val_fraction, lowercase, bpe_sample_mb)
@@ -134,7 +134,7 @@ def _spec_of(tokenizer: str | Tokenizer) -> str:
     return kind if bpe_size is None else f"{kind}:{bpe_size}"
 
 
-def _reusable(out: Path, key: str, replace: bool, force: bool) -> PreparedData | None:
+def reusable_prepared(out: Path, key: str, replace: bool, force: bool) -> PreparedData | None:
     """The folder's prepared data, if it was made from the same sources with the same options;
     a UserError if it holds other data and `replace` is off."""
     if not is_prepared_dir(out):
@@ -148,7 +148,7 @@ def _reusable(out: Path, key: str, replace: bool, force: bool) -> PreparedData |
     if not same and not replace:
         raise UserError(f"'{out}' holds the data this run was trained on "
                         f"({existing.meta.get('source', 'another corpus')}), not this "
-                        "text; resume without --data, or start a new run with a new --out")
+                        "data; resume without --data, or start a new run with a new --out")
     if not same or force:
         return None
     logger.info("reusing prepared data in %s (same sources and options; --force rebuilds)", out)

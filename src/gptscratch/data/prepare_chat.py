@@ -30,7 +30,7 @@ from gptscratch.data.conversations import (
     read_conversations,
     to_conversation,
 )
-from gptscratch.data.prepare import is_val_document
+from gptscratch.data.prepare import is_val_document, reusable_prepared
 from gptscratch.data.sources import find_files
 from gptscratch.data.sources.files import file_fingerprint
 from gptscratch.data.token_files import (
@@ -41,8 +41,6 @@ from gptscratch.data.token_files import (
     ShardWriter,
     check_output_folder,
     default_prepared_dir,
-    is_prepared_dir,
-    load_prepared,
     remove_token_files,
     start_writing,
     token_dtype,
@@ -143,7 +141,7 @@ def prepare_chat(source: str, tokenizer: str | Tokenizer = "char",
     if given is not None:
         options["tokenizer_fingerprint"] = given.fingerprint()
     key = sha256_bytes(json.dumps(options, sort_keys=True).encode("utf-8"))
-    existing = _reusable(out, key, replace, force)
+    existing = reusable_prepared(out, key, replace, force)
     if existing is not None:
         return existing
     tok = with_chat_template(given or _learn_tokenizer(spec, src))
@@ -165,25 +163,6 @@ def chat_prepare_options(options: dict[str, Any]) -> dict[str, Any]:
         "hf_split": options.get("hf_split"), "hf_data_files": options.get("hf_data_files"),
         "hf_column": "messages" if column == "text" else column,
         "skip_bad_rows": options.get("skip_bad_rows")}.items() if v is not None}
-
-
-def _reusable(out: Path, key: str, replace: bool, force: bool) -> PreparedData | None:
-    if not is_prepared_dir(out):
-        return None
-    try:
-        existing = load_prepared(out)
-    except UserError as exc:
-        logger.info("rewriting %s: %s", out, exc)
-        return None
-    same = existing.meta.get("prepare_key") == key
-    if not same and not replace:
-        raise UserError(f"'{out}' holds the data this run was trained on, not these "
-                        "conversations; resume without --data, or start a new run with a "
-                        "new --out")
-    if same and not force:
-        logger.info("reusing prepared conversations in %s (--force rebuilds)", out)
-        return existing
-    return None
 
 
 def _learn_tokenizer(spec: str, src: ConversationSource) -> Tokenizer:
