@@ -43,6 +43,30 @@ def cache_dir() -> Path:
     return path
 
 
+def cached_measurement(file_name: str, key: str, measure: Callable[[], float]) -> float:
+    """A number measured once per `key` (a machine and what was measured on it) and kept in
+    the JSON table `cache_dir()/file_name`; a table that cannot be read is measured anew."""
+    path = cache_dir() / file_name
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if not isinstance(table, dict):
+        table = {}
+    if isinstance(table.get(key), (int, float)):
+        return float(table[key])
+    value = measure()
+    try:  # read again: another run may have added its own entries meanwhile
+        latest = json.loads(path.read_text())
+        table = latest if isinstance(latest, dict) else table
+    except (OSError, ValueError):
+        pass
+    table[key] = value
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(table, indent=2) + "\n")
+    return value
+
+
 def _umask() -> int:
     """The process's umask (read from /proc where it can be, without changing it)."""
     try:

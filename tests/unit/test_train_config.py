@@ -57,8 +57,8 @@ def test_presets_build() -> None:
 
 def test_the_shakespeare_char_variants() -> None:
     """shakespeare-char is -gpt2 with exactly MODERN_RECIPE changed, each setting landing in
-    the model or the training config; -modern is shakespeare-char by a lasting name; both
-    build a valid model."""
+    the model or the training config, and its model sized to the time (`--size auto`);
+    -modern is shakespeare-char by a lasting name; both build a valid model."""
     char, gpt2, modern = (get_preset(f"shakespeare-char{s}") for s in ("", "-gpt2", "-modern"))
     assert (modern.tokenizer, modern.model, modern.train) == (char.tokenizer, char.model,
                                                               char.train)
@@ -66,7 +66,8 @@ def test_the_shakespeare_char_variants() -> None:
     model_changes = {k: v for k, v in char.model.items() if gpt2.model.get(k) != v}
     train_changes = {k: v for k, v in char.train.to_dict().items()
                      if gpt2.train.to_dict()[k] != v}
-    assert {**model_changes, **train_changes} == MODERN_RECIPE
+    assert {**model_changes, **train_changes} == {**MODERN_RECIPE, "size": "auto"}
+    assert gpt2.train.run.size == "fixed"
     assert set(model_changes) == set(MODERN_RECIPE) - {"optimizer"}
     assert char.train.optim.optimizer == "muon" and gpt2.train.optim.optimizer == "adamw"
     for preset in (gpt2, char):

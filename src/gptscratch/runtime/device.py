@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -51,6 +53,25 @@ def describe_build() -> str:
         return f"torch {version}, a CUDA {torch.version.cuda} build, and no GPU found"
     name = torch.cuda.get_device_name(0)
     return f"torch {version}, a CUDA {torch.version.cuda} build, {gpus} GPU(s) ({name})"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere what the platform says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key(device: torch.device, dtype: torch.dtype) -> str:
+    """What a speed measured here depends on, as a cache key: the device's name (the GPU's,
+    or the CPU's with its thread count), the dtype and the torch version."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    return f"{device.type}|{name}|{threads} threads|{dtype}|torch {torch.__version__}"
 
 
 def first_use_notice() -> str | None:

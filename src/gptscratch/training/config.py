@@ -79,6 +79,11 @@ class RunConfig:
     max_time: float | None = setting(
         None, "wall-clock budget in seconds, which the LR schedule then follows (0: none)",
         low=0, example=300)
+    # training/sizing.py; a run's checkpoints keep the shape chosen, and a resumed run keeps it.
+    size: str = setting(
+        "fixed", "fixed: the shape given (the preset's, or --n-layer/--n-embd/--n-head) | "
+        "auto: time a few shapes here and take the one --max-time suits best",
+        choices=("fixed", "auto"))
     eval_interval: int = setting(
         0, "steps between evaluations (0: about 20 evaluations over the run's planned length, "
            "which a --max-time budget plans from the speed of its first steps)", low=0,

@@ -9,17 +9,15 @@ is reported as unknown rather than printed or stored.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import platform
 import re
 import time
-from pathlib import Path
 
 import torch
 
-from gptscratch.files import atomic_file, cache_dir
+from gptscratch.files import cached_measurement
 from gptscratch.model.config import ModelConfig
+from gptscratch.runtime.device import machine_key
 
 log = logging.getLogger(__name__)
 
@@ -128,40 +126,11 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = C
     return 2.0 * size**3 / best
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _ceiling_key(device: torch.device, dtype: torch.dtype) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    threads = torch.get_num_threads() if device.type == "cpu" else 0
-    return f"{device.type}|{name}|{threads} threads|{dtype}|torch {torch.__version__}"
-
-
 def measured_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     """This machine's matmul ceiling for `dtype`, measured once (about a second) and cached in
     `cache_dir()/matmul_ceiling.json`, keyed by device name, thread count, dtype and torch."""
-    path = cache_dir() / "matmul_ceiling.json"
-    key = _ceiling_key(device, dtype)
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError):
-        table = {}
-    if not isinstance(table, dict):
-        table = {}
-    if key in table:
-        return float(table[key])
-    flops = measure_matmul_flops(device, dtype)
-    table[key] = flops
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(table, indent=2) + "\n")
-    return flops
+    return cached_measurement("matmul_ceiling.json", machine_key(device, dtype),
+                              lambda: measure_matmul_flops(device, dtype))
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype,

@@ -56,17 +56,22 @@ def shakespeare_char_gpt2() -> Preset:
 
 def shakespeare_char() -> Preset:
     """The main job: a character-level model that trains on 2 CPU cores in under 5 minutes;
-    shakespeare-char-gpt2's shape and settings with MODERN_RECIPE on top. In the same 270 s on
-    tinyshakespeare it reached a whole-split val loss of 1.620 and 1.638 (seeds 1, 2) against
-    GPT-2's architecture's 1.814 and 1.816 (benchmarks/recipe.py, docs/benchmarks.md)."""
+    shakespeare-char-gpt2's settings with MODERN_RECIPE on top, its model sized to the time
+    budget on the machine it runs on (`--size auto`, training/sizing.py: on the 2-core AMD EPYC
+    in fp32, 270 s gives depth 3, 3 layers x 192 wide). The 3 x 256 shape is what it trains
+    when a shape or a run length replaces the budget; at that shape, in the same 270 s on
+    tinyshakespeare, the recipe reached a whole-split val loss of 1.620 and 1.638 (seeds 1, 2)
+    against GPT-2's architecture's 1.814 and 1.816 (benchmarks/recipe.py, docs/benchmarks.md)."""
     base = shakespeare_char_gpt2()
     train_names = TrainConfig.field_names()
     return Preset(
         description="character-level GPT, modern recipe (RoPE, RMSNorm, QK-norm, ReLU^2, "
-                    "zero-init projections, logit softcap, Muon); ~5 minutes on 2 cores",
+                    "zero-init projections, logit softcap, Muon), sized to its 270 s on this "
+                    "machine (--size auto); ~5 minutes on 2 cores",
         tokenizer=base.tokenizer,
         model={**base.model, **{k: v for k, v in MODERN_RECIPE.items() if k not in train_names}},
-        train=base.train.replace(**{k: v for k, v in MODERN_RECIPE.items() if k in train_names}))
+        train=base.train.replace(size="auto", **{k: v for k, v in MODERN_RECIPE.items()
+                                                 if k in train_names}))
 
 
 def shakespeare_bpe() -> Preset:

@@ -40,14 +40,16 @@ from gptscratch.model.config import ModelConfig, parse_targets
 from gptscratch.model.gpt import GPT
 from gptscratch.model.lora import check_rank
 from gptscratch.runtime.cpu import set_cpu_float_mode
+from gptscratch.runtime.precision import choose_precision
 from gptscratch.training.config import TrainConfig
-from gptscratch.training.distributed import main_rank_first
+from gptscratch.training.distributed import gather_to_main, main_rank_first
 from gptscratch.training.loop import TrainResult, run
 from gptscratch.training.optimizer import check_freeze_layers
 from gptscratch.training.presets import get_preset
 from gptscratch.training.resume import resumed_provenance
 from gptscratch.training.run_folder import RunFolder, check_run_folder, claim_run_folder
 from gptscratch.training.setup import TrainRuntime, check_training_fits, start_runtime
+from gptscratch.training.sizing import SHAPE_FIELDS, Choice, shape_of, size_model
 from gptscratch.training.tracking import check_loggers
 
 log = logging.getLogger("gptscratch.train")
@@ -121,6 +123,9 @@ def train(preset: str = "shakespeare-char", data: str | Path | None = None,
     check_loggers(plan.config.run.loggers)  # a missing package, before anything is written
     shape = ModelConfig(vocab_size=plan.vocab_size, **plan.model_fields)
     runtime = start_runtime(plan.config.system, shape.n_embd)
+    if plan.config.run.size == "auto" and not resume:
+        plan, runtime = _sized(plan, runtime)
+        shape = ModelConfig(vocab_size=plan.vocab_size, **plan.model_fields)
     plan = dataclasses.replace(plan, config=check_training_fits(shape, plan.config, runtime,
                                                                 fine_tuning=plan.fine_tuning))
     prepared = _prepared_data(plan, runtime, shape.block_size, prepare_options or {})
@@ -173,11 +178,49 @@ def _preset_plan(preset: str, data: str | Path | None, out_dir: str | Path | Non
     if ({"max_iters", "epochs"} & set(overrides)) and "max_time" not in overrides:
         overrides = {**overrides, "max_time": None}  # a run length replaces the time budget
     config = config.replace(**{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
+    if not resume:
+        config = _check_size(config, overrides)
     data = data if data is not None else BUILTIN_QUESTIONS if sft else "shakespeare"
     guess = _vocab_guess(data, chosen) + (len(MARKERS) if sft else 0)
     return Plan(model_fields, config, folder, data, chosen,
                 tokenizer is not None or not isinstance(chosen, str), extra_meta,
                 vocab or guess)
+
+
+def _check_size(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """A preset's `--size auto` gives way to a shape or a run length given instead; asked for
+    by name beside them, it is refused."""
+    if config.run.size != "auto":
+        return config
+    given = [f"--{name.replace('_', '-')}" for name in SHAPE_FIELDS if name in overrides]
+    asked = overrides.get("size") == "auto"
+    if given:
+        if asked:
+            raise UserError(f"--size auto chooses the model's shape; drop {' '.join(given)} "
+                            "(or --size auto)")
+        log.debug("the shape given (%s) replaces the preset's --size auto", " ".join(given))
+        return config.replace(size="fixed")
+    if not config.run.max_time:
+        if asked:
+            raise UserError("--size auto sizes the model to a time budget; give --max-time "
+                            "SECONDS, or drop --size auto and give the shape")
+        log.debug("no time budget (a run length was given): the preset's own shape, not "
+                  "--size auto")
+        return config.replace(size="fixed")
+    return config
+
+
+def _sized(plan: Plan, runtime: TrainRuntime) -> tuple[Plan, TrainRuntime]:
+    """The plan with the shape `--size auto` chooses (rank 0 times the shapes, every rank
+    takes its choice), and the runtime's precision for that width."""
+    mine = (size_model(plan.model_fields, plan.config, plan.vocab_size, runtime.device,
+                       runtime.ctx.world_size) if runtime.ctx.is_main else None)
+    choice: Choice = gather_to_main(mine, runtime.ctx)[0]
+    fields = {**plan.model_fields, **shape_of(choice.depth)}
+    precision = choose_precision(plan.config.system.dtype, runtime.device, fields["n_embd"])
+    plan = dataclasses.replace(plan, model_fields=fields,
+                               extra_meta={**plan.extra_meta, "sizing": choice.to_meta()})
+    return plan, dataclasses.replace(runtime, precision=precision)
 
 
 def _finetune_plan(init_from: str | Path, data: str | Path | None, out_dir: str | Path | None,
@@ -201,6 +244,9 @@ def _finetune_plan(init_from: str | Path, data: str | Path | None, out_dir: str 
     if "max_iters" in overrides and "epochs" not in overrides:
         overrides = {**overrides, "epochs": None}  # a step count replaces SFT's epochs
     config = defaults.replace(**{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
+    if config.run.size == "auto":
+        raise UserError("--size auto sizes a new model; a model fine-tuned with --init-from "
+                        "keeps its shape: drop --size auto")
     new_rows = source.tokenizer.vocab_size if tok is not source.tokenizer else None
     if new_rows is not None and config.finetune.lora_rank and config.optim.weight_decay:
         raise UserError("--lora-rank with --sft trains the chat markers' new embedding rows "
