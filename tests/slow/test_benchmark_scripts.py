@@ -31,6 +31,7 @@ QUICK: dict[str, list[str]] = {
     "recipe": ["--rows", "gpt2", "--seeds", "1"],
     "serving": ["--no-124m"],
     "sft": [],
+    "sizing": [],
     "startup": [],
     "tasks": [],
     # Ours and HF as shipped, at a small batch. No compiled row (a cold
