@@ -38,7 +38,6 @@ from typing import Any
 
 import torch
 
-from gptscratch.errors import UserError
 from gptscratch.files import cached_measurement
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.gpt import GPT, lm_loss
@@ -137,13 +136,13 @@ def size_model(model_fields: Mapping[str, Any], config: TrainConfig, vocab_size:
     would take at its width (`--dtype auto` may pick bf16 only for wide models). `probe` (a
     ModelConfig's seconds a step) defaults to `probe_step_seconds` through the cache."""
     budget = config.run.max_time
-    if not budget:
-        raise UserError("--size auto sizes the model to a time budget; give --max-time "
-                        "SECONDS (or drop --size auto and give the shape)")
+    if not budget:  # the run refuses this first, in one line (training/run.py _check_size)
+        raise ValueError("--size auto needs a time budget")
     optim = config.optim
     tokens_per_step = optim.batch_size * optim.grad_accum * world_size * model_fields[
         "block_size"]
     free = available_memory(device)
+
     def timer(mc: ModelConfig) -> float:
         if probe is not None:
             return probe(mc)
