@@ -83,6 +83,7 @@ import torch
 from gptscratch.model.config import ModelConfig
 from gptscratch.model.decoding import Decoder
 from gptscratch.model.gpt import GPT, lm_loss
+from gptscratch.model.gpt import count_params as gpt_count_params
 from gptscratch.runtime.cpu import keep_freed_memory
 from gptscratch.training.config import OptimConfig, TrainConfig
 from gptscratch.training.mfu import flops_per_token, model_flops_utilisation, peak_flops
@@ -805,8 +806,7 @@ def run_parts(plan: Plan, smoke: bool, budget: Budget) -> dict[str, dict[str, An
 def count_params(fields: dict[str, Any]) -> int:
     """Our model's parameters for these ModelConfig fields, counted on the meta device (no
     memory, no initialisation)."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in GPT(ModelConfig(**fields)).parameters())
+    return gpt_count_params(ModelConfig(**fields), non_embedding=False)
 
 
 def describe(plan: Plan) -> str:

@@ -47,7 +47,7 @@ from provenance import provenance
 
 from gptscratch import api
 from gptscratch.model.config import ModelConfig
-from gptscratch.model.gpt import GPT
+from gptscratch.model.gpt import count_params
 from gptscratch.training.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +111,8 @@ def run(name: str, overrides: dict[str, Any], work: Path,
     shape = {k: meta["model_config"][k] for k in ("n_layer", "n_embd", "n_head", "block_size")}
     return {
         "name": name, "overrides": overrides, "seed": overrides.get("seed"), "shape": shape,
-        "params": _params(meta["model_config"]), "sizing": meta.get("sizing"),
+        "params": count_params(ModelConfig(**meta["model_config"])),
+        "vocab_size": meta["model_config"]["vocab_size"], "sizing": meta.get("sizing"),
         "steps": result.step, "wall_s": round(wall, 1),
         "train_seconds": round(result.elapsed, 1),
         "max_time": overrides.get("max_time"), "max_steps": max_steps,
@@ -122,11 +123,6 @@ def run(name: str, overrides: dict[str, Any], work: Path,
         "median_tokens_per_s": round(sorted(speeds)[len(speeds) // 2]) if speeds else None,
         "precision": meta["precision"],
     }
-
-
-def _params(model_config: dict[str, Any]) -> int:
-    with torch.device("meta"):
-        return GPT(ModelConfig(**model_config)).num_params()
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -59,10 +59,7 @@ def sweep(budgets: list[float], depths: list[int], corpus: Path, extra: dict[str
                 shape = sizing.shape_of(depth)
                 name = f"d{depth}-{budget:g}s"
                 row = run(name, {**shape, "max_time": budget, **extra}, Path(tmp), corpus)
-                meta = json.loads((Path(tmp) / name / "latest" / "checkpoint.json").read_text())
-                vocab = int(meta["model_config"]["vocab_size"])
-                params = sizing.params_of(depth, vocab, get_preset("shakespeare-char").model)
-                row.update(depth=depth, budget_s=budget, params=params, vocab_size=vocab)
+                row.update(depth=depth, budget_s=budget)
                 rows.append(row)
                 save.write_text(json.dumps({"runs": rows}, indent=2) + "\n")
                 print(f"{name}: val {row['val_loss_full_split']} after {row['steps']} steps "

@@ -57,8 +57,8 @@ def provenance_of(script: str, result: dict[str, Any]) -> dict[str, Any]:
 
 def fields(script: str, result: dict[str, Any]) -> set[str]:
     """The top-level fields a results file holds (startup's: those of its first label's set
-    of rows; a quick run's label is `current`). Quantize's serving rows need
-    ../shared/data, which tests never read: its quick run leaves them out."""
+    of rows; a quick run's label is `current`). Quantize's serving rows need the benchmark
+    corpus (tinyshakespeare), which no test reads: its quick run leaves them out."""
     if script == "startup":
         return set(next(iter(result.values())))
     return set(result) - ({"serving"} if script == "quantize" else set())

@@ -28,9 +28,12 @@ def test_ladder_is_depth_layers_of_64_per_layer_and_heads_of_64() -> None:
     assert sizing.shape_of(1) == dict(n_layer=1, n_embd=64, n_head=1)
     assert sizing.shape_of(6) == dict(n_layer=6, n_embd=384, n_head=6)
     model = get_preset("shakespeare-char").model
-    for depth in (1, 3):
+    config = TrainConfig().replace(batch_size=16, max_time=1e6)  # every rung passes the rule
+    choice = sizing.size_model(model, config, 65, CPU, probe=lambda mc: 1.0)
+    assert list(choice.params) == list(range(1, len(choice.params) + 1))  # up to the memory
+    for depth in (1, 3):  # the rule sees the parameters the run's model has
         built = GPT(ModelConfig(vocab_size=65, **{**model, **sizing.shape_of(depth)}))
-        assert sizing.params_of(depth, 65, model) == built.num_params()
+        assert choice.params[depth] == built.num_params()
 
 
 def test_rule_takes_the_ratio_nearest_the_target_on_a_log_scale(

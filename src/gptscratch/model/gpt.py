@@ -214,6 +214,13 @@ def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     return cap * torch.tanh(logits / cap)
 
 
+def count_params(config: ModelConfig, non_embedding: bool = True) -> int:
+    """`GPT.num_params` of a model with this config, built on the meta device (no memory, no
+    initialisation)."""
+    with torch.device("meta"):
+        return GPT(config).num_params(non_embedding)
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of next-token prediction.
 

@@ -40,7 +40,7 @@ import torch
 
 from gptscratch.files import cached_measurement
 from gptscratch.model.config import ModelConfig
-from gptscratch.model.gpt import GPT, lm_loss
+from gptscratch.model.gpt import GPT, count_params, lm_loss
 from gptscratch.runtime.device import available_memory, machine_key
 from gptscratch.runtime.precision import Precision, choose_precision
 from gptscratch.training.config import TrainConfig
@@ -67,12 +67,11 @@ def shape_of(depth: int) -> dict[str, Any]:
     return dict(n_layer=depth, n_embd=HEAD_DIM * depth, n_head=depth)
 
 
-def params_of(depth: int, vocab_size: int, model: Mapping[str, Any]) -> int:
-    """Parameters of the ladder's model at `depth`, with the other ModelConfig fields of
-    `model` (a preset's), counted on the meta device."""
-    with torch.device("meta"):
-        config = ModelConfig(vocab_size=vocab_size, **{**model, **shape_of(depth)})
-        return GPT(config).num_params()
+def tokens_per_param(budget_s: float, step_seconds: float, tokens_per_step: int,
+                     params: int) -> float:
+    """What the rule compares: the tokens `budget_s` buys at `step_seconds` a step, over the
+    model's parameters."""
+    return budget_s / step_seconds * tokens_per_step / params
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,8 @@ class Choice:
         return self.budget_s / self.step_seconds[depth] * self.tokens_per_step
 
     def ratio(self, depth: int) -> float:
-        return self.tokens(depth) / self.params[depth]
+        return tokens_per_param(self.budget_s, self.step_seconds[depth], self.tokens_per_step,
+                                self.params[depth])
 
     def describe(self) -> str:
         d = self.depth
@@ -119,13 +119,13 @@ def choose(budget_s: float, params: Mapping[int, int], step_seconds: Mapping[int
            tokens_per_step: int) -> Choice:
     """The depth whose tokens per parameter in `budget_s` is nearest TOKENS_PER_PARAM on a
     log scale, among the depths timed (`step_seconds`)."""
-    if not step_seconds:
-        raise ValueError("no shape was timed")
-    choice = Choice(0, budget_s, tokens_per_step, {d: params[d] for d in step_seconds},
-                    dict(step_seconds))
-    best = min(step_seconds, key=lambda d: (abs(math.log(choice.ratio(d) / TOKENS_PER_PARAM)),
-                                            d))
-    return Choice(best, budget_s, tokens_per_step, choice.params, choice.step_seconds)
+    def distance(d: int) -> float:
+        ratio = tokens_per_param(budget_s, step_seconds[d], tokens_per_step, params[d])
+        return abs(math.log(ratio / TOKENS_PER_PARAM))
+
+    best = min(step_seconds, key=lambda d: (distance(d), d))  # ValueError if none was timed
+    return Choice(best, budget_s, tokens_per_step, {d: params[d] for d in step_seconds},
+                  dict(step_seconds))
 
 
 def size_model(model_fields: Mapping[str, Any], config: TrainConfig, vocab_size: int,
@@ -142,26 +142,21 @@ def size_model(model_fields: Mapping[str, Any], config: TrainConfig, vocab_size:
     tokens_per_step = optim.batch_size * optim.grad_accum * world_size * model_fields[
         "block_size"]
     free = available_memory(device)
-
-    def timer(mc: ModelConfig) -> float:
-        if probe is not None:
-            return probe(mc)
-        return cached_step_seconds(mc, config, device,
-                                   choose_precision(config.system.dtype, device, mc.n_embd))
-
     params: dict[int, int] = {}
     seconds: dict[int, float] = {}
     started = time.perf_counter()
     for depth in range(1, MAX_DEPTH + 1):
         model_config = ModelConfig(vocab_size=vocab_size, **{**model_fields, **shape_of(depth)})
-        low = choose_precision(config.system.dtype, device, model_config.n_embd).dtype \
-            != torch.float32
-        estimate = estimate_training_memory(model_config, config, world_size, low_precision=low)
+        precision = choose_precision(config.system.dtype, device, model_config.n_embd)
+        estimate = estimate_training_memory(model_config, config, world_size,
+                                            low_precision=precision.dtype != torch.float32)
         if seconds and free is not None and estimate.total > free:
             break  # the smallest rung is timed even so: the memory check then says what fits
-        params[depth] = params_of(depth, vocab_size, model_fields)
-        seconds[depth] = timer(model_config)
-        if budget / seconds[depth] * tokens_per_step / params[depth] < TOKENS_PER_PARAM:
+        params[depth] = count_params(model_config)
+        seconds[depth] = (probe(model_config) if probe is not None
+                          else cached_step_seconds(model_config, config, device, precision))
+        if tokens_per_param(budget, seconds[depth], tokens_per_step,
+                            params[depth]) < TOKENS_PER_PARAM:
             break
     choice = choose(budget, params, seconds, tokens_per_step)
     log.info("%s (timing took %.1f s; the step times are cached in %s)", choice.describe(),
