@@ -1,6 +1,7 @@
 """Chat fine-tuning end to end: conversations prepared with the chat template, `train --sft`
 from a trained run, answers that stop at the end-of-turn marker in `chat`, `complete` and the
-server (the real `openai` client), exact resume, and the refusals."""
+server (the real `openai` client), exact resume, and the refusals; the same with the text
+chat template (`--chat-template text`), through `export-hf` and `import-hf` too."""
 
 from __future__ import annotations
 
@@ -17,8 +18,36 @@ from gptscratch import api
 from gptscratch.checkpoints.checkpoint import load_checkpoint
 from gptscratch.checkpoints.load import add_token_rows, load_model
 from gptscratch.data.tokenizers import chat_template_of
-from gptscratch.errors import UserError
+from gptscratch.data.tokenizers.chat_template import MARKERS, TEXT_TEMPLATE
+from gptscratch.errors import SettingError, UserError
 from gptscratch.training.metrics import read_metrics
+
+# Questions short enough for a text-template conversation to fit the tiny model's 33 ids:
+# "User:\n" q "\n\n\n" "Assistant:\n" "yes" "\n\n\n" is 26 + len(q) characters.
+SHORTEST = ["who", "go", "why so", "say", "come", "what", "is it", "how"]
+
+
+def write_short_conversations(path: Path, n: int = 60) -> Path:
+    """`n` one-turn conversations of `SHORTEST`, each answered "yes"."""
+    rows = [{"messages": [{"role": "user", "content": SHORTEST[i % len(SHORTEST)]},
+                          {"role": "assistant", "content": "yes"}]} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_chat_run(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
+    """`tiny_run` fine-tuned with `train --sft --chat-template text` to answer "yes"."""
+    from gptscratch.cli import main
+
+    folder = tmp_path_factory.mktemp("sft-text")
+    data = write_short_conversations(folder / "chat.jsonl")
+    flags = [a for k, v in CHAT_TRAIN.items() if v is not None
+             for a in (f"--{k.replace('_', '-')}", str(v))]
+    assert main(["train", "--sft", "--init-from", str(tiny_run), "--data", str(data), "--out",
+                 str(folder / "run"), "--chat-template", "text", "--sample-tokens", "0",
+                 *flags]) == 0
+    return folder / "run"
 
 
 def test_an_sft_run_adds_the_markers_and_answers_until_its_end_marker(chat_run: Path,
@@ -38,6 +67,84 @@ def test_an_sft_run_adds_the_markers_and_answers_until_its_end_marker(chat_run: 
                         prompt_ids=[prompt])[0]
     assert (done.text, done.finish_reason) == ("yes", "stop")
     assert done.token_ids[-1] == template.end_id
+
+
+def test_a_text_template_run_adds_no_ids_and_answers_until_its_end_text(
+        text_chat_run: Path, tiny_run: Path) -> None:
+    base, tuned = api.load(tiny_run), api.load(text_chat_run)
+    template = chat_template_of(tuned.tokenizer)
+    assert template is not None and template.style == "text"
+    assert tuned.model.config.vocab_size == base.model.config.vocab_size  # no new ids
+    assert load_checkpoint(text_chat_run).meta["train_config"]["chat_template"] == "text"
+    session = api.chat_session(text_chat_run, temperature=0.0, max_new_tokens=20)
+    assert "".join(session.reply("who")) == "yes"  # the end text is not shown
+    prompt = template.prompt_ids(tuned.tokenizer, [api.Message("user", "go")])
+    done = api.complete(tuned, "go", temperature=0.0, max_new_tokens=20,
+                        prompt_ids=[prompt])[0]
+    assert (done.text, done.finish_reason) == ("yes", "stop")
+    assert tuned.tokenizer.decode(done.token_ids) == "yes\n\n\n"
+    # The turns are text: the same prompt typed as text is the same question.
+    typed = api.complete(tuned, "User:\nsay\n\n\nAssistant:\n", temperature=0.0,
+                         max_new_tokens=20)[0]
+    assert (typed.text, typed.finish_reason) == ("yes", "stop")
+
+
+def test_the_server_answers_through_the_text_template(text_chat_run: Path) -> None:
+    serving = pytest.importorskip("serving")
+    loaded = api.load(text_chat_run, device="cpu", dtype="float32")
+    with serving.running(api.server_app(loaded, max_batch=2)) as url:
+        reply = serving.client(url).chat.completions.create(
+            model="run", temperature=0, max_tokens=20,
+            messages=[{"role": "user", "content": "what"}])
+        assert (reply.choices[0].message.content, reply.choices[0].finish_reason) == (
+            "yes", "stop")
+
+
+def test_a_model_or_data_keeps_its_chat_template(tmp_path: Path, tiny_run: Path,
+                                                 text_chat_run: Path) -> None:
+    data = write_short_conversations(tmp_path / "chat.jsonl", n=20)
+    over = {**CHAT_TRAIN, "max_iters": 2}
+    with pytest.raises(SettingError) as error:
+        api.train(init_from=text_chat_run, data=data, out_dir=tmp_path / "a", sft=True,
+                  overrides={**over, "chat_template": "tokens"})
+    assert str(error.value).startswith("chat_template ('tokens') differs from the text chat "
+                                       "template of this model or data, which it keeps")
+    assert not (tmp_path / "a").exists()
+    api.train(init_from=text_chat_run, data=data, out_dir=tmp_path / "b", sft=True,
+              overrides=over)  # not asked: the model's own
+    again = chat_template_of(api.load(tmp_path / "b").tokenizer)
+    assert again is not None and again.style == "text"
+    prepared = api.prepare_chat(str(data), load_checkpoint(tiny_run).tokenizer(),
+                                tmp_path / "p", chat_template="text")
+    with pytest.raises(UserError, match="prepared with the text chat template, not tokens; "
+                                        "give --chat-template text"):
+        api.train(init_from=tiny_run, data=prepared.dir, out_dir=tmp_path / "c", sft=True,
+                  overrides=over)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_text_template_model_exports_and_imports(tmp_path: Path, text_chat_run: Path) -> None:
+    """The exported tokenizer has the text template as Jinja and no added markers; transformers
+    renders and encodes a prompt as `prompt_ids` does; `import-hf` restores the template."""
+    transformers = pytest.importorskip("transformers")
+    exported = api.export_hf(text_chat_run, tmp_path / "hf")
+    added = json.loads((exported / "tokenizer.json").read_text())["added_tokens"] or []
+    assert not {a["content"] for a in added} & set(MARKERS)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(exported)
+    ours = api.load(text_chat_run)
+    template = chat_template_of(ours.tokenizer)
+    assert template is not None and hf_tok.chat_template == TEXT_TEMPLATE.jinja()
+    text = hf_tok.apply_chat_template([{"role": "user", "content": "who"}],
+                                      add_generation_prompt=True, tokenize=False)
+    assert text == "User:\nwho\n\n\nAssistant:\n"
+    expected = template.prompt_ids(ours.tokenizer, [api.Message("user", "who")])
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == expected
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
+    with torch.no_grad():
+        ids = torch.tensor([expected])
+        assert torch.allclose(hf_model(ids).logits, ours.model(ids), atol=1e-4)
+    back = api.load(api.import_hf(str(exported), tmp_path / "back"))
+    assert back.tokenizer.fingerprint() == ours.tokenizer.fingerprint()
 
 
 def test_the_new_rows_start_as_the_mean_of_the_old() -> None:
@@ -135,17 +242,23 @@ def test_long_conversations_are_dropped_or_refused(tmp_path: Path, tiny_run: Pat
      "bad.jsonl:2: no assistant turn"),
     (["chat", "--ckpt", "{run}", "--system", "be brief"],
      "a system message needs a model with a chat template"),
+    (["train", "--sft", "--init-from", "{chat_run}", "--chat-template", "text", "--out",
+      "{tmp}/d"], "chat_template ('text') differs from the tokens chat template of this model "
+                  "or data, which it keeps; try --chat-template tokens"),
+    (["prepare", "--data", "{chat}", "--chat-template", "text", "--out", "{tmp}/e"],
+     "--chat-template lays out conversations; add --chat"),
 ])
 def test_sft_mistakes_get_one_line(args: list[str], expected: str, tmp_path: Path,
-                                   tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+                                   tiny_run: Path, chat_run: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
     chat = write_conversations(tmp_path / "chat.jsonl", n=4)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(chat.read_text().splitlines()[0] + "\n"
                    + json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
-    names = {"run": tiny_run, "chat": chat, "tmp": tmp_path, "bad": bad}
+    names = {"run": tiny_run, "chat": chat, "tmp": tmp_path, "bad": bad, "chat_run": chat_run}
     message = cli_error([a.format(**names) for a in args], capsys)
     assert expected in message
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not any((tmp_path / name).exists() for name in "abcde")
 
 
 def test_lora_sft_trains_the_new_rows_then_merges_and_exports(tmp_path: Path,

@@ -1,5 +1,6 @@
 """Chat messages rendered as a play script (`server.chat_template`): the layout of the
-corpus, the speakers' names, and the conversations it refuses."""
+corpus, the speakers' names, and the conversations it refuses; and, for a model fine-tuned
+with a chat template, the messages through it (the text style's turns as text)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+from gptscratch.data.tokenizers import (  # noqa: E402
+    CharTokenizer,
+    chat_template_of,
+    with_chat_template,
+)
 from gptscratch.generation.script import ScriptFormat  # noqa: E402
-from gptscratch.server.chat_template import render_chat  # noqa: E402
+from gptscratch.server.chat_template import render_chat, template_prompt  # noqa: E402
 from gptscratch.server.errors import APIError  # noqa: E402
 from gptscratch.server.schemas import ChatMessage  # noqa: E402
 
@@ -44,4 +50,16 @@ def test_default_speakers_and_the_inline_layout() -> None:
 def test_conversations_that_cannot_be_a_scene(chat: list[ChatMessage]) -> None:
     with pytest.raises(APIError) as caught:
         render_chat(chat, None)
+    assert caught.value.status == 400 and caught.value.param == "messages"
+
+
+def test_a_text_template_model_reads_the_messages_as_text_turns() -> None:
+    tok = with_chat_template(CharTokenizer.from_text("System:\nUser:\nAssistant:\n bfhi?"),
+                             "text")
+    template = chat_template_of(tok)
+    assert template is not None
+    ids = template_prompt(messages(("developer", "be brief"), ("user", "hi?")), tok, template)
+    assert tok.decode(ids) == "System:\nbe brief\n\n\nUser:\nhi?\n\n\nAssistant:\n"
+    with pytest.raises(APIError) as caught:
+        template_prompt(messages(("user", "hi!")), tok, template)  # "!" is not in the vocabulary
     assert caught.value.status == 400 and caught.value.param == "messages"

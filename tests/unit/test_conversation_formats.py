@@ -4,6 +4,7 @@ rows, telling conversation files from text files, and a local Hugging Face datas
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -121,6 +122,31 @@ def test_read_conversations_chains_files_and_fills_bad_rows_as_it_runs() -> None
     assert bad.count == 0  # nothing read yet
     assert len(list(conversations)) == 3
     assert bad.count == 8
+
+
+def test_a_message_holding_the_text_templates_end_is_a_bad_row(tmp_path: Path) -> None:
+    """Two blank lines end a turn in the text chat template: `prepare_chat` refuses a message
+    that holds them with its line, as the reader's bad rows, or skips and counts it."""
+    from gptscratch.data.prepare_chat import prepare_chat
+
+    def row(answer: str) -> str:
+        return json.dumps({"messages": [{"role": "user", "content": "Who?"},
+                                        {"role": "assistant", "content": answer}]}) + "\n"
+
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(row("Me.\n\n\nAnd you?" if i == 2 else "Me.\n\nMe.")
+                            for i in range(20)))
+    with pytest.raises(UserError) as info:
+        prepare_chat(str(path), "char", tmp_path / "text", chat_template="text")
+    assert str(info.value) == (f"{path}:3: message 2 (assistant) holds '\\n\\n\\n', which "
+                               f"ends a turn in the text chat template{SKIP_HINT}")
+    assert not (tmp_path / "text").exists()
+    kept = prepare_chat(str(path), "char", tmp_path / "text", chat_template="text",
+                        skip_bad_rows=True)
+    assert kept.meta["skipped_rows"] == 1
+    assert kept.meta["train_documents"] + kept.meta["val_documents"] == 19
+    tokens = prepare_chat(str(path), "char", tmp_path / "tokens")  # markers are ids: no limit
+    assert tokens.meta["train_documents"] + tokens.meta["val_documents"] == 20
 
 
 def test_a_file_of_no_known_format_is_an_error_even_when_skipping() -> None:

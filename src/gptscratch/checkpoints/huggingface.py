@@ -359,7 +359,8 @@ def write_hf_model(folder: Path, state: dict[str, torch.Tensor], config: ModelCo
     """Write our weights, config and tokenizer into `folder` as a Hugging Face GPT-2."""
     tensors = state_dict_to_hf(state, config)
     template = chat_template_of(tokenizer)  # a chat model's generation ends at its turn's end
-    eos = tokenizer.eot_id if template is None else template.end_id
+    # (where one token ends it: a `text` template's end is text, for generate's stop_strings)
+    eos = tokenizer.eot_id if template is None or template.end_id is None else template.end_id
     hf_config = hf_config_from_model(config, tokenizer.eot_id, eos)
     (folder / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
     safetensors.torch.save_file(tensors, str(folder / SAFETENSORS), metadata={"format": "pt"})

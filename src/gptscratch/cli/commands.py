@@ -19,8 +19,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     options = prepare_options(args)
     if args.chat:
         data = api.prepare_chat(args.data or "shakespeare-questions", args.tokenizer, args.out,
-                                force=args.force, **api.chat_prepare_options(options))
+                                force=args.force, chat_template=args.chat_template,
+                                **api.chat_prepare_options(options))
     else:
+        if args.chat_template != "tokens":
+            raise UserError("--chat-template lays out conversations; add --chat, or drop it")
         del options["skip_bad_rows"]
         data = api.prepare(args.data or "shakespeare", args.tokenizer, args.out,
                            force=args.force, **options)

@@ -197,6 +197,11 @@ def _add_prepare_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p.add_argument("--chat", action="store_true",
                    help="conversations for train --sft: JSON/JSONL files in the OpenAI "
                         "(messages), Alpaca or ShareGPT format, or shakespeare-questions")
+    from gptscratch.training.config import FinetuneConfig
+
+    # --chat-template, declared with train's conversation settings.
+    add_setting_flags(p, FinetuneConfig, {f.name for f in dataclasses.fields(FinetuneConfig)}
+                      - {"chat_template"})
     _add_prepare_flags(p)
 
 

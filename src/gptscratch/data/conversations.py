@@ -356,7 +356,7 @@ def _conversations(records: Iterable[tuple[str, object, str | None]], skip_bad_r
         if isinstance(found, Conversation):
             yield found
         else:
-            _note_bad_row(found, skip_bad_rows, bad)
+            note_bad_row(found, skip_bad_rows, bad)
 
 
 def _conversation_or_problem(record: object, where: str, fmt: str | None) -> Conversation | str:
@@ -366,8 +366,9 @@ def _conversation_or_problem(record: object, where: str, fmt: str | None) -> Con
         return str(exc)
 
 
-def _note_bad_row(problem: str, skip_bad_rows: bool, bad: BadRows) -> None:
-    """Raise a bad row's problem, or with `skip_bad_rows` count it."""
+def note_bad_row(problem: str, skip_bad_rows: bool, bad: BadRows) -> None:
+    """Raise a bad row's problem (`where: what`), or with `skip_bad_rows` count it; also for
+    rows a chat template cannot lay out (`prepare_chat`)."""
     if not skip_bad_rows:
         raise UserError(problem + _SKIP_HINT)
     bad.count += 1
@@ -413,11 +414,12 @@ def _first_array_record(f: IO[bytes]) -> object:
         want *= 2
 
 
-def read_conversations(paths: Sequence[Path], *,
-                       skip_bad_rows: bool = False) -> tuple[Iterator[Conversation], BadRows]:
+def read_conversations(paths: Sequence[Path], *, skip_bad_rows: bool = False,
+                       bad: BadRows | None = None) -> tuple[Iterator[Conversation], BadRows]:
     """All the files' conversations, file after file, and the `BadRows` that counts the rows
-    skipped (with `skip_bad_rows`) as the iterator runs. Errors as `read_conversation_file`."""
-    bad = BadRows()
+    skipped (with `skip_bad_rows`) as the iterator runs (`bad`, or a new one). Errors as
+    `read_conversation_file`."""
+    bad = bad if bad is not None else BadRows()
 
     def conversations() -> Iterator[Conversation]:
         for path in paths:
@@ -459,7 +461,7 @@ def _dataset_rows(ds: Iterable[dict[str, Any]], name: str, column: str, skip_bad
             if isinstance(found, Conversation):
                 yield found
             else:
-                _note_bad_row(found, skip_bad_rows, bad)
+                note_bad_row(found, skip_bad_rows, bad)
     except UserError:
         raise
     except Exception as exc:  # a stream that fails midway: the network, a bad file

@@ -134,5 +134,8 @@ def pack_split(data: PreparedData, split: str, block_size: int, train_on: str = 
     if template is None:
         raise UserError(f"'{data.dir}' holds conversations but its tokenizer has no chat "
                         "template; it is damaged: prepare the conversations again")
+    # Padding comes last in a row and is never a target, so no real token sees it: any id
+    # does (the end-of-turn id where there is one).
+    pad = template.end_id if template.end_id is not None else 0
     return PackedRows(data.tokens(split), data.chat_part(split, "targets"), starts, lengths,
-                      order, bounds, width, template.end_id, train_on == "all")
+                      order, bounds, width, pad, train_on == "all")

@@ -2,8 +2,9 @@
 
 Conversations (files in any of `conversations.py`'s formats, a Hugging Face dataset's
 `messages` column, or the built-in Shakespeare questions) are rendered by the tokenizer's chat
-template (`ChatTemplate.render`, which adds the template where the tokenizer has none) and
-written as a prepared folder (`token_files`): the ids as for text, plus each id's target flag
+template (`ChatTemplate.render`, which adds the template, of the style asked for, where the
+tokenizer has none; a conversation it cannot lay out is a bad row) and written as a prepared
+folder (`token_files`): the ids as for text, plus each id's target flag
 (the loss mask) and each conversation's length, which `packing.py` packs into rows of the
 model's context when training starts. A conversation goes to validation by
 `is_val_document`, as a document does.
@@ -27,6 +28,7 @@ from gptscratch.data.conversations import (
     BadRows,
     Conversation,
     dataset_conversations,
+    note_bad_row,
     read_conversations,
     to_conversation,
 )
@@ -48,12 +50,14 @@ from gptscratch.data.token_files import (
 )
 from gptscratch.data.tokenizers import (
     CharTokenizer,
+    ChatTemplate,
     Tokenizer,
     build_tokenizer,
     chat_template_of,
     parse_tokenizer_spec,
     with_chat_template,
 )
+from gptscratch.data.tokenizers.chat_template import TEXT_MARKERS, check_chat_style
 from gptscratch.errors import UserError
 from gptscratch.files import remove_leftovers, sha256_bytes
 
@@ -96,9 +100,7 @@ def open_conversations(source: str, *, hf_dataset: str | None = None, hf_split: 
     files, what = find_files(source)
 
     def from_files(bad: BadRows) -> Iterator[Conversation]:
-        stream, found = read_conversations(files, skip_bad_rows=skip_bad_rows)
-        yield from stream
-        bad.count, bad.first = found.count, found.first
+        yield from read_conversations(files, skip_bad_rows=skip_bad_rows, bad=bad)[0]
     return ConversationSource(what, [file_fingerprint(p) for p in files], from_files)
 
 
@@ -107,7 +109,7 @@ def prepare_chat(source: str, tokenizer: str | Tokenizer = "char",
                  hf_dataset: str | None = None, hf_split: str = "train",
                  hf_column: str = "messages", hf_data_files: list[str] | None = None,
                  skip_bad_rows: bool = False, force: bool = False, replace: bool = True,
-                 shard_tokens: int = SHARD_TOKENS) -> PreparedData:
+                 shard_tokens: int = SHARD_TOKENS, chat_template: str = "tokens") -> PreparedData:
     """Render conversations into `out_dir` and open it, or reuse it if prepared the same way.
 
     Args:
@@ -116,10 +118,13 @@ def prepare_chat(source: str, tokenizer: str | Tokenizer = "char",
             (a fine-tuned model's own); the chat markers are added to it where it has none.
         val_fraction: the share of conversations held out for the validation loss.
         skip_bad_rows: skip malformed conversations (counted in the log) instead of stopping.
+        chat_template: the template's style: `tokens` (markers as new ids) or `text` (turns
+            as plain text); a learned char vocabulary includes the text markers' characters.
 
     Raises:
         UserError: a bad row (file:line and what is wrong), no conversations, an empty split,
-            or an output folder that is not ours to write.
+            or an output folder that is not ours to write. SettingError: a `chat_template`
+            the given tokenizer cannot take (it has the other, or cannot spell `text`).
     """
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction ({val_fraction}) must be between 0 and 1 "
@@ -127,8 +132,12 @@ def prepare_chat(source: str, tokenizer: str | Tokenizer = "char",
     given = None if isinstance(tokenizer, str) else tokenizer
     spec = tokenizer if isinstance(tokenizer, str) else tokenizer.kind
     parse_tokenizer_spec(spec)  # fail before reading anything
+    check_chat_style(chat_template)
+    if given is not None:
+        with_chat_template(given, chat_template)  # the style it has, spelt by its vocabulary
+    style = "" if chat_template == "tokens" else f"-{chat_template}"
     out = Path(out_dir) if out_dir is not None else default_prepared_dir(
-        source, f"chat-{spec}", hf_dataset)
+        source, f"chat{style}-{spec}", hf_dataset)
     check_output_folder(out)
     started = time.perf_counter()
     src = open_conversations(source, hf_dataset=hf_dataset, hf_split=hf_split,
@@ -137,14 +146,17 @@ def prepare_chat(source: str, tokenizer: str | Tokenizer = "char",
     options: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "content": "conversations",
         "source_fingerprint": src.fingerprint, "tokenizer": spec,
-        "val_fraction": val_fraction, "skip_bad_rows": skip_bad_rows}
+        "val_fraction": val_fraction, "skip_bad_rows": skip_bad_rows,
+        # Absent for tokens, so folders prepared before the setting existed are reused.
+        **({"chat_template": chat_template} if chat_template != "tokens" else {})}
     if given is not None:
         options["tokenizer_fingerprint"] = given.fingerprint()
     key = sha256_bytes(json.dumps(options, sort_keys=True).encode("utf-8"))
     existing = reusable_prepared(out, key, replace, force)
     if existing is not None:
         return existing
-    tok = with_chat_template(given or _learn_tokenizer(spec, src))
+    spelling = "".join(TEXT_MARKERS) if chat_template == "text" else ""
+    tok = with_chat_template(given or _learn_tokenizer(spec, src, spelling), chat_template)
     meta = _write_folder(out, tok, src, {**options, "prepare_key": key}, shard_tokens)
     logger.info("prepared %s: %s train + %s val conversations (%s + %s tokens, %s of them "
                 "trained on) in %.1f s", out, f"{meta['train_documents']:,}",
@@ -165,11 +177,13 @@ def chat_prepare_options(options: dict[str, Any]) -> dict[str, Any]:
         "skip_bad_rows": options.get("skip_bad_rows")}.items() if v is not None}
 
 
-def _learn_tokenizer(spec: str, src: ConversationSource) -> Tokenizer:
-    """A char vocabulary or BPE merges learned from every message's text."""
+def _learn_tokenizer(spec: str, src: ConversationSource, spelling: str = "") -> Tokenizer:
+    """A char vocabulary or BPE merges learned from every message's text, and `spelling` (the
+    text chat template's markers, which the tokenizer must spell)."""
     if spec == "gpt2":
         return build_tokenizer(spec)
-    texts = (m.content for c in src.stream(BadRows()) for m in c.messages)
+    texts = itertools.chain((m.content for c in src.stream(BadRows()) for m in c.messages),
+                            [spelling] if spelling else [])
     if spec == "char":  # an end-of-text id, as for a corpus of many documents
         return CharTokenizer.from_text(texts, eot=True)
     return build_tokenizer(spec, texts)
@@ -187,7 +201,8 @@ def _write_folder(out: Path, tok: Tokenizer, src: ConversationSource, options: d
     start_writing(out)
     remove_leftovers(out)
     try:
-        counts = _write_shards(out, tok, src, options["val_fraction"], shard_tokens)
+        counts = _write_shards(out, tok, src, options["val_fraction"], shard_tokens,
+                               options["skip_bad_rows"])
         meta: dict[str, Any] = {
             **options, "tokenizer_kind": tok.kind, "tokenizer_fingerprint": tok.fingerprint(),
             "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
@@ -204,7 +219,7 @@ def _write_folder(out: Path, tok: Tokenizer, src: ConversationSource, options: d
 
 
 def _write_shards(out: Path, tok: Tokenizer, src: ConversationSource, val_fraction: float,
-                  shard_tokens: int) -> dict[str, Any]:
+                  shard_tokens: int, skip_bad_rows: bool) -> dict[str, Any]:
     template = chat_template_of(tok)
     assert template is not None
     dtype = token_dtype(tok.vocab_size)
@@ -218,7 +233,8 @@ def _write_shards(out: Path, tok: Tokenizer, src: ConversationSource, val_fracti
             ShardWriter(out, "train_lengths", CHAT_PARTS["lengths"], shard_tokens) as train_n, \
             ShardWriter(out, "val_lengths", CHAT_PARTS["lengths"], shard_tokens) as val_n:
         writers = {"train": (train_ids, train_t, train_n), "val": (val_ids, val_t, val_n)}
-        for number, conversation in zip(itertools.count(), src.stream(bad)):
+        conversations = _laid_out(src.stream(bad), template, skip_bad_rows, bad)
+        for number, conversation in zip(itertools.count(), conversations):
             split = "val" if is_val_document(number, val_fraction) else "train"
             ids, targets = template.render(tok, conversation.messages)
             ids_w, targets_w, lengths_w = writers[split]
@@ -241,3 +257,15 @@ def _write_shards(out: Path, tok: Tokenizer, src: ConversationSource, val_fracti
         ("val_targets", val_t), ("train_lengths", train_n), ("val_lengths", val_n))}
     return {**counts, "train_tokens": train_ids.tokens, "val_tokens": val_ids.tokens,
             "shards": shards, "skipped_rows": bad.count}
+
+
+def _laid_out(conversations: Iterator[Conversation], template: ChatTemplate,
+              skip_bad_rows: bool, bad: BadRows) -> Iterator[Conversation]:
+    """The conversations `template` can lay out; any other (in the text style, a message that
+    holds the end of a turn) is a bad row, refused or skipped as the reader's are."""
+    for conversation in conversations:
+        problem = template.message_problem(conversation.messages)
+        if problem is None:
+            yield conversation
+        else:
+            note_bad_row(f"{conversation.where}: {problem}", skip_bad_rows, bad)

@@ -66,7 +66,8 @@ def render_chat(messages: Sequence[ChatMessage], script: ScriptFormat | None,
 def template_prompt(messages: Sequence[ChatMessage], tokenizer: Tokenizer,
                     template: ChatTemplate) -> list[int]:
     """The ids that ask a model fine-tuned with a chat template (`train --sft`) to answer:
-    the messages through its template (`developer` is `system`), then `<|assistant|>`.
+    the messages through its template (`developer` is `system`), then the assistant's
+    opening (`<|assistant|>`, or `Assistant:` and a line break in the text style).
 
     Raises:
         APIError: no user message, or characters the tokenizer cannot encode.

@@ -154,6 +154,12 @@ class FinetuneConfig:
     strict: bool = setting(
         False, "conversation data: refuse a conversation longer than the context instead of "
         "leaving it out")
+    # `data.tokenizers.chat_template` (its STYLES): also `prepare --chat`'s. A model or data
+    # that has a template keeps it (`run.py`).
+    chat_template: str = setting(
+        "tokens", "conversation data: the turns as tokens (markers added to the vocabulary) | "
+        "text (plain text the tokenizer already spells: no new ids, for tools that cannot add "
+        "tokens)", choices=("tokens", "text"))
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -32,7 +32,12 @@ from gptscratch.data.token_files import (
     is_prepared_dir,
     load_prepared,
 )
-from gptscratch.data.tokenizers import Tokenizer, parse_tokenizer_spec, with_chat_template
+from gptscratch.data.tokenizers import (
+    Tokenizer,
+    chat_template_of,
+    parse_tokenizer_spec,
+    with_chat_template,
+)
 from gptscratch.data.tokenizers.chat_template import MARKERS
 from gptscratch.data.tokenizers.gpt2 import GPT2_VOCAB_SIZE
 from gptscratch.errors import UserError
@@ -108,8 +113,9 @@ def train(preset: str = "shakespeare-char", data: str | Path | None = None,
             are `finetune_train_config`'s (`sft_train_config`'s with `sft`), not a preset's.
             Ignored on resume.
         sft: chat fine-tuning: `data` holds conversations (`prepare_chat`; default the built-in
-            Shakespeare questions), the tokenizer gains the chat template's markers, and the
-            loss is taken on the answers (`train_on`). A resumed run keeps its own.
+            Shakespeare questions), the tokenizer gains the chat template (`chat_template`: its
+            markers as new ids, or as text), and the loss is taken on the answers
+            (`train_on`). A resumed run keeps its own, as does a model fine-tuned with one.
     """
     set_cpu_float_mode()  # before any torch work, fine-tuning's source model included
     overrides = dict(overrides or {})
@@ -181,7 +187,8 @@ def _preset_plan(preset: str, data: str | Path | None, out_dir: str | Path | Non
     if not resume:
         config = _check_size(config, overrides)
     data = data if data is not None else BUILTIN_QUESTIONS if sft else "shakespeare"
-    guess = _vocab_guess(data, chosen) + (len(MARKERS) if sft else 0)
+    markers = sft and config.finetune.chat_template == "tokens"
+    guess = _vocab_guess(data, chosen) + (len(MARKERS) if markers else 0)
     return Plan(model_fields, config, folder, data, chosen,
                 tokenizer is not None or not isinstance(chosen, str), extra_meta,
                 vocab or guess)
@@ -236,7 +243,12 @@ def _finetune_plan(init_from: str | Path, data: str | Path | None, out_dir: str 
                         "drop --tokenizer")
     model_config = finetune_model_config(
         source.model.config, {k: v for k, v in overrides.items() if k in MODEL_FIELDS})
-    tok = with_chat_template(source.tokenizer) if sft else source.tokenizer
+    tok = source.tokenizer
+    if sft:  # the style asked for, else the one the model was fine-tuned with, else tokens
+        had = chat_template_of(tok)
+        style = overrides.get("chat_template") or (had.style if had else "tokens")
+        tok = with_chat_template(tok, style)  # the other style than the model's: refused
+        overrides = {**overrides, "chat_template": style}
     model_config = dataclasses.replace(model_config, vocab_size=tok.vocab_size)
     lora = bool(overrides.get("lora_rank"))
     defaults = (sft_train_config(source.model.num_params(), lora) if sft
@@ -247,7 +259,8 @@ def _finetune_plan(init_from: str | Path, data: str | Path | None, out_dir: str 
     if config.run.size == "auto":
         raise UserError("--size auto sizes a new model; a model fine-tuned with --init-from "
                         "keeps its shape: drop --size auto")
-    new_rows = source.tokenizer.vocab_size if tok is not source.tokenizer else None
+    new_rows = source.tokenizer.vocab_size if tok.vocab_size > source.tokenizer.vocab_size \
+        else None
     if new_rows is not None and config.finetune.lora_rank and config.optim.weight_decay:
         raise UserError("--lora-rank with --sft trains the chat markers' new embedding rows "
                         "beside the adapters, which weight decay would let the frozen rows "
@@ -290,6 +303,7 @@ def _prepared_data(plan: Plan, runtime: TrainRuntime, context: int,
         elif plan.sft:
             prepared = prepare_chat(str(plan.data), plan.tokenizer, plan.folder.path / "data",
                                     replace=not plan.folder.has_checkpoint,
+                                    chat_template=plan.config.finetune.chat_template,
                                     **chat_prepare_options(options))
         else:
             if str(plan.data).endswith((".json", ".jsonl")) and \
@@ -306,13 +320,19 @@ def _prepared_data(plan: Plan, runtime: TrainRuntime, context: int,
 
 
 def _check_content(prepared: PreparedData, plan: Plan) -> None:
-    """Conversation data trains only with --sft, and --sft only on conversations."""
+    """Conversation data trains only with --sft, and --sft only on conversations laid out with
+    the run's chat template."""
     if plan.sft and not prepared.is_chat:
         raise UserError(f"'{plan.data}' holds prepared text, not conversations; --sft needs "
                         "conversation files (or shakespeare-questions), or drop --sft")
     if prepared.is_chat and not plan.sft:
         raise UserError(f"'{plan.data}' holds prepared conversations; add --sft to fine-tune "
                         "on them")
+    template, style = chat_template_of(prepared.tokenizer), plan.config.finetune.chat_template
+    if plan.sft and template is not None and template.style != style:
+        raise UserError(f"'{plan.data}' was prepared with the {template.style} chat template, "
+                        f"not {style}; give --chat-template {template.style}, or the "
+                        "conversation files instead")
 
 
 def _check_tokenizer(prepared: PreparedData, data: str | Path, tokenizer: str | Tokenizer) -> None:

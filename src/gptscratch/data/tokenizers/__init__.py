@@ -69,7 +69,7 @@ def build_tokenizer(spec: str, text: str | Iterable[str] | None = None) -> Token
 
 def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
     """Rebuild a tokenizer from its `to_dict()` form, offline (a UserError if it is not one);
-    a `chat_template` entry adds its markers (`ChatTokenizer`)."""
+    a `chat_template` entry adds its template, of either style (`ChatTokenizer`)."""
     kind = d.get("kind") if isinstance(d, dict) else None
     if not isinstance(kind, str) or kind not in KINDS:
         raise UserError(f"unknown saved tokenizer kind {kind!r}; expected char, gpt2 or bpe")

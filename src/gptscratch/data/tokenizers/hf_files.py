@@ -10,7 +10,12 @@ from typing import Any
 
 from gptscratch.data.tokenizers.base import EOT, Tokenizer
 from gptscratch.data.tokenizers.char import CharTokenizer
-from gptscratch.data.tokenizers.chat_template import MARKERS, chat_template_of, with_chat_template
+from gptscratch.data.tokenizers.chat_template import (
+    MARKERS,
+    TEXT_TEMPLATE,
+    chat_template_of,
+    with_chat_template,
+)
 from gptscratch.data.tokenizers.gpt2 import GPT2_VOCAB_SIZE, GPT2Tokenizer, gpt2_files
 from gptscratch.data.tokenizers.trained_bpe import BPETokenizer
 from gptscratch.errors import UserError
@@ -22,12 +27,12 @@ HF_TOKENIZER, HF_TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
 def hf_tokenizer_json(tok: Tokenizer) -> str:
     """The `tokenizer.json` text of a Hugging Face tokenizer that gives `tok`'s ids: `gpt2`
     from the same local GPT-2 files, `bpe:N` its own JSON (an exact round trip), `char` a
-    WordLevel vocabulary of single characters; a chat template's markers as added special
-    tokens with their ids."""
+    WordLevel vocabulary of single characters; a `tokens` chat template's markers as added
+    special tokens with their ids (a `text` one adds none: its markers are text)."""
     from tokenizers import Tokenizer as HFTokenizer
 
     template = chat_template_of(tok)
-    if template is None:
+    if template is None or template.first_id is None:
         return _base_tokenizer_json(tok)
     hf = HFTokenizer.from_str(_base_tokenizer_json(tok))
     hf.add_special_tokens(list(template.markers))
@@ -71,10 +76,13 @@ def save_hf_tokenizer(tok: Tokenizer, dest: Path, model_max_length: int) -> None
     `dest`, for `AutoTokenizer.from_pretrained`; it truncates to `model_max_length`."""
     eot = EOT if tok.eot_id is not None else None
     template = chat_template_of(tok)
+    # A `text` template's end of a turn is several tokens: no token can say it (generate's
+    # `stop_strings` can).
+    end = template.end if template is not None and template.end_id is not None else eot
     config: dict[str, Any] = {
         # PreTrainedTokenizerFast loads tokenizer.json as it is, in transformers 4 and 5.
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": eot, "eos_token": eot if template is None else template.end,
+        "bos_token": eot, "eos_token": end,
         "unk_token": None, "pad_token": None, "model_max_length": model_max_length,
         # transformers' default clean-up would turn " ," into "," when decoding.
         "clean_up_tokenization_spaces": False,
@@ -90,7 +98,9 @@ def save_hf_tokenizer(tok: Tokenizer, dest: Path, model_max_length: int) -> None
 def tokenizer_from_hf_dir(folder: Path) -> Tokenizer | None:
     """Our tokenizer for a Hugging Face model folder, or None without tokenizer files: GPT-2's
     vocabulary and merges (in `tokenizer.json`, or `vocab.json` + `merges.txt`) give `gpt2`, a
-    one-character WordLevel vocabulary `char`, other BPEs `bpe`; else a UserError."""
+    one-character WordLevel vocabulary `char`, other BPEs `bpe`; else a UserError. The chat
+    markers as added tokens give the `tokens` chat template, our `text` template's Jinja
+    (`export-hf`'s) the `text` one."""
     base = _base_from_hf_dir(folder)
     if base is None or not (folder / HF_TOKENIZER).is_file():
         return base
@@ -102,7 +112,22 @@ def tokenizer_from_hf_dir(folder: Path) -> Tokenizer | None:
                             f"{[ids[m] for m in MARKERS]}, not {base.vocab_size} and on; "
                             "gptscratch cannot run this layout")
         return with_chat_template(base)
+    if _saved_jinja(folder) == TEXT_TEMPLATE.jinja():
+        return with_chat_template(base, "text")
     return base
+
+
+def _saved_jinja(folder: Path) -> str | None:
+    """The folder's Jinja chat template: `chat_template.jinja` (where newer transformers save
+    it), else `tokenizer_config.json`'s `chat_template`; None if neither has one."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    try:
+        found = json.loads((folder / HF_TOKENIZER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = found.get("chat_template") if isinstance(found, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _base_from_hf_dir(folder: Path) -> Tokenizer | None:
