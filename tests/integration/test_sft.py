@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import CHAT_TRAIN, cli_error, write_conversations
+from conftest import CHAT_TRAIN, QUESTIONS, SHORT, cli_error, write_conversations
 
 from gptscratch import api
 from gptscratch.checkpoints.checkpoint import load_checkpoint
@@ -67,6 +67,51 @@ def test_an_sft_run_adds_the_markers_and_answers_until_its_end_marker(chat_run: 
                         prompt_ids=[prompt])[0]
     assert (done.text, done.finish_reason) == ("yes", "stop")
     assert done.token_ids[-1] == template.end_id
+
+
+def test_sft_from_a_hugging_face_gpt2_folder(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --sft --init-from` a transformers GPT-2 folder: the markers are ids 50,257 to
+    50,260 after GPT-2's vocabulary, their embeddings start as the mean of the folder's rows
+    (seen exactly in a run whose embeddings are frozen), and the tuned model answers until
+    its end marker in `complete` and `chat`."""
+    from hf_models import GPT2_VOCAB, make_hf_model
+
+    from gptscratch.cli import main
+
+    folder = tmp_path / "hf"
+    hf = make_hf_model(folder, vocab_size=GPT2_VOCAB, n_embd=16, n_head=2, n_layer=2,
+                       n_positions=32)
+    data = write_conversations(tmp_path / "chat.jsonl")
+    over = {**CHAT_TRAIN, "block_size": 16, "max_iters": 60, "eval_interval": 60}
+    frozen = tmp_path / "frozen"
+    api.train(init_from=str(folder), data=data, out_dir=frozen, sft=True,
+              overrides={**over, "max_iters": 1, "freeze_embeddings": True})
+    table = hf.transformer.wte.weight.detach()
+    start = load_model(load_checkpoint(frozen)).model.transformer.wte.weight
+    assert start.shape == (GPT2_VOCAB + len(MARKERS), 16)
+    assert torch.equal(start[:GPT2_VOCAB], table)
+    assert torch.equal(start[GPT2_VOCAB:], table.mean(0).expand(len(MARKERS), -1))
+    run = tmp_path / "run"
+    flags = [a for k, v in over.items() if v is not None
+             for a in (f"--{k.replace('_', '-')}", str(v))]
+    assert main(["train", "--sft", "--init-from", str(folder), "--data", str(data), "--out",
+                 str(run), "--sample-tokens", "0", *flags]) == 0, capsys.readouterr().err
+    tuned = api.load(run)
+    template = chat_template_of(tuned.tokenizer)
+    assert template is not None and tuned.tokenizer.kind == "gpt2"
+    assert tuned.model.config.vocab_size == tuned.tokenizer.vocab_size == GPT2_VOCAB + 4
+    assert [template.opening_ids(tuned.tokenizer, r) for r in ("system", "user", "assistant")
+            ] == [[GPT2_VOCAB], [GPT2_VOCAB + 1], [GPT2_VOCAB + 2]]
+    assert template.end_id == GPT2_VOCAB + 3
+    assert tuned.tokenizer.decode(list(range(GPT2_VOCAB, GPT2_VOCAB + 4))) == "".join(MARKERS)
+    prompt = template.prompt_ids(tuned.tokenizer, [api.Message("user", "is he dead")])
+    done = api.complete(tuned, "is he dead", temperature=0.0, max_new_tokens=10,
+                        prompt_ids=[prompt])[0]
+    assert (done.text, done.finish_reason, done.token_ids[-1]) == ("yes", "stop",
+                                                                   template.end_id)
+    session = api.chat_session(run, temperature=0.0, max_new_tokens=10)
+    assert "".join(session.reply("who is there")) == "yes"
 
 
 def test_a_text_template_run_adds_no_ids_and_answers_until_its_end_text(
@@ -145,6 +190,24 @@ def test_a_text_template_model_exports_and_imports(tmp_path: Path, text_chat_run
         assert torch.allclose(hf_model(ids).logits, ours.model(ids), atol=1e-4)
     back = api.load(api.import_hf(str(exported), tmp_path / "back"))
     assert back.tokenizer.fingerprint() == ours.tokenizer.fingerprint()
+
+
+@pytest.mark.parametrize("style", ["tokens", "text"])
+def test_an_sft_runs_samples_answer_a_question_up_to_the_end_of_turn(
+        style: str, request: pytest.FixtureRequest) -> None:
+    """The sample each evaluation logs: the first validation question in the template's layout,
+    then the answer, which ends at the end of turn (what follows it is not generated)."""
+    run = request.getfixturevalue("chat_run" if style == "tokens" else "text_chat_run")
+    tokenizer = load_checkpoint(run).tokenizer()
+    template = chat_template_of(tokenizer)
+    assert template is not None and template.style == style
+    samples = [r["sample"] for r in read_metrics(run / "metrics.jsonl") if "sample" in r]
+    assert samples
+    question = template.prompt_ids(tokenizer, [api.Message("user", "who")])
+    opening, closing = tokenizer.decode(question).split("who")
+    asked, answer = samples[-1].split(closing)  # one question, one answer
+    assert asked.startswith(opening) and asked[len(opening):] in QUESTIONS + SHORT + SHORTEST
+    assert answer == "yes" + template.end  # trained to answer "yes"; ends at its end
 
 
 def test_the_new_rows_start_as_the_mean_of_the_old() -> None:

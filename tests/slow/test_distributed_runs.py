@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, write_conversations
 from safetensors import safe_open
 
 from gptscratch import api
@@ -158,6 +158,23 @@ def test_lora_under_ddp_reproduces_the_single_process_run(
     with safe_open(str(tmp_path / "one" / "latest" / "model.safetensors"), "pt") as f:
         assert set(f.keys()) == set(adapters)
         assert all(torch.allclose(f.get_tensor(k), adapters[k], atol=1e-5) for k in adapters)
+
+
+@pytest.mark.slow
+def test_sft_under_ddp_reproduces_the_single_process_run(
+        single_and_ddp: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """Chat fine-tuning, 2 ranks x batch 4 against 1 process x batch 8: the masked loss is the
+    mean over the step's answer tokens, however the ranks' rows share them."""
+    base, _, _ = single_and_ddp
+    chat = write_conversations(tmp_path / "chat.jsonl")
+    api.train(init_from=base, data=chat, out_dir=tmp_path / "one", sft=True,
+              overrides={**OVERRIDES, "batch_size": 8})
+    torchrun(2, "--sft", "--init-from", str(base), "--data", str(chat), "--out",
+             str(tmp_path / "two"), "--batch-size", "4", *FLAGS)
+    for key, steps in (("loss", [1, 2, 3, 4, 5, 6]), ("val_loss", [3, 6])):
+        one, two = records(tmp_path / "one", key), records(tmp_path / "two", key)
+        assert [s for s, _ in two] == [s for s, _ in one] == steps
+        assert np.allclose([v for _, v in one], [v for _, v in two], rtol=1e-5, atol=1e-6)
 
 
 # --- FSDP ------------------------------------------------------------------------------------

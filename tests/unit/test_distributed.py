@@ -14,6 +14,7 @@ import torch
 from conftest import TINY_MODEL
 
 from gptscratch.data.batches import get_batch
+from gptscratch.data.packing import PackedRows
 from gptscratch.errors import UserError
 from gptscratch.evaluation.evaluate import estimate_loss
 from gptscratch.model.config import ModelConfig
@@ -125,25 +126,45 @@ def test_rank_shards_together_are_the_single_process_batch() -> None:
     assert not torch.equal(parts[0][0], parts[1][0])
 
 
-def test_sharded_evaluation_reduces_to_the_single_process_loss() -> None:
+def packed_rows(tokens: np.ndarray, rows: int = 12, width: int = 33) -> PackedRows:
+    """`tokens` as `rows` conversations of a row each, whose answers (the targets) are 3 to
+    15 ids long: the ranks' slices of a batch hold different numbers of targets."""
+    targets = np.zeros(rows * width, dtype=np.uint8)
+    for c in range(rows):
+        targets[(c + 1) * width - 3 * (c % 5 + 1):(c + 1) * width] = 1
+    return PackedRows(tokens[:rows * width], targets,  # type: ignore[arg-type]
+                      np.arange(rows, dtype=np.int64) * width, np.full(rows, width),
+                      np.arange(rows), np.arange(rows + 1), width, pad_id=0)
+
+
+@pytest.mark.parametrize("data", ["text", "conversations"])
+def test_sharded_evaluation_reduces_to_the_single_process_loss(data: str) -> None:
+    """Two ranks' slices of each batch give one process's loss; for packed conversations the
+    global batch's mean over its targets (not the mean of the ranks' means)."""
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=50, **TINY_MODEL))
-    tokens = np.random.default_rng(0).integers(0, 50, 5000).astype(np.uint16)
+    tokens: Any = np.random.default_rng(0).integers(0, 50, 5000).astype(np.uint16)
+    if data == "conversations":
+        tokens = packed_rows(tokens)
     kw: dict[str, Any] = dict(block_size=32, iters=3, seed=1, device=torch.device("cpu"))
     single = estimate_loss(model, tokens, batch_size=4, **kw)
-    # Two "ranks" in one process: a fake all-reduce that adds the other rank's losses.
-    per_rank: list[torch.Tensor] = []
+    # Two "ranks" in one process: each rank's tensors as its all-reduces get them, then a fake
+    # all-reduce that hands back their sums, call by call.
+    calls: list[list[torch.Tensor]] = [[], []]
     for rank in range(2):
         estimate_loss(model, tokens, batch_size=2, shard=(rank, 2),
-                      sum_across=lambda t: per_rank.append(t.clone()), **kw)
-    total = per_rank[0] + per_rank[1]
+                      sum_across=lambda t, r=rank: calls[r].append(t.clone()), **kw)
+    totals = iter([a + b for a, b in zip(*calls, strict=True)])
 
     def add_all(t: torch.Tensor) -> None:
-        t.copy_(total)
+        t.copy_(next(totals))
 
     reduced = estimate_loss(model, tokens, batch_size=2, shard=(0, 2), sum_across=add_all, **kw)
     assert reduced == pytest.approx(single, rel=1e-6)
-    assert float(per_rank[0].mean()) != pytest.approx(single, rel=1e-4)
+    means = [c[0] / c[1] if data == "conversations" else c[0] for c in calls]
+    assert float(means[0].mean()) != pytest.approx(single, rel=1e-4)
+    if data == "conversations":  # the mean of the ranks' means is not the batch's mean
+        assert float(((means[0] + means[1]) / 2).mean()) != pytest.approx(single, rel=1e-4)
 
 
 # --- real 2-process runs --------------------------------------------------------------------

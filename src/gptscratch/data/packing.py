@@ -97,6 +97,16 @@ class PackedRows:
         targets[:len(where)] = np.where(keep, ids[:len(where)], IGNORE)
         return ids, targets
 
+    def first_prompt(self) -> list[int]:
+        """The first conversation that fits a row, up to its first answer: a question as the
+        model is asked it (the chat template's layout, through the assistant's opening)."""
+        c = int(self.order.min())
+        span = slice(int(self.starts[c]), int(self.starts[c] + self.lengths[c]))
+        ids, answer = np.asarray(self.ids[span]), np.asarray(self.targets[span]) == 1
+        end = int(answer.argmax()) if answer.any() else len(ids)
+        prompt: list[int] = ids[:end].tolist()
+        return prompt
+
     def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """`(x, y)` of the given rows, int64 (B, T): `y[b, t]` is `x[b, t + 1]` where it is a
         training target, else -1."""

@@ -18,7 +18,7 @@ import torch
 
 from gptscratch.checkpoints.load import check_quantize, load_model
 from gptscratch.data.batches import get_batch
-from gptscratch.data.packing import PackedRows
+from gptscratch.data.packing import IGNORE, PackedRows
 from gptscratch.data.sources import read_text_source
 from gptscratch.data.token_files import Tokens, is_prepared_dir, load_prepared
 from gptscratch.errors import UserError
@@ -39,18 +39,29 @@ def estimate_loss(model: torch.nn.Module, tokens: Tokens | PackedRows, *, batch_
 
     With several processes, `shard=(rank, world_size)` gives each its slice of every global
     batch (see `get_batch`) and `sum_across` (an in-place all-reduce sum) combines the losses:
-    every rank returns what one process evaluating batches of `batch_size * world_size` would.
+    every rank returns what one process evaluating batches of `batch_size * world_size` would
+    (packed conversations: each global batch's mean over its targets, however the ranks' slices
+    share them).
     """
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)
+    masked = sum_across is not None and isinstance(tokens, PackedRows)
     losses = torch.zeros(iters)
+    targets = torch.zeros(iters)  # each slice's targets: the ranks' counts differ
     for i in range(iters):
         x, y = get_batch(tokens, batch_size, block_size, generator, device, shard=shard)
         with autocast():
             logits = model(x)
-        losses[i] = lm_loss(logits, y).item()
-    if sum_across is not None:
+        losses[i] = lm_loss(logits, y, reduction="sum" if masked else "mean").item()
+        if masked:
+            targets[i] = int((y != IGNORE).sum())
+    if masked:
+        assert sum_across is not None
+        sum_across(losses)
+        sum_across(targets)
+        losses /= targets.clamp(min=1)
+    elif sum_across is not None:
         sum_across(losses)
         losses /= shard[1]
     model.train(was_training)

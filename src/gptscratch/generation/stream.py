@@ -125,12 +125,17 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
 def _stop_rules(config: GenerationConfig, script: ScriptFormat | None,
                 tokenizer: Tokenizer) -> list[StopRule]:
     rules: list[StopRule] = [StopStrings(config.stop)] if config.stop else []
-    template = chat_template_of(tokenizer)
-    if template is not None:  # an answer ends at its end-of-turn marker
-        rules.append(StopStrings([template.end]))
+    rules += end_of_turn_rules(tokenizer)
     if config.until_next_speaker:
         rules.append(NextSpeakerStop(script))
     return rules
+
+
+def end_of_turn_rules(tokenizer: Tokenizer) -> list[StopRule]:
+    """Where a model with a chat template ends: an answer stops at its end-of-turn marker (a
+    base model's text has no turns: no rule)."""
+    template = chat_template_of(tokenizer)
+    return [StopStrings([template.end])] if template is not None else []
 
 
 def _sampled_chunks(model: GPT, tokenizer: Tokenizer, texts: list[str], ids: list[list[int]],

@@ -221,16 +221,17 @@ def count_params(config: ModelConfig, non_embedding: bool = True) -> int:
         return GPT(config).num_params(non_embedding)
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of next-token prediction.
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor,
+            reduction: str = "mean") -> torch.Tensor:
+    """Mean (or with `reduction="sum"`, total) cross-entropy of next-token prediction.
 
     Args:
         logits: (B, T, V) scores from `GPT.forward`.
         targets: (B, T) int64 ids of the true next tokens; -1 where no loss is taken (chat
-            fine-tuning's prompts and padding), which the mean leaves out.
+            fine-tuning's prompts and padding), which the mean and the sum leave out.
 
     Returns:
-        A scalar fp32 tensor; exp(loss) is the perplexity.
+        A scalar fp32 tensor; exp(mean loss) is the perplexity.
     """
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                           ignore_index=-1)
+                           ignore_index=-1, reduction=reduction)

@@ -1,7 +1,8 @@
 """Evaluate and save, every `eval_interval` steps and when a run stops: the losses, a text
-sample (`sample_at_step`, written to `metrics.jsonl` and the loggers; it draws only from its
-own generator, so a resumed run stays bit-identical), and a checkpoint holding everything an
-exact resume (`resume.py`) needs. A non-finite loss is never saved over the last good one.
+sample (`sample_at_step`, written to `metrics.jsonl` and the loggers; chat fine-tuning's is an
+answer to a question; it draws only from its own generator, so a resumed run stays
+bit-identical), and a checkpoint holding everything an exact resume (`resume.py`) needs. A
+non-finite loss is never saved over the last good one.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from torch.distributed.checkpoint.state_dict import (
 
 from gptscratch.checkpoints.checkpoint import link_checkpoint, save_checkpoint
 from gptscratch.checkpoints.load import build_model
-from gptscratch.data.tokenizers import Tokenizer
+from gptscratch.data.packing import PackedRows
+from gptscratch.data.token_files import Tokens
+from gptscratch.data.tokenizers import Tokenizer, chat_template_of
 from gptscratch.errors import UserError
 from gptscratch.evaluation.evaluate import estimate_loss
 from gptscratch.generation.engine import Engine, Row, RowRequest
+from gptscratch.generation.stream import end_of_turn_rules
 from gptscratch.model.config import SamplingConfig
 from gptscratch.model.gpt import GPT
 from gptscratch.training.distributed import barrier, gather_to_main, sum_across_ranks
@@ -69,7 +73,8 @@ def evaluate_and_save(state: TrainState, sample: bool = True) -> None:
         # From the plain model (FSDP: the one gathered to save).
         if sample and run.eval_sample_tokens:
             state.metrics.write_sample(state.step, sample_at_step(
-                to_save, state.data.tokenizer, run.eval_sample_tokens, run.seed, state.step))
+                to_save, state.data.tokenizer, run.eval_sample_tokens, run.seed, state.step,
+                state.val_tokens))
         training_state: dict[str, Any] = {"optimizer": optimizer_state,
                                           "scaler": state.scaler.state_dict(),
                                           "data_rng": state.rng[0], **rank_rngs[0]}
@@ -131,15 +136,27 @@ def start_ids(tokenizer: Tokenizer) -> list[int]:
     return tokenizer.encode("\n")[-1:] or [0]
 
 
-def sample_at_step(model: GPT, tokenizer: Tokenizer, tokens: int, seed: int, step: int) -> str:
+def sample_at_step(model: GPT, tokenizer: Tokenizer, tokens: int, seed: int, step: int,
+                   val: Tokens | PackedRows | None = None) -> str:
     """`tokens` tokens of text from `model`, reproducible from (`seed`, `step`), in eval mode
-    and in its weights' dtype (float32 during training: a short sample is cheap)."""
-    row = Row(RowRequest(tuple(start_ids(tokenizer)), tokens, SAMPLING,
-                         seed=seed * 1_000_003 + step), sink=lambda event: None)
+    and in its weights' dtype (float32 during training: a short sample is cheap).
+
+    Chat fine-tuning (`val` holds packed conversations) asks the first validation question
+    instead, as `chat` would, and the model answers up to its end of turn: the sample is the
+    question in the chat template's layout, then the answer (and the end, if it got there).
+    """
+    template = chat_template_of(tokenizer) if isinstance(val, PackedRows) else None
+    prompt = val.first_prompt() if isinstance(val, PackedRows) else start_ids(tokenizer)
+    rules = tuple(end_of_turn_rules(tokenizer)) if template is not None else ()
+    row = Row(RowRequest(tuple(prompt), tokens, SAMPLING, seed=seed * 1_000_003 + step,
+                         rules=rules), sink=lambda event: None)
     was_training = model.training
     model.eval()
     try:
         Engine(model, tokenizer).run_to_end([row])  # the decoding engine every generator uses
     finally:
         model.train(was_training)
-    return row.text
+    if template is None:
+        return row.text
+    return (tokenizer.decode(prompt) + row.text
+            + (template.end if row.finish_reason == "stop" else ""))

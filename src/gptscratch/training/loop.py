@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from gptscratch.data.batches import get_batch
+from gptscratch.data.packing import IGNORE, PackedRows
 from gptscratch.data.token_files import PreparedData
 from gptscratch.errors import Interrupted, UserError
 from gptscratch.model.config import ModelConfig
@@ -185,13 +186,21 @@ def train_step(state: TrainState, lr: float) -> None:
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     step_loss = torch.zeros((), device=rt.device)
-    for micro in range(optim.grad_accum):
-        x, y = get_batch(state.train_tokens, optim.batch_size, state.model_config.block_size,
+    # Drawn first (ids only, small): a masked loss counts the step's targets before the first
+    # backward.
+    batches = [get_batch(state.train_tokens, optim.batch_size, state.model_config.block_size,
                          state.data_rng, rt.device, shard=rt.ctx.shard)
+               for _ in range(optim.grad_accum)]
+    per_target = _per_target(batches, state) if isinstance(state.train_tokens, PackedRows) \
+        else None
+    for micro, (x, y) in enumerate(batches):
         # DDP / FSDP reduce the gradients once, after the last micro-batch.
         with gradient_sync(state.train_model, sync=micro == optim.grad_accum - 1):
             with rt.precision.autocast():
-                loss = lm_loss(state.train_model(x), y) / optim.grad_accum
+                if per_target is None:
+                    loss = lm_loss(state.train_model(x), y) / optim.grad_accum
+                else:  # a masked loss: summed, each target weighed as one of the step's
+                    loss = lm_loss(state.train_model(x), y, reduction="sum") * per_target
             state.scaler.scale(loss).backward()
         step_loss += loss.detach()
     state.scaler.unscale_(state.optimizer)
@@ -208,6 +217,20 @@ def train_step(state: TrainState, lr: float) -> None:
     state.step += 1
     state.window.steps += 1
     state.rng = (state.data_rng.get_state(), torch.get_rng_state())
+
+
+def _per_target(batches: list[tuple[torch.Tensor, torch.Tensor]],
+                state: TrainState) -> torch.Tensor:
+    """The weight of one target in a masked loss (chat fine-tuning), whose micro-batches and
+    ranks hold different numbers of targets: 1 / (the step's targets over all ranks / world
+    size). Summed over a rank's micro-batches, then averaged over the ranks (as DDP averages
+    their gradients), each micro-batch's summed loss times it is the mean over the whole
+    step's targets: what one process drawing the global batch at once computes. (A mean per
+    micro-batch would weigh a rank's few targets as much as another's many.)"""
+    ctx = state.runtime.ctx
+    count = torch.stack([(y != IGNORE).sum() for _, y in batches]).sum().float()  # no sync
+    mean = mean_across_ranks(count, ctx)
+    return 1.0 / mean.clamp(min=1.0 / ctx.world_size)  # a step without targets: loss 0
 
 
 def check_finite(state: TrainState, norm: torch.Tensor) -> bool:
