@@ -257,12 +257,14 @@ CHAT_TRAIN = {**TINY_TRAIN, "batch_size": 8, "learning_rate": 1e-2, "min_lr": 1e
               "warmup_iters": 5, "epochs": None, "max_iters": 200, "eval_interval": 100}
 
 
-def write_conversations(path: Path, n: int = 60, answer: str = "yes") -> Path:
+def write_conversations(path: Path, n: int = 60, answer: str = "yes",
+                        questions: list[str] | None = None) -> Path:
     """`n` conversations of one turn, or (every third) two short ones (to fit the tiny model's
-    33 ids), each answered `answer`."""
+    33 ids), each answered `answer`; with `questions`, one turn each of those."""
     def turns(question: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    rows = [{"messages": turns(QUESTIONS[i % len(QUESTIONS)]) if i % 3 != 2 else
+    rows = [{"messages": turns(questions[i % len(questions)]) if questions else
+             turns(QUESTIONS[i % len(QUESTIONS)]) if i % 3 != 2 else
              turns(SHORT[i % len(SHORT)]) + turns(SHORT[(i + 1) % len(SHORT)])}
             for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

@@ -27,21 +27,13 @@ from gptscratch.training.metrics import read_metrics
 SHORTEST = ["who", "go", "why so", "say", "come", "what", "is it", "how"]
 
 
-def write_short_conversations(path: Path, n: int = 60) -> Path:
-    """`n` one-turn conversations of `SHORTEST`, each answered "yes"."""
-    rows = [{"messages": [{"role": "user", "content": SHORTEST[i % len(SHORTEST)]},
-                          {"role": "assistant", "content": "yes"}]} for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def text_chat_run(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
     """`tiny_run` fine-tuned with `train --sft --chat-template text` to answer "yes"."""
     from gptscratch.cli import main
 
     folder = tmp_path_factory.mktemp("sft-text")
-    data = write_short_conversations(folder / "chat.jsonl")
+    data = write_conversations(folder / "chat.jsonl", questions=SHORTEST)
     flags = [a for k, v in CHAT_TRAIN.items() if v is not None
              for a in (f"--{k.replace('_', '-')}", str(v))]
     assert main(["train", "--sft", "--init-from", str(tiny_run), "--data", str(data), "--out",
@@ -147,7 +139,7 @@ def test_the_server_answers_through_the_text_template(text_chat_run: Path) -> No
 
 def test_a_model_or_data_keeps_its_chat_template(tmp_path: Path, tiny_run: Path,
                                                  text_chat_run: Path) -> None:
-    data = write_short_conversations(tmp_path / "chat.jsonl", n=20)
+    data = write_conversations(tmp_path / "chat.jsonl", n=20, questions=SHORTEST)
     over = {**CHAT_TRAIN, "max_iters": 2}
     with pytest.raises(SettingError) as error:
         api.train(init_from=text_chat_run, data=data, out_dir=tmp_path / "a", sft=True,

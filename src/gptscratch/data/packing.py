@@ -104,8 +104,7 @@ class PackedRows:
         span = slice(int(self.starts[c]), int(self.starts[c] + self.lengths[c]))
         ids, answer = np.asarray(self.ids[span]), np.asarray(self.targets[span]) == 1
         end = int(answer.argmax()) if answer.any() else len(ids)
-        prompt: list[int] = ids[:end].tolist()
-        return prompt
+        return [int(i) for i in ids[:end]]
 
     def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """`(x, y)` of the given rows, int64 (B, T): `y[b, t]` is `x[b, t + 1]` where it is a
